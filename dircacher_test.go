@@ -1,0 +1,216 @@
+package goproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func TestDirCacherPutGet(t *testing.T) {
+	c := DirCacher(filepath.Join(t.TempDir(), "cache"))
+	ctx := context.Background()
+	if _, err := c.Get(ctx, "example.com/a/@v/list"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Get before Put: %v, want ErrNotExist", err)
+	}
+	if err := c.Put(ctx, "example.com/a/@v/list", strings.NewReader("v1.0.0\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Put(ctx, "example.com/a/@v/list", strings.NewReader("v1.0.0\nv1.1.0\n")); err != nil {
+		t.Fatal(err)
+	}
+	f, err := c.Get(ctx, "example.com/a/@v/list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(f)
+	f.Close()
+	if string(got) != "v1.0.0\nv1.1.0\n" || f.ModTime().IsZero() {
+		t.Errorf("Get = %q, modtime %v", got, f.ModTime())
+	}
+	var names []string
+	c.Walk(ctx, "example.com/a/", func(name string) error { names = append(names, name); return nil })
+	if len(names) != 1 || names[0] != "example.com/a/@v/list" {
+		t.Errorf("Walk = %v", names)
+	}
+	if err := c.Delete(ctx, "example.com/a/@v/list"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(ctx, "example.com/a/@v/list"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Get after Delete: %v", err)
+	}
+	if _, err := c.Get(ctx, "example.com/a/@v"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Get of a directory: %v, want ErrNotExist", err)
+	}
+}
+
+func TestCacherNamesCannotEscape(t *testing.T) {
+	parent := t.TempDir()
+	os.WriteFile(filepath.Join(parent, "secret"), []byte("x"), 0o644)
+	os.Symlink(parent, filepath.Join(parent, "link"))
+	dir := filepath.Join(parent, "cache")
+	os.MkdirAll(dir, 0o755)
+	os.Symlink(parent, filepath.Join(dir, "escape"))
+	for _, c := range []Cacher{DirCacher(dir), &MemCacher{}} {
+		for _, name := range []string{"../secret", "/etc/passwd", "a/../../secret", "a/./b", "", ".", "a//b", "a\\..\\b", "a\x00b", ".tmp", "a/.hidden"} {
+			if err := c.Put(context.Background(), name, strings.NewReader("x")); err == nil {
+				t.Errorf("%T.Put(%q) accepted", c, name)
+			}
+			if f, err := c.Get(context.Background(), name); err == nil {
+				f.Close()
+				t.Errorf("%T.Get(%q) found something", c, name)
+			}
+		}
+	}
+	// A symbolic link planted inside the directory does not lead out of it.
+	if err := DirCacher(dir).Put(context.Background(), "escape/secret", strings.NewReader("overwritten")); err == nil {
+		t.Error("DirCacher.Put followed a symbolic link out of its directory")
+	}
+	if f, err := DirCacher(dir).Get(context.Background(), "escape/secret"); err == nil {
+		f.Close()
+		t.Error("DirCacher.Get followed a symbolic link out of its directory")
+	}
+	if b, _ := os.ReadFile(filepath.Join(parent, "secret")); string(b) != "x" {
+		t.Error("a file outside the cache was overwritten")
+	}
+}
+
+func TestDirCacherConcurrentWriters(t *testing.T) {
+	c := DirCacher(t.TempDir())
+	ctx := context.Background()
+	bodies := [][]byte{bytes.Repeat([]byte("a"), 1<<20), bytes.Repeat([]byte("b"), 1<<20)}
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			if err := c.Put(ctx, "m.example/@v/v1.0.0.zip", bytes.NewReader(bodies[i%2])); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() {
+			f, err := c.Get(ctx, "m.example/@v/v1.0.0.zip")
+			if err != nil {
+				return
+			}
+			defer f.Close()
+			got, _ := io.ReadAll(f)
+			if !bytes.Equal(got, bodies[0]) && !bytes.Equal(got, bodies[1]) {
+				t.Errorf("a reader saw a mix of two writes (%d bytes)", len(got))
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestDirCacherKilledMidWrite kills a process in the middle of a Put and
+// checks that what it left behind is never served.
+func TestDirCacherKilledMidWrite(t *testing.T) {
+	if os.Getenv("TEST_HANG_IN_PUT_DIR") != "" {
+		hangInPut(os.Getenv("TEST_HANG_IN_PUT_DIR"))
+		return
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDirCacherKilledMidWrite$")
+	cmd.Env = append(os.Environ(), "TEST_HANG_IN_PUT_DIR="+dir)
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "writing\n" {
+		cmd.Process.Kill()
+		t.Fatalf("child said %q, %v", line, err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+
+	c := DirCacher(dir)
+	const name = "example.com/a/@v/v1.0.0.zip"
+	if f, err := c.Get(context.Background(), name); !errors.Is(err, fs.ErrNotExist) {
+		if f != nil {
+			f.Close()
+		}
+		t.Fatalf("after a killed write, Get = %v, want ErrNotExist", err)
+	}
+	var names []string
+	c.Walk(context.Background(), "", func(name string) error { names = append(names, name); return nil })
+	if len(names) != 0 {
+		t.Errorf("Walk lists the killed write's leftovers: %v", names)
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(dir, "example.com/a/@v/.*"))
+	if len(leftovers) == 0 {
+		t.Error("the child did not get as far as writing a temporary file; the test proves nothing")
+	}
+
+	// The proxy, over the same directory, fetches the file afresh.
+	up := newFakeUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, up.URL)
+	p.Cacher = c
+	if w := do(p, "GET", "/"+name); w.Code != 200 || up.count("/"+name) != 1 {
+		t.Errorf("proxy after a killed write: %d, upstream asked %d times", w.Code, up.count("/"+name))
+	}
+}
+
+// hangInPut starts a Put whose content stops midway forever, announcing on
+// stdout once bytes are on disk.
+func hangInPut(dir string) {
+	r := &hangingReader{ready: func() { fmt.Println("writing") }}
+	DirCacher(dir).Put(context.Background(), "example.com/a/@v/v1.0.0.zip", r)
+}
+
+type hangingReader struct {
+	sent  int
+	ready func()
+}
+
+func (r *hangingReader) Read(p []byte) (int, error) {
+	if r.sent >= 1<<20 {
+		r.ready()
+		select {}
+	}
+	n := min(len(p), 1<<20-r.sent)
+	r.sent += n
+	return n, nil
+}
+
+func (r *hangingReader) Seek(offset int64, whence int) (int64, error) { return 0, nil }
+
+func TestMemCacherEvictsLeastRecentlyUsed(t *testing.T) {
+	c := &MemCacher{MaxBytes: 30}
+	ctx := context.Background()
+	put := func(name string) {
+		if err := c.Put(ctx, name, strings.NewReader(strings.Repeat("x", 10))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	has := func(name string) bool {
+		f, err := c.Get(ctx, name)
+		if err != nil {
+			return false
+		}
+		f.Close()
+		return true
+	}
+	put("a")
+	put("b")
+	put("c")
+	has("a") // a is now more recent than b
+	put("d")
+	if !has("a") || has("b") || !has("c") || !has("d") {
+		t.Errorf("after eviction: a=%v b=%v c=%v d=%v, want b evicted", has("a"), has("b"), has("c"), has("d"))
+	}
+	if err := c.Put(ctx, "big", strings.NewReader(strings.Repeat("x", 31))); err == nil {
+		t.Error("Put of an entry over MaxBytes succeeded")
+	}
+	put("a") // replacing an entry does not count it twice
+	if c.size != 30 {
+		t.Errorf("size %d, want 30", c.size)
+	}
+}

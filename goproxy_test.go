@@ -1,0 +1,428 @@
+package goproxy
+
+import (
+	"archive/zip"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// newTestProxy returns a Proxy with a fresh MemCacher whose upstream list is
+// goproxy, logging to the test's output.
+func newTestProxy(t *testing.T, goproxy string, env ...string) *Proxy {
+	t.Helper()
+	return &Proxy{
+		Cacher:  &MemCacher{},
+		Env:     append([]string{"GOPROXY=" + goproxy}, env...),
+		Logger:  slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
+		TempDir: t.TempDir(),
+	}
+}
+
+// do sends one request to h and returns the recorded response.
+func do(h http.Handler, method, target string, header ...string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(method, target, nil)
+	for i := 0; i+1 < len(header); i += 2 {
+		r.Header.Set(header[i], header[i+1])
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+// makeZip builds a module zip from name/content pairs, names relative to
+// the zip root (so a test can place files outside the module prefix).
+func makeZip(t *testing.T, files ...string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	for i := 0; i+1 < len(files); i += 2 {
+		w, err := zw.Create(files[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(w, files[i+1])
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// fakeUpstream is a module proxy serving fixed bodies by path, counting
+// requests; paths it lacks get 404.
+type fakeUpstream struct {
+	*httptest.Server
+	mu     sync.Mutex
+	files  map[string][]byte
+	counts map[string]int
+	hook   func(w http.ResponseWriter, r *http.Request) bool
+}
+
+func newFakeUpstream(t *testing.T, files map[string][]byte) *fakeUpstream {
+	u := &fakeUpstream{files: files, counts: map[string]int{}}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.counts[r.URL.Path]++
+		body, ok := u.files[r.URL.Path]
+		hook := u.hook
+		u.mu.Unlock()
+		if hook != nil && hook(w, r) {
+			return
+		}
+		if !ok {
+			http.Error(w, "not found: "+r.URL.Path, http.StatusNotFound)
+			return
+		}
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *fakeUpstream) count(path string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.counts[path]
+}
+
+func (u *fakeUpstream) set(path string, body []byte) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.files[path] = body
+}
+
+func (u *fakeUpstream) setHook(hook func(w http.ResponseWriter, r *http.Request) bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.hook = hook
+}
+
+const testInfo = `{"Version":"v1.0.0","Time":"2024-01-02T03:04:05Z"}`
+
+func testModuleFiles(t *testing.T) map[string][]byte {
+	return map[string][]byte{
+		"/example.com/a/@v/list":        []byte("v1.0.0\n"),
+		"/example.com/a/@latest":        []byte(testInfo),
+		"/example.com/a/@v/v1.0.0.info": []byte(testInfo),
+		"/example.com/a/@v/v1.0.0.mod":  []byte("module example.com/a\n"),
+		"/example.com/a/@v/v1.0.0.zip": makeZip(t,
+			"example.com/a@v1.0.0/go.mod", "module example.com/a\n",
+			"example.com/a@v1.0.0/a.go", "package a\n"),
+	}
+}
+
+func TestServesAndCachesEachKind(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, up.URL)
+	for _, path := range []string{"/example.com/a/@v/list", "/example.com/a/@latest", "/example.com/a/@v/v1.0.0.info", "/example.com/a/@v/v1.0.0.mod", "/example.com/a/@v/v1.0.0.zip"} {
+		for range 2 {
+			w := do(p, "GET", path)
+			if w.Code != 200 {
+				t.Fatalf("GET %s: %d %s", path, w.Code, w.Body)
+			}
+			if !bytes.Equal(w.Body.Bytes(), up.files[path]) {
+				t.Errorf("GET %s: body differs from upstream's", path)
+			}
+			if w.Header().Get("Content-Length") == "" {
+				t.Errorf("GET %s: no Content-Length", path)
+			}
+		}
+		if n := up.count(path); n != 1 {
+			t.Errorf("%s reached the upstream %d times, want 1", path, n)
+		}
+	}
+	w := do(p, "GET", "/example.com/a/@v/v1.0.0.zip")
+	if got := w.Header().Get("Cache-Control"); !strings.Contains(got, "immutable") {
+		t.Errorf("zip Cache-Control = %q, want immutable", got)
+	}
+	if w.Header().Get("ETag") == "" || w.Header().Get("Content-Type") != "application/zip" {
+		t.Errorf("zip headers: %v", w.Header())
+	}
+	if got := do(p, "GET", "/example.com/a/@v/list").Header().Get("Cache-Control"); got != "public, max-age=60" {
+		t.Errorf("list Cache-Control = %q", got)
+	}
+}
+
+func TestInfoAndModDoNotFetchZip(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, up.URL)
+	do(p, "GET", "/example.com/a/@v/v1.0.0.info")
+	do(p, "GET", "/example.com/a/@v/v1.0.0.mod")
+	if n := up.count("/example.com/a/@v/v1.0.0.zip"); n != 0 {
+		t.Errorf("zip fetched %d times for .info and .mod requests", n)
+	}
+}
+
+func TestRangeAndConditionalRequests(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, up.URL)
+	zipBody := up.files["/example.com/a/@v/v1.0.0.zip"]
+	do(p, "GET", "/example.com/a/@v/v1.0.0.zip") // fill the cache
+	w := do(p, "GET", "/example.com/a/@v/v1.0.0.zip", "Range", "bytes=10-19")
+	if w.Code != http.StatusPartialContent || !bytes.Equal(w.Body.Bytes(), zipBody[10:20]) {
+		t.Errorf("Range: %d, %q", w.Code, w.Body)
+	}
+	etag := w.Header().Get("ETag")
+	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.zip", "If-None-Match", etag); w.Code != http.StatusNotModified {
+		t.Errorf("If-None-Match: %d", w.Code)
+	}
+	if w := do(p, "HEAD", "/example.com/a/@v/v1.0.0.zip"); w.Code != 200 || w.Body.Len() != 0 || w.Header().Get("Content-Length") != "0" && w.Header().Get("Content-Length") == "" {
+		t.Errorf("HEAD: %d, body %d bytes, Content-Length %q", w.Code, w.Body.Len(), w.Header().Get("Content-Length"))
+	}
+}
+
+func TestGzipsLargeTextWithContentLength(t *testing.T) {
+	var list strings.Builder
+	for i := range 300 {
+		list.WriteString("v1.0." + strconv.Itoa(i) + "\n")
+	}
+	up := newFakeUpstream(t, map[string][]byte{"/example.com/a/@v/list": []byte(list.String())})
+	p := newTestProxy(t, up.URL)
+	w := do(p, "GET", "/example.com/a/@v/list", "Accept-Encoding", "gzip")
+	if w.Header().Get("Content-Encoding") != "gzip" || w.Header().Get("Content-Length") != strconv.Itoa(w.Body.Len()) {
+		t.Fatalf("headers %v for %d body bytes", w.Header(), w.Body.Len())
+	}
+	zr, err := gzip.NewReader(w.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(zr)
+	if string(got) != list.String() {
+		t.Error("gzip body does not decode to the list")
+	}
+	if w := do(p, "GET", "/example.com/a/@v/list", "Accept-Encoding", "gzip;q=0"); w.Header().Get("Content-Encoding") != "" {
+		t.Error("gzip used although the client refused it")
+	}
+}
+
+func TestMountedUnderPrefix(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	mux := http.NewServeMux()
+	mux.Handle("/go/", http.StripPrefix("/go", newTestProxy(t, up.URL)))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	if w := do(mux, "GET", "/go/example.com/a/@v/v1.0.0.mod"); w.Code != 200 || w.Body.String() != "module example.com/a\n" {
+		t.Errorf("mounted proxy: %d %q", w.Code, w.Body)
+	}
+	if w := do(mux, "GET", "/healthz"); w.Body.String() != "ok" {
+		t.Errorf("neighbouring route: %q", w.Body)
+	}
+}
+
+func TestMethodNotAllowed(t *testing.T) {
+	p := newTestProxy(t, "off")
+	w := do(p, "POST", "/example.com/a/@v/list")
+	if w.Code != http.StatusMethodNotAllowed || w.Header().Get("Allow") != "GET, HEAD" {
+		t.Errorf("POST: %d, Allow %q", w.Code, w.Header().Get("Allow"))
+	}
+}
+
+func TestMutableEntriesExpireAndServeStale(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, up.URL)
+	p.MutableTTL = -1 // always refetch
+	do(p, "GET", "/example.com/a/@v/list")
+	up.set("/example.com/a/@v/list", []byte("v1.0.0\nv1.1.0\n"))
+	if w := do(p, "GET", "/example.com/a/@v/list"); w.Body.String() != "v1.0.0\nv1.1.0\n" {
+		t.Errorf("list after expiry: %q", w.Body)
+	}
+	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		http.Error(w, "upstream down", http.StatusServiceUnavailable)
+		return true
+	})
+	w := do(p, "GET", "/example.com/a/@v/list")
+	if w.Code != 200 || w.Body.String() != "v1.0.0\nv1.1.0\n" || !strings.Contains(w.Header().Get("Warning"), "Stale") {
+		t.Errorf("stale list: %d %q %v", w.Code, w.Body, w.Header())
+	}
+	// A file never cached cannot be served stale: the failure shows.
+	if w := do(p, "GET", "/example.com/a/@latest"); w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "upstream down") {
+		t.Errorf("uncached @latest with upstream down: %d %q", w.Code, w.Body)
+	}
+}
+
+func TestMutableEntriesFreshWithinTTL(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, up.URL)
+	p.MutableTTL = time.Hour
+	do(p, "GET", "/example.com/a/@v/list")
+	do(p, "GET", "/example.com/a/@v/list")
+	if n := up.count("/example.com/a/@v/list"); n != 1 {
+		t.Errorf("list fetched %d times within its TTL", n)
+	}
+}
+
+func TestNotFoundRemembered(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, up.URL)
+	for range 3 {
+		w := do(p, "GET", "/example.com/missing/@v/list")
+		if w.Code != http.StatusNotFound || !strings.Contains(w.Body.String(), "not found: /example.com/missing/@v/list") {
+			t.Fatalf("missing module: %d %q", w.Code, w.Body)
+		}
+	}
+	if n := up.count("/example.com/missing/@v/list"); n != 1 {
+		t.Errorf("not-found asked upstream %d times, want 1", n)
+	}
+	p2 := newTestProxy(t, up.URL)
+	p2.NotFoundTTL = -1
+	do(p2, "GET", "/example.com/missing/@v/list")
+	do(p2, "GET", "/example.com/missing/@v/list")
+	if n := up.count("/example.com/missing/@v/list"); n != 3 {
+		t.Errorf("with the memo off, upstream asked %d times in all, want 3", n)
+	}
+}
+
+func TestDisableModuleFetch(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, up.URL)
+	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod", "Disable-Module-Fetch", "true"); w.Code != http.StatusNotFound {
+		t.Errorf("uncached with Disable-Module-Fetch: %d", w.Code)
+	}
+	if up.count("/example.com/a/@v/v1.0.0.mod") != 0 {
+		t.Error("Disable-Module-Fetch still fetched")
+	}
+	do(p, "GET", "/example.com/a/@v/v1.0.0.mod")
+	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod", "Disable-Module-Fetch", "true"); w.Code != 200 {
+		t.Errorf("cached with Disable-Module-Fetch: %d", w.Code)
+	}
+}
+
+func TestConcurrentMissesShareOneFetch(t *testing.T) {
+	files := testModuleFiles(t)
+	up := newFakeUpstream(t, files)
+	release := make(chan struct{})
+	var arrived atomic.Int32
+	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		arrived.Add(1)
+		<-release // hold the upstream until every client is waiting
+		return false
+	})
+	p := newTestProxy(t, up.URL)
+	srv := httptest.NewServer(p)
+	defer srv.Close()
+
+	const clients = 50
+	var wg sync.WaitGroup
+	errs := make(chan string, clients)
+	for range clients {
+		wg.Go(func() {
+			resp, err := http.Get(srv.URL + "/example.com/a/@v/v1.0.0.zip")
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || !bytes.Equal(body, files["/example.com/a/@v/v1.0.0.zip"]) {
+				errs <- resp.Status
+			}
+		})
+	}
+	// Every client is inside the proxy once it has counted 50 waiters on
+	// the flight; poll the flight's user count rather than sleeping.
+	waitFor(t, func() bool { return p.flights.users("example.com/a/@v/v1.0.0.zip") == clients })
+	close(release)
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if n := arrived.Load(); n != 1 {
+		t.Errorf("upstream received %d requests for the zip, want 1", n)
+	}
+}
+
+func TestClientGoingAwayDoesNotCancelSharedFetch(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	release := make(chan struct{})
+	up.setHook(func(w http.ResponseWriter, r *http.Request) bool { <-release; return false })
+	p := newTestProxy(t, up.URL)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	quitter := make(chan int)
+	go func() {
+		r := httptest.NewRequestWithContext(ctx, "GET", "/example.com/a/@v/v1.0.0.zip", nil)
+		w := httptest.NewRecorder()
+		p.ServeHTTP(w, r)
+		quitter <- w.Code
+	}()
+	waitFor(t, func() bool { return p.flights.users("example.com/a/@v/v1.0.0.zip") == 1 })
+	stayer := make(chan *httptest.ResponseRecorder)
+	go func() { stayer <- do(p, "GET", "/example.com/a/@v/v1.0.0.zip") }()
+	waitFor(t, func() bool { return p.flights.users("example.com/a/@v/v1.0.0.zip") == 2 })
+	cancel()
+	<-quitter
+	close(release)
+	if w := <-stayer; w.Code != 200 {
+		t.Errorf("remaining client got %d %q", w.Code, w.Body)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after ten seconds.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestCacheFailureFallsBackToUpstream(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, up.URL)
+	p.Cacher = brokenCacher{}
+	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code != 200 {
+		t.Errorf("with a failing cache: %d %q", w.Code, w.Body)
+	}
+}
+
+type brokenCacher struct{}
+
+func (brokenCacher) Get(context.Context, string) (CachedFile, error) {
+	return nil, &fs.PathError{Op: "get", Err: fs.ErrPermission}
+}
+func (brokenCacher) Put(context.Context, string, io.ReadSeeker) error { return fs.ErrPermission }
+
+func TestZeroValueUsesEnvironment(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	t.Setenv("GOPROXY", up.URL)
+	cacheHome := t.TempDir()
+	t.Setenv("XDG_CACHE_HOME", cacheHome)
+	var p Proxy
+	if w := do(&p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code != 200 {
+		t.Fatalf("zero Proxy: %d %q", w.Code, w.Body)
+	}
+	if _, err := os.Stat(filepath.Join(cacheHome, "goproxy", "example.com/a/@v/v1.0.0.mod")); err != nil {
+		t.Errorf("zero Proxy did not cache under the user cache dir: %v", err)
+	}
+}
+
+func TestInitReportsBadConfiguration(t *testing.T) {
+	p := &Proxy{Env: []string{"GOPROXY=ftp://example.com"}}
+	if err := p.Init(); err == nil || !strings.Contains(err.Error(), "scheme") {
+		t.Errorf("Init with an ftp upstream: %v", err)
+	}
+	if w := do(p, "GET", "/example.com/a/@v/list"); w.Code != http.StatusInternalServerError {
+		t.Errorf("request to a misconfigured proxy: %d", w.Code)
+	}
+}
+
+func newBufferLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
