@@ -155,6 +155,9 @@ type fetchError struct {
 	status int    // HTTP status for the client
 	msg    string // what the client reads
 	err    error  // the cause, if any
+
+	retry      bool          // another attempt may succeed
+	retryAfter time.Duration // what the upstream asked to wait, if anything
 }
 
 func (e *fetchError) Error() string { return e.msg }
@@ -208,7 +211,9 @@ func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched,
 // fetchFromProxy downloads req's file from one upstream proxy and validates it.
 func (p *Proxy) fetchFromProxy(ctx context.Context, base string, req *request) (*fetched, error) {
 	start := time.Now()
-	f, err := p.download(ctx, base+"/"+req.name, req.kind == kindZip, req.maxSize())
+	f, err := p.downloader.get(ctx, base+"/"+req.name, target{
+		module: req.modPath, version: req.version, toFile: req.kind == kindZip, limit: req.maxSize(),
+	})
 	if err == nil {
 		if err = req.validate(f); err != nil {
 			f.close()

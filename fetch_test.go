@@ -56,6 +56,7 @@ func TestGoproxyWalk(t *testing.T) {
 			list := strings.NewReplacer("A", ups[0].URL, "B", ups[1].URL).Replace(tt.list)
 			p := newTestProxy(t, list, tt.env...)
 			p.Transport = &http.Transport{ResponseHeaderTimeout: 200 * time.Millisecond}
+			p.Download.Attempts = 1 // the walk, not the retries, is under test
 			w := do(p, "GET", mod)
 			if w.Code != tt.wantStatus || !strings.Contains(w.Body.String(), tt.wantBody) {
 				t.Errorf("got %d %q, want %d containing %q", w.Code, w.Body, tt.wantStatus, tt.wantBody)

@@ -64,17 +64,21 @@ type Proxy struct {
 	// [os.TempDir] is used.
 	TempDir string
 
+	// Download tunes the download engine: parallel Range requests, retries,
+	// resumption and concurrency. The zero value gives sensible defaults.
+	Download DownloadOptions
+
 	// Logger receives one line per upstream fetch, and cache hits at debug
 	// level. If nil, [slog.Default] is used.
 	Logger *slog.Logger
 
-	initOnce sync.Once
-	initErr  error
-	settings *settings
-	cacher   Cacher
-	client   *http.Client
-	flights  flightGroup
-	notFound notFoundMemo
+	initOnce   sync.Once
+	initErr    error
+	settings   *settings
+	cacher     Cacher
+	downloader *downloader
+	flights    flightGroup
+	notFound   notFoundMemo
 }
 
 // Init validates the configuration and prepares the Proxy. Calling it is
@@ -106,7 +110,7 @@ func (p *Proxy) init() error {
 	if transport == nil {
 		transport = http.DefaultTransport
 	}
-	p.client = &http.Client{Transport: transport}
+	p.downloader = newDownloader(p.Download.withDefaults(p.TempDir), &http.Client{Transport: transport}, p.logger())
 	p.notFound.ttl = ttlOrDefault(p.NotFoundTTL)
 	return nil
 }
@@ -224,7 +228,7 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 		return nil, nil, err
 	}
 	f, release, err = p.flights.do(ctx, req.name, func(ctx context.Context) (*fetched, error) {
-		ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+		ctx, cancel := context.WithTimeout(ctx, p.downloader.opts.Timeout)
 		defer cancel()
 		f, err := p.fetchFromUpstreams(ctx, req)
 		if err != nil {
@@ -242,9 +246,6 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 	})
 	return f, release, err
 }
-
-// fetchTimeout bounds one fetch, whoever waits for it.
-const fetchTimeout = 10 * time.Minute
 
 func fetchDisabled(r *http.Request) bool {
 	return strings.EqualFold(r.Header.Get("Disable-Module-Fetch"), "true")

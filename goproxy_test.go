@@ -29,7 +29,21 @@ func newTestProxy(t *testing.T, goproxy string, env ...string) *Proxy {
 		Env:     append([]string{"GOPROXY=" + goproxy}, env...),
 		Logger:  slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
 		TempDir: t.TempDir(),
+		// Retries stay on, but quick: tests wait on conditions, not clocks.
+		Download: DownloadOptions{BaseDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond},
 	}
+}
+
+// filesUnder lists the regular files below dir.
+func filesUnder(t *testing.T, dir string) []string {
+	var files []string
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			files = append(files, path)
+		}
+		return nil
+	})
+	return files
 }
 
 // do sends one request to h and returns the recorded response.

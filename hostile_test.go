@@ -165,8 +165,7 @@ func TestHostileUpstreams(t *testing.T) {
 			if len(cached) != 0 {
 				t.Errorf("cached %v", cached)
 			}
-			tmp, _ := os.ReadDir(p.TempDir)
-			if len(tmp) != 0 {
+			if tmp := filesUnder(t, p.TempDir); len(tmp) != 0 {
 				t.Errorf("temporary files left behind: %v", tmp)
 			}
 		})

@@ -34,6 +34,9 @@ type Server struct {
 
 	mu   sync.RWMutex
 	mods map[string]map[string]*Version // path -> version -> Version
+	// zipTime overrides Version.Time as a zip's Last-Modified once Add
+	// has replaced a zip; see Add.
+	zipTime map[*Version]time.Time
 
 	latency atomic.Int64 // time.Duration
 	hook    atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]
@@ -49,9 +52,10 @@ type Server struct {
 // NewServer starts serving vs on a loopback address; call Close when done.
 func NewServer(vs []*Version) *Server {
 	s := &Server{
-		done:   make(chan struct{}),
-		mods:   make(map[string]map[string]*Version),
-		counts: make(map[string]int),
+		done:    make(chan struct{}),
+		mods:    make(map[string]map[string]*Version),
+		zipTime: make(map[*Version]time.Time),
+		counts:  make(map[string]int),
 	}
 	for _, v := range vs {
 		s.Add(v)
@@ -82,6 +86,14 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // Add publishes v, replacing any version with the same path and version,
 // so tests can model an upstream that gains (or rewrites) versions while
 // a proxy is running.
+//
+// Replacing a zip with different content changes both its ETag and its
+// Last-Modified (moved at least a second past the old one if v.Time
+// does not already do so), so that a client resuming with If-Range,
+// whichever validator it sends, gets the whole new zip rather than a
+// range of it spliced onto the old one. A ZipFile (of a version with a
+// Time) counts as different whenever it is added again, even under the
+// same name, since its content cannot be compared cheaply.
 func (s *Server) Add(v *Version) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -90,7 +102,22 @@ func (s *Server) Add(v *Version) {
 		m = make(map[string]*Version)
 		s.mods[v.Path] = m
 	}
+	delete(s.zipTime, v)
+	if old := m[v.Version]; old != nil && old != v && old.hasZip() && v.hasZip() &&
+		(old.ZipFile != "" || v.ZipFile != "" || !bytes.Equal(old.Zip, v.Zip)) {
+		if prev := s.zipModTimeLocked(old); !prev.IsZero() && v.Time.Unix() <= prev.Unix() {
+			s.zipTime[v] = time.Unix(prev.Unix()+1, 0).UTC()
+		}
+	}
 	m[v.Version] = v
+}
+
+// zipModTimeLocked returns the Last-Modified of v's zip; s.mu must be held.
+func (s *Server) zipModTimeLocked(v *Version) time.Time {
+	if t, ok := s.zipTime[v]; ok {
+		return t
+	}
+	return v.Time
 }
 
 // SetLatency delays every later request by d before it is handled, to
@@ -309,10 +336,15 @@ func (s *Server) serveZip(w http.ResponseWriter, r *http.Request, v *Version) {
 		notFound(w, v.Path, v.Version)
 		return
 	}
+	s.mu.RLock()
+	modtime := s.zipModTimeLocked(v)
+	s.mu.RUnlock()
 	w.Header().Set("Content-Type", "application/zip")
+	// The ETags are strong (no W/ prefix): http.ServeContent honors an
+	// If-Range ETag only on a strong match.
 	if v.ZipFile == "" {
 		w.Header().Set("ETag", etag(v.Zip))
-		http.ServeContent(w, r, "", v.Time, bytes.NewReader(v.Zip))
+		http.ServeContent(w, r, "", modtime, bytes.NewReader(v.Zip))
 		return
 	}
 	f, err := os.Open(v.ZipFile)
@@ -329,9 +361,11 @@ func (s *Server) serveZip(w http.ResponseWriter, r *http.Request, v *Version) {
 		return
 	}
 	// Hashing a huge file per request would dominate test time; identity,
-	// size and mtime change whenever the content does in practice.
-	w.Header().Set("ETag", etag(fmt.Appendf(nil, "%s@%s %d %d", v.Path, v.Version, fi.Size(), fi.ModTime().UnixNano())))
-	http.ServeContent(w, r, "", v.Time, f)
+	// size and mtime change whenever the content does in practice, and
+	// modtime changes whenever Add replaces the file.
+	w.Header().Set("ETag", etag(fmt.Appendf(nil, "%s@%s %s %d %d %d",
+		v.Path, v.Version, v.ZipFile, fi.Size(), fi.ModTime().UnixNano(), modtime.UnixNano())))
+	http.ServeContent(w, r, "", modtime, f)
 }
 
 // serveBytes uses http.ServeContent for every body so conditional and

@@ -1,0 +1,299 @@
+package goproxy
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/goproxy-team/goproxy/internal/gocmdtest"
+	"github.com/goproxy-team/goproxy/internal/moduletest"
+)
+
+// largeModule is a valid module zip of a few MB, shared by the tests here.
+var largeModule = sync.OnceValues(func() (*moduletest.Version, error) {
+	dir, err := os.MkdirTemp("", "goproxy-large-")
+	if err != nil {
+		return nil, err
+	}
+	return moduletest.LargeVersion(dir, "example.com/large", "v1.0.0", 6<<20)
+})
+
+func largeFixture(t *testing.T) (*moduletest.Version, []byte) {
+	t.Helper()
+	v, err := largeModule()
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := os.ReadFile(v.ZipFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, body
+}
+
+const largeZipPath = "/example.com/large/@v/v1.0.0.zip"
+
+func TestDownloadUnderFaults(t *testing.T) {
+	v, want := largeFixture(t)
+	tests := []struct {
+		name   string
+		faults *moduletest.Faults
+		check  func(t *testing.T, f *moduletest.Faults)
+	}{
+		{name: "parallel ranges tied to one version", check: func(t *testing.T, f *moduletest.Faults) {
+			log := f.Log()
+			if len(log) < 5 {
+				t.Errorf("%d requests; want the first range and at least four parts", len(log))
+			}
+			for _, r := range log[1:] {
+				if r.Range == "" || r.IfRange == "" {
+					t.Errorf("part request without Range/If-Range: %+v", r)
+				}
+			}
+		}},
+		{name: "30% of requests fail with 502", faults: &moduletest.Faults{FailFraction: 0.3, Seed: 1}},
+		{name: "bodies cut midway", faults: &moduletest.Faults{CutFraction: 0.3, Seed: 2}},
+		{name: "429 with Retry-After", faults: &moduletest.Faults{TooManyFraction: 0.3, Seed: 3}},
+		{name: "upstream ignores Range", faults: &moduletest.Faults{IgnoreRange: true}, check: func(t *testing.T, f *moduletest.Faults) {
+			if n := f.Requests(); n != 1 {
+				t.Errorf("%d requests to an upstream without ranges, want one stream", n)
+			}
+		}},
+		{name: "bandwidth capped", faults: &moduletest.Faults{BytesPerSecond: 64 << 20}},
+		{name: "everything at once", faults: &moduletest.Faults{FailFraction: 0.2, CutFraction: 0.2, TooManyFraction: 0.1, BytesPerSecond: 64 << 20, Seed: 4}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up := moduletest.NewServer([]*moduletest.Version{v})
+			defer up.Close()
+			faults := tt.faults
+			if faults == nil {
+				faults = &moduletest.Faults{}
+			}
+			srv := httptest.NewServer(faults.Wrap(up.Handler()))
+			defer srv.Close()
+			p := newTestProxy(t, srv.URL)
+			p.Download.Attempts = 12
+			w := do(p, "GET", largeZipPath)
+			if w.Code != 200 || !bytes.Equal(w.Body.Bytes(), want) {
+				t.Fatalf("%d, %d bytes (want %d): %.300s", w.Code, w.Body.Len(), len(want), w.Body)
+			}
+			if tt.check != nil {
+				tt.check(t, faults)
+			}
+			if files := filesUnder(t, p.TempDir); len(files) != 0 {
+				t.Errorf("files left behind: %v", files)
+			}
+		})
+	}
+}
+
+func TestDownloadFailsClearlyWhenFileChanges(t *testing.T) {
+	_, a := largeFixture(t)
+	b := bytes.Clone(a)
+	b[len(b)/2] ^= 0xff
+	var served atomic.Int32
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, etag := a, `"a"`
+		if served.Add(1) > 1 {
+			body, etag = b, `"b"` // replaced right after the first answer
+		}
+		w.Header().Set("ETag", etag)
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
+	}))
+	defer upstream.Close()
+	p := newTestProxy(t, upstream.URL)
+	w := do(p, "GET", largeZipPath)
+	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "changed during the download") {
+		t.Errorf("%d %q, want 502 saying the file changed", w.Code, w.Body)
+	}
+	if files := filesUnder(t, p.TempDir); len(files) != 0 {
+		t.Errorf("files of the mixed download left behind: %v", files)
+	}
+}
+
+func TestDownloadRetries(t *testing.T) {
+	tests := []struct {
+		name      string
+		answers   []int // status of successive answers; then 200
+		retryAfer string
+		wantCode  int
+		wantCount int
+	}{
+		{name: "5xx is retried", answers: []int{500, 503}, wantCode: 200, wantCount: 3},
+		{name: "429 is retried", answers: []int{429}, wantCode: 200, wantCount: 2},
+		{name: "Retry-After is honoured up to MaxDelay", answers: []int{429}, retryAfer: "3600", wantCode: 200, wantCount: 2},
+		{name: "404 is not retried", answers: []int{404}, wantCode: 404, wantCount: 1},
+		{name: "400 is not retried", answers: []int{400}, wantCode: 502, wantCount: 1},
+		{name: "attempts run out", answers: []int{500, 500, 500, 500, 500, 500}, wantCode: 502, wantCount: 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up := newFakeUpstream(t, testModuleFiles(t))
+			var n atomic.Int32
+			up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+				i := int(n.Add(1)) - 1
+				if i < len(tt.answers) {
+					if tt.retryAfer != "" {
+						w.Header().Set("Retry-After", tt.retryAfer)
+					}
+					http.Error(w, "injected", tt.answers[i])
+					return true
+				}
+				return false
+			})
+			p := newTestProxy(t, up.URL)
+			w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod")
+			if w.Code != tt.wantCode || int(n.Load()) != tt.wantCount {
+				t.Errorf("%d after %d requests, want %d after %d: %s", w.Code, n.Load(), tt.wantCode, tt.wantCount, w.Body)
+			}
+		})
+	}
+}
+
+func TestDownloadConcurrencyIsBounded(t *testing.T) {
+	vs := moduletest.Graph(24)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	release := make(chan struct{})
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool { <-release; return false })
+	p := newTestProxy(t, up.URL)
+	p.Download.MaxConcurrent = 3
+	var wg sync.WaitGroup
+	for i := range 24 {
+		wg.Go(func() {
+			if w := do(p, "GET", "/"+moduletest.GraphPath(i)+"/@v/v1.0.0.mod"); w.Code != 200 {
+				t.Errorf("%d: %d %s", i, w.Code, w.Body)
+			}
+		})
+	}
+	// Three downloads reach the upstream and wait there; the rest queue.
+	waitFor(t, func() bool { return up.TotalRequests() == 3 })
+	close(release)
+	wg.Wait()
+	if m := up.MaxInFlight(); m > 3 {
+		t.Errorf("upstream saw %d requests at once, want at most 3", m)
+	}
+}
+
+func TestDownloadProgress(t *testing.T) {
+	v, want := largeFixture(t)
+	up := moduletest.NewServer([]*moduletest.Version{v})
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	var mu sync.Mutex
+	var last [2]int64
+	p.Download.Progress = func(module, version string, done, total int64) {
+		if module != "example.com/large" || version != "v1.0.0" {
+			t.Errorf("progress for %s@%s", module, version)
+		}
+		mu.Lock()
+		last = [2]int64{done, total}
+		mu.Unlock()
+	}
+	do(p, "GET", largeZipPath)
+	if last != [2]int64{int64(len(want)), int64(len(want))} {
+		t.Errorf("final progress %v, want done = total = %d", last, len(want))
+	}
+}
+
+// TestDownloadResumesAfterKill kills a proxy process in the middle of a
+// large download, starts another over the same directories, and checks
+// that the upstream sends only the bytes the first did not keep.
+func TestDownloadResumesAfterKill(t *testing.T) {
+	if dir := os.Getenv("TEST_RESUME_TEMPDIR"); dir != "" {
+		p := &Proxy{Cacher: &MemCacher{}, TempDir: dir, Env: []string{"GOPROXY=" + os.Getenv("TEST_RESUME_UPSTREAM")}}
+		fmt.Println("started")
+		do(p, "GET", largeZipPath)
+		return
+	}
+	v, want := largeFixture(t)
+	up := moduletest.NewServer([]*moduletest.Version{v})
+	defer up.Close()
+	faults := &moduletest.Faults{BytesPerSecond: 4 << 20} // 4 connections × 4 MB/s: about 0.4 s for 6 MB
+	srv := httptest.NewServer(faults.Wrap(up.Handler()))
+	defer srv.Close()
+
+	tempDir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDownloadResumesAfterKill$")
+	cmd.Env = append(os.Environ(), "TEST_RESUME_TEMPDIR="+tempDir, "TEST_RESUME_UPSTREAM="+srv.URL)
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	bufio.NewReader(stdout).ReadString('\n')
+	// Kill once a third has arrived and the progress has been saved.
+	var saved partialState
+	waitFor(t, func() bool {
+		matches, _ := filepath.Glob(filepath.Join(tempDir, "goproxy-partial", "*.json"))
+		if len(matches) != 1 || faults.BodyBytes() < int64(len(want))/3 {
+			return false
+		}
+		b, _ := os.ReadFile(matches[0])
+		return json.Unmarshal(b, &saved) == nil && saved.Size > 0
+	})
+	cmd.Process.Kill()
+	cmd.Wait()
+	matches, _ := filepath.Glob(filepath.Join(tempDir, "goproxy-partial", "*.json"))
+	b, _ := os.ReadFile(matches[0])
+	saved = partialState{}
+	json.Unmarshal(b, &saved)
+	var kept int64
+	for _, p := range saved.Parts {
+		kept += p.Done
+	}
+	if kept == 0 || kept >= int64(len(want)) {
+		t.Fatalf("killed process kept %d of %d bytes; the test proves nothing", kept, len(want))
+	}
+
+	sentBefore := faults.BodyBytes()
+	p := newTestProxy(t, srv.URL)
+	p.TempDir = tempDir
+	w := do(p, "GET", largeZipPath)
+	if w.Code != 200 || !bytes.Equal(w.Body.Bytes(), want) {
+		t.Fatalf("resumed download: %d, %d bytes", w.Code, w.Body.Len())
+	}
+	if sent := faults.BodyBytes() - sentBefore; sent != int64(len(want))-kept {
+		t.Errorf("after the restart the upstream sent %d bytes; the file lacked %d", sent, int64(len(want))-kept)
+	}
+	t.Logf("first process kept %d of %d bytes; the second fetched the other %d", kept, len(want), int64(len(want))-kept)
+}
+
+// TestGoCommandWithFlakyUpstream runs go mod download through the proxy
+// while 30% of upstream requests fail.
+func TestGoCommandWithFlakyUpstream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the go command")
+	}
+	vs := moduletest.Graph(20)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	faults := &moduletest.Faults{FailFraction: 0.3, Seed: 7}
+	srv := httptest.NewServer(faults.Wrap(up.Handler()))
+	defer srv.Close()
+	p := newTestProxy(t, srv.URL)
+	p.Download.Attempts = 12 // 0.3^12: a request failing for good is one in two million
+	proxy := httptest.NewServer(p)
+	defer proxy.Close()
+
+	gocmd := gocmdtest.New(t)
+	gocmd.Set("GOPROXY", proxy.URL)
+	gocmd.WriteGoMod(moduletest.RootGoMod(vs))
+	gocmd.MustRun(t, "mod", "download")
+	if faults.Injected502() == 0 {
+		t.Error("no failure was injected; the test proves nothing")
+	}
+	t.Logf("%d upstream requests, %d failed", faults.Requests(), faults.Injected502())
+}
+

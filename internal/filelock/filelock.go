@@ -1,0 +1,12 @@
+// Package filelock takes advisory locks on open files, so that two processes
+// sharing a directory never resume the same partial download at once. The
+// operating system drops the lock when its holder dies, which is what lets a
+// restarted process take over a killed one's partial files.
+package filelock
+
+import "os"
+
+// TryLock takes an exclusive lock on f without waiting. It reports false,
+// with a nil error, when another holder has the lock. The lock lasts until
+// f is closed.
+func TryLock(f *os.File) (bool, error) { return tryLock(f) }
