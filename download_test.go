@@ -296,4 +296,3 @@ func TestGoCommandWithFlakyUpstream(t *testing.T) {
 	}
 	t.Logf("%d upstream requests, %d failed", faults.Requests(), faults.Injected502())
 }
-
