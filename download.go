@@ -114,6 +114,9 @@ type fetched struct {
 	file    *os.File
 	size    int64
 	modTime time.Time
+	// unverified is set when the checksum database could not be reached
+	// and AllowUnverified let the file through: it is served, not cached.
+	unverified bool
 }
 
 // reader returns an independent reader over the content, so that every

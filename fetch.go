@@ -208,17 +208,23 @@ func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched,
 	return nil, bestErr
 }
 
-// fetchFromProxy downloads req's file from one upstream proxy and validates it.
+// fetchFromProxy downloads req's file from one upstream proxy, validates
+// it and verifies it against the checksum database.
 func (p *Proxy) fetchFromProxy(ctx context.Context, base string, req *request) (*fetched, error) {
 	start := time.Now()
+	p.prefetchSumDBRecord(ctx, req)
 	f, err := p.downloader.get(ctx, base+"/"+req.name, target{
 		module: req.modPath, version: req.version, toFile: req.kind == kindZip, limit: req.maxSize(),
 	})
 	if err == nil {
 		if err = req.validate(f); err != nil {
+			err = &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("invalid %s from upstream %s: %v", req, redactURL(base), err), err: err}
+		} else if err = p.verify(ctx, req, f); errors.Is(err, errUnverified) {
+			f.unverified, err = true, nil
+		}
+		if err != nil {
 			f.close()
 			f = nil
-			err = &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("invalid %s from upstream %s: %v", req, redactURL(base), err), err: err}
 		}
 	}
 	outcome := "ok"

@@ -8,7 +8,6 @@
 package goproxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -22,9 +21,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/klauspost/compress/gzip"
-	"golang.org/x/mod/module"
 )
 
 // Proxy is an [http.Handler] serving the Go module proxy protocol. Mount it at
@@ -38,9 +34,11 @@ type Proxy struct {
 	Cacher Cacher
 
 	// Env holds the go command's settings the proxy follows, in the form of
-	// [os.Environ]: GOPROXY (the upstreams), GONOPROXY and GOPRIVATE. They
-	// mean what they mean to the go command, with the same defaults
-	// (GOPROXY=https://proxy.golang.org,direct). If nil, the process
+	// [os.Environ]: GOPROXY (the upstreams), GONOPROXY, GOPRIVATE, GOSUMDB
+	// (the checksum database that every .mod and .zip is verified against
+	// before it is cached) and GONOSUMDB. They mean what they mean to the
+	// go command, with the same defaults (GOPROXY=https://proxy.golang.org,direct,
+	// GOSUMDB=sum.golang.org). If nil, the process
 	// environment is read when the Proxy is initialized.
 	Env []string
 
@@ -64,6 +62,23 @@ type Proxy struct {
 	// [os.TempDir] is used.
 	TempDir string
 
+	// SumDBs names more checksum databases to serve at /sumdb/<name>/,
+	// each "name" or "name URL" (the URL defaults to https://name).
+	// sum.golang.org and the database GOSUMDB names are always served;
+	// requests for any other database get 404, so the proxy is no open
+	// relay.
+	SumDBs []string
+
+	// SumDBTTL is how long a checksum database's latest tree and partial
+	// tiles are served from the cache before they are fetched again. Full
+	// tiles and lookups never change and are kept. Zero means 30 seconds.
+	SumDBTTL time.Duration
+
+	// AllowUnverified lets .mod and .zip files through unverified (and
+	// uncached) when the checksum database cannot be reached. By default
+	// the proxy fails closed and answers 502.
+	AllowUnverified bool
+
 	// Download tunes the download engine: parallel Range requests, retries,
 	// resumption and concurrency. The zero value gives sensible defaults.
 	Download DownloadOptions
@@ -77,6 +92,8 @@ type Proxy struct {
 	settings   *settings
 	cacher     Cacher
 	downloader *downloader
+	sumdbs     map[string]*sumDB
+	verifier   *sumDB
 	flights    flightGroup
 	notFound   notFoundMemo
 }
@@ -112,6 +129,9 @@ func (p *Proxy) init() error {
 	}
 	p.downloader = newDownloader(p.Download.withDefaults(p.TempDir), &http.Client{Transport: transport}, p.logger())
 	p.notFound.ttl = ttlOrDefault(p.NotFoundTTL)
+	if err := p.initSumDBs(); err != nil {
+		return fmt.Errorf("goproxy: %w", err)
+	}
 	return nil
 }
 
@@ -140,74 +160,98 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	req, err := parseRequest(r.URL.Path)
-	if err != nil {
-		var fe *fetchError
-		errors.As(err, &fe)
-		writeError(w, fe.status, fe.msg)
-		return
-	}
-	if req.mutable() {
-		p.serveMutable(w, r, req)
-	} else {
-		p.serveImmutable(w, r, req)
-	}
-}
-
-// serveImmutable serves a canonical version's .info, .mod or .zip, which
-// never change once published: from the cache if there, else fetched once.
-func (p *Proxy) serveImmutable(w http.ResponseWriter, r *http.Request, req *request) {
-	ctx := r.Context()
-	if cf, err := p.cacheGet(ctx, req); err == nil {
-		defer cf.Close()
-		p.logger().LogAttrs(ctx, slog.LevelDebug, "cache hit", slog.String("file", req.name))
-		serveFile(w, r, req, cf, cf.ModTime(), etagOf(cf), immutableCacheControl)
-		return
-	}
-	if fetchDisabled(r) {
-		writeError(w, http.StatusNotFound, req.String()+" is not cached and Disable-Module-Fetch is set")
-		return
-	}
-	f, release, err := p.fetch(ctx, req)
+	req, err := p.parseRequest(r.URL.Path)
 	if err != nil {
 		p.writeFetchError(w, err)
 		return
 	}
-	defer release()
-	serveFile(w, r, req, f.reader(), f.modTime, "", immutableCacheControl)
+	if req.supported {
+		// The go command asks this before sending checksum database
+		// requests through the proxy; answering it is all it needs.
+		writeError(w, http.StatusOK, "")
+		return
+	}
+	c, err := p.open(r.Context(), req, !fetchDisabled(r))
+	if err != nil {
+		p.writeFetchError(w, err)
+		return
+	}
+	defer c.close()
+	if c.stale {
+		w.Header().Set("Warning", `110 - "Response is Stale"`)
+	}
+	serveFile(w, r, req, c, p.cacheControl(req, c))
 }
 
-// serveMutable serves a version list, @latest or query answer: from the
-// cache while fresh, else fetched again, falling back on the stale copy when
-// every upstream fails.
-func (p *Proxy) serveMutable(w http.ResponseWriter, r *http.Request, req *request) {
-	ctx := r.Context()
-	ttl := ttlOrDefault(p.MutableTTL)
+// content is a file ready to serve, from the cache or just fetched.
+type content struct {
+	io.ReadSeeker
+	modTime time.Time
+	etag    string
+	// stale marks a mutable entry past its time, served because it could
+	// not be refreshed (or fetching was disabled).
+	stale bool
+	close func()
+}
+
+// open finds req's file: in the cache while it is valid, else from
+// upstream unless mayFetch is false, falling back on a stale cached copy
+// of a mutable entry when every upstream fails. The caller must call
+// close on the result.
+func (p *Proxy) open(ctx context.Context, req *request, mayFetch bool) (*content, error) {
+	ttl := p.ttl(req)
 	cached, err := p.cacheGet(ctx, req)
 	if err == nil {
-		defer cached.Close()
 		age := time.Since(cached.ModTime())
-		if age < ttl || fetchDisabled(r) {
+		if !req.mutable() || age < ttl || !mayFetch {
 			p.logger().LogAttrs(ctx, slog.LevelDebug, "cache hit", slog.String("file", req.name))
-			serveMutableFile(w, r, req, cached, cached.ModTime(), ttl)
-			return
+			return &content{ReadSeeker: cached, modTime: cached.ModTime(), etag: etagOf(cached),
+				stale: req.mutable() && age >= ttl, close: func() { cached.Close() }}, nil
 		}
-	} else if fetchDisabled(r) {
-		writeError(w, http.StatusNotFound, req.String()+" is not cached and Disable-Module-Fetch is set")
-		return
+	} else {
+		cached = nil
+		if !mayFetch {
+			return nil, &fetchError{status: http.StatusNotFound, msg: req.String() + " is not cached and Disable-Module-Fetch is set"}
+		}
 	}
 	f, release, err := p.fetch(ctx, req)
 	if err != nil {
-		if cached != nil && !errors.Is(err, fs.ErrNotExist) && ctx.Err() == nil {
-			p.logger().LogAttrs(ctx, slog.LevelWarn, "serving stale", slog.String("file", req.name), slog.String("error", err.Error()))
-			serveMutableFile(w, r, req, cached, cached.ModTime(), ttl)
-			return
+		if cached == nil {
+			return nil, err
 		}
-		p.writeFetchError(w, err)
-		return
+		if errors.Is(err, fs.ErrNotExist) || ctx.Err() != nil {
+			cached.Close()
+			return nil, err
+		}
+		p.logger().LogAttrs(ctx, slog.LevelWarn, "serving stale", slog.String("file", req.name), slog.String("error", err.Error()))
+		return &content{ReadSeeker: cached, modTime: cached.ModTime(), etag: etagOf(cached), stale: true, close: func() { cached.Close() }}, nil
 	}
-	defer release()
-	serveMutableFile(w, r, req, f.reader(), f.modTime, ttl)
+	if cached != nil {
+		cached.Close()
+	}
+	return &content{ReadSeeker: f.reader(), modTime: f.modTime, close: release}, nil
+}
+
+// ttl is how long a mutable entry of req's kind stays fresh.
+func (p *Proxy) ttl(req *request) time.Duration {
+	if req.db != nil {
+		if p.SumDBTTL == 0 {
+			return 30 * time.Second
+		}
+		return max(p.SumDBTTL, 0)
+	}
+	return ttlOrDefault(p.MutableTTL)
+}
+
+// cacheControl says how long clients and shared caches may keep c.
+func (p *Proxy) cacheControl(req *request, c *content) string {
+	switch {
+	case !req.mutable():
+		return "public, max-age=31536000, immutable"
+	case c.stale:
+		return "no-cache"
+	}
+	return "public, max-age=" + strconv.Itoa(int(p.ttl(req).Seconds()))
 }
 
 // cacheGet looks req up in the cache. A cache that fails is logged and
@@ -230,12 +274,21 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 	f, release, err = p.flights.do(ctx, req.name, func(ctx context.Context) (*fetched, error) {
 		ctx, cancel := context.WithTimeout(ctx, p.downloader.opts.Timeout)
 		defer cancel()
-		f, err := p.fetchFromUpstreams(ctx, req)
+		var f *fetched
+		var err error
+		if req.kind == kindSumDB {
+			f, err = p.fetchFromSumDB(ctx, req)
+		} else {
+			f, err = p.fetchFromUpstreams(ctx, req)
+		}
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				p.notFound.put(req.name, err)
 			}
 			return nil, err
+		}
+		if f.unverified {
+			return f, nil
 		}
 		if err := p.cacher.Put(ctx, req.name, f.reader()); err != nil {
 			// Still serve what was fetched and validated; the next request
@@ -265,125 +318,6 @@ func (p *Proxy) writeFetchError(w http.ResponseWriter, err error) {
 		return
 	}
 	writeError(w, http.StatusBadGateway, err.Error())
-}
-
-// writeError answers with a plain-text message, which the go command shows
-// its user.
-func writeError(w http.ResponseWriter, status int, msg string) {
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("Content-Length", strconv.Itoa(len(msg)+1))
-	h.Set("X-Content-Type-Options", "nosniff")
-	if h.Get("Cache-Control") == "" {
-		h.Set("Cache-Control", "no-store")
-	}
-	w.WriteHeader(status)
-	io.WriteString(w, msg+"\n")
-}
-
-const immutableCacheControl = "public, max-age=31536000, immutable"
-
-// serveMutableFile serves a list, @latest or query answer, marking it stale
-// when it is older than ttl.
-func serveMutableFile(w http.ResponseWriter, r *http.Request, req *request, content io.ReadSeeker, modTime time.Time, ttl time.Duration) {
-	cacheControl := "public, max-age=" + strconv.Itoa(int(ttl.Seconds()))
-	if age := time.Since(modTime); age >= ttl {
-		w.Header().Set("Warning", `110 - "Response is Stale"`)
-		cacheControl = "no-cache"
-	}
-	serveFile(w, r, req, content, modTime, "", cacheControl)
-}
-
-// gzipMinSize is the smallest text response worth compressing.
-const gzipMinSize = 1 << 10
-
-// serveFile writes content with the headers for req's kind. Zips and
-// requests with Range or conditions go through http.ServeContent. Other
-// text bodies are gzip-compressed whole in memory (they are size-capped),
-// so that the response still has a Content-Length.
-func serveFile(w http.ResponseWriter, r *http.Request, req *request, content io.ReadSeeker, modTime time.Time, etag, cacheControl string) {
-	h := w.Header()
-	h.Set("Content-Type", req.contentType())
-	h.Set("Cache-Control", cacheControl)
-	if etag != "" {
-		h.Set("ETag", etag)
-	}
-	if req.kind != kindZip {
-		h.Add("Vary", "Accept-Encoding")
-		if acceptsGzip(r) && r.Header.Get("Range") == "" && r.Header.Get("If-None-Match") == "" && r.Header.Get("If-Modified-Since") == "" {
-			if size, err := content.Seek(0, io.SeekEnd); err == nil && size >= gzipMinSize {
-				if _, err := content.Seek(0, io.SeekStart); err == nil && serveGzip(w, r, content, modTime) {
-					return
-				}
-			}
-			content.Seek(0, io.SeekStart)
-		}
-	}
-	http.ServeContent(w, r, "", modTime, content)
-}
-
-var gzipWriters = sync.Pool{New: func() any {
-	zw, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed)
-	return zw
-}}
-
-// serveGzip writes content gzip-compressed, reporting false without writing
-// anything if compression failed.
-func serveGzip(w http.ResponseWriter, r *http.Request, content io.Reader, modTime time.Time) bool {
-	var buf bytes.Buffer
-	zw := gzipWriters.Get().(*gzip.Writer)
-	defer gzipWriters.Put(zw)
-	zw.Reset(&buf)
-	if _, err := io.Copy(zw, content); err != nil {
-		return false
-	}
-	if err := zw.Close(); err != nil {
-		return false
-	}
-	h := w.Header()
-	h.Set("Content-Encoding", "gzip")
-	h.Set("Content-Length", strconv.Itoa(buf.Len()))
-	if !modTime.IsZero() {
-		h.Set("Last-Modified", modTime.UTC().Format(http.TimeFormat))
-	}
-	h.Del("ETag") // the tag names the identity encoding
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		w.Write(buf.Bytes())
-	}
-	return true
-}
-
-func acceptsGzip(r *http.Request) bool {
-	for _, v := range r.Header.Values("Accept-Encoding") {
-		for coding := range strings.SplitSeq(v, ",") {
-			name, params, _ := strings.Cut(coding, ";")
-			if !strings.EqualFold(strings.TrimSpace(name), "gzip") {
-				continue
-			}
-			q := 1.0
-			for param := range strings.SplitSeq(params, ";") {
-				if k, v, _ := strings.Cut(strings.TrimSpace(param), "="); k == "q" {
-					q, _ = strconv.ParseFloat(v, 64)
-				}
-			}
-			return q > 0
-		}
-	}
-	return false
-}
-
-// etagOf returns the cached file's tag, or one derived from size and time.
-func etagOf(cf CachedFile) string {
-	if t, ok := cf.(interface{ ETag() string }); ok {
-		return t.ETag()
-	}
-	size, err := cf.Seek(0, io.SeekEnd)
-	if err != nil {
-		return ""
-	}
-	cf.Seek(0, io.SeekStart)
-	return fmt.Sprintf(`"%x-%x"`, cf.ModTime().UnixNano(), size)
 }
 
 // notFoundMemo remembers not-found answers for a while.
@@ -442,125 +376,6 @@ func (m *notFoundMemo) put(name string, err error) {
 		}
 	}
 	m.entries[name] = notFoundEntry{err: err, expires: now.Add(m.ttl)}
-}
-
-// kind is the kind of file a request asks for.
-type kind int
-
-const (
-	kindList kind = iota
-	kindLatest
-	kindInfo
-	kindMod
-	kindZip
-)
-
-// request is a validated module proxy request.
-type request struct {
-	modPath   string // decoded module path
-	version   string // decoded version or query; empty for list and @latest
-	kind      kind
-	canonical bool   // version is a canonical semantic version
-	name      string // escaped name: the cache name and the upstream path
-}
-
-// maxPathLen bounds request paths; module paths are far shorter in practice.
-const maxPathLen = 1024
-
-// parseRequest decodes and validates a module proxy path (without a leading
-// slash) with golang.org/x/mod/module, so nothing unchecked reaches a cacher
-// or an upstream.
-func parseRequest(urlPath string) (*request, error) {
-	p := strings.TrimPrefix(urlPath, "/")
-	bad := func(status int, format string, args ...any) error {
-		return &fetchError{status: status, msg: fmt.Sprintf(format, args...)}
-	}
-	if len(p) > maxPathLen {
-		return nil, bad(http.StatusRequestURITooLong, "request path is longer than %d bytes", maxPathLen)
-	}
-	req := &request{}
-	var escPath, file string
-	if esc, ok := strings.CutSuffix(p, "/@latest"); ok {
-		escPath, req.kind = esc, kindLatest
-	} else if i := strings.LastIndex(p, "/@v/"); i >= 0 {
-		escPath, file = p[:i], p[i+len("/@v/"):]
-		switch {
-		case file == "list":
-			req.kind = kindList
-		case strings.HasSuffix(file, ".info"):
-			req.kind = kindInfo
-		case strings.HasSuffix(file, ".mod"):
-			req.kind = kindMod
-		case strings.HasSuffix(file, ".zip"):
-			req.kind = kindZip
-		default:
-			return nil, bad(http.StatusNotFound, "unknown file %q: a module proxy serves list, .info, .mod and .zip", file)
-		}
-	} else {
-		return nil, bad(http.StatusNotFound, "not a module proxy path: %q", p)
-	}
-	var err error
-	if req.modPath, err = module.UnescapePath(escPath); err != nil {
-		return nil, bad(http.StatusBadRequest, "%v", err)
-	}
-	if req.kind == kindList || req.kind == kindLatest {
-		req.name = p
-		return req, nil
-	}
-	escVersion := file[:strings.LastIndexByte(file, '.')]
-	if req.version, err = module.UnescapeVersion(escVersion); err != nil {
-		return nil, bad(http.StatusBadRequest, "%v", err)
-	}
-	req.canonical = module.CanonicalVersion(req.version) == req.version
-	if req.canonical || req.kind != kindInfo {
-		if err := module.Check(req.modPath, req.version); err != nil {
-			return nil, bad(http.StatusBadRequest, "%v", err)
-		}
-		if !req.canonical {
-			return nil, bad(http.StatusBadRequest, "%s@%s: version is not canonical (want %s)", req.modPath, req.version, module.CanonicalVersion(req.version))
-		}
-	}
-	req.name = p
-	return req, nil
-}
-
-// mutable reports whether the answer to req may change over time.
-func (req *request) mutable() bool {
-	return req.kind == kindList || req.kind == kindLatest || !req.canonical
-}
-
-func (req *request) maxSize() int64 {
-	switch req.kind {
-	case kindList:
-		return maxListSize
-	case kindMod:
-		return maxModSize
-	case kindZip:
-		return maxZipSize
-	}
-	return maxInfoSize
-}
-
-func (req *request) contentType() string {
-	switch req.kind {
-	case kindLatest, kindInfo:
-		return "application/json"
-	case kindZip:
-		return "application/zip"
-	}
-	return "text/plain; charset=utf-8"
-}
-
-// String names the requested file for messages, as module@version.ext.
-func (req *request) String() string {
-	switch req.kind {
-	case kindList:
-		return req.modPath + " version list"
-	case kindLatest:
-		return req.modPath + "@latest"
-	}
-	ext := map[kind]string{kindInfo: ".info", kindMod: ".mod", kindZip: ".zip"}[req.kind]
-	return req.modPath + "@" + req.version + ext
 }
 
 func levelFor(err error) slog.Level {

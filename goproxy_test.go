@@ -21,12 +21,13 @@ import (
 )
 
 // newTestProxy returns a Proxy with a fresh MemCacher whose upstream list is
-// goproxy, logging to the test's output.
+// goproxy, logging to the test's output. Checksum verification is off unless
+// env sets GOSUMDB: most tests are about other things.
 func newTestProxy(t *testing.T, goproxy string, env ...string) *Proxy {
 	t.Helper()
 	return &Proxy{
 		Cacher:  &MemCacher{},
-		Env:     append([]string{"GOPROXY=" + goproxy}, env...),
+		Env:     append([]string{"GOPROXY=" + goproxy, "GOSUMDB=off"}, env...),
 		Logger:  slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
 		TempDir: t.TempDir(),
 		// Retries stay on, but quick: tests wait on conditions, not clocks.
@@ -416,6 +417,7 @@ func (brokenCacher) Put(context.Context, string, io.ReadSeeker) error { return f
 func TestZeroValueUsesEnvironment(t *testing.T) {
 	up := newFakeUpstream(t, testModuleFiles(t))
 	t.Setenv("GOPROXY", up.URL)
+	t.Setenv("GOSUMDB", "off")
 	cacheHome := t.TempDir()
 	t.Setenv("XDG_CACHE_HOME", cacheHome)
 	var p Proxy

@@ -40,7 +40,10 @@ func TestHostileRequests(t *testing.T) {
 		{"root", "/"},
 		{"leading dot element", "/.hidden.com/@v/list"},
 		{"backslash", "/example.com/a\\..\\b/@v/list"},
-		{"checksum database not configured", "/sumdb/sum.golang.org/latest"},
+		{"checksum database not configured", "/sumdb/other.example/latest"},
+		{"checksum database bad tile", "/sumdb/sum.golang.org/tile/8/0/../../x"},
+		{"checksum database bad lookup", "/sumdb/sum.golang.org/lookup/example.com/a@v1.0"},
+		{"checksum database unknown file", "/sumdb/sum.golang.org/secret"},
 	}
 	root := t.TempDir()
 	cacheDir := filepath.Join(root, "cache")

@@ -1,0 +1,204 @@
+package goproxy
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+
+	"golang.org/x/mod/module"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// kind is the kind of file a request asks for.
+type kind int
+
+const (
+	kindList kind = iota
+	kindLatest
+	kindInfo
+	kindMod
+	kindZip
+	kindSumDB // a checksum database file: latest, lookup or tile
+)
+
+// request is a validated module proxy request.
+type request struct {
+	modPath   string // decoded module path
+	version   string // decoded version or query; empty for list and @latest
+	kind      kind
+	canonical bool   // version is a canonical semantic version
+	name      string // escaped name: the cache name and the upstream path
+
+	// For checksum database requests:
+	db        *sumDB // the database asked
+	dbPath    string // the path below /sumdb/<name>/
+	immutable bool   // a full tile or a lookup, which never change
+	supported bool   // the /sumdb/<name>/supported probe
+}
+
+// maxPathLen bounds request paths; module paths are far shorter in practice.
+const maxPathLen = 1024
+
+// parseRequest decodes and validates a module proxy path (without a leading
+// slash) with golang.org/x/mod/module, so nothing unchecked reaches a cacher
+// or an upstream.
+func (p *Proxy) parseRequest(urlPath string) (*request, error) {
+	path := strings.TrimPrefix(urlPath, "/")
+	if len(path) > maxPathLen {
+		return nil, badRequest(http.StatusRequestURITooLong, "request path is longer than %d bytes", maxPathLen)
+	}
+	if rest, ok := strings.CutPrefix(path, "sumdb/"); ok {
+		return p.parseSumDBRequest(rest)
+	}
+	bad := badRequest
+	req := &request{}
+	var escPath, file string
+	if esc, ok := strings.CutSuffix(path, "/@latest"); ok {
+		escPath, req.kind = esc, kindLatest
+	} else if i := strings.LastIndex(path, "/@v/"); i >= 0 {
+		escPath, file = path[:i], path[i+len("/@v/"):]
+		switch {
+		case file == "list":
+			req.kind = kindList
+		case strings.HasSuffix(file, ".info"):
+			req.kind = kindInfo
+		case strings.HasSuffix(file, ".mod"):
+			req.kind = kindMod
+		case strings.HasSuffix(file, ".zip"):
+			req.kind = kindZip
+		default:
+			return nil, bad(http.StatusNotFound, "unknown file %q: a module proxy serves list, .info, .mod and .zip", file)
+		}
+	} else {
+		return nil, bad(http.StatusNotFound, "not a module proxy path: %q", path)
+	}
+	var err error
+	if req.modPath, err = module.UnescapePath(escPath); err != nil {
+		return nil, bad(http.StatusBadRequest, "%v", err)
+	}
+	if req.kind == kindList || req.kind == kindLatest {
+		req.name = path
+		return req, nil
+	}
+	escVersion := file[:strings.LastIndexByte(file, '.')]
+	if req.version, err = module.UnescapeVersion(escVersion); err != nil {
+		return nil, bad(http.StatusBadRequest, "%v", err)
+	}
+	req.canonical = module.CanonicalVersion(req.version) == req.version
+	if req.canonical || req.kind != kindInfo {
+		if err := module.Check(req.modPath, req.version); err != nil {
+			return nil, bad(http.StatusBadRequest, "%v", err)
+		}
+		if !req.canonical {
+			return nil, bad(http.StatusBadRequest, "%s@%s: version is not canonical (want %s)", req.modPath, req.version, module.CanonicalVersion(req.version))
+		}
+	}
+	req.name = path
+	return req, nil
+}
+
+func badRequest(status int, format string, args ...any) error {
+	return &fetchError{status: status, msg: fmt.Sprintf(format, args...)}
+}
+
+// parseSumDBRequest validates a checksum database path, below /sumdb/:
+// only the databases the proxy is configured for are answered, so it is
+// never an open relay.
+func (p *Proxy) parseSumDBRequest(path string) (*request, error) {
+	name, rest, _ := strings.Cut(path, "/")
+	db := p.sumdbs[name]
+	if db == nil {
+		return nil, badRequest(http.StatusNotFound, "checksum database %q is not served by this proxy", name)
+	}
+	req := &request{kind: kindSumDB, db: db, dbPath: rest, name: "sumdb/" + name + "/" + rest}
+	switch {
+	case rest == "supported":
+		req.supported = true
+	case rest == "latest":
+	case strings.HasPrefix(rest, "lookup/"):
+		escPath, escVersion, ok := strings.Cut(strings.TrimPrefix(rest, "lookup/"), "@")
+		if !ok {
+			return nil, badRequest(http.StatusBadRequest, "checksum database lookup %q is not module@version", rest)
+		}
+		var err error
+		if req.modPath, err = module.UnescapePath(escPath); err != nil {
+			return nil, badRequest(http.StatusBadRequest, "%v", err)
+		}
+		if req.version, err = module.UnescapeVersion(escVersion); err != nil {
+			return nil, badRequest(http.StatusBadRequest, "%v", err)
+		}
+		if err := module.Check(req.modPath, req.version); err != nil {
+			return nil, badRequest(http.StatusBadRequest, "%v", err)
+		}
+		if module.CanonicalVersion(req.version) != req.version {
+			return nil, badRequest(http.StatusBadRequest, "%s@%s: version is not canonical", req.modPath, req.version)
+		}
+		req.immutable = true
+	case strings.HasPrefix(rest, "tile/"):
+		tile, err := tlog.ParseTilePath(rest)
+		if err != nil {
+			return nil, badRequest(http.StatusBadRequest, "invalid tile path %q", rest)
+		}
+		// A full tile never changes; a partial one is replaced by a
+		// wider one as the log grows.
+		req.immutable = tile.W == 1<<tile.H
+	default:
+		return nil, badRequest(http.StatusNotFound, "unknown checksum database path %q", rest)
+	}
+	return req, nil
+}
+
+// mutable reports whether the answer to req may change over time.
+func (req *request) mutable() bool {
+	if req.kind == kindSumDB {
+		return !req.immutable
+	}
+	return req.kind == kindList || req.kind == kindLatest || !req.canonical
+}
+
+// compressible reports whether gzip may pay off: text, not zips or tiles.
+func (req *request) compressible() bool {
+	return req.kind != kindZip && (req.kind != kindSumDB || !strings.HasPrefix(req.dbPath, "tile/"))
+}
+
+func (req *request) maxSize() int64 {
+	switch req.kind {
+	case kindList:
+		return maxListSize
+	case kindMod:
+		return maxModSize
+	case kindZip:
+		return maxZipSize
+	case kindSumDB:
+		return maxSumDBSize
+	}
+	return maxInfoSize
+}
+
+func (req *request) contentType() string {
+	switch req.kind {
+	case kindLatest, kindInfo:
+		return "application/json"
+	case kindZip:
+		return "application/zip"
+	case kindSumDB:
+		if strings.HasPrefix(req.dbPath, "tile/") {
+			return "application/octet-stream"
+		}
+	}
+	return "text/plain; charset=utf-8"
+}
+
+// String names the requested file for messages, as module@version.ext.
+func (req *request) String() string {
+	switch req.kind {
+	case kindList:
+		return req.modPath + " version list"
+	case kindLatest:
+		return req.modPath + "@latest"
+	case kindSumDB:
+		return "checksum database " + req.db.name + " file " + req.dbPath
+	}
+	ext := map[kind]string{kindInfo: ".info", kindMod: ".mod", kindZip: ".zip"}[req.kind]
+	return req.modPath + "@" + req.version + ext
+}

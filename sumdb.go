@@ -1,0 +1,346 @@
+package goproxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/mod/module"
+	"golang.org/x/mod/sumdb"
+	"golang.org/x/mod/sumdb/dirhash"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// sumGolangOrgKey is the verifier key of sum.golang.org, as the go command
+// has it built in.
+const sumGolangOrgKey = "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8"
+
+// maxSumDBSize caps what a checksum database sends: notes, records and
+// tiles are a few kilobytes.
+const maxSumDBSize = 1 << 20
+
+// sumDB is a checksum database the proxy serves at /sumdb/<name>/ and, for
+// the one GOSUMDB names, verifies downloads against.
+type sumDB struct {
+	name string
+	url  string // base URL, no trailing slash
+
+	// For the verifying database only:
+	key    string
+	client *sumdb.Client
+	// broken holds the report of the database's misbehaviour (a forked
+	// log) once seen; from then on nothing is verified against it.
+	broken atomic.Pointer[string]
+
+	mu     sync.Mutex
+	latest []byte // the newest verified tree note
+}
+
+// parseGOSUMDB reads GOSUMDB as the go command does: "off", a known name,
+// or "name+key" optionally followed by the database's URL.
+func parseGOSUMDB(v string) (*sumDB, error) {
+	v = strings.TrimSpace(v)
+	switch v {
+	case "off":
+		return nil, nil
+	case "", "sum.golang.org":
+		return &sumDB{name: "sum.golang.org", url: "https://sum.golang.org", key: sumGolangOrgKey}, nil
+	case "sum.golang.google.cn":
+		return &sumDB{name: "sum.golang.org", url: "https://sum.golang.google.cn", key: sumGolangOrgKey}, nil
+	}
+	key, rawURL, _ := strings.Cut(v, " ")
+	verifier, err := note.NewVerifier(key)
+	if err != nil {
+		return nil, fmt.Errorf("invalid GOSUMDB %q: %w", v, err)
+	}
+	db := &sumDB{name: verifier.Name(), key: key, url: "https://" + verifier.Name()}
+	if rawURL = strings.TrimSpace(rawURL); rawURL != "" {
+		if db.url, err = sumDBURL(rawURL); err != nil {
+			return nil, fmt.Errorf("invalid GOSUMDB %q: %w", v, err)
+		}
+	}
+	return db, nil
+}
+
+// parseSumDBEntry reads one SumDBs entry: "name" or "name URL".
+func parseSumDBEntry(v string) (*sumDB, error) {
+	name, rawURL, _ := strings.Cut(strings.TrimSpace(v), " ")
+	if name == "" || strings.ContainsAny(name, "/+") {
+		return nil, fmt.Errorf("invalid checksum database entry %q: want \"name\" or \"name URL\"", v)
+	}
+	db := &sumDB{name: name, url: "https://" + name}
+	if rawURL = strings.TrimSpace(rawURL); rawURL != "" {
+		var err error
+		if db.url, err = sumDBURL(rawURL); err != nil {
+			return nil, fmt.Errorf("invalid checksum database entry %q: %w", v, err)
+		}
+	}
+	return db, nil
+}
+
+func sumDBURL(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", err
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "", fmt.Errorf("URL scheme must be http or https")
+	}
+	return strings.TrimSuffix(raw, "/"), nil
+}
+
+// initSumDBs sets up the served checksum databases and the verifier.
+func (p *Proxy) initSumDBs() error {
+	p.sumdbs = map[string]*sumDB{}
+	verifier, err := parseGOSUMDB(p.settings.sumDB)
+	if err != nil {
+		return err
+	}
+	if verifier != nil {
+		verifier.client = sumdb.NewClient(&sumDBOps{p: p, db: verifier})
+		p.verifier = verifier
+		p.sumdbs[verifier.name] = verifier
+	}
+	if p.sumdbs["sum.golang.org"] == nil {
+		p.sumdbs["sum.golang.org"] = &sumDB{name: "sum.golang.org", url: "https://sum.golang.org"}
+	}
+	for _, entry := range p.SumDBs {
+		db, err := parseSumDBEntry(entry)
+		if err != nil {
+			return err
+		}
+		if p.sumdbs[db.name] == nil || p.sumdbs[db.name] != p.verifier {
+			p.sumdbs[db.name] = db
+		}
+	}
+	return nil
+}
+
+// fetchFromSumDB downloads a checksum database file for a client or for
+// the proxy's own verification.
+func (p *Proxy) fetchFromSumDB(ctx context.Context, req *request) (*fetched, error) {
+	start := time.Now()
+	f, err := p.downloader.get(ctx, req.db.url+"/"+req.dbPath, target{module: req.modPath, version: req.version, limit: maxSumDBSize})
+	var size int64
+	outcome := "ok"
+	if err != nil {
+		outcome = err.Error()
+	} else {
+		size = f.size
+	}
+	p.logger().LogAttrs(ctx, levelFor(err), "checksum database fetch",
+		slog.String("db", req.db.name), slog.String("file", req.dbPath), slog.Int64("bytes", size),
+		slog.Duration("duration", time.Since(start)), slog.String("outcome", outcome))
+	return f, err
+}
+
+// errUnverified marks content that could not be checked because the
+// checksum database was out of reach and AllowUnverified let it through:
+// it is served but not cached.
+var errUnverified = errors.New("not verified: the checksum database could not be reached")
+
+// verifies reports whether req's file is checked against the checksum
+// database before it is cached.
+func (p *Proxy) verifies(req *request) bool {
+	return p.verifier != nil && (req.kind == kindMod || req.kind == kindZip) &&
+		!module.MatchPrefixPatterns(p.settings.noSumDB, req.modPath)
+}
+
+// recordPath is the database path of the record for req's module version.
+func recordPath(req *request) string {
+	escPath, _ := module.EscapePath(req.modPath)
+	escVersion, _ := module.EscapeVersion(req.version)
+	return "lookup/" + escPath + "@" + escVersion
+}
+
+// prefetchSumDBRecord starts fetching the record that will verify req's
+// file, so that the lookup's round trip overlaps the download instead of
+// following it. The record lands in the cache, where verify finds it.
+func (p *Proxy) prefetchSumDBRecord(ctx context.Context, req *request) {
+	if !p.verifies(req) || p.verifier.broken.Load() != nil {
+		return
+	}
+	go func() {
+		if f, err := p.sumDBFile(ctx, p.verifier, recordPath(req)); err == nil {
+			f.close()
+		}
+	}()
+}
+
+// verify checks a downloaded .mod or .zip against the checksum database
+// named by GOSUMDB, unless verification is off or GONOSUMDB exempts the
+// module (whose path is then never sent to the database).
+func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
+	if !p.verifies(req) {
+		return nil
+	}
+	db := p.verifier
+	if report := db.broken.Load(); report != nil {
+		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf(
+			"SECURITY ERROR: checksum database %s served inconsistent data earlier, so nothing is verified against it any more; %s@%s cannot be verified:\n%s",
+			db.name, req.modPath, req.version, *report)}
+	}
+
+	// Fetch the record through the proxy's own cache first: a failure
+	// here says whether the database is unreachable or lacks the module,
+	// which the client's flattened errors no longer tell apart.
+	rec, err := p.sumDBFile(ctx, db, recordPath(req))
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) && p.AllowUnverified {
+			p.logger().LogAttrs(ctx, slog.LevelWarn, "serving unverified", slog.String("module", req.modPath),
+				slog.String("version", req.version), slog.String("error", err.Error()))
+			return errUnverified
+		}
+		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("verifying %s@%s: checksum database %s: %v", req.modPath, req.version, db.name, err), err: err}
+	}
+	rec.close()
+
+	var got, lookup string
+	switch req.kind {
+	case kindZip:
+		got, err = dirhash.HashZip(f.file.Name(), dirhash.Hash1)
+		lookup = req.version
+	case kindMod:
+		got, err = dirhash.Hash1([]string{"go.mod"}, func(string) (io.ReadCloser, error) {
+			return io.NopCloser(bytes.NewReader(f.data)), nil
+		})
+		lookup = req.version + "/go.mod"
+	}
+	if err != nil {
+		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("hashing %s: %v", req, err), err: err}
+	}
+	lines, err := db.client.Lookup(req.modPath, lookup)
+	if err != nil {
+		if report := db.broken.Load(); report != nil {
+			return &fetchError{status: http.StatusBadGateway, msg: "SECURITY ERROR: " + *report}
+		}
+		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("verifying %s: %v", req, err), err: err}
+	}
+	want := req.modPath + " " + lookup + " " + got
+	for _, line := range lines {
+		if line == want {
+			return nil
+		}
+	}
+	expected := "(no hash)"
+	if len(lines) > 0 {
+		expected = lines[0][strings.LastIndexByte(lines[0], ' ')+1:]
+	}
+	msg := fmt.Sprintf("SECURITY ERROR: %s@%s: checksum mismatch\n\tdownloaded: %s\n\t%s: %s\n"+
+		"The upstream served content that does NOT match what the checksum database recorded; it was refused and not cached.",
+		req.modPath, lookup, got, db.name, expected)
+	p.logger().LogAttrs(ctx, slog.LevelError, "checksum mismatch", slog.String("module", req.modPath),
+		slog.String("version", lookup), slog.String("downloaded", got), slog.String("expected", expected), slog.String("db", db.name))
+	return &fetchError{status: http.StatusBadGateway, msg: msg}
+}
+
+// sumDBFile returns a checksum database file through the proxy's cache,
+// exactly as a client asking /sumdb/<name>/<path> would get it.
+func (p *Proxy) sumDBFile(ctx context.Context, db *sumDB, path string) (*fetched, error) {
+	req, err := p.parseSumDBRequest(db.name + "/" + path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := p.open(ctx, req, true)
+	if err != nil {
+		return nil, err
+	}
+	defer c.close()
+	data, err := io.ReadAll(io.LimitReader(c, maxSumDBSize+1))
+	if err != nil {
+		return nil, err
+	}
+	return &fetched{data: data, size: int64(len(data))}, nil
+}
+
+// sumDBOps gives the checksum database client the proxy's cache for tiles
+// and records, and the proxy's memory for the verified tree.
+type sumDBOps struct {
+	p  *Proxy
+	db *sumDB
+}
+
+func (o *sumDBOps) ReadRemote(path string) ([]byte, error) {
+	// The client's paths start with a slash and match the served layout.
+	f, err := o.p.sumDBFile(context.Background(), o.db, strings.TrimPrefix(path, "/"))
+	if err != nil {
+		return nil, err
+	}
+	return f.data, nil
+}
+
+func (o *sumDBOps) ReadConfig(file string) ([]byte, error) {
+	if file == "key" {
+		return []byte(o.db.key), nil
+	}
+	if file != o.db.name+"/latest" {
+		return nil, fmt.Errorf("unknown checksum database config file %q", file)
+	}
+	o.db.mu.Lock()
+	defer o.db.mu.Unlock()
+	if o.db.latest == nil {
+		// A restarted proxy resumes from the tree it verified before, so
+		// that a database cannot roll back or fork across restarts.
+		if cf, err := o.p.cacher.Get(context.Background(), o.latestName()); err == nil {
+			o.db.latest, _ = io.ReadAll(io.LimitReader(cf, maxSumDBSize))
+			cf.Close()
+		}
+	}
+	return o.db.latest, nil
+}
+
+func (o *sumDBOps) WriteConfig(file string, old, new []byte) error {
+	if file != o.db.name+"/latest" {
+		return fmt.Errorf("unknown checksum database config file %q", file)
+	}
+	o.db.mu.Lock()
+	defer o.db.mu.Unlock()
+	if !bytes.Equal(o.db.latest, old) {
+		return sumdb.ErrWriteConflict
+	}
+	o.db.latest = bytes.Clone(new)
+	if err := o.p.cacher.Put(context.Background(), o.latestName(), bytes.NewReader(new)); err != nil {
+		o.p.logger().Warn("storing the verified checksum tree failed", "db", o.db.name, "error", err)
+	}
+	return nil
+}
+
+// latestName is where the newest verified tree is kept, beside the
+// database's served files but under a name no client request maps to.
+func (o *sumDBOps) latestName() string { return "sumdb/" + o.db.name + "/verified/latest" }
+
+// ReadCache serves the client's records and tiles from the proxy's cache,
+// where sumDBFile stored them; the client checks them before use.
+func (o *sumDBOps) ReadCache(file string) ([]byte, error) {
+	cf, err := o.p.cacher.Get(context.Background(), "sumdb/"+file)
+	if err != nil {
+		return nil, err
+	}
+	defer cf.Close()
+	return io.ReadAll(io.LimitReader(cf, maxSumDBSize))
+}
+
+// WriteCache does nothing: ReadRemote already cached what it fetched.
+func (o *sumDBOps) WriteCache(file string, data []byte) {}
+
+func (o *sumDBOps) Log(msg string) {
+	o.p.logger().Debug("checksum database client", "db", o.db.name, "msg", msg)
+}
+
+// SecurityError stops verification against the database: it has shown
+// two different logs, so nothing it says can be trusted.
+func (o *sumDBOps) SecurityError(msg string) {
+	o.db.broken.Store(&msg)
+	o.p.logger().Error("SECURITY ERROR: checksum database served inconsistent data; verification against it is stopped",
+		"db", o.db.name, "report", msg)
+}
