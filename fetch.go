@@ -9,13 +9,18 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/mod/modfile"
 	"golang.org/x/mod/module"
 	modzip "golang.org/x/mod/zip"
+
+	"github.com/goproxy-team/goproxy/internal/netrc"
 )
 
 // Size caps on what upstreams send. A .mod file is capped where the go
@@ -27,22 +32,112 @@ const (
 	maxZipSize  = modzip.MaxZipFile
 )
 
-// upstream is one entry of a GOPROXY-syntax list.
-type upstream struct {
-	// url is the base URL without a trailing slash, or "direct" or "off".
-	url string
-	// fallBackOnError is set when the entry was followed by '|': the next
-	// entry is tried after any error, not only after not-found.
-	fallBackOnError bool
+// Upstream is one source of modules: a module proxy, "direct" (the
+// modules' origin repositories, fetched by the go command) or "off" (a
+// refusal).
+type Upstream struct {
+	// URL is a module proxy's base URL, "direct" or "off". A URL may carry
+	// basic-auth credentials in its user information, as in GOPROXY.
+	URL string
+
+	// Priority orders the upstreams of a list: higher is tried first.
+	// Upstreams of equal priority share the load, each request starting
+	// with the next one in turn and falling through to the others when
+	// it fails.
+	Priority int
+
+	// FallBackOnError lets the walk continue to lower priorities after any
+	// error, as '|' does in GOPROXY; otherwise it continues only when the
+	// upstream has no such file (404 or 410), as after ','.
+	FallBackOnError bool
+
+	// Credentials sent to this upstream and nowhere else (not across a
+	// redirect to another host): basic auth, a bearer token, or headers
+	// such as an API key. Without them, a .netrc entry for the host is
+	// used, as the go command does.
+	Username, Password string
+	Token              string
+	Header             http.Header
+}
+
+// Route sends the modules matching Pattern to upstreams of their own. The
+// first matching route wins; modules matching none use GOPROXY.
+type Route struct {
+	// Pattern lists module path patterns, comma-separated, in GOPRIVATE
+	// syntax (golang.org/x/mod/module.MatchPrefixPatterns).
+	Pattern string
+
+	// Upstreams are the route's sources, tried by priority. ParseUpstreams
+	// builds them from a GOPROXY-syntax list.
+	Upstreams []Upstream
+
+	// Private keeps the matching modules away from checksum databases, as
+	// GONOSUMDB does: their paths are never sent to one, and they are not
+	// verified.
+	Private bool
+}
+
+// ParseUpstreams turns a list in GOPROXY syntax into Upstreams of
+// decreasing priority, the way the go command reads GOPROXY: entries
+// separated by ',' or '|', "direct" and "off" ending the list, and host
+// names without a scheme taken as https.
+func ParseUpstreams(list string) ([]Upstream, error) {
+	var ups []Upstream
+	for list != "" {
+		entry := list
+		fallBack := false
+		list = ""
+		if i := strings.IndexAny(entry, ",|"); i >= 0 {
+			fallBack = entry[i] == '|'
+			entry, list = entry[:i], entry[i+1:]
+		}
+		entry = strings.TrimSpace(entry)
+		if entry == "" {
+			continue
+		}
+		if entry == "off" || entry == "direct" {
+			// The go command ignores what follows these, reserving it for
+			// future use; so do we.
+			ups = append(ups, Upstream{URL: entry})
+			break
+		}
+		if strings.ContainsAny(entry, ".:/") && !strings.Contains(entry, ":/") && !filepath.IsAbs(entry) {
+			entry = "https://" + entry
+		}
+		if err := checkUpstreamURL(entry); err != nil {
+			return nil, err
+		}
+		ups = append(ups, Upstream{URL: entry, FallBackOnError: fallBack})
+	}
+	if len(ups) == 0 {
+		return nil, errors.New("the upstream list is empty")
+	}
+	for i := range ups {
+		ups[i].Priority = len(ups) - i
+	}
+	return ups, nil
+}
+
+func checkUpstreamURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("invalid upstream %q: %w", redactURL(raw), err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("invalid upstream %q: scheme must be http or https", u.Redacted())
+	}
+	return nil
 }
 
 // settings are the go command's environment variables as the proxy reads them.
 type settings struct {
-	upstreams []upstream
+	upstreams []Upstream
 	noProxy   string // GONOPROXY, defaulting to GOPRIVATE
 	noSumDB   string // GONOSUMDB, defaulting to GOPRIVATE
+	private   string // GOPRIVATE
 	sumDB     string
 	insecure  string
+	netrc     []netrc.Line
 }
 
 // readSettings reads the go command's variables from env, applying the same
@@ -60,69 +155,30 @@ func readSettings(env []string) (*settings, error) {
 	s := &settings{
 		noProxy:  get("GONOPROXY"),
 		noSumDB:  get("GONOSUMDB"),
+		private:  get("GOPRIVATE"),
 		sumDB:    get("GOSUMDB"),
 		insecure: get("GOINSECURE"),
 	}
-	private := get("GOPRIVATE")
 	if s.noProxy == "" {
-		s.noProxy = private
+		s.noProxy = s.private
 	}
 	if s.noSumDB == "" {
-		s.noSumDB = private
-	}
-	if s.sumDB == "" {
-		s.sumDB = "sum.golang.org"
+		s.noSumDB = s.private
 	}
 	goproxy := get("GOPROXY")
 	if goproxy == "" {
 		goproxy = "https://proxy.golang.org,direct"
 	}
 	var err error
-	if s.upstreams, err = parseProxyList(goproxy); err != nil {
-		return nil, err
+	if s.upstreams, err = ParseUpstreams(goproxy); err != nil {
+		return nil, fmt.Errorf("GOPROXY: %w", err)
+	}
+	if path := netrc.Path(get); path != "" {
+		if data, err := os.ReadFile(path); err == nil {
+			s.netrc = netrc.Parse(string(data))
+		}
 	}
 	return s, nil
-}
-
-// parseProxyList parses a list in GOPROXY syntax the way the go command does:
-// entries separated by ',' or '|', "direct" and "off" ending the list, and
-// host names without a scheme taken as https.
-func parseProxyList(list string) ([]upstream, error) {
-	var ups []upstream
-	for list != "" {
-		entry := list
-		fallBack := false
-		list = ""
-		if i := strings.IndexAny(entry, ",|"); i >= 0 {
-			fallBack = entry[i] == '|'
-			entry, list = entry[:i], entry[i+1:]
-		}
-		entry = strings.TrimSpace(entry)
-		if entry == "" {
-			continue
-		}
-		if entry == "off" || entry == "direct" {
-			// The go command ignores what follows these, reserving it for
-			// future use; so do we.
-			ups = append(ups, upstream{url: entry})
-			break
-		}
-		if strings.ContainsAny(entry, ".:/") && !strings.Contains(entry, ":/") && !filepath.IsAbs(entry) {
-			entry = "https://" + entry
-		}
-		u, err := url.Parse(entry)
-		if err != nil {
-			return nil, fmt.Errorf("invalid GOPROXY entry %q: %w", redactURL(entry), err)
-		}
-		if u.Scheme != "http" && u.Scheme != "https" {
-			return nil, fmt.Errorf("invalid GOPROXY entry %q: scheme must be http or https", u.Redacted())
-		}
-		ups = append(ups, upstream{url: strings.TrimSuffix(entry, "/"), fallBackOnError: fallBack})
-	}
-	if len(ups) == 0 {
-		return nil, errors.New("GOPROXY lists no upstream")
-	}
-	return ups, nil
 }
 
 // redactURL hides the password of a URL for logs and error messages.
@@ -135,13 +191,6 @@ func redactURL(s string) string {
 		return s
 	}
 	return u.Redacted()
-}
-
-// errDirectNotConfigured answers requests that reach "direct", until direct
-// fetching exists.
-var errDirectNotConfigured = &fetchError{
-	status: http.StatusNotFound,
-	msg:    "direct fetching from origin repositories is not configured on this proxy",
 }
 
 // errProxyOff answers requests that reach "off", in the go command's words.
@@ -169,56 +218,138 @@ func (e *fetchError) Is(target error) bool {
 	return target == fs.ErrNotExist && (e.status == http.StatusNotFound || e.status == http.StatusGone)
 }
 
-// fetchFromUpstreams walks the upstream list for req, following the go
-// command's rules: after ',' fall through only when the upstream says the
-// file does not exist, after '|' on any error. The error returned is the most
-// telling one, ranked as the go command ranks them: a real failure over a
-// not-found.
-func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched, error) {
-	ups := p.settings.upstreams
-	if module.MatchPrefixPatterns(p.settings.noProxy, req.modPath) {
-		ups = []upstream{{url: "direct"}}
+// route is a Route prepared for walking: upstreams grouped by priority.
+type route struct {
+	patterns string // "" matches everything (the GOPROXY route)
+	private  bool
+	groups   []*upstreamGroup
+}
+
+// upstreamGroup holds upstreams of equal priority, which share the load.
+type upstreamGroup struct {
+	members []Upstream
+	next    atomic.Uint32 // where the next request starts
+}
+
+func newRoute(patterns string, ups []Upstream, private bool) (*route, error) {
+	if len(ups) == 0 {
+		return nil, fmt.Errorf("route %q has no upstreams", patterns)
 	}
+	for _, up := range ups {
+		if up.URL != "direct" && up.URL != "off" {
+			if err := checkUpstreamURL(up.URL); err != nil {
+				return nil, err
+			}
+		}
+	}
+	sorted := slices.Clone(ups)
+	slices.SortStableFunc(sorted, func(a, b Upstream) int { return b.Priority - a.Priority })
+	r := &route{patterns: patterns, private: private}
+	for i, up := range sorted {
+		up.URL = strings.TrimSuffix(up.URL, "/")
+		if i == 0 || up.Priority != sorted[i-1].Priority {
+			r.groups = append(r.groups, &upstreamGroup{})
+		}
+		g := r.groups[len(r.groups)-1]
+		g.members = append(g.members, up)
+	}
+	return r, nil
+}
+
+// initRoutes prepares the routes: the configured ones in order, then
+// GONOPROXY's modules to "direct", then GOPROXY for the rest.
+func (p *Proxy) initRoutes() error {
+	p.routes = nil
+	for _, rt := range p.Routes {
+		r, err := newRoute(rt.Pattern, rt.Upstreams, rt.Private)
+		if err != nil {
+			return err
+		}
+		if rt.Pattern == "" {
+			return errors.New("a route has an empty Pattern")
+		}
+		p.routes = append(p.routes, r)
+	}
+	if p.settings.noProxy != "" {
+		r, _ := newRoute(p.settings.noProxy, []Upstream{{URL: "direct"}}, false)
+		p.routes = append(p.routes, r)
+	}
+	r, err := newRoute("", p.settings.upstreams, false)
+	if err != nil {
+		return err
+	}
+	p.routes = append(p.routes, r)
+	return nil
+}
+
+// routeFor returns the route a module path takes.
+func (p *Proxy) routeFor(modPath string) *route {
+	for _, r := range p.routes {
+		if r.patterns == "" || module.MatchPrefixPatterns(r.patterns, modPath) {
+			return r
+		}
+	}
+	return p.routes[len(p.routes)-1]
+}
+
+// fetchFromUpstreams walks req's route, following the go command's rules
+// for GOPROXY: after ',' fall through only when the upstream says the file
+// does not exist, after '|' on any error. Within a group of equal
+// priority, each request starts with the next upstream in turn and falls
+// through to the others on any failure. The error returned is the most
+// telling one, ranked as the go command ranks them: direct's over a
+// proxy's, a real failure over a not-found.
+func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched, error) {
 	var bestErr error
 	bestIsNotFound := true
-	for _, up := range ups {
-		var f *fetched
-		var err error
-		switch up.url {
-		case "off":
-			err = errProxyOff
-		case "direct":
-			err = errDirectNotConfigured
-		default:
-			f, err = p.fetchFromProxy(ctx, up.url, req)
+	for _, g := range p.routeFor(req.modPath).groups {
+		n := uint32(len(g.members))
+		first := g.next.Add(1) - 1
+		fallThrough := true
+		for k := range n {
+			up := g.members[(first+k)%n]
+			f, err := p.fetchFrom(ctx, up, req)
+			if err == nil {
+				return f, nil
+			}
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			notFound := errors.Is(err, fs.ErrNotExist)
+			if up.URL == "direct" || bestErr == nil || (bestIsNotFound && !notFound) {
+				bestErr, bestIsNotFound = err, notFound
+			}
+			if !notFound && !up.FallBackOnError {
+				fallThrough = false
+			}
 		}
-		if err == nil {
-			return f, nil
-		}
-		notFound := errors.Is(err, fs.ErrNotExist)
-		// The go command ranks errors so: direct's error over any proxy's,
-		// a proxy's failure over a not-found.
-		if up.url == "direct" || bestErr == nil || (bestIsNotFound && !notFound) {
-			bestErr, bestIsNotFound = err, notFound
-		}
-		if !up.fallBackOnError && !notFound {
+		if !fallThrough {
 			break
 		}
 	}
 	return nil, bestErr
 }
 
-// fetchFromProxy downloads req's file from one upstream proxy, validates
-// it and verifies it against the checksum database.
-func (p *Proxy) fetchFromProxy(ctx context.Context, base string, req *request) (*fetched, error) {
+// fetchFrom gets req's file from one upstream, validates it and verifies
+// it against the checksum database.
+func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (*fetched, error) {
+	if up.URL == "off" {
+		return nil, errProxyOff
+	}
 	start := time.Now()
 	p.prefetchSumDBRecord(ctx, req)
-	f, err := p.downloader.get(ctx, base+"/"+req.name, target{
-		module: req.modPath, version: req.version, toFile: req.kind == kindZip, limit: req.maxSize(),
-	})
+	var f *fetched
+	var err error
+	if up.URL == "direct" {
+		f, err = p.fetchDirect(ctx, req)
+	} else {
+		f, err = p.downloader.get(ctx, up.URL+"/"+req.name, target{
+			module: req.modPath, version: req.version, toFile: req.kind == kindZip, limit: req.maxSize(),
+		})
+	}
 	if err == nil {
 		if err = req.validate(f); err != nil {
-			err = &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("invalid %s from upstream %s: %v", req, redactURL(base), err), err: err}
+			err = &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("invalid %s from upstream %s: %v", req, redactURL(up.URL), err), err: err}
 		} else if err = p.verify(ctx, req, f); errors.Is(err, errUnverified) {
 			f.unverified, err = true, nil
 		}
@@ -236,9 +367,63 @@ func (p *Proxy) fetchFromProxy(ctx context.Context, base string, req *request) (
 	}
 	p.logger().LogAttrs(ctx, levelFor(err), "upstream fetch",
 		slog.String("module", req.modPath), slog.String("version", req.version), slog.String("file", req.name),
-		slog.String("upstream", redactURL(base)), slog.Int64("bytes", size),
+		slog.String("upstream", redactURL(up.URL)), slog.Int64("bytes", size),
 		slog.Duration("duration", time.Since(start)), slog.String("outcome", outcome))
 	return f, err
+}
+
+// credentialsTransport adds each upstream's credentials to the requests for
+// that upstream only: matched by scheme, host and path prefix on every
+// request, including each hop of a redirect, so they never follow a
+// redirect to another host. Hosts with a .netrc entry get its basic auth.
+type credentialsTransport struct {
+	base      http.RoundTripper
+	upstreams []Upstream // with credentials, longest URL first
+	netrc     []netrc.Line
+}
+
+func newCredentialsTransport(base http.RoundTripper, routes []*route, lines []netrc.Line) http.RoundTripper {
+	t := &credentialsTransport{base: base, netrc: lines}
+	for _, r := range routes {
+		for _, g := range r.groups {
+			for _, up := range g.members {
+				if up.Username != "" || up.Token != "" || len(up.Header) > 0 {
+					t.upstreams = append(t.upstreams, up)
+				}
+			}
+		}
+	}
+	slices.SortFunc(t.upstreams, func(a, b Upstream) int { return len(b.URL) - len(a.URL) })
+	return t
+}
+
+func (t *credentialsTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Header.Get("Authorization") != "" {
+		return t.base.RoundTrip(r) // from the URL's user information
+	}
+	target := r.URL.Scheme + "://" + r.URL.Host + r.URL.Path
+	for _, up := range t.upstreams {
+		u, err := url.Parse(up.URL)
+		if err != nil || u.Scheme != r.URL.Scheme || u.Host != r.URL.Host || !strings.HasPrefix(target, strings.TrimSuffix(up.URL, "/")+"/") {
+			continue
+		}
+		r = r.Clone(r.Context())
+		switch {
+		case up.Token != "":
+			r.Header.Set("Authorization", "Bearer "+up.Token)
+		case up.Username != "":
+			r.SetBasicAuth(up.Username, up.Password)
+		}
+		for k, vs := range up.Header {
+			r.Header[http.CanonicalHeaderKey(k)] = vs
+		}
+		return t.base.RoundTrip(r)
+	}
+	if line, ok := netrc.Find(t.netrc, r.URL.Hostname()); ok {
+		r = r.Clone(r.Context())
+		r.SetBasicAuth(line.Login, line.Password)
+	}
+	return t.base.RoundTrip(r)
 }
 
 // validate checks a fetched file before it may be cached or served.

@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -68,30 +69,30 @@ func TestGoproxyWalk(t *testing.T) {
 	}
 }
 
-func TestParseProxyList(t *testing.T) {
+func TestParseUpstreams(t *testing.T) {
 	tests := []struct {
 		in   string
-		want []upstream
+		want []Upstream
 	}{
-		{"https://a.example,direct", []upstream{{url: "https://a.example"}, {url: "direct"}}},
-		{"a.example/path/|b.example", []upstream{{url: "https://a.example/path", fallBackOnError: true}, {url: "https://b.example"}}},
-		{" off ", []upstream{{url: "off"}}},
+		{"https://a.example,direct", []Upstream{{URL: "https://a.example", Priority: 2}, {URL: "direct", Priority: 1}}},
+		{"a.example/path/|b.example", []Upstream{{URL: "https://a.example/path/", Priority: 2, FallBackOnError: true}, {URL: "https://b.example", Priority: 1}}},
+		{" off ", []Upstream{{URL: "off", Priority: 1}}},
 	}
 	for _, tt := range tests {
-		got, err := parseProxyList(tt.in)
+		got, err := ParseUpstreams(tt.in)
 		if err != nil || len(got) != len(tt.want) {
-			t.Errorf("parseProxyList(%q) = %v, %v", tt.in, got, err)
+			t.Errorf("ParseUpstreams(%q) = %v, %v", tt.in, got, err)
 			continue
 		}
 		for i := range got {
-			if got[i] != tt.want[i] {
-				t.Errorf("parseProxyList(%q)[%d] = %+v, want %+v", tt.in, i, got[i], tt.want[i])
+			if fmt.Sprint(got[i]) != fmt.Sprint(tt.want[i]) {
+				t.Errorf("ParseUpstreams(%q)[%d] = %+v, want %+v", tt.in, i, got[i], tt.want[i])
 			}
 		}
 	}
 	for _, bad := range []string{"", ",", "ftp://a.example", "http://a b/"} {
-		if _, err := parseProxyList(bad); err == nil {
-			t.Errorf("parseProxyList(%q) accepted", bad)
+		if _, err := ParseUpstreams(bad); err == nil {
+			t.Errorf("ParseUpstreams(%q) accepted", bad)
 		}
 	}
 }

@@ -62,6 +62,11 @@ type Proxy struct {
 	// [os.TempDir] is used.
 	TempDir string
 
+	// Routes send modules matching their patterns to upstreams of their
+	// own, ahead of GONOPROXY (which goes direct) and GOPROXY. The first
+	// matching route wins.
+	Routes []Route
+
 	// SumDBs names more checksum databases to serve at /sumdb/<name>/,
 	// each "name" or "name URL" (the URL defaults to https://name).
 	// sum.golang.org and the database GOSUMDB names are always served;
@@ -79,6 +84,9 @@ type Proxy struct {
 	// the proxy fails closed and answers 502.
 	AllowUnverified bool
 
+	// Direct tunes fetching from origin repositories with the go command.
+	Direct DirectOptions
+
 	// Download tunes the download engine: parallel Range requests, retries,
 	// resumption and concurrency. The zero value gives sensible defaults.
 	Download DownloadOptions
@@ -92,6 +100,7 @@ type Proxy struct {
 	settings   *settings
 	cacher     Cacher
 	downloader *downloader
+	routes     []*route
 	sumdbs     map[string]*sumDB
 	verifier   *sumDB
 	flights    flightGroup
@@ -127,6 +136,10 @@ func (p *Proxy) init() error {
 	if transport == nil {
 		transport = http.DefaultTransport
 	}
+	if err := p.initRoutes(); err != nil {
+		return fmt.Errorf("goproxy: %w", err)
+	}
+	transport = newCredentialsTransport(transport, p.routes, p.settings.netrc)
 	p.downloader = newDownloader(p.Download.withDefaults(p.TempDir), &http.Client{Transport: transport}, p.logger())
 	p.notFound.ttl = ttlOrDefault(p.NotFoundTTL)
 	if err := p.initSumDBs(); err != nil {

@@ -153,7 +153,7 @@ var errUnverified = errors.New("not verified: the checksum database could not be
 // database before it is cached.
 func (p *Proxy) verifies(req *request) bool {
 	return p.verifier != nil && (req.kind == kindMod || req.kind == kindZip) &&
-		!module.MatchPrefixPatterns(p.settings.noSumDB, req.modPath)
+		!module.MatchPrefixPatterns(p.settings.noSumDB, req.modPath) && !p.routeFor(req.modPath).private
 }
 
 // recordPath is the database path of the record for req's module version.
