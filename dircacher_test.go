@@ -210,7 +210,7 @@ func TestMemCacherEvictsLeastRecentlyUsed(t *testing.T) {
 		t.Error("Put of an entry over MaxBytes succeeded")
 	}
 	put("a") // replacing an entry does not count it twice
-	if c.size != 30 {
-		t.Errorf("size %d, want 30", c.size)
+	if n := c.cache().Size(); n != 30 {
+		t.Errorf("size %d, want 30", n)
 	}
 }

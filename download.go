@@ -589,18 +589,16 @@ func (dl *fileDownload) whole(resp *http.Response) error {
 }
 
 // splitParts cuts [0, size) into parts: the first ends at firstEnd (what
-// the first answer covers), the rest is shared among conns connections in
-// parts small enough that the connections finish close together.
+// the first answer covers), the rest is shared among conns connections.
 func splitParts(firstEnd, size int64, conns int, minPart int64) []partState {
 	parts := []partState{{Start: 0, End: min(firstEnd, size)}}
 	rest := size - parts[0].End
 	if rest <= 0 {
 		return parts
 	}
-	partSize := rest
-	if conns > 1 {
-		partSize = min(max(rest/int64(conns*8), minPart), 64<<20)
-	}
+	// One part per connection: each part costs a round trip, and parts
+	// resume from where they stopped, so more parts buy nothing.
+	partSize := max((rest+int64(conns)-1)/int64(conns), minPart)
 	for start := parts[0].End; start < size; start += partSize {
 		parts = append(parts, partState{Start: start, End: min(start+partSize, size)})
 	}
@@ -757,7 +755,12 @@ type flight struct {
 // do returns the result of fn for key, starting fn unless a call for key is
 // already running. fn runs with a context detached from ctx; waiting stops
 // when ctx ends. The caller must call release once done with the result.
-func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Context) (*fetched, error)) (*fetched, func(), error) {
+//
+// background, if not nil, runs after a successful fn while callers are
+// served, typically to store the result: until it ends, the result stays
+// open and new callers for key join the finished call instead of starting
+// another.
+func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Context) (*fetched, error), background func(context.Context, *fetched)) (*fetched, func(), error) {
 	g.mu.Lock()
 	if g.flights == nil {
 		g.flights = make(map[string]*flight)
@@ -766,19 +769,12 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 	if !ok {
 		fl = &flight{done: make(chan struct{})}
 		g.flights[key] = fl
-		go g.run(context.WithoutCancel(ctx), key, fl, fn)
+		go g.run(context.WithoutCancel(ctx), key, fl, fn, background)
 	}
 	fl.users++
 	g.mu.Unlock()
 
-	release := func() {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		fl.users--
-		if fl.users == 0 && fl.ended && fl.res != nil {
-			fl.res.close()
-		}
-	}
+	release := func() { g.release(fl) }
 	select {
 	case <-fl.done:
 		if fl.err != nil {
@@ -792,15 +788,36 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 	}
 }
 
-func (g *flightGroup) run(ctx context.Context, key string, fl *flight, fn func(context.Context) (*fetched, error)) {
-	res, err := fn(ctx)
+// release drops one user of fl, closing the result after the last.
+func (g *flightGroup) release(fl *flight) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	delete(g.flights, key)
-	fl.res, fl.err, fl.ended = res, err, true
-	if fl.users == 0 && res != nil {
-		res.close()
+	fl.users--
+	if fl.users == 0 && fl.ended && fl.res != nil {
+		fl.res.close()
 	}
+}
+
+func (g *flightGroup) run(ctx context.Context, key string, fl *flight, fn func(context.Context) (*fetched, error), background func(context.Context, *fetched)) {
+	res, err := fn(ctx)
+	g.mu.Lock()
+	fl.res, fl.err, fl.ended = res, err, true
+	if err == nil && background != nil {
+		fl.users++ // held by the background work
+		go func() {
+			background(ctx, res)
+			g.mu.Lock()
+			delete(g.flights, key)
+			g.mu.Unlock()
+			g.release(fl)
+		}()
+	} else {
+		delete(g.flights, key)
+		if fl.users == 0 && res != nil {
+			res.close()
+		}
+	}
+	g.mu.Unlock()
 	close(fl.done)
 }
 

@@ -3,7 +3,10 @@ package goproxy
 import (
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -37,13 +40,16 @@ func TestGoproxyWalk(t *testing.T) {
 		{name: "a failure outranks a not-found", list: "A,B", a: "404", b: "500", wantStatus: 502, wantBody: "upstream exploded", wantB: 1},
 		{name: "off refuses", list: "off", wantStatus: 403, wantBody: "GOPROXY=off"},
 		{name: "off after a not-found refuses", list: "A,off,B", a: "404", b: "ok", wantStatus: 403, wantBody: "GOPROXY=off"},
-		{name: "direct is not configured yet", list: "A,direct", a: "404", wantStatus: 404, wantBody: "direct fetching"},
-		{name: "entries after direct are ignored", list: "direct,B", b: "ok", wantStatus: 404, wantBody: "direct fetching"},
-		{name: "GONOPROXY skips the proxies", list: "B", b: "ok", env: []string{"GONOPROXY=example.com/a"}, wantStatus: 404, wantBody: "direct fetching"},
-		{name: "GOPRIVATE skips the proxies", list: "B", b: "ok", env: []string{"GOPRIVATE=example.com"}, wantStatus: 404, wantBody: "direct fetching"},
+		{name: "comma falls through to direct", list: "A,direct", a: "404", wantStatus: 404, wantBody: "unknown revision"},
+		{name: "entries after direct are ignored", list: "direct,B", b: "ok", wantStatus: 404, wantBody: "unknown revision"},
+		{name: "GONOPROXY skips the proxies", list: "B", b: "ok", env: []string{"GONOPROXY=example.com/a"}, wantStatus: 404, wantBody: "unknown revision"},
+		{name: "GOPRIVATE skips the proxies", list: "B", b: "ok", env: []string{"GOPRIVATE=example.com"}, wantStatus: 404, wantBody: "unknown revision"},
 		{name: "GONOPROXY overrides GOPRIVATE", list: "B", b: "ok", env: []string{"GOPRIVATE=example.com", "GONOPROXY=none.example"}, wantStatus: 200, wantB: 1},
 		{name: "empty entries are skipped", list: ",,B,", b: "ok", wantStatus: 200, wantB: 1},
 	}
+	// "direct" runs a stand-in for the go command that finds nothing, so
+	// that no test reaches a real origin.
+	goBin, _ := fakeGo(t, `echo '{"Path":"example.com/a","Version":"v1.0.0","Error":"example.com/a@v1.0.0: invalid version: unknown revision v1.0.0"}'; exit 1`)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var ups [2]*fakeUpstream
@@ -58,6 +64,7 @@ func TestGoproxyWalk(t *testing.T) {
 			p := newTestProxy(t, list, tt.env...)
 			p.Transport = &http.Transport{ResponseHeaderTimeout: 200 * time.Millisecond}
 			p.Download.Attempts = 1 // the walk, not the retries, is under test
+			p.Direct.GoBin = goBin
 			w := do(p, "GET", mod)
 			if w.Code != tt.wantStatus || !strings.Contains(w.Body.String(), tt.wantBody) {
 				t.Errorf("got %d %q, want %d containing %q", w.Code, w.Body, tt.wantStatus, tt.wantBody)
@@ -106,5 +113,185 @@ func TestCredentialsStayOutOfMessages(t *testing.T) {
 	w := do(p, "GET", "/example.com/a/@v/list")
 	if strings.Contains(w.Body.String(), "s3cret") || strings.Contains(logs.String(), "s3cret") {
 		t.Errorf("password leaked: body %q, logs %q", w.Body, logs.String())
+	}
+}
+
+// authUpstream serves testModuleFiles only to requests that pass check,
+// answering 401 otherwise, and records the Authorization headers it saw.
+func authUpstream(t *testing.T, check func(r *http.Request) bool) *fakeUpstream {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if !check(r) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="modules"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return true
+		}
+		return false
+	})
+	return up
+}
+
+func TestRouteCredentials(t *testing.T) {
+	const mod = "/example.com/a/@v/v1.0.0.mod"
+	t.Run("basic auth", func(t *testing.T) {
+		up := authUpstream(t, func(r *http.Request) bool { u, pw, ok := r.BasicAuth(); return ok && u == "alice" && pw == "s3cret" })
+		p := newTestProxy(t, "off")
+		if w := do(p, "GET", mod); w.Code == 200 {
+			t.Fatal("the global list (off) served the module")
+		}
+		p = newTestProxy(t, "off")
+		p.Routes = []Route{{Pattern: "example.com", Upstreams: []Upstream{{URL: up.URL, Username: "alice", Password: "s3cret"}}}}
+		if w := do(p, "GET", mod); w.Code != 200 {
+			t.Errorf("basic-auth route: %d %s", w.Code, w.Body)
+		}
+		p = newTestProxy(t, "off")
+		p.Routes = []Route{{Pattern: "example.com", Upstreams: []Upstream{{URL: up.URL}}}}
+		if w := do(p, "GET", mod); w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "401") {
+			t.Errorf("route without credentials: %d %s, want 502 passing on the 401", w.Code, w.Body)
+		}
+	})
+	t.Run("credentials in the GOPROXY URL", func(t *testing.T) {
+		up := authUpstream(t, func(r *http.Request) bool { u, pw, ok := r.BasicAuth(); return ok && u == "alice" && pw == "s3cret" })
+		var logs strings.Builder
+		p := newTestProxy(t, strings.Replace(up.URL, "http://", "http://alice:s3cret@", 1))
+		p.Logger = newBufferLogger(&logs)
+		if w := do(p, "GET", mod); w.Code != 200 {
+			t.Errorf("GOPROXY with user information: %d %s", w.Code, w.Body)
+		}
+		if strings.Contains(logs.String(), "s3cret") {
+			t.Error("password in the logs")
+		}
+	})
+	t.Run("bearer token", func(t *testing.T) {
+		up := authUpstream(t, func(r *http.Request) bool { return r.Header.Get("Authorization") == "Bearer t0ken" })
+		p := newTestProxy(t, "off")
+		p.Routes = []Route{{Pattern: "example.com/a", Upstreams: []Upstream{{URL: up.URL, Token: "t0ken"}}}}
+		if w := do(p, "GET", mod); w.Code != 200 {
+			t.Errorf("bearer route: %d %s", w.Code, w.Body)
+		}
+	})
+	t.Run("custom header", func(t *testing.T) {
+		up := authUpstream(t, func(r *http.Request) bool { return r.Header.Get("X-Api-Key") == "k3y" })
+		p := newTestProxy(t, "off")
+		p.Routes = []Route{{Pattern: "example.com/*", Upstreams: []Upstream{{URL: up.URL, Header: http.Header{"X-Api-Key": {"k3y"}}}}}}
+		if w := do(p, "GET", mod); w.Code != 200 {
+			t.Errorf("header route: %d %s", w.Code, w.Body)
+		}
+	})
+	t.Run("netrc", func(t *testing.T) {
+		up := authUpstream(t, func(r *http.Request) bool {
+			u, pw, ok := r.BasicAuth()
+			return ok && u == "netrc-user" && pw == "netrc-pw"
+		})
+		netrcFile := filepath.Join(t.TempDir(), "netrc")
+		os.WriteFile(netrcFile, []byte("machine 127.0.0.1 login netrc-user password netrc-pw\n"), 0o600)
+		p := newTestProxy(t, up.URL, "NETRC="+netrcFile)
+		if w := do(p, "GET", mod); w.Code != 200 {
+			t.Errorf(".netrc: %d %s", w.Code, w.Body)
+		}
+	})
+}
+
+func TestCredentialsDoNotFollowRedirects(t *testing.T) {
+	other := newFakeUpstream(t, testModuleFiles(t))
+	var seen []string
+	var mu sync.Mutex
+	other.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		mu.Lock()
+		seen = append(seen, r.Header.Get("Authorization")+"|"+r.Header.Get("X-Api-Key"))
+		mu.Unlock()
+		return false
+	})
+	redirector := newFakeUpstream(t, nil)
+	redirector.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		http.Redirect(w, r, other.URL+r.URL.Path, http.StatusFound)
+		return true
+	})
+	for _, up := range []Upstream{
+		{URL: redirector.URL, Token: "t0ken"},
+		{URL: redirector.URL, Username: "alice", Password: "s3cret"},
+		{URL: redirector.URL, Header: http.Header{"X-Api-Key": {"k3y"}}},
+	} {
+		p := newTestProxy(t, "off")
+		p.Routes = []Route{{Pattern: "example.com", Upstreams: []Upstream{up}}}
+		if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code != 200 {
+			t.Errorf("redirected fetch: %d %s", w.Code, w.Body)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, s := range seen {
+		if s != "|" {
+			t.Errorf("the redirect target received credentials: %q", s)
+		}
+	}
+	if len(seen) != 3 {
+		t.Errorf("redirect target saw %d requests, want 3", len(seen))
+	}
+}
+
+func TestPrivateRouteStaysPrivate(t *testing.T) {
+	public := newFakeUpstream(t, testModuleFiles(t))
+	private := newFakeUpstream(t, testModuleFiles(t))
+	db := newTestSumDB(t, nil)
+	p := newVerifyingProxy(t, public.URL, db)
+	p.Routes = []Route{{Pattern: "example.com/a", Private: true, Upstreams: []Upstream{{URL: private.URL}}}}
+	for _, f := range []string{"list", "v1.0.0.info", "v1.0.0.mod", "v1.0.0.zip"} {
+		if w := do(p, "GET", "/example.com/a/@v/"+f); w.Code != 200 {
+			t.Errorf("%s: %d %s", f, w.Code, w.Body)
+		}
+	}
+	public.mu.Lock()
+	asked := len(public.counts)
+	public.mu.Unlock()
+	if asked != 0 {
+		t.Errorf("the public upstream was asked %d times about a private module", asked)
+	}
+	if n := db.total(); n != 0 {
+		t.Errorf("the checksum database was asked %d times about a private module", n)
+	}
+	// The same module on a non-private route is verified, so the test
+	// would have seen a lookup.
+	p = newVerifyingProxy(t, public.URL, db)
+	do(p, "GET", "/example.com/a/@v/v1.0.0.mod")
+	if db.asked("example.com/a") == 0 {
+		t.Error("a public module was not looked up; the assertion above proves nothing")
+	}
+}
+
+func TestEqualPrioritiesShareLoadAndFailOver(t *testing.T) {
+	a := newFakeUpstream(t, testModuleFiles(t))
+	b := newFakeUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, "off")
+	p.NotFoundTTL = -1
+	p.MutableTTL = -1 // every list request goes upstream
+	p.Routes = []Route{{Pattern: "example.com", Upstreams: []Upstream{{URL: a.URL, Priority: 1}, {URL: b.URL, Priority: 1}}}}
+	const list = "/example.com/a/@v/list"
+	for range 10 {
+		if w := do(p, "GET", list); w.Code != 200 {
+			t.Fatalf("%d %s", w.Code, w.Body)
+		}
+	}
+	if na, nb := a.count(list), b.count(list); na != 5 || nb != 5 {
+		t.Errorf("requests split %d/%d, want 5/5", na, nb)
+	}
+	b.Close() // one upstream dies: every request still succeeds
+	for range 10 {
+		if w := do(p, "GET", list); w.Code != 200 {
+			t.Errorf("with one upstream down: %d %s", w.Code, w.Body)
+		}
+	}
+}
+
+func TestPrioritiesFallThrough(t *testing.T) {
+	high := newFakeUpstream(t, nil) // has nothing
+	low := newFakeUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, "off")
+	p.Routes = []Route{{Pattern: "example.com", Upstreams: []Upstream{{URL: low.URL, Priority: 1}, {URL: high.URL, Priority: 10}}}}
+	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code != 200 {
+		t.Errorf("%d %s", w.Code, w.Body)
+	}
+	if high.count("/example.com/a/@v/v1.0.0.mod") != 1 || low.count("/example.com/a/@v/v1.0.0.mod") != 1 {
+		t.Error("the higher priority was not tried first")
 	}
 }

@@ -21,6 +21,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/goproxy-team/goproxy/internal/lru"
 )
 
 // Proxy is an [http.Handler] serving the Go module proxy protocol. Mount it at
@@ -42,9 +44,15 @@ type Proxy struct {
 	// environment is read when the Proxy is initialized.
 	Env []string
 
-	// Transport makes the requests to upstreams. If nil,
-	// [http.DefaultTransport] is used.
+	// Transport makes the requests to upstreams and checksum databases.
+	// If nil, one is built from Dialer.
 	Transport http.RoundTripper
+
+	// Dialer sets up outbound connections when Transport is nil: the
+	// egress proxy, DNS resolvers and timeouts. If nil, the proxy
+	// variables of the environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY,
+	// ALL_PROXY, SOCKS5_PROXY) and the system resolver are used.
+	Dialer *Dialer
 
 	// MutableTTL is how long a version list, @latest answer or query answer is
 	// served from the cache before it is fetched again. Zero means one minute;
@@ -66,6 +74,13 @@ type Proxy struct {
 	// own, ahead of GONOPROXY (which goes direct) and GOPROXY. The first
 	// matching route wins.
 	Routes []Route
+
+	// HotCacheBytes bounds the memory that keeps small immutable files
+	// (.info, .mod, checksum database lookups and full tiles), with their
+	// compressed forms, in front of Cacher, so the most frequent requests
+	// are answered without touching it. Zero means 64 MiB; a negative
+	// value disables it.
+	HotCacheBytes int64
 
 	// SumDBs names more checksum databases to serve at /sumdb/<name>/,
 	// each "name" or "name URL" (the URL defaults to https://name).
@@ -101,10 +116,12 @@ type Proxy struct {
 	cacher     Cacher
 	downloader *downloader
 	routes     []*route
+	hot        *lru.Cache[*hotFile]
 	sumdbs     map[string]*sumDB
 	verifier   *sumDB
 	flights    flightGroup
 	notFound   notFoundMemo
+	direct     *directRunner
 }
 
 // Init validates the configuration and prepares the Proxy. Calling it is
@@ -134,14 +151,22 @@ func (p *Proxy) init() error {
 	}
 	transport := p.Transport
 	if transport == nil {
-		transport = http.DefaultTransport
+		t, err := p.Dialer.Transport()
+		if err != nil {
+			return fmt.Errorf("goproxy: %w", err)
+		}
+		transport = t
 	}
 	if err := p.initRoutes(); err != nil {
+		return fmt.Errorf("goproxy: %w", err)
+	}
+	if p.direct, err = newDirectRunner(p); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
 	}
 	transport = newCredentialsTransport(transport, p.routes, p.settings.netrc)
 	p.downloader = newDownloader(p.Download.withDefaults(p.TempDir), &http.Client{Transport: transport}, p.logger())
 	p.notFound.ttl = ttlOrDefault(p.NotFoundTTL)
+	p.initHotCache()
 	if err := p.initSumDBs(); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
 	}
@@ -204,6 +229,7 @@ type content struct {
 	// stale marks a mutable entry past its time, served because it could
 	// not be refreshed (or fetching was disabled).
 	stale bool
+	hot   *hotFile // set when the content is a hot file
 	close func()
 }
 
@@ -212,12 +238,19 @@ type content struct {
 // of a mutable entry when every upstream fails. The caller must call
 // close on the result.
 func (p *Proxy) open(ctx context.Context, req *request, mayFetch bool) (*content, error) {
+	if h, ok := p.hotGet(req); ok {
+		return h.content(), nil
+	}
 	ttl := p.ttl(req)
 	cached, err := p.cacheGet(ctx, req)
 	if err == nil {
 		age := time.Since(cached.ModTime())
 		if !req.mutable() || age < ttl || !mayFetch {
 			p.logger().LogAttrs(ctx, slog.LevelDebug, "cache hit", slog.String("file", req.name))
+			if h, ok := p.hotPut(req, cached, cached.ModTime(), etagOf(cached)); ok {
+				cached.Close()
+				return h.content(), nil
+			}
 			return &content{ReadSeeker: cached, modTime: cached.ModTime(), etag: etagOf(cached),
 				stale: req.mutable() && age >= ttl, close: func() { cached.Close() }}, nil
 		}
@@ -242,7 +275,13 @@ func (p *Proxy) open(ctx context.Context, req *request, mayFetch bool) (*content
 	if cached != nil {
 		cached.Close()
 	}
-	return &content{ReadSeeker: f.reader(), modTime: f.modTime, close: release}, nil
+	if !f.unverified {
+		if h, ok := p.hotPut(req, f.reader(), f.modTime, ""); ok {
+			release()
+			return h.content(), nil
+		}
+	}
+	return &content{ReadSeeker: f.reader(), modTime: f.modTime, etag: fmt.Sprintf(`"%x-%x"`, f.modTime.UnixNano(), f.size), close: release}, nil
 }
 
 // ttl is how long a mutable entry of req's kind stays fresh.
@@ -284,6 +323,13 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 	if err := p.notFound.get(req.name); err != nil {
 		return nil, nil, err
 	}
+	var storeLater func(context.Context, *fetched)
+	if !req.mutable() {
+		// Immutable files are stored while the waiting clients are
+		// served: a write (and its fsync) to a disk or an object store
+		// need not delay them, and any copy is as good as another.
+		storeLater = func(ctx context.Context, f *fetched) { p.store(ctx, req, f) }
+	}
 	f, release, err = p.flights.do(ctx, req.name, func(ctx context.Context) (*fetched, error) {
 		ctx, cancel := context.WithTimeout(ctx, p.downloader.opts.Timeout)
 		defer cancel()
@@ -294,23 +340,28 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 		} else {
 			f, err = p.fetchFromUpstreams(ctx, req)
 		}
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				p.notFound.put(req.name, err)
-			}
-			return nil, err
+		if err != nil && errors.Is(err, fs.ErrNotExist) {
+			p.notFound.put(req.name, err)
 		}
-		if f.unverified {
-			return f, nil
+		if err == nil && req.mutable() {
+			// Stored before anyone is served, so that a later fetch's
+			// newer answer can never be overwritten by this one.
+			p.store(ctx, req, f)
 		}
-		if err := p.cacher.Put(ctx, req.name, f.reader()); err != nil {
-			// Still serve what was fetched and validated; the next request
-			// will try the cache again.
-			p.logger().LogAttrs(ctx, slog.LevelError, "cache put failed", slog.String("file", req.name), slog.String("error", err.Error()))
-		}
-		return f, nil
-	})
+		return f, err
+	}, storeLater)
 	return f, release, err
+}
+
+// store puts what was fetched into the cache, unless it is unverified.
+func (p *Proxy) store(ctx context.Context, req *request, f *fetched) {
+	if f.unverified {
+		return
+	}
+	if err := p.cacher.Put(ctx, req.name, f.reader()); err != nil {
+		// What is served was validated; the next request tries again.
+		p.logger().LogAttrs(ctx, slog.LevelError, "cache put failed", slog.String("file", req.name), slog.String("error", err.Error()))
+	}
 }
 
 func fetchDisabled(r *http.Request) bool {

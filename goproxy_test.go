@@ -30,6 +30,8 @@ func newTestProxy(t *testing.T, goproxy string, env ...string) *Proxy {
 		Env:     append([]string{"GOPROXY=" + goproxy, "GOSUMDB=off"}, env...),
 		Logger:  slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
 		TempDir: t.TempDir(),
+		// The default transport, which TestMain keeps on loopback.
+		Transport: http.DefaultTransport,
 		// Retries stay on, but quick: tests wait on conditions, not clocks.
 		Download: DownloadOptions{BaseDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond},
 	}
@@ -424,9 +426,11 @@ func TestZeroValueUsesEnvironment(t *testing.T) {
 	if w := do(&p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code != 200 {
 		t.Fatalf("zero Proxy: %d %q", w.Code, w.Body)
 	}
-	if _, err := os.Stat(filepath.Join(cacheHome, "goproxy", "example.com/a/@v/v1.0.0.mod")); err != nil {
-		t.Errorf("zero Proxy did not cache under the user cache dir: %v", err)
-	}
+	// The immutable .mod is stored while the client is served.
+	waitFor(t, func() bool {
+		_, err := os.Stat(filepath.Join(cacheHome, "goproxy", "example.com/a/@v/v1.0.0.mod"))
+		return err == nil
+	})
 }
 
 func TestInitReportsBadConfiguration(t *testing.T) {

@@ -2,7 +2,6 @@ package goproxy
 
 import (
 	"bytes"
-	"container/list"
 	"context"
 	"fmt"
 	"io"
@@ -10,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/goproxy-team/goproxy/internal/lru"
 )
 
 // MemCacher is a [Cacher] that keeps entries in memory, up to MaxBytes of
@@ -19,16 +20,14 @@ import (
 type MemCacher struct {
 	// MaxBytes bounds the total size of the stored content. Zero means 256 MiB.
 	// An entry larger than MaxBytes is refused by Put with an error.
+	// It must not change once the MemCacher is used.
 	MaxBytes int64
 
-	mu      sync.Mutex
-	entries map[string]*list.Element // of *memEntry
-	lru     list.List                // front is most recently used
-	size    int64
+	once    sync.Once
+	entries *lru.Cache[*memEntry]
 }
 
 type memEntry struct {
-	name    string
 	data    []byte
 	modTime time.Time
 }
@@ -40,16 +39,19 @@ func (c *MemCacher) maxBytes() int64 {
 	return 256 << 20
 }
 
+func (c *MemCacher) cache() *lru.Cache[*memEntry] {
+	c.once.Do(func() {
+		c.entries = lru.New(c.maxBytes(), func(e *memEntry) int64 { return int64(len(e.data)) })
+	})
+	return c.entries
+}
+
 // Get implements [Cacher].
 func (c *MemCacher) Get(ctx context.Context, name string) (CachedFile, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	el, ok := c.entries[name]
+	e, ok := c.cache().Get(name)
 	if !ok {
 		return nil, &fs.PathError{Op: "get", Path: name, Err: fs.ErrNotExist}
 	}
-	c.lru.MoveToFront(el)
-	e := el.Value.(*memEntry)
 	return &memFile{Reader: bytes.NewReader(e.data), modTime: e.modTime}, nil
 }
 
@@ -62,65 +64,39 @@ func (c *MemCacher) Put(ctx context.Context, name string, content io.ReadSeeker)
 	if err != nil {
 		return err
 	}
-	if size > c.maxBytes() {
-		return fmt.Errorf("goproxy: %s is %d bytes, more than MemCacher.MaxBytes (%d)", name, size, c.maxBytes())
-	}
 	if _, err := content.Seek(0, io.SeekStart); err != nil {
 		return err
+	}
+	if size > c.maxBytes() {
+		// Refused before reading: a large zip must not be read into memory
+		// only to be dropped.
+		return fmt.Errorf("goproxy: %s is %d bytes, more than MemCacher.MaxBytes (%d)", name, size, c.maxBytes())
 	}
 	data := make([]byte, size)
 	if _, err := io.ReadFull(contextReader{ctx, content}, data); err != nil {
 		return err
 	}
-	e := &memEntry{name: name, data: data, modTime: time.Now()}
-
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.entries == nil {
-		c.entries = make(map[string]*list.Element)
-	}
-	c.removeLocked(name)
-	for c.size+size > c.maxBytes() {
-		c.removeLocked(c.lru.Back().Value.(*memEntry).name)
-	}
-	c.entries[name] = c.lru.PushFront(e)
-	c.size += size
+	c.cache().Put(name, &memEntry{data: data, modTime: time.Now()})
 	return nil
 }
 
 // Delete implements [CacheDeleter].
 func (c *MemCacher) Delete(ctx context.Context, name string) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.removeLocked(name)
+	c.cache().Delete(name)
 	return nil
 }
 
 // Walk implements [CacheWalker]. It lists the names first and calls fn
-// without holding the lock, so fn may use the cacher.
+// without holding a lock, so fn may use the cacher.
 func (c *MemCacher) Walk(ctx context.Context, prefix string, fn func(name string) error) error {
-	c.mu.Lock()
-	var names []string
-	for name := range c.entries {
+	for _, name := range c.cache().Keys() {
 		if strings.HasPrefix(name, prefix) {
-			names = append(names, name)
-		}
-	}
-	c.mu.Unlock()
-	for _, name := range names {
-		if err := fn(name); err != nil {
-			return err
+			if err := fn(name); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
-}
-
-func (c *MemCacher) removeLocked(name string) {
-	if el, ok := c.entries[name]; ok {
-		c.size -= int64(len(el.Value.(*memEntry).data))
-		c.lru.Remove(el)
-		delete(c.entries, name)
-	}
 }
 
 // memFile is a cached entry in memory. Each Get has its own reader over the

@@ -34,6 +34,9 @@ const gzipMinSize = 1 << 10
 // text bodies are gzip-compressed whole in memory (they are size-capped),
 // so that the response still has a Content-Length.
 func serveFile(w http.ResponseWriter, r *http.Request, req *request, c *content, cacheControl string) {
+	if c.hot != nil && serveHot(w, r, req, c.hot, cacheControl) {
+		return
+	}
 	h := w.Header()
 	h.Set("Content-Type", req.contentType())
 	h.Set("Cache-Control", cacheControl)
@@ -63,28 +66,37 @@ var gzipWriters = sync.Pool{New: func() any {
 // serveGzip writes content gzip-compressed, reporting false without writing
 // anything if compression failed.
 func serveGzip(w http.ResponseWriter, r *http.Request, content io.Reader, modTime time.Time) bool {
-	var buf bytes.Buffer
-	zw := gzipWriters.Get().(*gzip.Writer)
-	defer gzipWriters.Put(zw)
-	zw.Reset(&buf)
-	if _, err := io.Copy(zw, content); err != nil {
-		return false
-	}
-	if err := zw.Close(); err != nil {
+	gz, err := gzipBytes(content)
+	if err != nil {
 		return false
 	}
 	h := w.Header()
 	h.Set("Content-Encoding", "gzip")
-	h.Set("Content-Length", strconv.Itoa(buf.Len()))
+	h.Set("Content-Length", strconv.Itoa(len(gz)))
 	if !modTime.IsZero() {
 		h.Set("Last-Modified", modTime.UTC().Format(http.TimeFormat))
 	}
 	h.Del("ETag") // the tag names the identity encoding
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
-		w.Write(buf.Bytes())
+		w.Write(gz)
 	}
 	return true
+}
+
+// gzipBytes compresses r into memory; callers pass size-capped content.
+func gzipBytes(r io.Reader) ([]byte, error) {
+	var buf bytes.Buffer
+	zw := gzipWriters.Get().(*gzip.Writer)
+	defer gzipWriters.Put(zw)
+	zw.Reset(&buf)
+	if _, err := io.Copy(zw, r); err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 func acceptsGzip(r *http.Request) bool {

@@ -1,5 +1,8 @@
-// Command minimal serves a Go module proxy on -addr, caching in -cache, with
-// upstream settings (GOPROXY, GONOPROXY, GOPRIVATE, ...) from the environment.
+// Command minimal serves a Go module proxy on -addr, caching in -cache. Like
+// the go command, it takes its upstream settings (GOPROXY, GONOPROXY,
+// GOPRIVATE, GOSUMDB, GONOSUMDB, GOINSECURE) and egress proxy (HTTP_PROXY,
+// HTTPS_PROXY, NO_PROXY, ALL_PROXY, SOCKS5_PROXY) from the environment, and
+// DNS_SERVER lists resolvers (udp://, tcp://, https://, tls://, quic://).
 package main
 
 import (
@@ -8,8 +11,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/goproxy-team/goproxy"
+	"github.com/goproxy-team/goproxy/dnsquic"
 )
 
 func main() {
@@ -17,7 +22,11 @@ func main() {
 	addr := flag.String("addr", "localhost:8080", "address to listen on")
 	cache := flag.String("cache", filepath.Join(userCache, "goproxy"), "cache directory")
 	flag.Parse()
-	proxy := &goproxy.Proxy{Cacher: goproxy.DirCacher(*cache)}
+	dialer := &goproxy.Dialer{}
+	if servers := os.Getenv("DNS_SERVER"); servers != "" {
+		dialer.Resolver = &goproxy.Resolver{Servers: strings.Split(servers, ","), QUIC: new(dnsquic.Transport)}
+	}
+	proxy := &goproxy.Proxy{Cacher: goproxy.DirCacher(*cache), Dialer: dialer}
 	if err := proxy.Init(); err != nil {
 		log.Fatal(err)
 	}

@@ -1,0 +1,31 @@
+package lru
+
+import "testing"
+
+func TestEvictsLeastRecentlyUsed(t *testing.T) {
+	c := New(30, func(s string) int64 { return int64(len(s)) })
+	ten := "0123456789"
+	c.Put("a", ten)
+	c.Put("b", ten)
+	c.Put("c", ten)
+	c.Get("a") // a is now more recent than b
+	c.Put("d", ten)
+	_, a := c.Get("a")
+	_, b := c.Get("b")
+	_, cc := c.Get("c")
+	_, d := c.Get("d")
+	if !a || b || !cc || !d {
+		t.Errorf("after eviction: a=%v b=%v c=%v d=%v, want b evicted", a, b, cc, d)
+	}
+	if c.Put("big", ten+ten+ten+"x") {
+		t.Error("a value larger than the cache was stored")
+	}
+	c.Put("a", ten) // replacing does not count twice
+	if c.Size() != 30 {
+		t.Errorf("size %d, want 30", c.Size())
+	}
+	c.Delete("a")
+	if c.Size() != 20 || len(c.Keys()) != 2 {
+		t.Errorf("after Delete: size %d, keys %v", c.Size(), c.Keys())
+	}
+}
