@@ -831,3 +831,10 @@ func (g *flightGroup) users(key string) int {
 	}
 	return 0
 }
+
+// idle reports whether no call is running, background work included.
+func (g *flightGroup) idle() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.flights) == 0
+}

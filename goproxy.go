@@ -82,6 +82,24 @@ type Proxy struct {
 	// value disables it.
 	HotCacheBytes int64
 
+	// Hosted stores the module versions published to the proxy, by PUT of
+	// a .zip or by Publish. They are served ahead of upstream versions,
+	// merged into version lists and @latest, never fetched and never
+	// removed, so Hosted must keep everything it is given: a DirCacher or
+	// an object store, not a MemCacher. If nil, publishing is refused.
+	// Published modules are usually private: exempt them from checksum
+	// databases with GONOSUMDB or a Private route.
+	Hosted Cacher
+
+	// Authorize, if set, decides every request: op is what it asks to do
+	// and modulePath the module it concerns ("" for requests about no one
+	// module, such as checksum database tiles or the index feed). It
+	// returns nil to allow; an error wrapping ErrUnauthenticated answers
+	// 401 with a WWW-Authenticate challenge, any other error 403.
+	// StaticAuth.Authorize is a ready-made one. If nil, everything may be
+	// read, published (when Hosted is set) and administered.
+	Authorize func(r *http.Request, op Operation, modulePath string) error
+
 	// SumDBs names more checksum databases to serve at /sumdb/<name>/,
 	// each "name" or "name URL" (the URL defaults to https://name).
 	// sum.golang.org and the database GOSUMDB names are always served;
@@ -122,6 +140,8 @@ type Proxy struct {
 	flights    flightGroup
 	notFound   notFoundMemo
 	direct     *directRunner
+	publishing keyedMutex
+	index      versionIndex
 }
 
 // Init validates the configuration and prepares the Proxy. Calling it is
@@ -189,18 +209,51 @@ func (p *Proxy) logger() *slog.Logger {
 
 // ServeHTTP implements [http.Handler].
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed: the module proxy protocol is read-only")
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete:
+	default:
+		w.Header().Set("Allow", "GET, HEAD, PUT, DELETE")
+		writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed")
 		return
 	}
 	if err := p.Init(); err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
+	if r.URL.Path == indexPath || strings.HasPrefix(r.URL.Path, cachedPath) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed here")
+			return
+		}
+		if !p.authorize(w, r, OpAdminister, "") {
+			return
+		}
+		if r.URL.Path == indexPath {
+			p.serveIndex(w, r)
+		} else {
+			p.serveCached(w, r, strings.TrimPrefix(r.URL.Path, cachedPath))
+		}
+		return
+	}
 	req, err := p.parseRequest(r.URL.Path)
 	if err != nil {
 		p.writeFetchError(w, err)
+		return
+	}
+	switch r.Method {
+	case http.MethodPut:
+		if p.authorize(w, r, OpPublish, req.modPath) {
+			p.servePublish(w, r, req)
+		}
+		return
+	case http.MethodDelete:
+		if p.authorize(w, r, OpAdminister, req.modPath) {
+			p.serveDelete(w, r, req)
+		}
+		return
+	}
+	if !p.authorize(w, r, OpRead, req.modPath) {
 		return
 	}
 	if req.supported {
@@ -241,6 +294,18 @@ func (p *Proxy) open(ctx context.Context, req *request, mayFetch bool) (*content
 	if h, ok := p.hotGet(req); ok {
 		return h.content(), nil
 	}
+	if c, ok := p.openHosted(ctx, req); ok {
+		return c, nil
+	}
+	if c, ok, err := p.openMerged(ctx, req, mayFetch); ok || err != nil {
+		return c, err
+	}
+	return p.openUpstream(ctx, req, mayFetch)
+}
+
+// openUpstream is open for files that are not published: from the cache,
+// or from the upstreams.
+func (p *Proxy) openUpstream(ctx context.Context, req *request, mayFetch bool) (*content, error) {
 	ttl := p.ttl(req)
 	cached, err := p.cacheGet(ctx, req)
 	if err == nil {
@@ -361,6 +426,10 @@ func (p *Proxy) store(ctx context.Context, req *request, f *fetched) {
 	if err := p.cacher.Put(ctx, req.name, f.reader()); err != nil {
 		// What is served was validated; the next request tries again.
 		p.logger().LogAttrs(ctx, slog.LevelError, "cache put failed", slog.String("file", req.name), slog.String("error", err.Error()))
+		return
+	}
+	if req.kind == kindInfo && req.canonical {
+		p.index.add(req.modPath, req.version, time.Now())
 	}
 }
 
@@ -414,6 +483,17 @@ func (m *notFoundMemo) get(name string) error {
 		return nil
 	}
 	return e.err
+}
+
+// forget drops the memory of names starting with prefix.
+func (m *notFoundMemo) forget(prefix string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k := range m.entries {
+		if strings.HasPrefix(k, prefix) {
+			delete(m.entries, k)
+		}
+	}
 }
 
 func (m *notFoundMemo) put(name string, err error) {

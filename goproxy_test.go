@@ -25,7 +25,7 @@ import (
 // env sets GOSUMDB: most tests are about other things.
 func newTestProxy(t *testing.T, goproxy string, env ...string) *Proxy {
 	t.Helper()
-	return &Proxy{
+	p := &Proxy{
 		Cacher:  &MemCacher{},
 		Env:     append([]string{"GOPROXY=" + goproxy, "GOSUMDB=off"}, env...),
 		Logger:  slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -35,6 +35,10 @@ func newTestProxy(t *testing.T, goproxy string, env ...string) *Proxy {
 		// Retries stay on, but quick: tests wait on conditions, not clocks.
 		Download: DownloadOptions{BaseDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond},
 	}
+	// Files are stored in the background while clients are served: let
+	// that finish before the test's directories are removed.
+	t.Cleanup(func() { waitFor(t, p.flights.idle) })
+	return p
 }
 
 // filesUnder lists the regular files below dir.
@@ -242,7 +246,7 @@ func TestMountedUnderPrefix(t *testing.T) {
 func TestMethodNotAllowed(t *testing.T) {
 	p := newTestProxy(t, "off")
 	w := do(p, "POST", "/example.com/a/@v/list")
-	if w.Code != http.StatusMethodNotAllowed || w.Header().Get("Allow") != "GET, HEAD" {
+	if w.Code != http.StatusMethodNotAllowed || w.Header().Get("Allow") != "GET, HEAD, PUT, DELETE" {
 		t.Errorf("POST: %d, Allow %q", w.Code, w.Header().Get("Allow"))
 	}
 }

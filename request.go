@@ -133,6 +133,11 @@ func (p *Proxy) parseSumDBRequest(path string) (*request, error) {
 		if module.CanonicalVersion(req.version) != req.version {
 			return nil, badRequest(http.StatusBadRequest, "%s@%s: version is not canonical", req.modPath, req.version)
 		}
+		if module.MatchPrefixPatterns(p.settings.noSumDB, req.modPath) || p.routeFor(req.modPath).private {
+			// A private module's path must not reach a public database,
+			// even when a client that was not told so asks.
+			return nil, badRequest(http.StatusNotFound, "%s is private (GONOSUMDB): it is not looked up in checksum databases", req.modPath)
+		}
 		req.immutable = true
 	case strings.HasPrefix(rest, "tile/"):
 		tile, err := tlog.ParseTilePath(rest)
