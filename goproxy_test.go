@@ -450,3 +450,13 @@ func TestInitReportsBadConfiguration(t *testing.T) {
 func newBufferLogger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+// cachedNames lists every entry of a cacher that can walk.
+func cachedNames(c Cacher) []string {
+	var names []string
+	c.(CacheWalker).Walk(context.Background(), "", func(name string) error {
+		names = append(names, name)
+		return nil
+	})
+	return names
+}

@@ -324,12 +324,7 @@ func (zeros) Read(b []byte) (int, error) { clear(b); return len(b), nil }
 
 func assertNothingHosted(t *testing.T, p *Proxy) {
 	t.Helper()
-	var names []string
-	p.Hosted.(CacheWalker).Walk(context.Background(), "", func(name string) error {
-		names = append(names, name)
-		return nil
-	})
-	if len(names) != 0 {
+	if names := cachedNames(p.Hosted); len(names) != 0 {
 		t.Errorf("stored: %v", names)
 	}
 }

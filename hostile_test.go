@@ -2,7 +2,6 @@ package goproxy
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -160,12 +159,7 @@ func TestHostileUpstreams(t *testing.T) {
 			if w.Code != http.StatusBadGateway {
 				t.Errorf("%d %q, want 502", w.Code, w.Body)
 			}
-			var cached []string
-			p.Cacher.(CacheWalker).Walk(context.Background(), "", func(name string) error {
-				cached = append(cached, name)
-				return nil
-			})
-			if len(cached) != 0 {
+			if cached := cachedNames(p.Cacher); len(cached) != 0 {
 				t.Errorf("cached %v", cached)
 			}
 			if tmp := filesUnder(t, p.TempDir); len(tmp) != 0 {
