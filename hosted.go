@@ -93,10 +93,16 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 		return fmt.Errorf("publishing %s: %w", m, err)
 	}
 	defer unlock()
-	if same, err := p.samePublished(ctx, base+".zip", tmp); err != nil {
+	same, err := p.samePublished(ctx, base+".zip", tmp)
+	if err != nil {
 		return fmt.Errorf("publishing %s: %w", m, err)
-	} else if same {
-		return nil
+	}
+	if same {
+		if cf, err := p.Hosted.Get(ctx, base+".info"); err == nil {
+			cf.Close()
+			return nil // published before: nothing to do
+		}
+		// An earlier publish stopped before the end: finish it.
 	}
 	info, _ := json.Marshal(struct {
 		Version string

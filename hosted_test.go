@@ -388,3 +388,22 @@ func TestCacheAdministration(t *testing.T) {
 		t.Errorf("DELETE without administer: %d", rec.Code)
 	}
 }
+
+func TestPublishFinishesAnInterruptedPublish(t *testing.T) {
+	p := newHostingProxy(t, "off")
+	zip := corpZip(t, "v1.0.0", "x")
+	// A publish that stopped after storing the zip, before .mod and .info.
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
+	}
+	p.Hosted.Put(context.Background(), "corp.example.com/lib/@v/v1.0.0.zip", bytes.NewReader(zip))
+	if w := getAs(p, "/corp.example.com/lib/@v/list", "alice", "alice-pw"); w.Code == 200 && strings.Contains(w.Body.String(), "v1.0.0") {
+		t.Errorf("a version without .info is listed: %q", w.Body)
+	}
+	if w := put(p, "/corp.example.com/lib/@v/v1.0.0.zip", zip, "alice", "alice-pw"); w.Code != http.StatusCreated {
+		t.Fatalf("publishing again: %d %s", w.Code, w.Body)
+	}
+	if w := getAs(p, "/corp.example.com/lib/@v/list", "alice", "alice-pw"); w.Body.String() != "v1.0.0\n" {
+		t.Errorf("list after finishing: %d %q", w.Code, w.Body)
+	}
+}
