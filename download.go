@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -214,7 +215,12 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 	resp, err := d.client.Do(req)
 	if err != nil {
 		// net/http strips passwords from the URLs in its errors.
-		return nil, retryable(&fetchError{status: http.StatusBadGateway, msg: err.Error(), err: err})
+		fe := &fetchError{status: http.StatusBadGateway, msg: err.Error(), err: err}
+		var dnsErr *net.DNSError
+		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+			return nil, fe // a name that does not exist will not exist in a second either
+		}
+		return nil, retryable(fe)
 	}
 	switch resp.StatusCode {
 	case http.StatusOK, http.StatusPartialContent:
