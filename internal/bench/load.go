@@ -1,0 +1,145 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// loadResult is one timed load run.
+type loadResult struct {
+	requests int64 // answered with 200 and read to the end (wrk: answered)
+	errors   int64 // failed or answered otherwise
+	elapsed  time.Duration
+	rate     float64 // wrk's own Requests/sec; 0 for the in-process generator
+}
+
+func (r loadResult) rps() float64 {
+	if r.rate > 0 {
+		return r.rate
+	}
+	return float64(r.requests) / r.elapsed.Seconds()
+}
+
+func medianRPS(rs []loadResult) float64 {
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = r.rps()
+	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// rpsList shows each round as rate (requests/time, errors).
+func rpsList(rs []loadResult) string {
+	var b strings.Builder
+	for i, r := range rs {
+		if i > 0 {
+			b.WriteString("  ")
+		}
+		fmt.Fprintf(&b, "%.0f (%d/%s", r.rps(), r.requests, secs(r.elapsed))
+		if r.errors > 0 {
+			fmt.Fprintf(&b, ", %d ERRORS", r.errors)
+		}
+		b.WriteString(")")
+	}
+	return b.String()
+}
+
+// loadClient is a keep-alive HTTP/1.1 client sized for the load: enough
+// idle connections per host that no client goroutine ever dials again, and
+// no transparent compression, so every body is read as sent.
+func loadClient(clients int) *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			DialContext:         loopbackDialer(),
+			MaxIdleConns:        2 * clients,
+			MaxIdleConnsPerHost: 2 * clients,
+			IdleConnTimeout:     time.Minute,
+			DisableCompression:  true,
+			ForceAttemptHTTP2:   false,
+		},
+		Timeout: 30 * time.Second,
+	}
+}
+
+// runLoad has clients goroutines GET base+paths[i] in turn, each over its
+// own keep-alive connection, for warmup (not counted) and then until dur
+// has passed or maxRequests have been sent, whichever comes first.
+func runLoad(client *http.Client, base string, paths []string, clients int, warmup, dur time.Duration, maxRequests int64) loadResult {
+	if warmup > 0 {
+		loadPhase(client, base, paths, clients, warmup, maxRequests)
+	}
+	return loadPhase(client, base, paths, clients, dur, maxRequests)
+}
+
+func loadPhase(client *http.Client, base string, paths []string, clients int, dur time.Duration, maxRequests int64) loadResult {
+	var sent, ok, failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	deadline := start.Add(dur)
+	for c := range clients {
+		wg.Go(func() {
+			// Requests are built once and reused, as are read buffers.
+			reqs := make([]*http.Request, len(paths))
+			for i, p := range paths {
+				req, err := http.NewRequest(http.MethodGet, base+p, nil)
+				if err != nil {
+					fatalf("%v", err)
+				}
+				reqs[i] = req
+			}
+			buf := make([]byte, 8<<10)
+			for i := c * 7; ; i++ {
+				if sent.Add(1) > maxRequests || time.Now().After(deadline) {
+					return
+				}
+				resp, err := client.Do(reqs[i%len(reqs)])
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				err = drain(resp.Body, buf)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != http.StatusOK {
+					failed.Add(1)
+					continue
+				}
+				ok.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return loadResult{requests: ok.Load(), errors: failed.Load(), elapsed: time.Since(start)}
+}
+
+// drain reads r to its end into buf, so that the connection can be reused.
+func drain(r io.Reader, buf []byte) error {
+	for {
+		_, err := r.Read(buf)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// fixedBody is the baseline handler's answer: 60 bytes, about the size of
+// an .info file.
+var fixedBody = []byte(`{"Version":"v1.0.0","Time":"2024-01-01T00:00:00Z"}` + "\n123456789")
+
+// trivialHandler is the baseline: the bare net/http server cost.
+var trivialHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(fixedBody)
+})
