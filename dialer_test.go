@@ -62,26 +62,9 @@ func requireUnreachable(t *testing.T, addr string) {
 	}
 }
 
-// echoServer listens on 127.0.0.1 and echoes what it reads.
+// echoServer starts an echo server on 127.0.0.1 and returns its port.
 func echoServer(t *testing.T) (port string) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	_, port, _ = net.SplitHostPort(ln.Addr().String())
+	_, port, _ = net.SplitHostPort(egresstest.Echo(t))
 	return port
 }
 

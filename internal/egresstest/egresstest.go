@@ -174,3 +174,26 @@ func (s *server) relay(client, dst net.Conn) {
 const handshakeTimeout = 10 * time.Second
 
 var errAuth = errors.New("authentication failed")
+
+// Echo starts a TCP server on 127.0.0.1 that echoes what it reads, a
+// destination for tests of tunnels, and returns its address.
+func Echo(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}

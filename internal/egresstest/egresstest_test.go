@@ -17,28 +17,6 @@ import (
 	"github.com/goproxy-team/goproxy/internal/testcert"
 )
 
-// echo starts a TCP server on loopback that echoes one line back.
-func echo(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 func roundTrip(t *testing.T, c net.Conn) {
 	t.Helper()
 	defer c.Close()
@@ -52,7 +30,7 @@ func roundTrip(t *testing.T, c net.Conn) {
 }
 
 func TestSOCKS5(t *testing.T) {
-	target := echo(t)
+	target := Echo(t)
 	_, port, _ := net.SplitHostPort(target)
 
 	t.Run("no auth, address and name as received", func(t *testing.T) {
