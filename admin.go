@@ -73,7 +73,10 @@ func (p *Proxy) loadIndex(ctx context.Context) error {
 	if x.loaded {
 		return nil
 	}
-	x.seen = map[string]bool{}
+	// Built aside and kept only when complete: a failed walk leaves the
+	// index unloaded and empty, for the next request to try again.
+	seen := map[string]bool{}
+	var entries []indexEntry
 	for _, c := range []Cacher{p.cacher, p.Hosted} {
 		walker, ok := c.(CacheWalker)
 		if !ok {
@@ -81,7 +84,7 @@ func (p *Proxy) loadIndex(ctx context.Context) error {
 		}
 		err := walker.Walk(ctx, "", func(name string) error {
 			path, version, ok := versionInfoName(name)
-			if !ok || x.seen[path+"@"+version] {
+			if !ok || seen[path+"@"+version] {
 				return nil
 			}
 			cf, err := c.Get(ctx, name)
@@ -90,16 +93,16 @@ func (p *Proxy) loadIndex(ctx context.Context) error {
 			}
 			t := cf.ModTime()
 			cf.Close()
-			x.seen[path+"@"+version] = true
-			x.entries = append(x.entries, indexEntry{path, version, t.UTC()})
+			seen[path+"@"+version] = true
+			entries = append(entries, indexEntry{path, version, t.UTC()})
 			return nil
 		})
 		if err != nil {
 			return err
 		}
 	}
-	slices.SortStableFunc(x.entries, func(a, b indexEntry) int { return a.Timestamp.Compare(b.Timestamp) })
-	x.loaded = true
+	slices.SortStableFunc(entries, func(a, b indexEntry) int { return a.Timestamp.Compare(b.Timestamp) })
+	x.seen, x.entries, x.loaded = seen, entries, true
 	return nil
 }
 
@@ -163,14 +166,23 @@ func (p *Proxy) serveIndex(w http.ResponseWriter, r *http.Request) {
 	w.Write(body)
 }
 
+// isPublished reports whether the version whose names start with base
+// ("<module>/@v/<version>") is published.
+func (p *Proxy) isPublished(ctx context.Context, base string) bool {
+	if p.Hosted == nil {
+		return false
+	}
+	cf, err := p.Hosted.Get(ctx, base+".info")
+	if err != nil {
+		return false
+	}
+	cf.Close()
+	return true
+}
+
 // serveCached answers /-/cached/<module>: the names cached for a module,
 // published ones apart.
-func (p *Proxy) serveCached(w http.ResponseWriter, r *http.Request, escPath string) {
-	modPath, err := module.UnescapePath(escPath)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
+func (p *Proxy) serveCached(w http.ResponseWriter, r *http.Request, modPath, escPath string) {
 	list := func(c Cacher) ([]string, error) {
 		walker, ok := c.(CacheWalker)
 		if !ok {
@@ -240,7 +252,9 @@ func (p *Proxy) serveDelete(w http.ResponseWriter, r *http.Request, req *request
 		escVersion, _ := module.EscapeVersion(req.version)
 		base := escPath + "/@v/" + escVersion
 		names = append(names, base+".info", base+".mod", base+".zip")
-		p.index.remove(req.modPath, req.version)
+		if !p.isPublished(ctx, base) {
+			p.index.remove(req.modPath, req.version)
+		}
 	default:
 		writeError(w, http.StatusBadRequest, "only canonical versions, lists and @latest can be removed")
 		return

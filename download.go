@@ -179,6 +179,9 @@ func (d *downloader) getSmall(ctx context.Context, rawURL string, t target) (*fe
 			return err
 		}
 		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return upstreamAnswered(rawURL, resp.Status, "a part of a file, for a request of the whole")
+		}
 		if resp.ContentLength > t.limit {
 			return tooLarge(rawURL, t.limit)
 		}
@@ -391,7 +394,9 @@ func (d *downloader) openPartial(rawURL string, t target) (*fileDownload, error)
 	if err != nil {
 		return nil, err
 	}
-	if ok, err := filelock.TryLock(f); err != nil || !ok {
+	if ok, err := filelock.TryLock(f); err != nil || !ok || !stillNamed(f) {
+		// Held by another download, or unlinked by one that finished
+		// between our open and our lock: work on a private file.
 		f.Close()
 		if f, err = os.CreateTemp(dir, key+"-*.tmp"); err != nil {
 			return nil, err
@@ -413,6 +418,16 @@ func (d *downloader) openPartial(rawURL string, t target) (*fileDownload, error)
 	}
 	dl.reset()
 	return dl, nil
+}
+
+// stillNamed reports whether f is still the file its name points to.
+func stillNamed(f *os.File) bool {
+	fi, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	named, err := os.Stat(f.Name())
+	return err == nil && os.SameFile(fi, named)
 }
 
 // valid checks a loaded state before it is trusted: parts in order, inside
@@ -441,6 +456,7 @@ func (dl *fileDownload) reset() {
 	dl.total.Store(0)
 	dl.sized.Store(-1)
 	dl.f.Truncate(0)
+	dl.f.Seek(0, io.SeekStart) // whole() writes from the file offset
 	if dl.meta != "" {
 		os.Remove(dl.meta)
 	}
@@ -794,6 +810,17 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 	}
 }
 
+// callRecovering runs fn, turning a panic into an error: fn runs on a
+// goroutine of its own, where a panic would end the whole process.
+func callRecovering(ctx context.Context, fn func(context.Context) (*fetched, error)) (res *fetched, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			res, err = nil, &fetchError{status: http.StatusInternalServerError, msg: fmt.Sprintf("internal error: %v", v)}
+		}
+	}()
+	return fn(ctx)
+}
+
 // release drops one user of fl, closing the result after the last.
 func (g *flightGroup) release(fl *flight) {
 	g.mu.Lock()
@@ -805,7 +832,7 @@ func (g *flightGroup) release(fl *flight) {
 }
 
 func (g *flightGroup) run(ctx context.Context, key string, fl *flight, fn func(context.Context) (*fetched, error), background func(context.Context, *fetched)) {
-	res, err := fn(ctx)
+	res, err := callRecovering(ctx, fn)
 	g.mu.Lock()
 	fl.res, fl.err, fl.ended = res, err, true
 	if err == nil && background != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -295,4 +296,25 @@ func TestGoCommandWithFlakyUpstream(t *testing.T) {
 		t.Error("no failure was injected; the test proves nothing")
 	}
 	t.Logf("%d upstream requests, %d failed", faults.Requests(), faults.Injected502())
+}
+
+// TestRetryWithoutRangesStartsOver cuts the first answer of an upstream that
+// ignores ranges: the retry must rewrite the file from its start.
+func TestRetryWithoutRangesStartsOver(t *testing.T) {
+	_, want := largeFixture(t)
+	var n atomic.Int32
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(want)))
+		if n.Add(1) == 1 {
+			w.Write(want[:300<<10])
+			panic(http.ErrAbortHandler)
+		}
+		w.Write(want)
+	}))
+	defer upstream.Close()
+	p := newTestProxy(t, upstream.URL)
+	w := do(p, "GET", largeZipPath)
+	if w.Code != 200 || !bytes.Equal(w.Body.Bytes(), want) || n.Load() != 2 {
+		t.Errorf("%d, %d bytes after %d requests", w.Code, w.Body.Len(), n.Load())
+	}
 }

@@ -1,10 +1,12 @@
 package goproxy
 
 import (
+	"archive/zip"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net/http"
@@ -181,6 +183,13 @@ func readSettings(env []string) (*settings, error) {
 	return s, nil
 }
 
+// escapeURLPath escapes a cache name for a URL: names hold decoded query
+// versions, which may contain '%', '#' or spaces that must reach the
+// upstream as the go command sent them, never decoded a second time.
+func escapeURLPath(name string) string {
+	return (&url.URL{Path: name}).EscapedPath()
+}
+
 // redactURL hides the password of a URL for logs and error messages.
 func redactURL(s string) string {
 	u, err := url.Parse(s)
@@ -207,6 +216,7 @@ type fetchError struct {
 
 	retry      bool          // another attempt may succeed
 	retryAfter time.Duration // what the upstream asked to wait, if anything
+	noStore    bool          // a not-found that shared caches must not keep
 }
 
 func (e *fetchError) Error() string { return e.msg }
@@ -343,12 +353,18 @@ func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (*fetc
 	if up.URL == "direct" {
 		f, err = p.fetchDirect(ctx, req)
 	} else {
-		f, err = p.downloader.get(ctx, up.URL+"/"+req.name, target{
+		f, err = p.downloader.get(ctx, up.URL+"/"+escapeURLPath(req.name), target{
 			module: req.modPath, version: req.version, toFile: req.kind == kindZip, limit: req.maxSize(),
 		})
 	}
 	if err == nil {
-		if err = req.validate(f); err != nil {
+		err = req.validate(f)
+		if err == nil && req.kind == kindZip && !p.verifies(req) {
+			// Hashing for the checksum database reads every entry, which
+			// checks their CRCs; without it, read them here.
+			err = checkZipContents(f.file, f.size)
+		}
+		if err != nil {
 			err = &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("invalid %s from upstream %s: %v", req, redactURL(up.URL), err), err: err}
 		} else if err = p.verify(ctx, req, f); errors.Is(err, errUnverified) {
 			f.unverified, err = true, nil
@@ -419,7 +435,8 @@ func (t *credentialsTransport) RoundTrip(r *http.Request) (*http.Response, error
 		}
 		return t.base.RoundTrip(r)
 	}
-	if line, ok := netrc.Find(t.netrc, r.URL.Hostname()); ok {
+	// As the go command: .netrc credentials go over https only.
+	if line, ok := netrc.Find(t.netrc, r.URL.Hostname()); ok && r.URL.Scheme == "https" {
 		r = r.Clone(r.Context())
 		r.SetBasicAuth(line.Login, line.Password)
 	}
@@ -460,6 +477,28 @@ func (req *request) validate(f *fetched) error {
 		}
 		if err := cf.Err(); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// checkZipContents reads every entry of a zip, which makes archive/zip
+// check each one's CRC-32: golang.org/x/mod/zip.CheckZip looks at names and
+// sizes only, so damaged content would otherwise pass.
+func checkZipContents(f *os.File, size int64) error {
+	zr, err := zip.NewReader(f, size)
+	if err != nil {
+		return err
+	}
+	for _, zf := range zr.File {
+		rc, err := zf.Open()
+		if err != nil {
+			return fmt.Errorf("%s: %w", zf.Name, err)
+		}
+		_, err = io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", zf.Name, err)
 		}
 	}
 	return nil

@@ -3,10 +3,12 @@ package goproxy
 import (
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -179,15 +181,32 @@ func TestRouteCredentials(t *testing.T) {
 		}
 	})
 	t.Run("netrc", func(t *testing.T) {
-		up := authUpstream(t, func(r *http.Request) bool {
-			u, pw, ok := r.BasicAuth()
-			return ok && u == "netrc-user" && pw == "netrc-pw"
-		})
 		netrcFile := filepath.Join(t.TempDir(), "netrc")
 		os.WriteFile(netrcFile, []byte("machine 127.0.0.1 login netrc-user password netrc-pw\n"), 0o600)
-		p := newTestProxy(t, up.URL, "NETRC="+netrcFile)
+		files := testModuleFiles(t)
+		upstream := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if u, pw, ok := r.BasicAuth(); !ok || u != "netrc-user" || pw != "netrc-pw" {
+				http.Error(w, "unauthorized", http.StatusUnauthorized)
+				return
+			}
+			w.Write(files[r.URL.Path])
+		}))
+		defer upstream.Close()
+		p := newTestProxy(t, upstream.URL, "NETRC="+netrcFile)
+		p.Transport = upstream.Client().Transport
 		if w := do(p, "GET", mod); w.Code != 200 {
-			t.Errorf(".netrc: %d %s", w.Code, w.Body)
+			t.Errorf(".netrc over https: %d %s", w.Code, w.Body)
+		}
+		// As with the go command, never over plain http.
+		var sent atomic.Bool
+		plain := newFakeUpstream(t, testModuleFiles(t))
+		plain.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+			sent.Store(r.Header.Get("Authorization") != "")
+			return false
+		})
+		do(newTestProxy(t, plain.URL, "NETRC="+netrcFile), "GET", mod)
+		if sent.Load() {
+			t.Error(".netrc credentials went over plain http")
 		}
 	})
 }
@@ -293,5 +312,51 @@ func TestPrioritiesFallThrough(t *testing.T) {
 	}
 	if high.count("/example.com/a/@v/v1.0.0.mod") != 1 || low.count("/example.com/a/@v/v1.0.0.mod") != 1 {
 		t.Error("the higher priority was not tried first")
+	}
+}
+
+func TestUpstreamPathsAreEscaped(t *testing.T) {
+	var got []string
+	var mu sync.Mutex
+	up := newFakeUpstream(t, nil)
+	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		mu.Lock()
+		got = append(got, r.URL.EscapedPath())
+		mu.Unlock()
+		http.Error(w, "no", http.StatusNotFound)
+		return true
+	})
+	p := newTestProxy(t, up.URL)
+	p.Routes = []Route{{Pattern: "example.com", Upstreams: []Upstream{{URL: up.URL, Token: "t0ken"}}}}
+	// Queries may hold '%', '#' and encoded slashes; each must reach the
+	// upstream exactly as the client sent it, never decoded twice.
+	for _, q := range []string{"%252e%252e%252f%252e%252e%252fadmin%252fkeys", "x%2523y", "a%20b"} {
+		do(p, "GET", "/example.com/a/@v/"+q+".info")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{
+		"/example.com/a/@v/%252e%252e%252f%252e%252e%252fadmin%252fkeys.info",
+		"/example.com/a/@v/x%2523y.info",
+		"/example.com/a/@v/a%20b.info",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("upstream saw %q, want %q", got, want)
+	}
+}
+
+func TestRedirectFromHTTPSToHTTPRefused(t *testing.T) {
+	plain := newFakeUpstream(t, testModuleFiles(t))
+	secure := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, plain.URL+r.URL.Path, http.StatusFound)
+	}))
+	defer secure.Close()
+	p := newTestProxy(t, secure.URL)
+	p.Transport = secure.Client().Transport
+	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code == 200 || !strings.Contains(w.Body.String(), "insecure") {
+		t.Errorf("downgrade redirect: %d %s", w.Code, w.Body)
+	}
+	if plain.count("/example.com/a/@v/v1.0.0.mod") != 0 {
+		t.Error("the insecure target was reached")
 	}
 }

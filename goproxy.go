@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/goproxy-team/goproxy/internal/lru"
+	"golang.org/x/mod/module"
 )
 
 // Proxy is an [http.Handler] serving the Go module proxy protocol. Mount it at
@@ -128,20 +129,22 @@ type Proxy struct {
 	// level. If nil, [slog.Default] is used.
 	Logger *slog.Logger
 
-	initOnce   sync.Once
-	initErr    error
-	settings   *settings
-	cacher     Cacher
-	downloader *downloader
-	routes     []*route
-	hot        *lru.Cache[*hotFile]
-	sumdbs     map[string]*sumDB
-	verifier   *sumDB
-	flights    flightGroup
-	notFound   notFoundMemo
-	direct     *directRunner
-	publishing keyedMutex
-	index      versionIndex
+	initOnce      sync.Once
+	initErr       error
+	settings      *settings
+	cacher        Cacher
+	downloader    *downloader
+	routes        []*route
+	hot           *lru.Cache[*hotFile]
+	hotMu         sync.Mutex // orders hot-cache writes with publishing
+	hotGeneration uint64
+	sumdbs        map[string]*sumDB
+	verifier      *sumDB
+	flights       flightGroup
+	notFound      notFoundMemo
+	direct        *directRunner
+	publishing    keyedMutex
+	index         versionIndex
 }
 
 // Init validates the configuration and prepares the Proxy. Calling it is
@@ -184,11 +187,28 @@ func (p *Proxy) init() error {
 		return fmt.Errorf("goproxy: %w", err)
 	}
 	transport = newCredentialsTransport(transport, p.routes, p.settings.netrc)
-	p.downloader = newDownloader(p.Download.withDefaults(p.TempDir), &http.Client{Transport: transport}, p.logger())
+	client := &http.Client{Transport: transport, CheckRedirect: refuseDowngrade}
+	p.downloader = newDownloader(p.Download.withDefaults(p.TempDir), client, p.logger())
 	p.notFound.ttl = ttlOrDefault(p.NotFoundTTL)
 	p.initHotCache()
+	if sameStore(p.cacher, p.Hosted) {
+		return errors.New("goproxy: Hosted and Cacher must be different stores: published versions would be evicted or removed with cached ones")
+	}
 	if err := p.initSumDBs(); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
+	}
+	return nil
+}
+
+// refuseDowngrade follows redirects as net/http does, except from https to
+// http, which the go command refuses too: what was asked over a secure
+// connection must not arrive over an insecure one.
+func refuseDowngrade(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	if via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
+		return fmt.Errorf("refusing the redirect from %s to insecure %s", redactURL(via[0].URL.String()), redactURL(req.URL.String()))
 	}
 	return nil
 }
@@ -226,13 +246,20 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed here")
 			return
 		}
-		if !p.authorize(w, r, OpAdminister, "") {
+		if r.URL.Path == indexPath {
+			if p.authorize(w, r, OpAdminister, "") {
+				p.serveIndex(w, r)
+			}
 			return
 		}
-		if r.URL.Path == indexPath {
-			p.serveIndex(w, r)
-		} else {
-			p.serveCached(w, r, strings.TrimPrefix(r.URL.Path, cachedPath))
+		escPath := strings.TrimPrefix(r.URL.Path, cachedPath)
+		modPath, err := module.UnescapePath(escPath)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		if p.authorize(w, r, OpAdminister, modPath) {
+			p.serveCached(w, r, modPath, escPath)
 		}
 		return
 	}
@@ -294,8 +321,8 @@ func (p *Proxy) open(ctx context.Context, req *request, mayFetch bool) (*content
 	if h, ok := p.hotGet(req); ok {
 		return h.content(), nil
 	}
-	if c, ok := p.openHosted(ctx, req); ok {
-		return c, nil
+	if c, ok, err := p.openHosted(ctx, req); ok || err != nil {
+		return c, err
 	}
 	if c, ok, err := p.openMerged(ctx, req, mayFetch); ok || err != nil {
 		return c, err
@@ -306,13 +333,16 @@ func (p *Proxy) open(ctx context.Context, req *request, mayFetch bool) (*content
 // openUpstream is open for files that are not published: from the cache,
 // or from the upstreams.
 func (p *Proxy) openUpstream(ctx context.Context, req *request, mayFetch bool) (*content, error) {
+	// A version published while this runs must not be shadowed by the
+	// upstream copy in the hot cache.
+	gen := p.hotGen()
 	ttl := p.ttl(req)
 	cached, err := p.cacheGet(ctx, req)
 	if err == nil {
 		age := time.Since(cached.ModTime())
 		if !req.mutable() || age < ttl || !mayFetch {
 			p.logger().LogAttrs(ctx, slog.LevelDebug, "cache hit", slog.String("file", req.name))
-			if h, ok := p.hotPut(req, cached, cached.ModTime(), etagOf(cached)); ok {
+			if h, ok := p.hotPut(req, cached, cached.ModTime(), etagOf(cached), gen); ok {
 				cached.Close()
 				return h.content(), nil
 			}
@@ -322,7 +352,8 @@ func (p *Proxy) openUpstream(ctx context.Context, req *request, mayFetch bool) (
 	} else {
 		cached = nil
 		if !mayFetch {
-			return nil, &fetchError{status: http.StatusNotFound, msg: req.String() + " is not cached and Disable-Module-Fetch is set"}
+			// Not to be kept by shared caches: other clients may fetch.
+			return nil, &fetchError{status: http.StatusNotFound, msg: req.String() + " is not cached and Disable-Module-Fetch is set", noStore: true}
 		}
 	}
 	f, release, err := p.fetch(ctx, req)
@@ -341,7 +372,7 @@ func (p *Proxy) openUpstream(ctx context.Context, req *request, mayFetch bool) (
 		cached.Close()
 	}
 	if !f.unverified {
-		if h, ok := p.hotPut(req, f.reader(), f.modTime, ""); ok {
+		if h, ok := p.hotPut(req, f.reader(), f.modTime, "", gen); ok {
 			release()
 			return h.content(), nil
 		}
@@ -364,11 +395,20 @@ func (p *Proxy) ttl(req *request) time.Duration {
 func (p *Proxy) cacheControl(req *request, c *content) string {
 	switch {
 	case !req.mutable():
-		return "public, max-age=31536000, immutable"
+		return p.cacheScope() + ", max-age=31536000, immutable"
 	case c.stale:
 		return "no-cache"
 	}
-	return "public, max-age=" + strconv.Itoa(int(p.ttl(req).Seconds()))
+	return p.cacheScope() + ", max-age=" + strconv.Itoa(int(p.ttl(req).Seconds()))
+}
+
+// cacheScope is "public", unless access is controlled: then a shared cache
+// in front of the proxy must not hand one user's answers to another.
+func (p *Proxy) cacheScope() string {
+	if p.Authorize != nil {
+		return "private"
+	}
+	return "public"
 }
 
 // cacheGet looks req up in the cache. A cache that fails is logged and
@@ -393,7 +433,11 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 		// Immutable files are stored while the waiting clients are
 		// served: a write (and its fsync) to a disk or an object store
 		// need not delay them, and any copy is as good as another.
-		storeLater = func(ctx context.Context, f *fetched) { p.store(ctx, req, f) }
+		storeLater = func(ctx context.Context, f *fetched) {
+			ctx, cancel := context.WithTimeout(ctx, p.downloader.opts.Timeout)
+			defer cancel()
+			p.store(ctx, req, f)
+		}
 	}
 	f, release, err = p.flights.do(ctx, req.name, func(ctx context.Context) (*fetched, error) {
 		ctx, cancel := context.WithTimeout(ctx, p.downloader.opts.Timeout)
@@ -440,8 +484,8 @@ func fetchDisabled(r *http.Request) bool {
 func (p *Proxy) writeFetchError(w http.ResponseWriter, err error) {
 	var fe *fetchError
 	if errors.As(err, &fe) {
-		if fe.Is(fs.ErrNotExist) && p.notFound.ttl > 0 {
-			w.Header().Set("Cache-Control", "public, max-age="+strconv.Itoa(int(p.notFound.ttl.Seconds())))
+		if fe.Is(fs.ErrNotExist) && p.notFound.ttl > 0 && !fe.noStore {
+			w.Header().Set("Cache-Control", p.cacheScope()+", max-age="+strconv.Itoa(int(p.notFound.ttl.Seconds())))
 		}
 		writeError(w, fe.status, fe.msg)
 		return

@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -77,6 +78,9 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 	if err == nil {
 		err = cf.Err()
 	}
+	if err == nil {
+		err = checkZipContents(tmp, n)
+	}
 	if err != nil {
 		return fmt.Errorf("publishing %s: %w: %v", m, ErrInvalidModule, err)
 	}
@@ -108,6 +112,9 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 		Version string
 		Time    time.Time
 	}{version, time.Now().UTC().Truncate(time.Second)})
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("publishing %s: %w", m, err)
+	}
 	// The .info goes last: its presence is what makes the version listed.
 	for _, f := range []struct {
 		name string
@@ -117,11 +124,8 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 			return fmt.Errorf("publishing %s: storing %s: %w", m, f.name, err)
 		}
 	}
-	if p.hot != nil {
-		// An upstream copy of the same version may be in memory.
-		p.hot.Delete(base + ".info")
-		p.hot.Delete(base + ".mod")
-	}
+	// An upstream copy of the same version may be in memory.
+	p.hotForget(base+".info", base+".mod")
 	p.index.add(modulePath, version, time.Now())
 	p.logger().Info("published", "module", modulePath, "version", version, "bytes", n)
 	return nil
@@ -287,20 +291,38 @@ func (p *Proxy) hostedVersions(ctx context.Context, escPath string) ([]string, e
 	return versions, err
 }
 
-// openHosted returns a published file, if req asks for one.
-func (p *Proxy) openHosted(ctx context.Context, req *request) (*content, bool) {
+// openHosted returns a published file, if req asks for one. A version
+// counts as published once its .info is stored, which Publish does last.
+// A Hosted store that fails is an error, not a miss: falling through
+// would send a private module's path upstream.
+func (p *Proxy) openHosted(ctx context.Context, req *request) (*content, bool, error) {
 	if p.Hosted == nil || req.kind == kindSumDB || req.mutable() {
-		return nil, false
+		return nil, false, nil
 	}
-	cf, err := p.Hosted.Get(ctx, req.name)
+	gen := p.hotGen()
+	name := req.name
+	if req.kind != kindInfo {
+		name = strings.TrimSuffix(strings.TrimSuffix(name, ".zip"), ".mod") + ".info"
+	}
+	info, err := p.Hosted.Get(ctx, name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil
+	}
 	if err != nil {
-		return nil, false
+		return nil, false, &fetchError{status: http.StatusBadGateway, msg: "reading the published versions: " + err.Error(), err: err}
 	}
-	if h, ok := p.hotPut(req, cf, cf.ModTime(), etagOf(cf)); ok {
+	cf := info
+	if req.kind != kindInfo {
+		info.Close()
+		if cf, err = p.Hosted.Get(ctx, req.name); err != nil {
+			return nil, false, &fetchError{status: http.StatusBadGateway, msg: "reading the published " + req.String() + ": " + err.Error(), err: err}
+		}
+	}
+	if h, ok := p.hotPut(req, cf, cf.ModTime(), etagOf(cf), gen); ok {
 		cf.Close()
-		return h.content(), true
+		return h.content(), true, nil
 	}
-	return &content{ReadSeeker: cf, modTime: cf.ModTime(), etag: etagOf(cf), close: func() { cf.Close() }}, true
+	return &content{ReadSeeker: cf, modTime: cf.ModTime(), etag: etagOf(cf), close: func() { cf.Close() }}, true, nil
 }
 
 // openMerged answers list and @latest for a module with published
@@ -379,4 +401,21 @@ func preferLatest(a, b string) bool {
 		return ra > rb
 	}
 	return semver.Compare(a, b) > 0
+}
+
+// sameStore reports whether two stores are evidently the same: one
+// directory, or one value.
+func sameStore(a, b Cacher) bool {
+	if a == nil || b == nil {
+		return false
+	}
+	if da, ok := a.(DirCacher); ok {
+		db, ok := b.(DirCacher)
+		return ok && filepath.Clean(string(da)) == filepath.Clean(string(db))
+	}
+	if ma, ok := a.(*MemCacher); ok {
+		mb, ok := b.(*MemCacher)
+		return ok && ma == mb
+	}
+	return false
 }

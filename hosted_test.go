@@ -407,3 +407,43 @@ func TestPublishFinishesAnInterruptedPublish(t *testing.T) {
 		t.Errorf("list after finishing: %d %q", w.Code, w.Body)
 	}
 }
+
+// failingStore fails every Get with an error other than not-found.
+type failingStore struct{ DirCacher }
+
+func (failingStore) Get(context.Context, string) (CachedFile, error) {
+	return nil, errors.New("store unavailable")
+}
+
+func TestHostedStoreFailureFailsClosed(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	p := newHostingProxy(t, up.URL)
+	p.Hosted = failingStore{DirCacher(t.TempDir())}
+	if w := getAs(p, "/example.com/a/@v/v1.0.0.mod", "reader", "reader-pw"); w.Code != http.StatusBadGateway {
+		t.Errorf("with the hosted store failing: %d %s", w.Code, w.Body)
+	}
+	if up.count("/example.com/a/@v/v1.0.0.mod") != 0 {
+		t.Error("the module's path went upstream while the hosted store failed")
+	}
+}
+
+func TestAuthorizedAnswersArePrivate(t *testing.T) {
+	p := newHostingProxy(t, "off")
+	if err := p.Publish(context.Background(), "corp.example.com/lib", "v1.0.0", bytes.NewReader(corpZip(t, "v1.0.0", "x"))); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"v1.0.0.zip", "v1.0.0.mod", "list"} {
+		w := getAs(p, "/corp.example.com/lib/@v/"+f, "alice", "alice-pw")
+		if cc := w.Header().Get("Cache-Control"); w.Code != 200 || !strings.HasPrefix(cc, "private") {
+			t.Errorf("%s: %d, Cache-Control %q; shared caches must not keep it", f, w.Code, cc)
+		}
+	}
+}
+
+func TestHostedAndCacherMustDiffer(t *testing.T) {
+	dir := t.TempDir()
+	p := &Proxy{Cacher: DirCacher(dir), Hosted: DirCacher(dir + "/"), Env: []string{"GOPROXY=off"}}
+	if err := p.Init(); err == nil {
+		t.Error("Init accepted one directory for both")
+	}
+}

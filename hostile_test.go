@@ -1,7 +1,11 @@
 package goproxy
 
 import (
+	"archive/zip"
 	"bufio"
+	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -180,4 +184,28 @@ func truncate(w http.ResponseWriter, r *http.Request) bool {
 		conn.Close()
 	}
 	return true
+}
+
+// TestDamagedZipContentRefused damages a file inside a zip whose names and
+// sizes are intact, which golang.org/x/mod/zip.CheckZip alone lets through.
+func TestDamagedZipContentRefused(t *testing.T) {
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	for _, f := range [][2]string{{"example.com/a@v1.0.0/go.mod", "module example.com/a\n"}, {"example.com/a@v1.0.0/a.go", "package a // some text to damage\n"}} {
+		w, _ := zw.CreateHeader(&zip.FileHeader{Name: f[0], Method: zip.Store})
+		io.WriteString(w, f[1])
+	}
+	zw.Close()
+	damaged := buf.Bytes()
+	i := bytes.Index(damaged, []byte("some text"))
+	damaged[i] ^= 0xff
+	up := newFakeUpstream(t, map[string][]byte{"/example.com/a/@v/v1.0.0.zip": damaged})
+	p := newTestProxy(t, up.URL)
+	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.zip"); w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "checksum") {
+		t.Errorf("damaged zip: %d %q", w.Code, w.Body)
+	}
+	hp := newHostingProxy(t, "off")
+	if err := hp.Publish(context.Background(), "example.com/a", "v1.0.0", bytes.NewReader(damaged)); !errors.Is(err, ErrInvalidModule) {
+		t.Errorf("publishing a damaged zip: %v", err)
+	}
 }

@@ -64,6 +64,27 @@ func hotEligible(req *request) bool {
 	return !req.mutable() && req.kind != kindZip
 }
 
+// hotGen returns the hot cache's generation, which publishing advances:
+// a file read from upstream under an older generation is not kept.
+func (p *Proxy) hotGen() uint64 {
+	p.hotMu.Lock()
+	defer p.hotMu.Unlock()
+	return p.hotGeneration
+}
+
+// hotForget drops names from the hot cache and advances the generation,
+// so that reads already under way cannot put them back.
+func (p *Proxy) hotForget(names ...string) {
+	p.hotMu.Lock()
+	defer p.hotMu.Unlock()
+	p.hotGeneration++
+	if p.hot != nil {
+		for _, name := range names {
+			p.hot.Delete(name)
+		}
+	}
+}
+
 func (p *Proxy) hotGet(req *request) (*hotFile, bool) {
 	if p.hot == nil || !hotEligible(req) {
 		return nil, false
@@ -71,8 +92,9 @@ func (p *Proxy) hotGet(req *request) (*hotFile, bool) {
 	return p.hot.Get(req.name)
 }
 
-// hotPut keeps a small immutable file in memory, reading it from r.
-func (p *Proxy) hotPut(req *request, r io.ReadSeeker, modTime time.Time, etag string) (*hotFile, bool) {
+// hotPut keeps a small immutable file in memory, reading it from r, unless
+// the generation moved on since gen.
+func (p *Proxy) hotPut(req *request, r io.ReadSeeker, modTime time.Time, etag string, gen uint64) (*hotFile, bool) {
 	if p.hot == nil || !hotEligible(req) {
 		return nil, false
 	}
@@ -90,6 +112,11 @@ func (p *Proxy) hotPut(req *request, r io.ReadSeeker, modTime time.Time, etag st
 		return nil, false
 	}
 	h := newHotFile(req, data, modTime, etag)
+	p.hotMu.Lock()
+	defer p.hotMu.Unlock()
+	if p.hotGeneration != gen {
+		return h, true // serve it, but do not keep it
+	}
 	p.hot.Put(req.name, h)
 	return h, true
 }

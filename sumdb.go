@@ -130,7 +130,7 @@ func (p *Proxy) initSumDBs() error {
 // the proxy's own verification.
 func (p *Proxy) fetchFromSumDB(ctx context.Context, req *request) (*fetched, error) {
 	start := time.Now()
-	f, err := p.downloader.get(ctx, req.db.url+"/"+req.dbPath, target{module: req.modPath, version: req.version, limit: maxSumDBSize})
+	f, err := p.downloader.get(ctx, req.db.url+"/"+escapeURLPath(req.dbPath), target{module: req.modPath, version: req.version, limit: maxSumDBSize})
 	var size int64
 	outcome := "ok"
 	if err != nil {
@@ -201,7 +201,8 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 				slog.String("version", req.version), slog.String("error", err.Error()))
 			return errUnverified
 		}
-		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("verifying %s@%s: checksum database %s: %v", req.modPath, req.version, db.name, err), err: err}
+		// No err: a database's 404 must not pass for the module's.
+		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("verifying %s@%s: checksum database %s: %v", req.modPath, req.version, db.name, err)}
 	}
 	rec.close()
 
