@@ -26,6 +26,7 @@ const (
 	OpAdminister
 )
 
+// String names the operation in messages: read, publish or administer.
 func (op Operation) String() string {
 	switch op {
 	case OpRead:
