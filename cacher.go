@@ -22,7 +22,8 @@ import (
 type Cacher interface {
 	// Get returns the content stored under name. A miss is an error for which
 	// errors.Is(err, fs.ErrNotExist) is true; any other error is a failure of
-	// the cache, which the proxy reports rather than treating as a miss.
+	// the cache, which the proxy logs at error level before asking the
+	// upstreams as it would after a miss.
 	Get(ctx context.Context, name string) (CachedFile, error)
 
 	// Put stores content under name, replacing what was there. It must be
