@@ -89,7 +89,9 @@ type Proxy struct {
 	// removed, so Hosted must keep everything it is given: a DirCacher or
 	// an object store, not a MemCacher. If nil, publishing is refused.
 	// Published modules are usually private: exempt them from checksum
-	// databases with GONOSUMDB or a Private route.
+	// databases with GONOSUMDB or a Private route. Unlike Cacher, a Hosted
+	// store that fails answers 502: falling back on the upstreams would
+	// send private module paths to them.
 	Hosted Cacher
 
 	// Authorize, if set, decides every request: op is what it asks to do
