@@ -22,8 +22,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/goproxy-team/goproxy/internal/lru"
 	"golang.org/x/mod/module"
+
+	"github.com/goproxy-team/goproxy/internal/lru"
 )
 
 // Proxy is an [http.Handler] serving the Go module proxy protocol. Mount it at
@@ -39,10 +40,12 @@ type Proxy struct {
 	// Env holds the go command's settings the proxy follows, in the form of
 	// [os.Environ]: GOPROXY (the upstreams), GONOPROXY, GOPRIVATE, GOSUMDB
 	// (the checksum database that every .mod and .zip is verified against
-	// before it is cached) and GONOSUMDB. They mean what they mean to the
-	// go command, with the same defaults (GOPROXY=https://proxy.golang.org,direct,
-	// GOSUMDB=sum.golang.org). If nil, the process
-	// environment is read when the Proxy is initialized.
+	// before it is cached), GONOSUMDB, GOINSECURE (for direct fetches) and
+	// NETRC. They mean what they mean to the go command, with the same
+	// defaults (GOPROXY=https://proxy.golang.org,direct,
+	// GOSUMDB=sum.golang.org). The go command run for direct fetches gets
+	// this environment too. If nil, the process environment is read when
+	// the Proxy is initialized.
 	Env []string
 
 	// Transport makes the requests to upstreams and checksum databases.
