@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"errors"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -459,4 +460,44 @@ func cachedNames(c Cacher) []string {
 		return nil
 	})
 	return names
+}
+
+// failingFile fails reads after the first bytes, like a disk going bad.
+type failingFile struct {
+	*bytes.Reader
+	read int
+}
+
+func (f *failingFile) Read(p []byte) (int, error) {
+	if f.read >= 64<<10 {
+		return 0, errors.New("disk error")
+	}
+	n, err := f.Reader.Read(p)
+	f.read += n
+	return n, err
+}
+func (f *failingFile) ModTime() time.Time { return time.Unix(1, 0) }
+func (f *failingFile) Close() error       { return nil }
+
+type failingReadCacher struct{ data []byte }
+
+func (c failingReadCacher) Get(context.Context, string) (CachedFile, error) {
+	return &failingFile{Reader: bytes.NewReader(c.data)}, nil
+}
+func (failingReadCacher) Put(context.Context, string, io.ReadSeeker) error { return nil }
+
+func TestReadErrorAbortsTheResponse(t *testing.T) {
+	p := newTestProxy(t, "off")
+	p.Cacher = failingReadCacher{data: bytes.Repeat([]byte("z"), 100<<10)}
+	srv := httptest.NewServer(p)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/example.com/a/@v/v1.0.0.zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || len(body) == 0 || err == nil {
+		t.Errorf("%s, %d bytes, %v: want a started response that then fails", resp.Status, len(body), err)
+	}
 }

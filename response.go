@@ -56,7 +56,20 @@ func serveFile(w http.ResponseWriter, r *http.Request, req *request, c *content,
 			content.Seek(0, io.SeekStart)
 		}
 	}
-	http.ServeContent(w, r, "", modTime, content)
+	http.ServeContent(w, r, "", modTime, abortOnError{content})
+}
+
+// abortOnError makes a read error in the middle of a response abort the
+// connection, so that the client sees a failure rather than a body that
+// ends early yet looks complete to a careless reader.
+type abortOnError struct{ io.ReadSeeker }
+
+func (a abortOnError) Read(p []byte) (int, error) {
+	n, err := a.ReadSeeker.Read(p)
+	if err != nil && err != io.EOF {
+		panic(http.ErrAbortHandler)
+	}
+	return n, err
 }
 
 var gzipWriters = sync.Pool{New: func() any {
