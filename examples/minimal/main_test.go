@@ -1,0 +1,85 @@
+package main
+
+import (
+	"bufio"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/goproxy-team/goproxy/internal/gocmdtest"
+	"github.com/goproxy-team/goproxy/internal/moduletest"
+)
+
+// TestExampleServer builds the example as the README runs it, starts it
+// against a test upstream, and has the go command download a module graph
+// through it.
+func TestExampleServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the example and the go command")
+	}
+	bin := filepath.Join(t.TempDir(), "minimal")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	vs := moduletest.Graph(10)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cache := filepath.Join(t.TempDir(), "cache")
+	cmd := exec.Command(bin, "-addr", addr, "-cache", cache)
+	cmd.Env = append(os.Environ(), "GOPROXY="+up.URL, "GOSUMDB=off", "GOPRIVATE=", "GONOPROXY=",
+		"HTTP_PROXY=", "HTTPS_PROXY=", "ALL_PROXY=", "DNS_SERVER=")
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	go func() {
+		for s := bufio.NewScanner(stderr); s.Scan(); {
+			t.Log(s.Text())
+		}
+	}()
+	// Wait until the server accepts connections.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the example server did not start: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	gocmd := gocmdtest.New(t)
+	gocmd.Set("GOPROXY", "http://"+addr)
+	gocmd.WriteGoMod(moduletest.RootGoMod(vs))
+	gocmd.MustRun(t, "mod", "download")
+	if out := gocmd.MustRun(t, "list", "-m", "-versions", moduletest.GraphPath(1)); !strings.Contains(out, "v1.2.0") {
+		t.Errorf("go list -m -versions: %q", out)
+	}
+	// Immutable files are stored while they are served: wait for the write.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(cache, moduletest.GraphPath(1), "@v", "v1.2.0.mod")); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("nothing cached in -cache: %v", err)
+		}
+	}
+}
+
