@@ -82,4 +82,3 @@ func TestExampleServer(t *testing.T) {
 		}
 	}
 }
-
