@@ -325,15 +325,24 @@ func (p *Proxy) openHosted(ctx context.Context, req *request) (*content, bool, e
 	return &content{ReadSeeker: cf, modTime: cf.ModTime(), etag: etagOf(cf), close: func() { cf.Close() }}, true, nil
 }
 
-// openMerged answers list and @latest for a module with published
-// versions: the published ones merged with the upstreams' by the go
-// command's rules, a published version winning over an upstream one. The
-// upstreams failing does not hide the published versions.
+// openMerged answers list, @latest and version queries (".info" of
+// "latest", "v1" or "v1.2") for a module with published versions: the
+// published ones merged with the upstreams' by the go command's rules, a
+// published version winning over an upstream one. The upstreams failing
+// does not hide the published versions.
 func (p *Proxy) openMerged(ctx context.Context, req *request, mayFetch bool) (*content, bool, error) {
-	if p.Hosted == nil || (req.kind != kindList && req.kind != kindLatest) {
+	if p.Hosted == nil {
 		return nil, false, nil
 	}
-	escPath := strings.TrimSuffix(strings.TrimSuffix(req.name, "/@v/list"), "/@latest")
+	query := ""
+	switch {
+	case req.kind == kindList, req.kind == kindLatest:
+	case req.kind == kindInfo && !req.canonical && (req.version == "latest" || isVersionPrefix(req.version)):
+		query = req.version
+	default:
+		return nil, false, nil
+	}
+	escPath, _ := module.EscapePath(req.modPath)
 	hosted, err := p.hostedVersions(ctx, escPath)
 	if err != nil || len(hosted) == 0 {
 		return nil, false, err
@@ -344,8 +353,7 @@ func (p *Proxy) openMerged(ctx context.Context, req *request, mayFetch bool) (*c
 		body, _ = io.ReadAll(io.LimitReader(upstream, maxListSize))
 		upstream.close()
 	}
-	switch req.kind {
-	case kindList:
+	if req.kind == kindList {
 		seen := map[string]bool{}
 		var all []string
 		for _, v := range append(strings.Fields(string(body)), hosted...) {
@@ -356,32 +364,61 @@ func (p *Proxy) openMerged(ctx context.Context, req *request, mayFetch bool) (*c
 		}
 		semver.Sort(all)
 		body = []byte(strings.Join(all, "\n") + "\n")
-	case kindLatest:
-		best := ""
-		var upInfo struct{ Version string }
-		if json.Unmarshal(body, &upInfo) == nil && semver.IsValid(upInfo.Version) {
-			best = upInfo.Version
+		return &content{ReadSeeker: bytes.NewReader(body), modTime: time.Now(), close: func() {}}, true, nil
+	}
+
+	best := ""
+	var upInfo struct{ Version string }
+	if json.Unmarshal(body, &upInfo) == nil && semver.IsValid(upInfo.Version) && matchesQuery(upInfo.Version, query) {
+		best = upInfo.Version
+	}
+	fromUpstream := best != ""
+	for _, v := range hosted {
+		if matchesQuery(v, query) && (best == "" || preferLatest(v, best)) {
+			best, fromUpstream = v, false
 		}
-		fromUpstream := best != ""
-		for _, v := range hosted {
-			if best == "" || preferLatest(v, best) {
-				best, fromUpstream = v, false
-			}
+	}
+	switch {
+	case best == "":
+		return nil, true, &fetchError{status: http.StatusNotFound, msg: fmt.Sprintf("%s: no matching versions for query %q", req.modPath, cmpOr(query, "latest"))}
+	case !fromUpstream:
+		escVersion, _ := module.EscapeVersion(best)
+		cf, err := p.Hosted.Get(ctx, escPath+"/@v/"+escVersion+".info")
+		if err != nil {
+			return nil, true, err
 		}
-		if !fromUpstream {
-			escVersion, _ := module.EscapeVersion(best)
-			cf, err := p.Hosted.Get(ctx, escPath+"/@v/"+escVersion+".info")
-			if err != nil {
-				return nil, true, err
-			}
-			body, err = io.ReadAll(io.LimitReader(cf, maxInfoSize))
-			cf.Close()
-			if err != nil {
-				return nil, true, err
-			}
+		body, err = io.ReadAll(io.LimitReader(cf, maxInfoSize))
+		cf.Close()
+		if err != nil {
+			return nil, true, err
 		}
 	}
 	return &content{ReadSeeker: bytes.NewReader(body), modTime: time.Now(), close: func() {}}, true, nil
+}
+
+// isVersionPrefix reports whether q is a query for the newest version with
+// a major, or major and minor, version: "v1" or "v1.2".
+func isVersionPrefix(q string) bool {
+	return semver.IsValid(q) && semver.Canonical(q) != q && semver.Prerelease(q) == "" && semver.Build(q) == "" && strings.Count(q, ".") < 2
+}
+
+// matchesQuery reports whether v answers the query: any version for
+// "latest" (or no query), the same major or major.minor for a prefix.
+func matchesQuery(v, query string) bool {
+	switch {
+	case query == "" || query == "latest":
+		return true
+	case strings.Contains(query, "."):
+		return semver.MajorMinor(v) == query
+	}
+	return semver.Major(v) == query
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 // preferLatest reports whether a is a better @latest than b, as the go

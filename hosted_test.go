@@ -447,3 +447,37 @@ func TestHostedAndCacherMustDiffer(t *testing.T) {
 		t.Error("Init accepted one directory for both")
 	}
 }
+
+func TestQueriesConsiderPublishedVersions(t *testing.T) {
+	vs := moduletest.Graph(10)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	p := newHostingProxy(t, up.URL)
+	mod := moduletest.GraphPath(1) // upstream has v1.0.0, v1.1.0, v1.2.0
+	publish := func(version string) {
+		zip := makeZip(t, mod+"@"+version+"/go.mod", "module "+mod+"\n")
+		if err := p.Publish(context.Background(), mod, version, bytes.NewReader(zip)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("v1.1.5")
+	publish("v1.3.0-rc.1")
+	for _, tt := range []struct{ path, want string }{
+		{"/@latest", "v1.2.0"},        // a release beats a newer pre-release
+		{"/@v/latest.info", "v1.2.0"}, // the same as a query
+		{"/@v/v1.1.info", "v1.1.5"},   // the published v1.1.5 beats the upstream's v1.1.0
+		{"/@v/v1.info", "v1.2.0"},
+	} {
+		w := getAs(p, "/"+mod+tt.path, "reader", "reader-pw")
+		if !strings.Contains(w.Body.String(), `"Version":"`+tt.want+`"`) && !strings.Contains(w.Body.String(), `"Version": "`+tt.want+`"`) {
+			t.Errorf("%s: %d %s, want %s", tt.path, w.Code, w.Body, tt.want)
+		}
+	}
+	publish("v1.4.0")
+	if w := getAs(p, "/"+mod+"/@latest", "reader", "reader-pw"); !strings.Contains(w.Body.String(), "v1.4.0") {
+		t.Errorf("@latest after publishing v1.4.0: %s", w.Body)
+	}
+	if w := getAs(p, "/"+mod+"/@v/v2.info", "reader", "reader-pw"); w.Code == 200 {
+		t.Errorf("a query no version matches: %d %s", w.Code, w.Body)
+	}
+}
