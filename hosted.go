@@ -32,9 +32,6 @@ var ErrVersionConflict = errors.New("version already published with different co
 // 400 with the reason.
 var ErrInvalidModule = errors.New("invalid module")
 
-// errZipTooLarge is an upload over the module zip limit.
-var errZipTooLarge = fmt.Errorf("%w: zip too large", ErrInvalidModule)
-
 // errPublishingDisabled answers PUT when there is no Hosted store.
 var errPublishingDisabled = &fetchError{status: http.StatusMethodNotAllowed,
 	msg: "publishing is not enabled on this proxy (no Hosted store)"}
@@ -72,7 +69,7 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 		return fmt.Errorf("publishing %s: reading the upload: %w", m, err)
 	}
 	if n > maxZipSize {
-		return fmt.Errorf("publishing %s: %w: the zip is larger than %d bytes", m, errZipTooLarge, maxZipSize)
+		return fmt.Errorf("publishing %s: %w: the zip is larger than the %d-byte limit for module zips", m, ErrInvalidModule, maxZipSize)
 	}
 	cf, err := modzip.CheckZip(m, tmp.Name())
 	if err == nil {
@@ -236,16 +233,15 @@ func (p *Proxy) servePublish(w http.ResponseWriter, r *http.Request, req *reques
 		return
 	}
 	if r.ContentLength > maxZipSize {
-		// Refused before a byte is read.
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the zip is larger than the %d-byte limit for module zips", maxZipSize))
+		// Refused before a byte is read, with 400 like every other invalid
+		// upload.
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s@%s: the zip is larger than the %d-byte limit for module zips", req.modPath, req.version, maxZipSize))
 		return
 	}
 	err := p.Publish(r.Context(), req.modPath, req.version, r.Body)
 	switch {
 	case err == nil:
 		writeError(w, http.StatusCreated, "published "+req.modPath+"@"+req.version)
-	case errors.Is(err, errZipTooLarge):
-		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
 	case errors.Is(err, ErrVersionConflict):
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, ErrInvalidModule):

@@ -281,7 +281,7 @@ func TestPublishRejectsInvalidUploads(t *testing.T) {
 		r.SetBasicAuth("alice", "alice-pw")
 		w := httptest.NewRecorder()
 		p.ServeHTTP(w, r)
-		if w.Code != http.StatusRequestEntityTooLarge {
+		if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), "limit") {
 			t.Errorf("%d %s", w.Code, w.Body)
 		}
 		assertNothingHosted(t, p)
