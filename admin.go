@@ -87,12 +87,10 @@ func (p *Proxy) loadIndex(ctx context.Context) error {
 			if !ok || seen[path+"@"+version] {
 				return nil
 			}
-			cf, err := c.Get(ctx, name)
+			t, err := modTime(ctx, c, name)
 			if err != nil {
 				return nil
 			}
-			t := cf.ModTime()
-			cf.Close()
 			seen[path+"@"+version] = true
 			entries = append(entries, indexEntry{path, version, t.UTC()})
 			return nil
@@ -104,6 +102,23 @@ func (p *Proxy) loadIndex(ctx context.Context) error {
 	slices.SortStableFunc(entries, func(a, b indexEntry) int { return a.Timestamp.Compare(b.Timestamp) })
 	x.seen, x.entries, x.loaded = seen, entries, true
 	return nil
+}
+
+// modTime returns when name was stored, without opening it if c can stat.
+func modTime(ctx context.Context, c Cacher, name string) (time.Time, error) {
+	if s, ok := c.(CacheStater); ok {
+		fi, err := s.Stat(ctx, name)
+		if err != nil {
+			return time.Time{}, err
+		}
+		return fi.ModTime(), nil
+	}
+	cf, err := c.Get(ctx, name)
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer cf.Close()
+	return cf.ModTime(), nil
 }
 
 // versionInfoName recognizes the cache name of a canonical version's .info.

@@ -3,6 +3,7 @@ package goproxy
 import (
 	"context"
 	"io"
+	"io/fs"
 	"time"
 )
 
@@ -17,8 +18,8 @@ import (
 // [MemCacher] are provided; object stores for multi-replica deployments fit
 // the same interface.
 //
-// Optional capabilities are separate interfaces ([CacheDeleter],
-// [CacheWalker]) discovered by type assertion.
+// Optional capabilities are separate interfaces ([CacheStater],
+// [CacheDeleter], [CacheWalker]) discovered by type assertion.
 type Cacher interface {
 	// Get returns the content stored under name. A miss is an error for which
 	// errors.Is(err, fs.ErrNotExist) is true; any other error is a failure of
@@ -43,6 +44,12 @@ type Cacher interface {
 type CachedFile interface {
 	io.ReadSeekCloser
 	ModTime() time.Time
+}
+
+// CacheStater is a [Cacher] that can describe an entry without opening
+// it, which makes listing many entries cheaper. A miss is fs.ErrNotExist.
+type CacheStater interface {
+	Stat(ctx context.Context, name string) (fs.FileInfo, error)
 }
 
 // CacheDeleter is a [Cacher] that can remove entries. Deleting a name that is

@@ -97,6 +97,26 @@ func (d DirCacher) Put(ctx context.Context, name string, content io.ReadSeeker) 
 	return root.Rename(tmp, name)
 }
 
+// Stat implements [CacheStater].
+func (d DirCacher) Stat(ctx context.Context, name string) (fs.FileInfo, error) {
+	if err := checkCacheName(name); err != nil {
+		return nil, err
+	}
+	root, err := os.OpenRoot(string(d))
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	fi, err := root.Stat(name)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, &fs.PathError{Op: "stat", Path: name, Err: fs.ErrNotExist}
+	}
+	return fi, nil
+}
+
 // Delete implements [CacheDeleter].
 func (d DirCacher) Delete(ctx context.Context, name string) error {
 	if err := checkCacheName(name); err != nil {

@@ -214,3 +214,20 @@ func TestMemCacherEvictsLeastRecentlyUsed(t *testing.T) {
 		t.Errorf("size %d, want 30", n)
 	}
 }
+
+func TestCachersStat(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []Cacher{DirCacher(t.TempDir()), &MemCacher{}} {
+		if _, err := c.(CacheStater).Stat(ctx, "example.com/a/@v/list"); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%T.Stat before Put: %v", c, err)
+		}
+		c.Put(ctx, "example.com/a/@v/list", strings.NewReader("v1.0.0\n"))
+		fi, err := c.(CacheStater).Stat(ctx, "example.com/a/@v/list")
+		if err != nil || fi.Size() != 7 || fi.ModTime().IsZero() || fi.Name() != "list" {
+			t.Errorf("%T.Stat: %v, %v", c, fi, err)
+		}
+		if _, err := c.(CacheStater).Stat(ctx, "example.com/a/@v"); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%T.Stat of a directory: %v", c, err)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -79,6 +80,29 @@ func (c *MemCacher) Put(ctx context.Context, name string, content io.ReadSeeker)
 	c.cache().Put(name, &memEntry{data: data, modTime: time.Now()})
 	return nil
 }
+
+// Stat implements [CacheStater].
+func (c *MemCacher) Stat(ctx context.Context, name string) (fs.FileInfo, error) {
+	e, ok := c.cache().Get(name)
+	if !ok {
+		return nil, &fs.PathError{Op: "stat", Path: name, Err: fs.ErrNotExist}
+	}
+	return memInfo{name: path.Base(name), size: int64(len(e.data)), modTime: e.modTime}, nil
+}
+
+// memInfo describes a MemCacher entry.
+type memInfo struct {
+	name    string
+	size    int64
+	modTime time.Time
+}
+
+func (i memInfo) Name() string       { return i.name }
+func (i memInfo) Size() int64        { return i.size }
+func (i memInfo) Mode() fs.FileMode  { return 0o444 }
+func (i memInfo) ModTime() time.Time { return i.modTime }
+func (i memInfo) IsDir() bool        { return false }
+func (i memInfo) Sys() any           { return nil }
 
 // Delete implements [CacheDeleter].
 func (c *MemCacher) Delete(ctx context.Context, name string) error {
