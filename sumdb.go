@@ -33,7 +33,15 @@ const maxSumDBSize = 1 << 20
 // the one GOSUMDB names, verifies downloads against.
 type sumDB struct {
 	name string
-	url  string // base URL, no trailing slash
+	url  string // the database's own base URL, no trailing slash
+
+	// explicit is set when the configuration gave the URL: it is then
+	// used as is, bypassing the upstream proxies, as the go command does.
+	explicit bool
+	// base is where requests go once found: an upstream proxy that
+	// serves the database, or url. Guarded by baseMu.
+	baseMu sync.Mutex
+	base   string
 
 	// For the verifying database only:
 	key    string
@@ -56,7 +64,7 @@ func parseGOSUMDB(v string) (*sumDB, error) {
 	case "", "sum.golang.org":
 		return &sumDB{name: "sum.golang.org", url: "https://sum.golang.org", key: sumGolangOrgKey}, nil
 	case "sum.golang.google.cn":
-		return &sumDB{name: "sum.golang.org", url: "https://sum.golang.google.cn", key: sumGolangOrgKey}, nil
+		return &sumDB{name: "sum.golang.org", url: "https://sum.golang.google.cn", key: sumGolangOrgKey, explicit: true}, nil
 	}
 	key, rawURL, _ := strings.Cut(v, " ")
 	verifier, err := note.NewVerifier(key)
@@ -65,6 +73,7 @@ func parseGOSUMDB(v string) (*sumDB, error) {
 	}
 	db := &sumDB{name: verifier.Name(), key: key, url: "https://" + verifier.Name()}
 	if rawURL = strings.TrimSpace(rawURL); rawURL != "" {
+		db.explicit = true
 		if db.url, err = sumDBURL(rawURL); err != nil {
 			return nil, fmt.Errorf("invalid GOSUMDB %q: %w", v, err)
 		}
@@ -80,6 +89,7 @@ func parseSumDBEntry(v string) (*sumDB, error) {
 	}
 	db := &sumDB{name: name, url: "https://" + name}
 	if rawURL = strings.TrimSpace(rawURL); rawURL != "" {
+		db.explicit = true
 		var err error
 		if db.url, err = sumDBURL(rawURL); err != nil {
 			return nil, fmt.Errorf("invalid checksum database entry %q: %w", v, err)
@@ -130,7 +140,11 @@ func (p *Proxy) initSumDBs() error {
 // the proxy's own verification.
 func (p *Proxy) fetchFromSumDB(ctx context.Context, req *request) (*fetched, error) {
 	start := time.Now()
-	f, err := p.downloader.get(ctx, req.db.url+"/"+escapeURLPath(req.dbPath), target{module: req.modPath, version: req.version, limit: maxSumDBSize})
+	base, err := p.sumDBBase(ctx, req.db)
+	if err != nil {
+		return nil, err
+	}
+	f, err := p.downloader.get(ctx, base+"/"+escapeURLPath(req.dbPath), target{module: req.modPath, version: req.version, limit: maxSumDBSize})
 	var size int64
 	outcome := "ok"
 	if err != nil {
@@ -142,6 +156,44 @@ func (p *Proxy) fetchFromSumDB(ctx context.Context, req *request) (*fetched, err
 		slog.String("db", req.db.name), slog.String("file", req.dbPath), slog.Int64("bytes", size),
 		slog.Duration("duration", time.Since(start)), slog.String("outcome", outcome))
 	return f, err
+}
+
+// sumDBBase finds how to reach a database, as the go command does: unless
+// the configuration gave its URL, through the first upstream proxy (in
+// GOPROXY order) that answers /sumdb/<name>/supported, falling through
+// after 404 or 410 (or any error after '|'); after "direct" or "off", or
+// when no proxy serves it, directly. A proxy failing otherwise makes the
+// database unavailable for now; the next request looks again.
+func (p *Proxy) sumDBBase(ctx context.Context, db *sumDB) (string, error) {
+	if db.explicit {
+		return db.url, nil
+	}
+	db.baseMu.Lock()
+	defer db.baseMu.Unlock()
+	if db.base != "" {
+		return db.base, nil
+	}
+	base := db.url
+walk:
+	for _, g := range p.routes[len(p.routes)-1].groups {
+		for _, up := range g.members {
+			if up.URL == "direct" || up.URL == "off" {
+				break walk
+			}
+			f, err := p.downloader.get(ctx, up.URL+"/sumdb/"+db.name+"/supported", target{limit: maxSumDBSize})
+			if err == nil {
+				f.close()
+				base = up.URL + "/sumdb/" + db.name
+				break walk
+			}
+			if !errors.Is(err, fs.ErrNotExist) && !up.FallBackOnError {
+				return "", err
+			}
+		}
+	}
+	db.base = base
+	p.logger().Info("checksum database reached through", "db", db.name, "base", redactURL(base))
+	return base, nil
 }
 
 // errUnverified marks content that could not be checked because the

@@ -346,3 +346,37 @@ func TestSumDBForkStopsVerification(t *testing.T) {
 		t.Error("the proxy kept asking the forked database")
 	}
 }
+
+// TestSumDBThroughUpstreamProxy chains two proxies: the front one, given
+// only the database's key, reaches the database through its upstream
+// proxy's /sumdb/, as the go command would.
+func TestSumDBThroughUpstreamProxy(t *testing.T) {
+	vs := moduletest.Graph(10)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	db := newTestSumDB(t, vs)
+	back := httptest.NewServer(newVerifyingProxy(t, up.URL, db))
+	defer back.Close()
+	// No URL: https://sumdb.test resolves nowhere, so verification works
+	// only through the upstream proxy.
+	front := newTestProxy(t, back.URL, "GOSUMDB="+db.vkey)
+	for _, f := range []string{".mod", ".zip"} {
+		if w := do(front, "GET", "/"+moduletest.GraphPath(2)+"/@v/v1.0.0"+f); w.Code != 200 {
+			t.Errorf("%s through a proxied checksum database: %d %s", f, w.Code, w.Body)
+		}
+	}
+	if db.asked("/lookup/"+moduletest.GraphPath(2)) == 0 {
+		t.Error("the database saw no lookup")
+	}
+
+	// An upstream that does not serve the database (404 for supported)
+	// leaves the database's own address, which fails here: fail closed.
+	plain := newFakeUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, plain.URL, "GOSUMDB="+db.vkey)
+	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "sumdb.test") {
+		t.Errorf("without a proxied database: %d %s", w.Code, w.Body)
+	}
+	if plain.count("/sumdb/sumdb.test/supported") != 1 {
+		t.Error("the upstream was not asked whether it serves the database")
+	}
+}
