@@ -30,8 +30,9 @@ import (
 // Proxy is an [http.Handler] serving the Go module proxy protocol. Mount it at
 // the root of a server, or under a prefix with [http.StripPrefix].
 //
-// The zero value is ready to use. Fields must not be changed once the Proxy
-// has served a request.
+// The zero value is ready to use. Set the fields before calling Init (or
+// before the first request, which calls it): changes made afterwards are
+// not seen.
 type Proxy struct {
 	// Cacher stores what the proxy has fetched. If nil, a [DirCacher] in the
 	// "goproxy" directory of [os.UserCacheDir] is used.
