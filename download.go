@@ -145,10 +145,11 @@ type downloader struct {
 	client *http.Client
 	sem    *semaphore.Weighted
 	logger *slog.Logger
+	via    string // this proxy's Via entry, which reveals a loop
 }
 
-func newDownloader(opts DownloadOptions, client *http.Client, logger *slog.Logger) *downloader {
-	return &downloader{opts: opts, client: client, sem: semaphore.NewWeighted(int64(opts.MaxConcurrent)), logger: logger}
+func newDownloader(opts DownloadOptions, client *http.Client, logger *slog.Logger, via string) *downloader {
+	return &downloader{opts: opts, client: client, sem: semaphore.NewWeighted(int64(opts.MaxConcurrent)), logger: logger, via: via}
 }
 
 // target describes what a download is for.
@@ -215,6 +216,8 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 	for k, v := range header {
 		req.Header[k] = v
 	}
+	req.Header.Set("User-Agent", "goproxy")
+	req.Header.Set("Via", d.via)
 	resp, err := d.client.Do(req)
 	if err != nil {
 		// net/http strips passwords from the URLs in its errors.

@@ -360,3 +360,14 @@ func TestRedirectFromHTTPSToHTTPRefused(t *testing.T) {
 		t.Error("the insecure target was reached")
 	}
 }
+
+func TestProxyThatIsItsOwnUpstream(t *testing.T) {
+	p := newTestProxy(t, "off")
+	srv := httptest.NewServer(p)
+	defer srv.Close()
+	p.Env = []string{"GOPROXY=" + srv.URL, "GOSUMDB=off"}
+	w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod")
+	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "its own upstream") {
+		t.Errorf("self-loop: %d %s", w.Code, w.Body)
+	}
+}

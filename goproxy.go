@@ -9,6 +9,8 @@ package goproxy
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -149,6 +151,7 @@ type Proxy struct {
 	flights       flightGroup
 	notFound      notFoundMemo
 	direct        *directRunner
+	via           string // the Via entry of this proxy's upstream requests
 	publishing    keyedMutex
 	index         versionIndex
 }
@@ -194,7 +197,10 @@ func (p *Proxy) init() error {
 	}
 	transport = newCredentialsTransport(transport, p.routes, p.settings.netrc)
 	client := &http.Client{Transport: transport, CheckRedirect: refuseDowngrade}
-	p.downloader = newDownloader(p.Download.withDefaults(p.TempDir), client, p.logger())
+	var id [8]byte
+	rand.Read(id[:])
+	p.via = "1.1 goproxy-" + hex.EncodeToString(id[:])
+	p.downloader = newDownloader(p.Download.withDefaults(p.TempDir), client, p.logger(), p.via)
 	p.notFound.ttl = ttlOrDefault(p.NotFoundTTL)
 	p.initHotCache()
 	if sameStore(p.cacher, p.Hosted) {
@@ -245,6 +251,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := p.Init(); err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
+	}
+	for _, via := range r.Header.Values("Via") {
+		if strings.Contains(via, p.via) {
+			// Waiting for our own fetch would only end at its timeout.
+			writeError(w, http.StatusLoopDetected, "this proxy is its own upstream: check GOPROXY and the routes")
+			return
+		}
 	}
 	if r.URL.Path == indexPath || strings.HasPrefix(r.URL.Path, cachedPath) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
