@@ -3,6 +3,7 @@ package goproxy
 import (
 	"archive/zip"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -376,7 +377,7 @@ func (p *Proxy) openMerged(ctx context.Context, req *request, mayFetch bool) (*c
 	}
 	switch {
 	case best == "":
-		return nil, true, &fetchError{status: http.StatusNotFound, msg: fmt.Sprintf("%s: no matching versions for query %q", req.modPath, cmpOr(query, "latest"))}
+		return nil, true, &fetchError{status: http.StatusNotFound, msg: fmt.Sprintf("%s: no matching versions for query %q", req.modPath, cmp.Or(query, "latest"))}
 	case !fromUpstream:
 		escVersion, _ := module.EscapeVersion(best)
 		cf, err := p.Hosted.Get(ctx, escPath+"/@v/"+escVersion+".info")
@@ -408,13 +409,6 @@ func matchesQuery(v, query string) bool {
 		return semver.MajorMinor(v) == query
 	}
 	return semver.Major(v) == query
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // preferLatest reports whether a is a better @latest than b, as the go
