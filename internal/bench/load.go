@@ -71,16 +71,6 @@ func loadClient(clients int) *http.Client {
 	}
 }
 
-// runLoad has clients goroutines GET base+paths[i] in turn, each over its
-// own keep-alive connection, for warmup (not counted) and then until dur
-// has passed or maxRequests have been sent, whichever comes first.
-func runLoad(client *http.Client, base string, paths []string, clients int, warmup, dur time.Duration, maxRequests int64) loadResult {
-	if warmup > 0 {
-		loadPhase(client, base, paths, clients, warmup, maxRequests)
-	}
-	return loadPhase(client, base, paths, clients, dur, maxRequests)
-}
-
 func loadPhase(client *http.Client, base string, paths []string, clients int, dur time.Duration, maxRequests int64) loadResult {
 	var sent, ok, failed atomic.Int64
 	var wg sync.WaitGroup
