@@ -26,10 +26,7 @@ type DirCacher string
 
 // Get implements [Cacher].
 func (d DirCacher) Get(ctx context.Context, name string) (CachedFile, error) {
-	if err := checkCacheName(name); err != nil {
-		return nil, err
-	}
-	root, err := os.OpenRoot(string(d))
+	root, err := d.openRoot(name)
 	if err != nil {
 		return nil, err
 	}
@@ -99,10 +96,7 @@ func (d DirCacher) Put(ctx context.Context, name string, content io.ReadSeeker) 
 
 // Stat implements [CacheStater].
 func (d DirCacher) Stat(ctx context.Context, name string) (fs.FileInfo, error) {
-	if err := checkCacheName(name); err != nil {
-		return nil, err
-	}
-	root, err := os.OpenRoot(string(d))
+	root, err := d.openRoot(name)
 	if err != nil {
 		return nil, err
 	}
@@ -119,10 +113,7 @@ func (d DirCacher) Stat(ctx context.Context, name string) (fs.FileInfo, error) {
 
 // Delete implements [CacheDeleter].
 func (d DirCacher) Delete(ctx context.Context, name string) error {
-	if err := checkCacheName(name); err != nil {
-		return err
-	}
-	root, err := os.OpenRoot(string(d))
+	root, err := d.openRoot(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -173,6 +164,15 @@ func (d DirCacher) Walk(ctx context.Context, prefix string, fn func(name string)
 		return nil
 	})
 	return err
+}
+
+// openRoot opens the directory for an operation on name, once name is
+// known to be one a Cacher may be asked for.
+func (d DirCacher) openRoot(name string) (*os.Root, error) {
+	if err := checkCacheName(name); err != nil {
+		return nil, err
+	}
+	return os.OpenRoot(string(d))
 }
 
 // dirFile is a cached file on disk.

@@ -16,10 +16,14 @@ import (
 func TestGoproxyWalk(t *testing.T) {
 	const mod = "/example.com/a/@v/v1.0.0.mod"
 	behaviours := map[string]func(w http.ResponseWriter, r *http.Request){
-		"ok":      func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("module example.com/a\n")) },
-		"404":     func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no such module here", http.StatusNotFound) },
-		"410":     func(w http.ResponseWriter, r *http.Request) { http.Error(w, "gone from here", http.StatusGone) },
-		"500":     func(w http.ResponseWriter, r *http.Request) { http.Error(w, "upstream exploded", http.StatusInternalServerError) },
+		"ok": func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("module example.com/a\n")) },
+		"404": func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "no such module here", http.StatusNotFound)
+		},
+		"410": func(w http.ResponseWriter, r *http.Request) { http.Error(w, "gone from here", http.StatusGone) },
+		"500": func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "upstream exploded", http.StatusInternalServerError)
+		},
 		"timeout": func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() },
 	}
 	tests := []struct {
