@@ -221,61 +221,17 @@ func parseProxyURL(name, raw, defaultScheme string) (*url.URL, error) {
 	u, err := url.Parse(s)
 	if err != nil {
 		// Not wrapped: the parser's error quotes the URL, password and all.
-		return nil, fmt.Errorf("goproxy: %s: invalid proxy URL %s", name, redactRawProxy(raw))
+		return nil, fmt.Errorf("goproxy: %s: invalid proxy URL %s", name, redactURL(raw))
 	}
 	switch u.Scheme {
 	case "http", "https", "socks5", "socks5h":
 	default:
-		return nil, fmt.Errorf("goproxy: %s: proxy URL %s: unknown scheme %q, want http, https, socks5 or socks5h", name, redactProxy(u), u.Scheme)
+		return nil, fmt.Errorf("goproxy: %s: proxy URL %s: unknown scheme %q, want http, https, socks5 or socks5h", name, redactURL(u.String()), u.Scheme)
 	}
 	if u.Hostname() == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-		return nil, fmt.Errorf("goproxy: %s: proxy URL %s: want scheme://[user:password@]host[:port]", name, redactProxy(u))
+		return nil, fmt.Errorf("goproxy: %s: proxy URL %s: want scheme://[user:password@]host[:port]", name, redactURL(u.String()))
 	}
 	return u, nil
-}
-
-// redactProxy returns u for messages. Like [url.URL.Redacted] it hides the
-// password; a user name without a password is hidden too, since it is
-// then usually a token.
-func redactProxy(u *url.URL) string {
-	if u == nil {
-		return ""
-	}
-	if u.User == nil {
-		return u.String()
-	}
-	if _, ok := u.User.Password(); ok {
-		return u.Redacted()
-	}
-	r := *u
-	r.User = url.User("xxxxx")
-	return r.String()
-}
-
-// redactRawProxy hides the user information of a URL that does not parse,
-// by the same rules as redactProxy.
-func redactRawProxy(raw string) string {
-	scheme, rest, ok := strings.Cut(raw, "://")
-	if !ok {
-		scheme, rest = "", raw
-	} else {
-		scheme += "://"
-	}
-	authority := rest
-	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
-		authority = rest[:i]
-	}
-	i := strings.LastIndex(authority, "@")
-	if i < 0 {
-		return raw
-	}
-	user, _, hasPassword := strings.Cut(authority[:i], ":")
-	if !hasPassword {
-		user = "xxxxx"
-	} else {
-		user += ":xxxxx"
-	}
-	return scheme + user + rest[i:]
 }
 
 func isSOCKS(u *url.URL) bool { return u.Scheme == "socks5" || u.Scheme == "socks5h" }
@@ -323,7 +279,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 // dialConnect opens a tunnel to addr through the HTTP proxy p.
 func (d *Dialer) dialConnect(ctx context.Context, p *url.URL, network, addr string) (net.Conn, error) {
 	wrap := func(err error) error {
-		return fmt.Errorf("goproxy: connecting to %s through HTTP proxy %s: %w", addr, redactProxy(p), err)
+		return fmt.Errorf("goproxy: connecting to %s through HTTP proxy %s: %w", addr, redactURL(p.String()), err)
 	}
 	if network != "tcp" && network != "tcp4" && network != "tcp6" {
 		return nil, wrap(fmt.Errorf("an HTTP proxy cannot carry %s", network))
@@ -487,11 +443,11 @@ func (d *Dialer) dialSOCKS(ctx context.Context, p *url.URL, network, addr string
 	}
 	sd, err := proxy.SOCKS5("tcp", proxyAddr(p), auth, socksForward{d})
 	if err != nil {
-		return nil, fmt.Errorf("goproxy: SOCKS proxy %s: %w", redactProxy(p), err)
+		return nil, fmt.Errorf("goproxy: SOCKS proxy %s: %w", redactURL(p.String()), err)
 	}
 	cd := sd.(proxy.ContextDialer)
 	wrap := func(err error) error {
-		return fmt.Errorf("goproxy: connecting to %s through SOCKS proxy %s: %w", addr, redactProxy(p), err)
+		return fmt.Errorf("goproxy: connecting to %s through SOCKS proxy %s: %w", addr, redactURL(p.String()), err)
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {

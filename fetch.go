@@ -123,10 +123,15 @@ func ParseUpstreams(list string) ([]Upstream, error) {
 func checkUpstreamURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return fmt.Errorf("invalid upstream %q: %w", redactURL(raw), err)
+		// Not err itself: url.Parse's errors quote the URL, password and all.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("invalid upstream %q: %v", redactURL(raw), err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("invalid upstream %q: scheme must be http or https", u.Redacted())
+		return fmt.Errorf("invalid upstream %q: scheme must be http or https", redactURL(raw))
 	}
 	return nil
 }
@@ -190,16 +195,32 @@ func escapeURLPath(name string) string {
 	return (&url.URL{Path: name}).EscapedPath()
 }
 
-// redactURL hides the password of a URL for logs and error messages.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		if i := strings.LastIndexByte(s, '@'); i >= 0 {
-			return "…" + s[i:]
-		}
-		return s
+// redactURL hides the credentials of a URL for logs and error messages:
+// the password, or the user name when it stands alone, since that is
+// usually a token. It works on the text, so that a URL too malformed to
+// parse is redacted too.
+func redactURL(raw string) string {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if ok {
+		scheme += "://"
+	} else {
+		scheme, rest = "", raw
 	}
-	return u.Redacted()
+	authority := rest
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		authority = rest[:i]
+	}
+	at := strings.LastIndex(authority, "@")
+	if at < 0 {
+		return raw
+	}
+	user, _, hasPassword := strings.Cut(authority[:at], ":")
+	if hasPassword {
+		user += ":xxxxx"
+	} else {
+		user = "xxxxx"
+	}
+	return scheme + user + rest[at:]
 }
 
 // errProxyOff answers requests that reach "off", in the go command's words.

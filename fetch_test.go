@@ -375,3 +375,25 @@ func TestProxyThatIsItsOwnUpstream(t *testing.T) {
 		t.Errorf("self-loop: %d %s", w.Code, w.Body)
 	}
 }
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://user:s3cret@host/path":  "https://user:xxxxx@host/path",
+		"https://t0ken@host/path?x=@y":   "https://xxxxx@host/path?x=@y",
+		"http://host:80/path":            "http://host:80/path",
+		"socks5h://a:b@[::1]:1080":       "socks5h://a:xxxxx@[::1]:1080",
+		"https://us er:s3cret@ho st/%zz": "https://us er:xxxxx@ho st/%zz",
+		"user:s3cret@host":               "user:xxxxx@host",
+	} {
+		if got := redactURL(in); got != want {
+			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestInvalidUpstreamKeepsItsPassword(t *testing.T) {
+	p := &Proxy{Env: []string{"GOPROXY=https://user:s3cret@host/%zz"}}
+	if err := p.Init(); err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("Init = %v; want an error without the password", err)
+	}
+}

@@ -3,7 +3,6 @@ package moduletest_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -19,25 +18,14 @@ type response struct {
 	hdr  http.Header
 }
 
+// get is fetch for a GET whose body must read completely.
 func get(t *testing.T, url string, hdr ...string) response {
 	t.Helper()
-	req, err := http.NewRequest("GET", url, nil)
-	if err != nil {
-		t.Fatal(err)
+	r := fetch(t, "GET", url, hdr...)
+	if r.err != nil {
+		t.Fatal(r.err)
 	}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return response{resp.StatusCode, string(b), resp.Header}
+	return response{r.code, string(r.body), r.hdr}
 }
 
 func TestServerProtocol(t *testing.T) {
