@@ -99,13 +99,10 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 	if err != nil {
 		return fmt.Errorf("publishing %s: %w", m, err)
 	}
-	if same {
-		if cf, err := p.Hosted.Get(ctx, base+".info"); err == nil {
-			cf.Close()
-			return nil // published before: nothing to do
-		}
-		// An earlier publish stopped before the end: finish it.
+	if same && p.isPublished(ctx, base) {
+		return nil // published before: nothing to do
 	}
+	// Otherwise new, or an earlier publish stopped before the end: finish it.
 	info, _ := json.Marshal(struct {
 		Version string
 		Time    time.Time
