@@ -4,14 +4,9 @@ go 1.26.0
 
 require (
 	github.com/klauspost/compress v1.20.3
-	github.com/quic-go/quic-go v0.65.0
 	golang.org/x/mod v0.42.0
 	golang.org/x/net v0.62.0
 	golang.org/x/sync v0.24.0
 )
 
-require (
-	golang.org/x/crypto v0.58.0 // indirect
-	golang.org/x/sys v0.49.0 // indirect
-	golang.org/x/text v0.43.0 // indirect
-)
+require golang.org/x/text v0.43.0 // indirect

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/net/dns/dnsmessage"
 
+	"github.com/goproxy-team/goproxy/dnsquic/internal/doqtest"
 	"github.com/goproxy-team/goproxy/internal/dnstest"
 )
 
@@ -25,6 +26,7 @@ func query(t *testing.T, id uint16, name string) []byte {
 
 func TestExchange(t *testing.T) {
 	s := dnstest.NewServer(t, nil)
+	addr := doqtest.Serve(t, s)
 	s.Set("quic.test", time.Minute, "192.0.2.9")
 	conf := s.CA.ClientConfig()
 	conf.ServerName = dnstest.Name
@@ -34,7 +36,7 @@ func TestExchange(t *testing.T) {
 	defer cancel()
 
 	check := func(id uint16) {
-		resp, err := tr.Exchange(ctx, s.QUICAddr, conf, query(t, id, "quic.test."))
+		resp, err := tr.Exchange(ctx, addr, conf, query(t, id, "quic.test."))
 		if err != nil {
 			t.Error(err)
 			return
@@ -75,12 +77,13 @@ func TestExchangeServerGone(t *testing.T) {
 	s := dnstest.NewServer(t, nil)
 	conf := s.CA.ClientConfig()
 	conf.ServerName = dnstest.Name
+	addr := doqtest.Serve(t, s)
 	tr := new(Transport)
 	defer tr.Close()
 	s.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	if _, err := tr.Exchange(ctx, s.QUICAddr, conf, query(t, 1, "quic.test.")); err == nil {
+	if _, err := tr.Exchange(ctx, addr, conf, query(t, 1, "quic.test.")); err == nil {
 		t.Fatal("a stopped server answered")
 	}
 }

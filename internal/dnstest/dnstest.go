@@ -1,16 +1,16 @@
 // Package dnstest runs a DNS server for tests on 127.0.0.1, answering from a
 // small zone the test controls, over every transport a resolver may use:
 // plain DNS over UDP and TCP, DNS over HTTPS (RFC 8484, GET and POST), DNS
-// over TLS (RFC 7858) and DNS over QUIC (RFC 9250). It counts the queries
-// of each transport and can be made to fail or to truncate UDP answers.
+// over TLS (RFC 7858); the dnsquic module adds DNS over QUIC (RFC 9250)
+// through Answer, keeping QUIC out of the root module. It counts the
+// queries of each transport and can be made to fail or to truncate UDP
+// answers.
 package dnstest
 
 import (
-	"context"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -21,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/goproxy-team/goproxy/internal/testcert"
@@ -62,10 +61,9 @@ const (
 // Server is a DNS server for one test. Its addresses are set by NewServer;
 // its methods may be called concurrently.
 type Server struct {
-	// UDPAddr, TCPAddr, TLSAddr and QUICAddr are the server's addresses,
-	// as 127.0.0.1:port, for plain DNS over UDP and TCP, DNS over TLS and
-	// DNS over QUIC.
-	UDPAddr, TCPAddr, TLSAddr, QUICAddr string
+	// UDPAddr, TCPAddr and TLSAddr are the server's addresses, as
+	// 127.0.0.1:port, for plain DNS over UDP and TCP and DNS over TLS.
+	UDPAddr, TCPAddr, TLSAddr string
 	// DoHURL is the DNS-over-HTTPS endpoint, https://127.0.0.1:port/dns-query.
 	// The HTTPS server speaks HTTP/2 and HTTP/1.1.
 	DoHURL string
@@ -140,15 +138,6 @@ func NewServer(t testing.TB, ca *testcert.CA) *Server {
 	s.onClose(doh.Close)
 	s.DoHURL = doh.URL + DoHPath
 
-	qconf := tlsConf.Clone()
-	qconf.NextProtos = []string{"doq"}
-	ql, err := quic.ListenAddr("127.0.0.1:0", qconf, &quic.Config{MaxIdleTimeout: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.onClose(func() { ql.Close() })
-	s.QUICAddr = ql.Addr().String()
-	s.goServe(func() { s.serveQUIC(ql) })
 	return s
 }
 
@@ -464,49 +453,22 @@ func (s *Server) serveHTTPS(w http.ResponseWriter, r *http.Request) {
 	w.Write(resp)
 }
 
-func (s *Server) serveQUIC(ln *quic.Listener) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	for {
-		conn, err := ln.Accept(ctx)
-		if err != nil {
-			return
-		}
-		s.onClose(func() { conn.CloseWithError(0, "") })
-		s.goServe(func() {
-			for {
-				str, err := conn.AcceptStream(ctx)
-				if err != nil {
-					return
-				}
-				s.goServe(func() { s.serveQUICStream(str) })
-			}
-		})
-	}
-}
+// Answer answers query, a DNS message in wire format, as the server answers
+// it over tr, counting it; nil means no answer (the server drops it). Other
+// transports (DNS over QUIC) are served through it.
+func (s *Server) Answer(query []byte, tr Transport) []byte { return s.answer(query, tr) }
 
-// serveQUICStream answers the one query a DoQ stream carries: the client
-// ends its side after the query, and so does the server after the answer.
-func (s *Server) serveQUICStream(str *quic.Stream) {
-	str.SetDeadline(time.Now().Add(30 * time.Second))
-	msg, err := readFramed(str)
-	if err != nil {
-		str.CancelRead(0)
-		str.CancelWrite(0)
-		return
-	}
-	resp := s.answer(msg, QUIC)
-	if resp == nil {
-		select {
-		case <-str.Context().Done():
-		case <-s.done:
-		}
-		str.CancelWrite(0)
-		return
-	}
-	if _, err := str.Write(framed(resp)); err != nil && !errors.Is(err, net.ErrClosed) {
-		str.CancelWrite(0)
-		return
-	}
-	str.Close()
+// Done is closed when the server is closed.
+func (s *Server) Done() <-chan struct{} { return s.done }
+
+// OnClose runs f when the server is closed, to stop listeners added from
+// outside.
+func (s *Server) OnClose(f func()) { s.onClose(f) }
+
+// Go runs f on a goroutine that Close waits for.
+func (s *Server) Go(f func()) { s.goServe(f) }
+
+// ServerConfig returns the TLS configuration of the server's certificate.
+func (s *Server) ServerConfig(t testing.TB) *tls.Config {
+	return s.CA.ServerConfig(t, "127.0.0.1", Name)
 }

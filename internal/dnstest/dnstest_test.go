@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
 	"golang.org/x/net/dns/dnsmessage"
 )
 
@@ -94,23 +93,6 @@ func ask(t *testing.T, s *Server, tr Transport, name string, qtype dnsmessage.Ty
 			t.Fatalf("DoH answered %s over %s", r.Status, r.Proto)
 		}
 		resp, _ = io.ReadAll(r.Body)
-	case QUIC:
-		conf := s.CA.ClientConfig()
-		conf.NextProtos = []string{"doq"}
-		conn, err := quic.DialAddr(ctx, s.QUICAddr, conf, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.CloseWithError(0, "")
-		str, err := conn.OpenStreamSync(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		str.Write(framed(q))
-		str.Close()
-		if resp, err = readFramed(str); err != nil {
-			t.Fatal(err)
-		}
 	}
 	var m dnsmessage.Message
 	if err := m.Unpack(resp); err != nil {
@@ -125,7 +107,7 @@ func ask(t *testing.T, s *Server, tr Transport, name string, qtype dnsmessage.Ty
 func TestServerTransports(t *testing.T) {
 	s := NewServer(t, nil)
 	s.Set("host.test", time.Minute, "192.0.2.7", "2001:db8::7")
-	for i, tr := range []Transport{UDP, TCP, TLS, HTTPSGet, HTTPSPost, QUIC} {
+	for i, tr := range []Transport{UDP, TCP, TLS, HTTPSGet, HTTPSPost} {
 		t.Run(string(tr), func(t *testing.T) {
 			m := ask(t, s, tr, "host.test.", dnsmessage.TypeA)
 			if m.RCode != dnsmessage.RCodeSuccess || len(m.Answers) != 1 {
