@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -58,6 +59,9 @@ func newDirectTestProxy(t *testing.T, git *gitrepotest.Server, env ...string) *P
 		"HTTP_PROXY=", "HTTPS_PROXY=", "ALL_PROXY=", "http_proxy=", "https_proxy=", "all_proxy=",
 	}, env...)...)
 	p.Direct.Dir = t.TempDir()
+	// The git server is on loopback, which the egress policy refuses
+	// unless it is allowed.
+	p.Egress.Allow = []string{strings.TrimPrefix(git.URL, "http://")}
 	return p
 }
 
@@ -559,15 +563,31 @@ echo '{"Path":"example.com/m","Version":"v1.0.0","Time":"2024-01-02T03:04:05Z","
 		"GOCACHE":             filepath.Join(p.Direct.Dir, "gocache"),
 		"GIT_TERMINAL_PROMPT": "0",
 		"GIT_CONFIG_GLOBAL":   "/proxy/gitconfig",
-		"HTTPS_PROXY":         "http://egress.example:3128",
-		"https_proxy":         "http://egress.example:3128",
+		// The egress policy's: git only, over https or http.
+		"GOVCS":              "public:git,private:git",
+		"GIT_ALLOW_PROTOCOL": "https:http",
+		"NO_PROXY":           "",
+		"no_proxy":           "",
+		// git's http.proxy setting would win over the variables.
+		"GIT_CONFIG_COUNT":   "2",
+		"GIT_CONFIG_KEY_0":   "http.proxy",
+		"GIT_CONFIG_KEY_1":   "http.proxyAuthMethod",
+		"GIT_CONFIG_VALUE_1": "basic",
 	} {
 		if got, ok := env[k]; !ok || got != want {
 			t.Errorf("the go command's %s is %q (set: %v), want %q", k, got, ok, want)
 		}
 	}
-	if v, ok := env["GOVCS"]; ok {
-		t.Errorf("the process's GOVCS=%s reached the go command", v)
+	// Every connection goes through the run's own egress proxy, on
+	// loopback, with a credential of its own: it chains to the Dialer's.
+	egress := env["HTTPS_PROXY"]
+	if u, err := url.Parse(egress); err != nil || u.Hostname() != "127.0.0.1" || u.User == nil {
+		t.Errorf("the go command's HTTPS_PROXY is %q, want the run's egress proxy on 127.0.0.1 with credentials", egress)
+	}
+	for _, k := range []string{"https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "GIT_CONFIG_VALUE_0"} {
+		if env[k] != egress {
+			t.Errorf("the go command's %s is %q, want %q", k, env[k], egress)
+		}
 	}
 	if pwd, _ := os.ReadFile(runs + ".pwd"); strings.TrimSpace(string(pwd)) != filepath.Join(p.Direct.Dir, "work") {
 		t.Errorf("the go command ran in %s", pwd)
