@@ -547,8 +547,27 @@ func (r *directRunner) goError(req *request, target, msg string) error {
 			words = strings.ReplaceAll(words, s, "")
 		}
 	}
+	if refusal := gitRefusal(words); refusal != nil {
+		return &fetchError{status: http.StatusForbidden, msg: target + ": " + refusal.Error() + "\n" + msg, err: refusal}
+	}
 	status := directStatus(words)
 	return &fetchError{status: status, msg: msg}
+}
+
+// gitRefusal returns the egress policy's reason when a failure comes from
+// the limits it sets on git (GIT_ALLOW_PROTOCOL) and on the version control
+// tools (GOVCS), or nil.
+func gitRefusal(msg string) error {
+	m := strings.ToLower(msg)
+	switch {
+	case strings.Contains(m, "transport 'ssh' not allowed"):
+		return errSSHRefused
+	case strings.Contains(m, "transport '") && strings.Contains(m, "' not allowed"):
+		return errGitProtocolRefused
+	case strings.Contains(m, "govcs disallows"):
+		return errVCSRefused
+	}
+	return nil
 }
 
 // Phrases of the go command's and git's messages, lower case, that decide
@@ -568,7 +587,7 @@ var (
 		"returned error: 5", "500 internal server error", "502 bad gateway", "503 service unavailable", "504 gateway timeout",
 		"authentication failed", "permission denied",
 		"verifying ", "security error", "checksum mismatch",
-		"executable file not found", "command not found", "govcs disallows",
+		"executable file not found", "command not found",
 		"no space left on device", "too many open files",
 	}
 	// directNotFound say the origin has no such module or version. As for

@@ -660,13 +660,38 @@ func TestDirectErrorStatus(t *testing.T) {
 		{`example.com/m@v1.0.0: verifying module: example.com/m@v1.0.0: reading https://sum.golang.org/lookup/example.com/m@v1.0.0: 404 Not Found`, 502},
 		{"verifying example.com/m@v1.0.0: checksum mismatch\n\tdownloaded: h1:a\n\tsum.golang.org: h1:b\n\nSECURITY ERROR", 502},
 		{`example.com/m@v1.0.0: invalid version: exec: "git": executable file not found in $PATH`, 502},
-		{"GOVCS disallows using hg for public example.com/m; see 'go help vcs'", 502},
 		{"signal: killed", 502},
 	}
 	for _, tt := range tests {
 		if got := directStatus(tt.msg); got != tt.want {
 			t.Errorf("directStatus(%q) = %d, want %d", tt.msg, got, tt.want)
 		}
+	}
+}
+
+// The limits the egress policy sets on git and on the version control
+// tools answer 403, saying how to lift them.
+func TestDirectToolRefusalsAreForbidden(t *testing.T) {
+	r := &directRunner{modCache: "/srv/proxy/mod"}
+	req := &request{modPath: "example.com/m", version: "v1.0.0", kind: kindInfo}
+	const vcs = "example.com/m@v1.0.0: invalid version: git ls-remote -q --end-of-options ssh://git@example.com/m in $GOMODCACHE/cache/vcs/0123: exit status 128:\n\t"
+	for msg, want := range map[string]string{
+		vcs + "fatal: transport 'ssh' not allowed":  "Egress.AllowSSH",
+		vcs + "fatal: transport 'file' not allowed": "https and http only",
+		vcs + "fatal: transport 'ext' not allowed":  "https and http only",
+		"example.com/m@v1.0.0: GOVCS disallows using hg for public example.com/m; see 'go help vcs'": "GOVCS in Proxy.Env",
+	} {
+		err := r.goError(req, "example.com/m@v1.0.0", msg)
+		var fe *fetchError
+		if !errors.As(err, &fe) || fe.status != http.StatusForbidden || !strings.Contains(fe.msg, want) {
+			t.Errorf("goError(%q) = %v, want 403 saying %q", msg, err, want)
+		}
+	}
+	// A module path cannot make a refusal of an ordinary failure.
+	err := r.goError(&request{modPath: "example.com/transport", version: "v1.0.0"}, "example.com/transport@v1.0.0", "example.com/transport@v1.0.0: invalid version: unknown revision v1.0.0")
+	var fe *fetchError
+	if !errors.As(err, &fe) || fe.status != http.StatusNotFound {
+		t.Errorf("an unknown revision: %v", err)
 	}
 }
 

@@ -236,6 +236,8 @@ func isLocalhostName(host string) bool {
 // check decides a connection to addr, asked for as host (a name or an
 // address) on addr's port. ctx says which module it is for, for the log.
 func (p *egressPolicy) check(ctx context.Context, host string, addr netip.AddrPort) error {
+	// An IPv4-mapped IPv6 address reaches the IPv4 address.
+	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
 	err := p.decide(host, addr)
 	if p.observe != nil {
 		p.observe(host, addr, err)
@@ -496,8 +498,12 @@ func (e *egressRefusedError) Error() string {
 	return fmt.Sprintf("the egress policy refuses to connect to %s: %s; %s", dest, e.what, how)
 }
 
-// errSSHRefused answers direct fetches that git would make over ssh.
-var errSSHRefused = errors.New("the egress policy refuses git over ssh: ssh connects by itself, outside the policy; allow it with Egress.AllowSSH")
+// Refusals of the limits the egress policy sets on the go command's tools.
+var (
+	errSSHRefused         = errors.New("the egress policy refuses git over ssh, which connects by itself, outside the policy; allow it with Egress.AllowSSH")
+	errGitProtocolRefused = errors.New("the egress policy lets git fetch over https and http only (and ssh with Egress.AllowSSH)")
+	errVCSRefused         = errors.New("the egress policy lets the go command use git only, the one tool it confines; GOVCS in Proxy.Env allows others, outside the policy")
+)
 
 // egressRefusal returns the policy's refusal that err wraps, if any.
 func egressRefusal(err error) *egressRefusedError {
