@@ -676,9 +676,9 @@ func TestDirectToolRefusalsAreForbidden(t *testing.T) {
 	req := &request{modPath: "example.com/m", version: "v1.0.0", kind: kindInfo}
 	const vcs = "example.com/m@v1.0.0: invalid version: git ls-remote -q --end-of-options ssh://git@example.com/m in $GOMODCACHE/cache/vcs/0123: exit status 128:\n\t"
 	for msg, want := range map[string]string{
-		vcs + "fatal: transport 'ssh' not allowed":  "Egress.AllowSSH",
-		vcs + "fatal: transport 'file' not allowed": "https and http only",
-		vcs + "fatal: transport 'ext' not allowed":  "https and http only",
+		vcs + "fatal: transport 'ssh' not allowed":                                                   "Egress.AllowSSH",
+		vcs + "fatal: transport 'file' not allowed":                                                  "https and http only",
+		vcs + "fatal: transport 'ext' not allowed":                                                   "https and http only",
 		"example.com/m@v1.0.0: GOVCS disallows using hg for public example.com/m; see 'go help vcs'": "GOVCS in Proxy.Env",
 	} {
 		err := r.goError(req, "example.com/m@v1.0.0", msg)
