@@ -36,6 +36,10 @@ import (
 //
 // Credentials in proxy URLs never appear in the Dialer's errors.
 //
+// A [Proxy] checks every connection its Dialer makes with its
+// [EgressPolicy], the egress proxies excepted; a Dialer used on its own
+// checks nothing.
+//
 // The zero value, like a nil *Dialer, reads its proxy settings from the
 // environment and resolves names with the system resolver. Fields must not
 // be changed once the Dialer has been used.

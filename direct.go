@@ -35,14 +35,22 @@ import (
 //
 // The go command runs as the proxy's process does, with its environment:
 // HOME, git's configuration (url.<base>.insteadOf, credential helpers,
-// GIT_CONFIG_GLOBAL), .netrc and the HTTPS_PROXY family apply to it, the
-// last replaced by the Proxy's Dialer's egress proxy when there is one. Its
-// own settings are the Proxy's: the GO variables of Proxy.Env when that
-// is set (the process's GO variables then do not leak in), with
-// GOPROXY=direct, the Proxy's GOPRIVATE, GONOSUMDB, GOSUMDB and
-// GOINSECURE, GOFLAGS=-mod=mod -modcacherw, GOTOOLCHAIN=local and GOENV=off,
-// so that a go env file of whoever runs the proxy cannot change what it
-// does. It makes its own connections: Proxy.Transport does not apply.
+// GIT_CONFIG_GLOBAL) and .netrc apply to it. Its own settings are the
+// Proxy's: the GO variables of Proxy.Env when that is set (the process's GO
+// variables then do not leak in), with GOPROXY=direct, the Proxy's
+// GOPRIVATE, GONOSUMDB, GOSUMDB and GOINSECURE, GOFLAGS=-mod=mod
+// -modcacherw, GOTOOLCHAIN=local and GOENV=off, so that a go env file of
+// whoever runs the proxy cannot change what it does.
+//
+// The go command and git reach the network only through an HTTP proxy
+// that each run gets for itself, on 127.0.0.1 with a credential of its own
+// (their HTTPS_PROXY, HTTP_PROXY and ALL_PROXY, and git's http.proxy). It
+// applies the Proxy's EgressPolicy to every destination, and leaves
+// through the Dialer's egress proxy or, without a Dialer, through the one
+// the proxy variables of the go command's environment name. git may fetch
+// over https and http only (GIT_ALLOW_PROTOCOL), and ssh with
+// EgressPolicy.AllowSSH; GOVCS is git only unless the environment sets it.
+// Proxy.Transport does not apply.
 type DirectOptions struct {
 	// GoBin is the go command to run. Empty means "go" from PATH.
 	GoBin string

@@ -780,3 +780,23 @@ func TestDirectZipIsPrivateTempFile(t *testing.T) {
 		t.Errorf("after close: %v", err)
 	}
 }
+
+// AllowSSH lets git use ssh; a GOVCS of the Proxy's environment replaces
+// the policy's git-only default.
+func TestDirectEnvironmentFollowsEgressSettings(t *testing.T) {
+	bin, runs := fakeGo(t, `env > "$RUNS.env"
+echo '{"Path":"example.com/m","Version":"v1.0.0"}'`)
+	p := newTestProxy(t, "direct", "GOVCS=example.com:git|hg")
+	p.Direct.GoBin = bin
+	p.Direct.Dir = t.TempDir()
+	p.Egress.AllowSSH = true
+	if w := do(p, "GET", "/example.com/m/@v/v1.0.0.info"); w.Code != http.StatusOK {
+		t.Fatalf("GET .info: %d %q", w.Code, w.Body)
+	}
+	data, _ := os.ReadFile(runs + ".env")
+	for _, want := range []string{"\nGIT_ALLOW_PROTOCOL=https:http:ssh:git+ssh\n", "\nGOVCS=example.com:git|hg\n"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("the go command's environment lacks %q:\n%s", strings.TrimSpace(want), data)
+		}
+	}
+}

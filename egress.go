@@ -38,11 +38,17 @@ import (
 //   - git over ssh, unless AllowSSH is set, and version control tools other
 //     than git (GOVCS defaults to git only).
 //
-// Every endpoint the configuration names is allowed whatever its address:
-// upstreams (GOPROXY, GONOPROXY's direct aside, and Routes), checksum
+// Every endpoint the configuration names is allowed whatever its address,
+// on its own port: the upstreams of GOPROXY and Routes, the checksum
 // databases (GOSUMDB, SumDBs), the Dialer's egress proxies and DNS
-// servers. An internal git server is allowed with Allow, or with
-// AllowPrivateNetworks for all private addresses.
+// servers. A redirect to anywhere else is checked like any destination, so
+// an upstream that sends its zips to a storage host on a private network
+// needs that host allowed. An internal git server is allowed with Allow,
+// or with AllowPrivateNetworks for all private addresses.
+//
+// A refusal answers 403 with its reason (never 404 or 410, on which a
+// client would try its next proxy), and is logged at warning level with
+// the module path and the refused address.
 //
 // The policy is applied in the Proxy's dialer, so a Transport of your own
 // is not checked, except for redirects to addresses written in the URL and
@@ -54,9 +60,10 @@ import (
 // loopback addresses without a proxy, a rule of Go's net/http that no
 // setting changes: the proxy refuses module paths that name them, but a
 // go-import tag of kind "mod", or a redirect, from an origin can still send
-// the go command's HTTPS request (which checks the server's certificate)
-// to a loopback port. git, the go command's other connections and
-// everything the proxy itself does go through the policy.
+// the go command's HTTPS request to a loopback port (where it checks the
+// server's certificate, unless GOINSECURE covers the module). git, the go
+// command's other connections and everything the proxy itself does go
+// through the policy.
 type EgressPolicy struct {
 	// AllowPrivateNetworks lets connections reach private addresses (the
 	// ranges listed above), such as an internal git server's. Loopback,

@@ -282,8 +282,9 @@ func TestUpstreamRedirectsAreChecked(t *testing.T) {
 					if withDNS {
 						p.Dialer.Resolver = newTestResolver(t, dns, "udp://"+dns.UDPAddr)
 					}
-					p.Download.Attempts = 1
 					log := watchEgress(t, p)
+					redirecting := strings.TrimSuffix(prefix, "/") + "/example.com/a/@v/v1.0.0.mod"
+					before := up.count(redirecting)
 					w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod")
 					if prefix == "/same-upstream/ok" {
 						if w.Code != http.StatusOK {
@@ -293,6 +294,10 @@ func TestUpstreamRedirectsAreChecked(t *testing.T) {
 					}
 					if w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "egress policy") {
 						t.Errorf("redirect to %s: %d %q, want 403 from the egress policy", targets[prefix], w.Code, w.Body)
+					}
+					// The policy will not change its mind: no retry.
+					if n := up.count(redirecting) - before; n != 1 {
+						t.Errorf("the upstream was asked %d times, want once", n)
 					}
 					switch prefix {
 					case "/metadata/", "/metadata-name/", "/ipv6-mapped/":
