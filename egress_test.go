@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -383,7 +384,13 @@ func TestDialerRebindingCannotPass(t *testing.T) {
 // proxy answers only its own credentials, tunnels what the policy allows,
 // forwards plain http:// requests, and refuses the rest with 403.
 func TestEgressProxyServesOnlyItsRun(t *testing.T) {
-	target := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "hello from ", r.URL.Path) })
+	target := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		fmt.Fprint(w, "hello from ", r.URL.Path)
+		if len(body) > 0 {
+			fmt.Fprint(w, ", ", len(body), " bytes")
+		}
+	})
 	allowedSrv := &http.Server{Handler: target}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -471,6 +478,31 @@ func TestEgressProxyServesOnlyItsRun(t *testing.T) {
 	}
 	if n := refusedHits(); n != 0 {
 		t.Errorf("the refused destination saw %d connections", n)
+	}
+
+	// curl asks whether it may send a large body, and waits for the
+	// answer: the proxy gives it.
+	c, err = net.Dial("tcp", proxyURL.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(c, "POST http://%s/upload HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\nExpect: 100-continue\r\nContent-Length: 4096\r\n\r\n",
+		allowed, allowed, base64.StdEncoding.EncodeToString([]byte("goproxy:"+password)))
+	br := bufio.NewReader(c)
+	if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "HTTP/1.1 100 ") {
+		t.Fatalf("after Expect: 100-continue: %q, %v", line, err)
+	}
+	br.ReadString('\n') // the blank line ending the interim response
+	c.Write(bytes.Repeat([]byte("x"), 4096))
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "hello from /upload, 4096 bytes" {
+		t.Errorf("POST with Expect through the proxy: %s %q", resp.Status, body)
 	}
 }
 
@@ -773,4 +805,94 @@ func TestDirectFetchFromAllowedOrigin(t *testing.T) {
 			t.Errorf("the go command's connections did not leave through the egress proxy: it saw %q", hp.Requests())
 		}
 	})
+}
+
+// BenchmarkDialerPolicy measures what the egress policy adds to a
+// connection: a dial of a loopback listener without and with the check.
+func BenchmarkDialerPolicy(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	addr := ln.Addr().String()
+	policy, err := newEgressPolicy(EgressPolicy{Allow: []string{"10.0.0.0/8", "git.corp.example", addr}}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, bc := range []struct {
+		name string
+		d    *Dialer
+	}{
+		{"unchecked", &Dialer{Proxy: "direct"}},
+		{"checked", (&Dialer{Proxy: "direct"}).withPolicy(policy)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			ctx := context.Background()
+			for b.Loop() {
+				c, err := bc.d.DialContext(ctx, "tcp", addr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.Close()
+			}
+		})
+	}
+}
+
+// BenchmarkEgressProxyPerRun measures what each go command run pays for
+// its own egress proxy, against starting the smallest process there is.
+func BenchmarkEgressProxyPerRun(b *testing.B) {
+	d := (&Dialer{Proxy: "direct"}).withPolicy(&egressPolicy{endpoints: map[string]bool{}})
+	tr, err := d.Transport()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("egress proxy", func(b *testing.B) {
+		for b.Loop() {
+			e, err := startEgressProxy(context.Background(), d, tr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			e.close()
+		}
+	})
+	b.Run("baseline: run true", func(b *testing.B) {
+		bin, err := exec.LookPath("true")
+		if err != nil {
+			b.Skip("no true command")
+		}
+		for b.Loop() {
+			if err := exec.Command(bin).Run(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkEgressPolicyCheck measures one decision, the policy's whole
+// cost per address dialled.
+func BenchmarkEgressPolicyCheck(b *testing.B) {
+	policy, err := newEgressPolicy(EgressPolicy{Allow: []string{"10.0.0.0/8", "git.corp.example", "*.corp.example", "192.168.1.1:8443"}}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	policy.allowEndpoints("https://proxy.golang.org", "https://sum.golang.org")
+	for _, addr := range []string{"203.0.113.7:443", "10.1.2.3:443", "127.0.0.1:443"} {
+		ap := netip.MustParseAddrPort(addr)
+		b.Run(addr, func(b *testing.B) {
+			for b.Loop() {
+				policy.decide("git.example.com", ap)
+			}
+		})
+	}
 }

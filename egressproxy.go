@@ -254,6 +254,14 @@ func (e *egressProxy) forward(c net.Conn, req *http.Request) bool {
 	out.RequestURI = ""
 	out.Close = false
 	removeHopHeaders(out.Header)
+	if strings.EqualFold(out.Header.Get("Expect"), "100-continue") {
+		// The client waits for this before it sends the body, which the
+		// transport must read to send the request on.
+		if _, err := io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
+			return false
+		}
+		out.Header.Del("Expect")
+	}
 	resp, err := e.transport.RoundTrip(out)
 	if err != nil {
 		e.failed(c, err)
