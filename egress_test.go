@@ -340,7 +340,6 @@ func TestDialerRebindingCannotPass(t *testing.T) {
 	if err != nil {
 		t.Skipf("no listener on 127.0.0.1:%s: %v", port, err)
 	}
-	defer loopback.Close()
 	var loopbackHits sync.WaitGroup
 	hit := make(chan struct{}, 1)
 	loopbackHits.Go(func() {
@@ -633,7 +632,7 @@ func TestDirectFetchRefusedDestinations(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the go command and git")
 	}
-	o := newOrigin(t, "metadata.goproxy.test", "tagged.goproxy.test", "rebind.goproxy.test", "fine.goproxy.test", "ssh.goproxy.test")
+	o := newOrigin(t, "metadata.goproxy.test", "tagged.goproxy.test", "rebind.goproxy.test", "fine.goproxy.test", "ssh.goproxy.test", "hg.goproxy.test")
 	o.dns.Set("metadata.goproxy.test", time.Minute, "169.254.169.254")
 	// What must never be reached: a service on loopback, behind an
 	// address of its own and behind 127.0.0.1:443 (for the rebinding).
@@ -646,6 +645,7 @@ func TestDirectFetchRefusedDestinations(t *testing.T) {
 	o.tag("fine.goproxy.test/x", "fine.goproxy.test/x git https://fine.goproxy.test/fine")
 	o.tag("tagged.goproxy.test/x", "tagged.goproxy.test/x git https://"+service+"/fine")
 	o.tag("ssh.goproxy.test/x", "ssh.goproxy.test/x git ssh://git@"+service+"/fine")
+	o.tag("hg.goproxy.test/x", "hg.goproxy.test/x hg https://"+service+"/fine")
 	o.tag("rebind.goproxy.test/x", "rebind.goproxy.test/x git https://rebind.goproxy.test/fine")
 	// The rebinding origin answers its go-import look-up from an allowed
 	// address, then moves its name to loopback for git's connection.
@@ -674,6 +674,8 @@ func TestDirectFetchRefusedDestinations(t *testing.T) {
 		// git refuses before ssh runs: the policy cannot see ssh's
 		// connections.
 		{"go-import tag naming an ssh:// repository", "/ssh.goproxy.test/x/@v/v1.0.0.info", 403, "Egress.AllowSSH", ""},
+		// Mercurial skips proxies for loopback addresses: git only.
+		{"go-import tag naming a Mercurial repository", "/hg.goproxy.test/x/@v/v1.0.0.info", 403, "GOVCS", ""},
 		// Not even a module path: the go command would refuse it too.
 		{"localhost", "/localhost/x/@v/list", 400, "missing dot", ""},
 	} {
