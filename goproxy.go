@@ -52,7 +52,8 @@ type Proxy struct {
 	Env []string
 
 	// Transport makes the requests to upstreams and checksum databases.
-	// If nil, one is built from Dialer.
+	// If nil, one is built from Dialer. The Egress policy checks the
+	// connections of that one; of a Transport of your own, only redirects.
 	Transport http.RoundTripper
 
 	// Dialer sets up outbound connections when Transport is nil: the
