@@ -195,6 +195,13 @@ func (l *egressLog) refusedOnly(t *testing.T, addr string) {
 	}
 }
 
+// decisions counts the policy's decisions so far.
+func (l *egressLog) decisions() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.allowed) + len(l.refused)
+}
+
 func (l *egressLog) reached(addr string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -680,9 +687,13 @@ func TestDirectFetchRefusedDestinations(t *testing.T) {
 		{"localhost", "/localhost/x/@v/list", 400, "missing dot", ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			before := log.decisions()
 			w := do(p, "GET", tt.path)
 			if w.Code != tt.want || !strings.Contains(w.Body.String(), tt.says) {
 				t.Errorf("GET %s: %d %q, want %d saying %q", tt.path, w.Code, w.Body, tt.want, tt.says)
+			}
+			if tt.want == http.StatusBadRequest && log.decisions() != before {
+				t.Errorf("GET %s: a connection was attempted for an invalid module path", tt.path)
 			}
 			if tt.refused != "" {
 				if !strings.Contains(w.Body.String(), "egress policy") {
