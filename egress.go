@@ -96,7 +96,6 @@ type EgressPolicy struct {
 // egressPolicy is an EgressPolicy prepared for checking connections.
 type egressPolicy struct {
 	allowPrivate bool
-	allowSSH     bool
 	prefixes     []netip.Prefix
 	// addrs and names are Allow's single addresses and host names, each
 	// with the port it is limited to, or 0 for any.
@@ -126,7 +125,6 @@ type allowedName struct {
 func newEgressPolicy(ep EgressPolicy, logger *slog.Logger) (*egressPolicy, error) {
 	p := &egressPolicy{
 		allowPrivate: ep.AllowPrivateNetworks,
-		allowSSH:     ep.AllowSSH,
 		endpoints:    make(map[string]bool),
 		logger:       logger,
 	}
