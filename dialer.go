@@ -11,8 +11,10 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpproxy"
@@ -33,6 +35,10 @@ import (
 //	                                    to resolve itself
 //
 // Credentials in proxy URLs never appear in the Dialer's errors.
+//
+// A [Proxy] checks every connection its Dialer makes with its
+// [EgressPolicy], the egress proxies excepted; a Dialer used on its own
+// checks nothing.
 //
 // The zero value, like a nil *Dialer, reads its proxy settings from the
 // environment and resolves names with the system resolver. Fields must not
@@ -80,6 +86,29 @@ type Dialer struct {
 	initOnce sync.Once
 	initErr  error
 	egress   *egress
+	// policy, when set, checks every destination before it is dialled;
+	// the Dialer's own egress proxies are exempt. A Proxy sets it on its
+	// copy of the Dialer.
+	policy *egressPolicy
+}
+
+// withPolicy returns a new Dialer with d's settings whose connections are
+// checked by policy.
+func (d *Dialer) withPolicy(policy *egressPolicy) *Dialer {
+	if d == nil {
+		d = &Dialer{}
+	}
+	return &Dialer{
+		Proxy:                 d.Proxy,
+		Resolver:              d.Resolver,
+		DialTimeout:           d.DialTimeout,
+		TLSHandshakeTimeout:   d.TLSHandshakeTimeout,
+		ResponseHeaderTimeout: d.ResponseHeaderTimeout,
+		IdleConnTimeout:       d.IdleConnTimeout,
+		TLSConfig:             d.TLSConfig,
+		Env:                   d.Env,
+		policy:                policy,
+	}
 }
 
 // Defaults of the Dialer's timeouts.
@@ -284,7 +313,10 @@ func (d *Dialer) dialConnect(ctx context.Context, p *url.URL, network, addr stri
 	if network != "tcp" && network != "tcp4" && network != "tcp6" {
 		return nil, wrap(fmt.Errorf("an HTTP proxy cannot carry %s", network))
 	}
-	c, err := d.dialDirect(ctx, "tcp", proxyAddr(p))
+	if err := d.checkUnresolved(ctx, addr); err != nil {
+		return nil, wrap(err)
+	}
+	c, err := d.dialNet(ctx, "tcp", proxyAddr(p), nil)
 	if err != nil {
 		return nil, wrap(err)
 	}
@@ -356,7 +388,10 @@ func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 // proxies.
 func (d *Dialer) dialFor(ctx context.Context, scheme, network, addr string) (net.Conn, error) {
 	if d.egress.proxyAddrs[strings.ToLower(addr)] {
-		return d.dial(ctx, nil, network, addr)
+		// A proxy of the configuration: allowed whatever its address.
+		ctx, cancel := context.WithTimeout(ctx, orDefault(d.DialTimeout, defaultDialTimeout))
+		defer cancel()
+		return d.dialNet(ctx, network, addr, nil)
 	}
 	p, err := d.egress.forRequest(&url.URL{Scheme: scheme, Host: addr})
 	if err != nil {
@@ -375,8 +410,24 @@ func (d *Dialer) dial(ctx context.Context, p *url.URL, network, addr string) (ne
 	return d.dialDirect(ctx, network, addr)
 }
 
+// dialDirect connects to addr without a proxy, checking each address it
+// tries with the Dialer's policy, if it has one.
 func (d *Dialer) dialDirect(ctx context.Context, network, addr string) (net.Conn, error) {
+	return d.dialNet(ctx, network, addr, d.policy)
+}
+
+// dialNet connects to addr without a proxy. policy, unless nil, decides
+// each address in the dialer's Control function, after the name is
+// resolved and just before the address is connected to: no later answer
+// of DNS can change the address that was checked.
+func (d *Dialer) dialNet(ctx context.Context, network, addr string, policy *egressPolicy) (net.Conn, error) {
 	var nd net.Dialer
+	if policy != nil {
+		host, _, _ := net.SplitHostPort(addr)
+		nd.ControlContext = func(ctx context.Context, _, address string, _ syscall.RawConn) error {
+			return policy.checkDialAddr(ctx, host, address)
+		}
+	}
 	if d.Resolver == nil || len(d.Resolver.Servers) == 0 {
 		// The system resolver: net.Dialer resolves and races families itself.
 		return nd.DialContext(ctx, network, addr)
@@ -420,6 +471,32 @@ func (d *Dialer) lookup(ctx context.Context, network, host string) ([]netip.Addr
 	return out, nil
 }
 
+// checkUnresolved checks addr (host:port), which an egress proxy is to
+// connect to, with the Dialer's policy, if it has one.
+func (d *Dialer) checkUnresolved(ctx context.Context, addr string) error {
+	if d.policy == nil {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return fmt.Errorf("bad port in %q", addr)
+	}
+	return d.policy.checkUnresolved(ctx, host, uint16(n))
+}
+
+// checkAddr checks a, resolved from host, at port, with the Dialer's
+// policy, if it has one.
+func (d *Dialer) checkAddr(ctx context.Context, host string, a netip.Addr, port string) error {
+	if d.policy == nil {
+		return nil
+	}
+	return d.policy.checkDialAddr(ctx, host, net.JoinHostPort(a.String(), port))
+}
+
 // socksForward connects the Dialer to a SOCKS server.
 type socksForward struct{ d *Dialer }
 
@@ -428,7 +505,8 @@ func (f socksForward) Dial(network, addr string) (net.Conn, error) {
 }
 
 func (f socksForward) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	return f.d.dialDirect(ctx, network, addr)
+	// The SOCKS server is the configuration's: allowed whatever its address.
+	return f.d.dialNet(ctx, network, addr, nil)
 }
 
 // dialSOCKS connects to addr through the SOCKS server p. With socks5 the
@@ -454,6 +532,9 @@ func (d *Dialer) dialSOCKS(ctx context.Context, p *url.URL, network, addr string
 		return nil, wrap(err)
 	}
 	if p.Scheme == "socks5h" || isIPLiteral(host) {
+		if err := d.checkUnresolved(ctx, addr); err != nil {
+			return nil, wrap(err)
+		}
 		c, err := cd.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, wrap(err)
@@ -466,7 +547,11 @@ func (d *Dialer) dialSOCKS(ctx context.Context, p *url.URL, network, addr string
 	}
 	var first error
 	for _, a := range addrs {
-		c, err := cd.DialContext(ctx, network, net.JoinHostPort(a.String(), port))
+		var c net.Conn
+		err := d.checkAddr(ctx, host, a, port)
+		if err == nil {
+			c, err = cd.DialContext(ctx, network, net.JoinHostPort(a.String(), port))
+		}
 		if err == nil {
 			return c, nil
 		}
@@ -505,6 +590,15 @@ func (d *Dialer) Transport() (*http.Transport, error) {
 		Proxy: func(req *http.Request) (*url.URL, error) {
 			p, err := d.egress.forRequest(req.URL)
 			if err != nil || p == nil || isSOCKS(p) {
+				return nil, err
+			}
+			// net/http dials the proxy, never the destination: check
+			// what the proxy will be asked for.
+			port := req.URL.Port()
+			if port == "" {
+				port = map[string]string{"http": "80", "https": "443"}[req.URL.Scheme]
+			}
+			if err := d.checkUnresolved(req.Context(), net.JoinHostPort(req.URL.Hostname(), port)); err != nil {
 				return nil, err
 			}
 			return p, nil

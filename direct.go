@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,14 +35,22 @@ import (
 //
 // The go command runs as the proxy's process does, with its environment:
 // HOME, git's configuration (url.<base>.insteadOf, credential helpers,
-// GIT_CONFIG_GLOBAL), .netrc and the HTTPS_PROXY family apply to it, the
-// last replaced by the Proxy's Dialer's egress proxy when there is one. Its
-// own settings are the Proxy's: the GO variables of Proxy.Env when that
-// is set (the process's GO variables then do not leak in), with
-// GOPROXY=direct, the Proxy's GOPRIVATE, GONOSUMDB, GOSUMDB and
-// GOINSECURE, GOFLAGS=-mod=mod -modcacherw, GOTOOLCHAIN=local and GOENV=off,
-// so that a go env file of whoever runs the proxy cannot change what it
-// does. It makes its own connections: Proxy.Transport does not apply.
+// GIT_CONFIG_GLOBAL) and .netrc apply to it. Its own settings are the
+// Proxy's: the GO variables of Proxy.Env when that is set (the process's GO
+// variables then do not leak in), with GOPROXY=direct, the Proxy's
+// GOPRIVATE, GONOSUMDB, GOSUMDB and GOINSECURE, GOFLAGS=-mod=mod
+// -modcacherw, GOTOOLCHAIN=local and GOENV=off, so that a go env file of
+// whoever runs the proxy cannot change what it does.
+//
+// The go command and git reach the network only through an HTTP proxy
+// that each run gets for itself, on 127.0.0.1 with a credential of its own
+// (their HTTPS_PROXY, HTTP_PROXY and ALL_PROXY, and git's http.proxy). It
+// applies the Proxy's EgressPolicy to every destination, and leaves
+// through the Dialer's egress proxy or, without a Dialer, through the one
+// the proxy variables of the go command's environment name. git may fetch
+// over https and http only (GIT_ALLOW_PROTOCOL), and ssh with
+// EgressPolicy.AllowSSH; GOVCS is git only unless the environment sets it.
+// Proxy.Transport does not apply.
 type DirectOptions struct {
 	// GoBin is the go command to run. Empty means "go" from PATH.
 	GoBin string
@@ -93,6 +102,13 @@ type directRunner struct {
 	timeout  time.Duration
 	maxCache int64
 	tempDir  string // where zips go once out of the module cache
+
+	// dialer and transport are the go command's way out, through each
+	// run's egressProxy; egressErr, from setting them up, is reported by
+	// each fetch.
+	dialer    *Dialer
+	transport *http.Transport
+	egressErr error
 
 	dir      string // DirectOptions.Dir, absolute
 	work     string // the go command's working directory: empty, no go.mod
@@ -165,6 +181,17 @@ func newDirectRunner(p *Proxy) (*directRunner, error) {
 	// need one, so a failed look-up is reported by the fetches that do.
 	r.goBin, r.goBinErr = exec.LookPath(goBin)
 	r.env = r.baseEnv(p.Env)
+
+	// The go command leaves as the Proxy does: through the Dialer's egress
+	// proxy or, without a Dialer, through the one its own environment
+	// names; either way checked by the egress policy.
+	r.dialer = p.dialer
+	if p.Dialer == nil {
+		r.dialer = (&Dialer{Env: r.env}).withPolicy(p.egress)
+	}
+	if r.transport, r.egressErr = r.dialer.Transport(); r.egressErr == nil {
+		r.transport.DisableCompression = true // bodies pass as they come
+	}
 	return r, nil
 }
 
@@ -217,15 +244,23 @@ func (r *directRunner) baseEnv(proxyEnv []string) []string {
 		}
 		env = append(env, proxyEnv...)
 	}
-	// A Dialer, when set, decides the egress proxy: the go command and
-	// git then leave through the one the proxy's own requests take.
-	if r.p.Dialer != nil {
-		for _, kv := range r.p.Dialer.Environ() {
-			k, v, _ := strings.Cut(kv, "=")
-			env = setEnv(env, k, v)
-		}
-	}
 	s := r.p.settings
+	// git may fetch over https, and http where GOINSECURE lets the go
+	// command ask for it, both through the egress proxy; ssh only when
+	// allowed, since it connects by itself. This also keeps the go command
+	// from trying ssh for a path ending in ".git", and git from git://,
+	// file:// and ext:: URLs that go-import tags or insteadOf may name.
+	gitProtocols := "https:http"
+	if r.p.Egress.AllowSSH {
+		gitProtocols += ":ssh:git+ssh"
+	}
+	env = setEnv(env, "GIT_ALLOW_PROTOCOL", gitProtocols)
+	// Other tools than git do not all honour the proxy variables (svn
+	// ignores them, hg skips them for localhost): only git, unless the
+	// environment says otherwise.
+	if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "GOVCS=") && kv != "GOVCS=" }) {
+		env = setEnv(env, "GOVCS", "public:git,private:git")
+	}
 	for _, kv := range [][2]string{
 		{"GOPROXY", "direct"},
 		{"GONOPROXY", ""},
@@ -261,6 +296,40 @@ func setEnv(env []string, key, value string) []string {
 	return append(env, key+"="+value)
 }
 
+// runEnv is the environment of a run fetching modPath: envFor's, leaving
+// through egress. git's http.proxy setting is overridden too, since it
+// would take precedence over the proxy variables.
+func (r *directRunner) runEnv(modPath string, egress *egressProxy) []string {
+	env := slices.Clone(r.envFor(modPath))
+	for _, kv := range egress.environ() {
+		env = setEnv(env, kv[0], kv[1])
+	}
+	n := 0
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "GIT_CONFIG_COUNT="); ok {
+			n, _ = strconv.Atoi(v)
+		}
+	}
+	for _, kv := range [][2]string{{"http.proxy", egress.url}, {"http.proxyAuthMethod", "basic"}} {
+		i := strconv.Itoa(n)
+		env = setEnv(env, "GIT_CONFIG_KEY_"+i, kv[0])
+		env = setEnv(env, "GIT_CONFIG_VALUE_"+i, kv[1])
+		n++
+	}
+	return setEnv(env, "GIT_CONFIG_COUNT", strconv.Itoa(n))
+}
+
+// checkOrigin refuses, before any go command runs, a module path whose
+// host is an address or "localhost" that the egress policy refuses: the go
+// command would reach it without going through the egress proxy.
+func (r *directRunner) checkOrigin(ctx context.Context, modPath string) error {
+	host, _, _ := strings.Cut(modPath, "/")
+	if !isIPLiteral(host) && !isLocalhostName(host) {
+		return nil
+	}
+	return r.p.egress.checkUnresolved(ctx, host, 443)
+}
+
 // envFor is the environment for a run fetching modPath. A route marked
 // Private keeps the module away from checksum databases in the go
 // command too.
@@ -292,6 +361,13 @@ func (r *directRunner) fetch(ctx context.Context, req *request) (*fetched, error
 	}
 	if r.goBinErr != nil {
 		return nil, &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("%s: direct fetching needs the go command: %v", req, r.goBinErr), err: r.goBinErr}
+	}
+	if r.egressErr != nil {
+		return nil, &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("%s: direct fetching: %v", req, r.egressErr), err: r.egressErr}
+	}
+	ctx = withEgressModule(ctx, req.modPath)
+	if err := r.checkOrigin(ctx, req.modPath); err != nil {
+		return nil, &fetchError{status: http.StatusForbidden, msg: fmt.Sprintf("%s: %v", req, err), err: err}
 	}
 	// "--" ends the flags, so that no argument is ever taken for one; both
 	// subcommands accept it.
@@ -390,9 +466,14 @@ func (m *goModule) errorText() string {
 func (r *directRunner) run(ctx context.Context, req *request, args []string) (*goModule, error) {
 	runCtx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
+	egress, err := startEgressProxy(ctx, r.dialer, r.transport)
+	if err != nil {
+		return nil, &fetchError{status: http.StatusInternalServerError, msg: fmt.Sprintf("%s: starting the go command's egress proxy: %v", req, err), err: err}
+	}
+	defer egress.close()
 	cmd := exec.CommandContext(runCtx, r.goBin, args...)
 	cmd.Dir = r.work
-	cmd.Env = r.envFor(req.modPath)
+	cmd.Env = r.runEnv(req.modPath, egress)
 	stdout, stderr := &cappedBuffer{max: maxGoStdout}, &cappedBuffer{max: maxGoStderr}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.WaitDelay = goWaitDelay
@@ -408,10 +489,14 @@ func (r *directRunner) run(ctx context.Context, req *request, args []string) (*g
 	var res goModule
 	decodeErr := json.NewDecoder(bytes.NewReader(stdout.Bytes())).Decode(&res)
 	var exitErr *exec.ExitError
-	var err error
-	switch {
+	failed := runErr != nil || decodeErr == nil && res.errorText() != ""
+	switch refused := egress.refusal(); {
 	case runErr != nil && ctx.Err() != nil:
 		err = fmt.Errorf("go %s %s: %w", subcommand, target, ctx.Err())
+	case failed && refused != nil:
+		// Whatever the go command made of it, the policy's refusal is
+		// the reason, and no reason for a client to try elsewhere.
+		err = &fetchError{status: http.StatusForbidden, msg: fmt.Sprintf("%s: %v", target, refused), err: refused}
 	case runErr != nil && runCtx.Err() != nil:
 		err = &fetchError{status: http.StatusGatewayTimeout, msg: fmt.Sprintf("%s: the go command timed out after %v", target, r.timeout), err: runCtx.Err()}
 	case runErr != nil && !errors.As(runErr, &exitErr):
@@ -470,8 +555,27 @@ func (r *directRunner) goError(req *request, target, msg string) error {
 			words = strings.ReplaceAll(words, s, "")
 		}
 	}
+	if refusal := gitRefusal(words); refusal != nil {
+		return &fetchError{status: http.StatusForbidden, msg: target + ": " + refusal.Error() + "\n" + msg, err: refusal}
+	}
 	status := directStatus(words)
 	return &fetchError{status: status, msg: msg}
+}
+
+// gitRefusal returns the egress policy's reason when a failure comes from
+// the limits it sets on git (GIT_ALLOW_PROTOCOL) and on the version control
+// tools (GOVCS), or nil.
+func gitRefusal(msg string) error {
+	m := strings.ToLower(msg)
+	switch {
+	case strings.Contains(m, "transport 'ssh' not allowed"):
+		return errSSHRefused
+	case strings.Contains(m, "transport '") && strings.Contains(m, "' not allowed"):
+		return errGitProtocolRefused
+	case strings.Contains(m, "govcs disallows"):
+		return errVCSRefused
+	}
+	return nil
 }
 
 // Phrases of the go command's and git's messages, lower case, that decide
@@ -491,7 +595,7 @@ var (
 		"returned error: 5", "500 internal server error", "502 bad gateway", "503 service unavailable", "504 gateway timeout",
 		"authentication failed", "permission denied",
 		"verifying ", "security error", "checksum mismatch",
-		"executable file not found", "command not found", "govcs disallows",
+		"executable file not found", "command not found",
 		"no space left on device", "too many open files",
 	}
 	// directNotFound say the origin has no such module or version. As for

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -58,6 +59,9 @@ func newDirectTestProxy(t *testing.T, git *gitrepotest.Server, env ...string) *P
 		"HTTP_PROXY=", "HTTPS_PROXY=", "ALL_PROXY=", "http_proxy=", "https_proxy=", "all_proxy=",
 	}, env...)...)
 	p.Direct.Dir = t.TempDir()
+	// The git server is on loopback, which the egress policy refuses
+	// unless it is allowed.
+	p.Egress.Allow = []string{strings.TrimPrefix(git.URL, "http://")}
 	return p
 }
 
@@ -559,15 +563,31 @@ echo '{"Path":"example.com/m","Version":"v1.0.0","Time":"2024-01-02T03:04:05Z","
 		"GOCACHE":             filepath.Join(p.Direct.Dir, "gocache"),
 		"GIT_TERMINAL_PROMPT": "0",
 		"GIT_CONFIG_GLOBAL":   "/proxy/gitconfig",
-		"HTTPS_PROXY":         "http://egress.example:3128",
-		"https_proxy":         "http://egress.example:3128",
+		// The egress policy's: git only, over https or http.
+		"GOVCS":              "public:git,private:git",
+		"GIT_ALLOW_PROTOCOL": "https:http",
+		"NO_PROXY":           "",
+		"no_proxy":           "",
+		// git's http.proxy setting would win over the variables.
+		"GIT_CONFIG_COUNT":   "2",
+		"GIT_CONFIG_KEY_0":   "http.proxy",
+		"GIT_CONFIG_KEY_1":   "http.proxyAuthMethod",
+		"GIT_CONFIG_VALUE_1": "basic",
 	} {
 		if got, ok := env[k]; !ok || got != want {
 			t.Errorf("the go command's %s is %q (set: %v), want %q", k, got, ok, want)
 		}
 	}
-	if v, ok := env["GOVCS"]; ok {
-		t.Errorf("the process's GOVCS=%s reached the go command", v)
+	// Every connection goes through the run's own egress proxy, on
+	// loopback, with a credential of its own: it chains to the Dialer's.
+	egress := env["HTTPS_PROXY"]
+	if u, err := url.Parse(egress); err != nil || u.Hostname() != "127.0.0.1" || u.User == nil {
+		t.Errorf("the go command's HTTPS_PROXY is %q, want the run's egress proxy on 127.0.0.1 with credentials", egress)
+	}
+	for _, k := range []string{"https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "GIT_CONFIG_VALUE_0"} {
+		if env[k] != egress {
+			t.Errorf("the go command's %s is %q, want %q", k, env[k], egress)
+		}
 	}
 	if pwd, _ := os.ReadFile(runs + ".pwd"); strings.TrimSpace(string(pwd)) != filepath.Join(p.Direct.Dir, "work") {
 		t.Errorf("the go command ran in %s", pwd)
@@ -640,13 +660,38 @@ func TestDirectErrorStatus(t *testing.T) {
 		{`example.com/m@v1.0.0: verifying module: example.com/m@v1.0.0: reading https://sum.golang.org/lookup/example.com/m@v1.0.0: 404 Not Found`, 502},
 		{"verifying example.com/m@v1.0.0: checksum mismatch\n\tdownloaded: h1:a\n\tsum.golang.org: h1:b\n\nSECURITY ERROR", 502},
 		{`example.com/m@v1.0.0: invalid version: exec: "git": executable file not found in $PATH`, 502},
-		{"GOVCS disallows using hg for public example.com/m; see 'go help vcs'", 502},
 		{"signal: killed", 502},
 	}
 	for _, tt := range tests {
 		if got := directStatus(tt.msg); got != tt.want {
 			t.Errorf("directStatus(%q) = %d, want %d", tt.msg, got, tt.want)
 		}
+	}
+}
+
+// The limits the egress policy sets on git and on the version control
+// tools answer 403, saying how to lift them.
+func TestDirectToolRefusalsAreForbidden(t *testing.T) {
+	r := &directRunner{modCache: "/srv/proxy/mod"}
+	req := &request{modPath: "example.com/m", version: "v1.0.0", kind: kindInfo}
+	const vcs = "example.com/m@v1.0.0: invalid version: git ls-remote -q --end-of-options ssh://git@example.com/m in $GOMODCACHE/cache/vcs/0123: exit status 128:\n\t"
+	for msg, want := range map[string]string{
+		vcs + "fatal: transport 'ssh' not allowed":                                                   "Egress.AllowSSH",
+		vcs + "fatal: transport 'file' not allowed":                                                  "https and http only",
+		vcs + "fatal: transport 'ext' not allowed":                                                   "https and http only",
+		"example.com/m@v1.0.0: GOVCS disallows using hg for public example.com/m; see 'go help vcs'": "GOVCS in Proxy.Env",
+	} {
+		err := r.goError(req, "example.com/m@v1.0.0", msg)
+		var fe *fetchError
+		if !errors.As(err, &fe) || fe.status != http.StatusForbidden || !strings.Contains(fe.msg, want) {
+			t.Errorf("goError(%q) = %v, want 403 saying %q", msg, err, want)
+		}
+	}
+	// A module path cannot make a refusal of an ordinary failure.
+	err := r.goError(&request{modPath: "example.com/transport", version: "v1.0.0"}, "example.com/transport@v1.0.0", "example.com/transport@v1.0.0: invalid version: unknown revision v1.0.0")
+	var fe *fetchError
+	if !errors.As(err, &fe) || fe.status != http.StatusNotFound {
+		t.Errorf("an unknown revision: %v", err)
 	}
 }
 
@@ -733,5 +778,25 @@ func TestDirectZipIsPrivateTempFile(t *testing.T) {
 	f.close()
 	if _, err := os.Stat(name); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("after close: %v", err)
+	}
+}
+
+// AllowSSH lets git use ssh; a GOVCS of the Proxy's environment replaces
+// the policy's git-only default.
+func TestDirectEnvironmentFollowsEgressSettings(t *testing.T) {
+	bin, runs := fakeGo(t, `env > "$RUNS.env"
+echo '{"Path":"example.com/m","Version":"v1.0.0"}'`)
+	p := newTestProxy(t, "direct", "GOVCS=example.com:git|hg")
+	p.Direct.GoBin = bin
+	p.Direct.Dir = t.TempDir()
+	p.Egress.AllowSSH = true
+	if w := do(p, "GET", "/example.com/m/@v/v1.0.0.info"); w.Code != http.StatusOK {
+		t.Fatalf("GET .info: %d %q", w.Code, w.Body)
+	}
+	data, _ := os.ReadFile(runs + ".env")
+	for _, want := range []string{"\nGIT_ALLOW_PROTOCOL=https:http:ssh:git+ssh\n", "\nGOVCS=example.com:git|hg\n"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("the go command's environment lacks %q:\n%s", strings.TrimSpace(want), data)
+		}
 	}
 }

@@ -222,6 +222,10 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 	if err != nil {
 		// net/http strips passwords from the URLs in its errors.
 		fe := &fetchError{status: http.StatusBadGateway, msg: err.Error(), err: err}
+		if egressRefusal(err) != nil {
+			fe.status = http.StatusForbidden // and final: the policy will not change its mind
+			return nil, fe
+		}
 		var dnsErr *net.DNSError
 		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
 			return nil, fe // a name that does not exist will not exist in a second either

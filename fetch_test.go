@@ -237,6 +237,8 @@ func TestCredentialsDoNotFollowRedirects(t *testing.T) {
 	} {
 		p := newTestProxy(t, "off")
 		p.Routes = []Route{{Pattern: "example.com", Upstreams: []Upstream{up}}}
+		// Not a configured endpoint: the egress policy must be told.
+		p.Egress.Allow = []string{strings.TrimPrefix(other.URL, "http://")}
 		if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code != 200 {
 			t.Errorf("redirected fetch: %d %s", w.Code, w.Body)
 		}

@@ -52,7 +52,8 @@ type Proxy struct {
 	Env []string
 
 	// Transport makes the requests to upstreams and checksum databases.
-	// If nil, one is built from Dialer.
+	// If nil, one is built from Dialer. The Egress policy checks the
+	// connections of that one; of a Transport of your own, only redirects.
 	Transport http.RoundTripper
 
 	// Dialer sets up outbound connections when Transport is nil: the
@@ -129,6 +130,12 @@ type Proxy struct {
 	// Direct tunes fetching from origin repositories with the go command.
 	Direct DirectOptions
 
+	// Egress decides where the proxy, and the go command and git it runs
+	// for direct fetches, may connect. The zero value refuses loopback,
+	// link-local, cloud metadata and private addresses, except for the
+	// endpoints the configuration names; see [EgressPolicy].
+	Egress EgressPolicy
+
 	// Download tunes the download engine: parallel Range requests, retries,
 	// resumption and concurrency. The zero value gives sensible defaults.
 	Download DownloadOptions
@@ -154,6 +161,9 @@ type Proxy struct {
 	via           string // the Via entry of this proxy's upstream requests
 	publishing    keyedMutex
 	index         versionIndex
+
+	egress *egressPolicy
+	dialer *Dialer // Dialer, checking every connection with egress
 }
 
 // Init validates the configuration and prepares the Proxy. Calling it is
@@ -181,9 +191,13 @@ func (p *Proxy) init() error {
 		}
 		p.cacher = DirCacher(filepath.Join(dir, "goproxy"))
 	}
+	if p.egress, err = newEgressPolicy(p.Egress, p.logger()); err != nil {
+		return fmt.Errorf("goproxy: %w", err)
+	}
+	p.dialer = p.Dialer.withPolicy(p.egress)
 	transport := p.Transport
 	if transport == nil {
-		t, err := p.Dialer.Transport()
+		t, err := p.dialer.Transport()
 		if err != nil {
 			return fmt.Errorf("goproxy: %w", err)
 		}
@@ -196,7 +210,7 @@ func (p *Proxy) init() error {
 		return fmt.Errorf("goproxy: %w", err)
 	}
 	transport = newCredentialsTransport(transport, p.routes, p.settings.netrc)
-	client := &http.Client{Transport: transport, CheckRedirect: refuseDowngrade}
+	client := &http.Client{Transport: transport, CheckRedirect: p.egress.checkRedirect(refuseDowngrade)}
 	var id [8]byte
 	rand.Read(id[:])
 	p.via = "1.1 goproxy-" + hex.EncodeToString(id[:])
@@ -209,6 +223,7 @@ func (p *Proxy) init() error {
 	if err := p.initSumDBs(); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
 	}
+	p.egress.allowEndpoints(p.configuredEndpoints()...)
 	return nil
 }
 
@@ -459,6 +474,7 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 		}
 	}
 	f, release, err = p.flights.do(ctx, req.name, func(ctx context.Context) (*fetched, error) {
+		ctx = withEgressModule(ctx, req.modPath)
 		ctx, cancel := context.WithTimeout(ctx, p.downloader.opts.Timeout)
 		defer cancel()
 		var f *fetched

@@ -4,6 +4,8 @@
 // HTTPS_PROXY, NO_PROXY, ALL_PROXY, SOCKS5_PROXY) from the environment, and
 // DNS_SERVER lists resolvers (udp://, tcp://, https://, tls://; DNS over
 // QUIC needs the dnsquic module, which this example does without).
+// -egress-allow and -egress-private-networks let direct fetches reach an
+// internal git server, which the egress policy otherwise refuses.
 package main
 
 import (
@@ -21,12 +23,21 @@ func main() {
 	userCache, _ := os.UserCacheDir()
 	addr := flag.String("addr", "localhost:8080", "address to listen on")
 	cache := flag.String("cache", filepath.Join(userCache, "goproxy"), "cache directory")
+	allow := flag.String("egress-allow", "", "comma-separated destinations the egress policy allows: IP addresses, CIDR prefixes, host names, *.domain, each with an optional :port")
+	private := flag.Bool("egress-private-networks", false, "let the proxy reach private addresses (10.0.0.0/8, 192.168.0.0/16, ...)")
 	flag.Parse()
 	dialer := &goproxy.Dialer{}
 	if servers := os.Getenv("DNS_SERVER"); servers != "" {
 		dialer.Resolver = &goproxy.Resolver{Servers: strings.Split(servers, ",")}
 	}
-	proxy := &goproxy.Proxy{Cacher: goproxy.DirCacher(*cache), Dialer: dialer}
+	proxy := &goproxy.Proxy{
+		Cacher: goproxy.DirCacher(*cache),
+		Dialer: dialer,
+		Egress: goproxy.EgressPolicy{AllowPrivateNetworks: *private},
+	}
+	if *allow != "" {
+		proxy.Egress.Allow = strings.Split(*allow, ",")
+	}
 	if err := proxy.Init(); err != nil {
 		log.Fatal(err)
 	}

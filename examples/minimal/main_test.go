@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,7 +39,8 @@ func TestExampleServer(t *testing.T) {
 	ln.Close()
 	cache := filepath.Join(t.TempDir(), "cache")
 	cmd := exec.Command(bin, "-addr", addr, "-cache", cache)
-	cmd.Env = append(os.Environ(), "GOPROXY="+up.URL, "GOSUMDB=off", "GOPRIVATE=", "GONOPROXY=",
+	// GONOPROXY sends 127.0.0.1/... direct, which the egress policy refuses.
+	cmd.Env = append(os.Environ(), "GOPROXY="+up.URL, "GOSUMDB=off", "GOPRIVATE=", "GONOPROXY=127.0.0.1",
 		"HTTP_PROXY=", "HTTPS_PROXY=", "ALL_PROXY=", "DNS_SERVER=")
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
@@ -80,5 +83,16 @@ func TestExampleServer(t *testing.T) {
 		} else if time.Now().After(deadline) {
 			t.Fatalf("nothing cached in -cache: %v", err)
 		}
+	}
+
+	// A client cannot make the server connect to its own host.
+	resp, err := http.Get("http://" + addr + "/127.0.0.1/x/@v/list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "egress policy") {
+		t.Errorf("a direct fetch of 127.0.0.1/x: %s %q, want 403 from the egress policy", resp.Status, body)
 	}
 }

@@ -7,6 +7,7 @@ package gitrepotest
 
 import (
 	"bytes"
+	"net/http"
 	"net/http/cgi"
 	"net/http/httptest"
 	"os"
@@ -23,8 +24,9 @@ type Server struct {
 	URL  string // http://127.0.0.1:port, no trailing slash
 	Root string
 
-	git  string
-	home string // an empty HOME, so no developer configuration applies
+	git     string
+	home    string // an empty HOME, so no developer configuration applies
+	handler http.Handler
 }
 
 // NewServer starts a server that is stopped when t ends. It skips the test
@@ -36,7 +38,7 @@ func NewServer(t testing.TB) *Server {
 		t.Skip("git is not installed")
 	}
 	s := &Server{Root: t.TempDir(), git: git, home: t.TempDir()}
-	srv := httptest.NewServer(&cgi.Handler{
+	s.handler = &cgi.Handler{
 		Path: git,
 		Args: []string{"http-backend"},
 		Dir:  s.Root,
@@ -45,7 +47,8 @@ func NewServer(t testing.TB) *Server {
 			// Serve every repository without a git-daemon-export-ok file.
 			"GIT_HTTP_EXPORT_ALL=1",
 		),
-	})
+	}
+	srv := httptest.NewServer(s.handler)
 	t.Cleanup(srv.Close)
 	s.URL = srv.URL
 	return s
@@ -55,6 +58,10 @@ func NewServer(t testing.TB) *Server {
 func (s *Server) gitEnv() []string {
 	return []string{"HOME=" + s.home, "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=" + os.DevNull}
 }
+
+// Handler serves the repositories as the server does, for tests that serve
+// them from a server of their own (over TLS, or beside go-import tags).
+func (s *Server) Handler() http.Handler { return s.handler }
 
 // GitConfig writes a git configuration file, for GIT_CONFIG_GLOBAL, that
 // rewrites https://<host>/ to the server, so a module path such as
