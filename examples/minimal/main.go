@@ -4,6 +4,8 @@
 // HTTPS_PROXY, NO_PROXY, ALL_PROXY, SOCKS5_PROXY) from the environment, and
 // DNS_SERVER lists resolvers (udp://, tcp://, https://, tls://; DNS over
 // QUIC needs the dnsquic module, which this example does without).
+//
+// It is the smallest server worth running; cmd/goproxy is the one to deploy.
 package main
 
 import (
@@ -13,15 +15,22 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/goproxy-team/goproxy"
 )
 
 func main() {
-	userCache, _ := os.UserCacheDir()
 	addr := flag.String("addr", "localhost:8080", "address to listen on")
-	cache := flag.String("cache", filepath.Join(userCache, "goproxy"), "cache directory")
+	cache := flag.String("cache", "", "cache directory (default goproxy in the user cache directory)")
 	flag.Parse()
+	if *cache == "" {
+		userCache, err := os.UserCacheDir()
+		if err != nil {
+			log.Fatalf("no -cache given, and no user cache directory to put one in: %v", err)
+		}
+		*cache = filepath.Join(userCache, "goproxy")
+	}
 	dialer := &goproxy.Dialer{}
 	if servers := os.Getenv("DNS_SERVER"); servers != "" {
 		dialer.Resolver = &goproxy.Resolver{Servers: strings.Split(servers, ",")}
@@ -30,5 +39,15 @@ func main() {
 	if err := proxy.Init(); err != nil {
 		log.Fatal(err)
 	}
-	log.Fatal(http.ListenAndServe(*addr, proxy))
+	srv := &http.Server{
+		Addr:    *addr,
+		Handler: proxy,
+		// Without these, clients that never finish their headers, or idle
+		// keep-alive connections, hold file descriptors until the server
+		// can accept no more connections.
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
+	log.Fatal(srv.ListenAndServe())
 }
