@@ -256,7 +256,9 @@ func TestServerTwoRepositories(t *testing.T) {
 	t.Run("a bad config is refused and the old one stays", func(t *testing.T) {
 		writeFile(t, configFile, config("example.com")+"    unknown_key: 1\n")
 		srv.signal(t, syscall.SIGHUP)
-		refused := srv.waitLog(t, 20*time.Second, func(m map[string]any) bool { return m["msg"] == "configuration refused, the previous one stays in force" })
+		refused := srv.waitLog(t, 20*time.Second, func(m map[string]any) bool {
+			return m["msg"] == "configuration refused, the previous one stays in force"
+		})
 		if e, _ := refused["error"].(string); !strings.Contains(e, "goproxy.yaml:42:") || !strings.Contains(e, "unknown_key") {
 			t.Errorf("the refusal does not say where: %q", e)
 		}
