@@ -423,6 +423,10 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	}
 	rp.auth = resolveAccess(r.Access, key, ids, p)
 
+	if sameDir(rp.Cache, r.Hosted) {
+		p.add(join(key, "hosted"), "%s is also the cache: published versions must be kept apart from cached ones, which may be removed", r.Hosted)
+		return rp
+	}
 	// The library has the last word on what it is given.
 	// (Init makes nothing on disk and starts nothing.)
 	if _, err := newProxy(s, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil); err != nil {
