@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -147,5 +148,37 @@ func TestRunInProcess(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("run did not return after its context ended")
+	}
+}
+
+// TestExampleConfigIsValid checks the complete example of the README,
+// its secrets and directories given, and that the README shows it whole.
+func TestExampleConfigIsValid(t *testing.T) {
+	example, err := os.ReadFile("goproxy.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(readme, example) {
+		t.Error("the README does not show cmd/goproxy/goproxy.example.yaml as it is")
+	}
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "credentials")
+	os.Mkdir(creds, 0o700)
+	writeFile(t, filepath.Join(creds, "alice-password"), "alice-pw\n")
+	writeFile(t, filepath.Join(creds, "team-backup-password"), "backup-pw\n")
+	config := strings.NewReplacer("/run/credentials/goproxy.service", creds, "/var/", dir+"/").Replace(string(example))
+	file := writeFile(t, filepath.Join(dir, "goproxy.yaml"), config)
+	o, _ := parseFlags([]string{"-config", file}, io.Discard)
+	env := []string{"GOPROXY_CI_TOKEN=ci", "TEAM_PROXY_TOKEN=team", "TEAM_API_KEY=key"}
+	cfg, src, err := loadConfig(o, lookupIn(env))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(src, env); err != nil {
+		t.Error(err)
 	}
 }

@@ -21,6 +21,7 @@ type options struct {
 	configFile  string
 	printConfig bool
 	checkConfig bool
+	healthcheck string
 	// set are the config keys the flags set, with the value and the flag.
 	set []flagSetting
 }
@@ -62,6 +63,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.configFile, "config", "", "configuration file, YAML (.yaml, .yml) or JSON (.json) (env GOPROXY_CONFIG)")
 	fs.BoolVar(&o.printConfig, "print-config", false, "print the effective configuration, secrets redacted, and exit")
 	fs.BoolVar(&o.checkConfig, "check-config", false, "check the configuration and exit")
+	fs.StringVar(&o.healthcheck, "healthcheck", "", "`URL` to GET, exiting 0 if it answers 200 (for container health checks, where there is no curl)")
 	values := make([]*string, len(flagKeys))
 	for i, f := range flagKeys {
 		values[i] = fs.String(f.flag, "", f.usage)

@@ -60,6 +60,9 @@ func run(ctx context.Context, args, env []string, stdin io.Reader, stdout, stder
 	if err != nil {
 		return errUsage
 	}
+	if opts.healthcheck != "" {
+		return healthcheck(ctx, opts.healthcheck)
+	}
 	cfg, src, err := loadConfig(opts, lookupIn(env))
 	if err != nil {
 		return err
@@ -193,4 +196,27 @@ func printConfig(w io.Writer, cfg *Config) error {
 	enc.Close()
 	_, err := io.WriteString(w, redactURL(buf.String()))
 	return err
+}
+
+// healthcheck GETs url and fails unless it answers 200. The certificate
+// is not checked: the probe runs beside the server, for its liveness,
+// where the server's name may not resolve to it.
+func healthcheck(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	t := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	defer t.CloseIdleConnections()
+	resp, err := t.RoundTrip(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return nil
 }

@@ -66,10 +66,14 @@ func slicesDelete(s []string, v string) []string {
 	return out
 }
 
-// binary builds the server once per test binary, as CI builds it.
+// binary builds the server once per test binary, as the Dockerfile
+// builds it: static, from the workspace at the repository's root.
 var binary = sync.OnceValues(func() (string, error) {
 	bin := filepath.Join(binDir, "goproxy")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/goproxy")
+	cmd.Dir = "../.."
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go build: %v\n%s", err, out)
 	}
