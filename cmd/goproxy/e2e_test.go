@@ -300,4 +300,25 @@ func TestServerTwoRepositories(t *testing.T) {
 			t.Errorf("reloads are not in the audit log:\n%s", data)
 		}
 	})
+
+	t.Run("a reload that changes an upstream makes the repository's proxy anew", func(t *testing.T) {
+		up2 := moduletest.NewServer(vs)
+		defer up2.Close()
+		// The first UPSTREAM of the config is the public repository's.
+		writeFile(t, configFile, strings.Replace(config("example.com"), up.URL, up2.URL, 1))
+		before := len(srv.logLines("configuration reloaded"))
+		srv.signal(t, syscall.SIGHUP)
+		for deadline := time.Now().Add(20 * time.Second); len(srv.logLines("configuration reloaded")) == before; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("no reload")
+			}
+		}
+		if code, body, _ := get("/public/" + moduletest.GraphPath(7) + "/@v/list"); code != 200 || up2.Requests("/"+moduletest.GraphPath(7)+"/@v/list") != 1 {
+			t.Errorf("after the reload: %d %q, %d requests to the new upstream", code, body, up2.Requests("/"+moduletest.GraphPath(7)+"/@v/list"))
+		}
+		// The group kept its proxy and its upstream.
+		if code, _, _ := get("/corp/"+moduletest.GraphPath(8)+"/@v/list", "Authorization", "Bearer "+readerToken); code != 200 || up2.Requests("/"+moduletest.GraphPath(8)+"/@v/list") != 0 {
+			t.Errorf("the group after the reload: %d", code)
+		}
+	})
 }
