@@ -92,7 +92,7 @@ type StaticAuth struct {
 	Tokens map[string]Grant
 	// Users maps user names to passwords and what they grant.
 	Users map[string]User
-	// AnonymousRead lists the modules anyone may read without
+	// AnonymousRead lists the modules anyone may read, with or without
 	// credentials, in GOPRIVATE syntax; "*" makes the proxy readable by
 	// all, publishing and administering still needing credentials.
 	AnonymousRead string
@@ -140,7 +140,11 @@ func (a *StaticAuth) Authorize(r *http.Request, op Operation, modulePath string)
 	}
 	switch op {
 	case OpRead:
-		if allows(grant.Read, modulePath) || allows(grant.Publish, modulePath) {
+		// Credentials never reduce access: what anyone may read, an
+		// authenticated user may read too. The go command sends its
+		// credentials with every request to a proxy, public modules
+		// included.
+		if allows(grant.Read, modulePath) || allows(grant.Publish, modulePath) || allows(a.AnonymousRead, modulePath) {
 			return nil
 		}
 	case OpPublish:

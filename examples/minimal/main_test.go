@@ -96,3 +96,23 @@ func TestExampleServer(t *testing.T) {
 		t.Errorf("a direct fetch of 127.0.0.1/x: %s %q, want 403 from the egress policy", resp.Status, body)
 	}
 }
+
+// TestExampleServerNeedsACacheDirectory: without -cache and without a
+// user cache directory, the example says so instead of caching in
+// whatever directory it was started from.
+func TestExampleServerNeedsACacheDirectory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the example")
+	}
+	bin := filepath.Join(t.TempDir(), "minimal")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "-addr", "127.0.0.1:0")
+	cmd.Dir = t.TempDir()
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "GOPROXY=off"} // no HOME, no XDG_CACHE_HOME
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "no user cache directory") {
+		t.Errorf("started without a cache directory: %v\n%s", err, out)
+	}
+}

@@ -1,0 +1,417 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/goproxy-team/goproxy"
+)
+
+// server is the running server: its logs, and the state it serves
+// requests with, which a reload replaces whole.
+type server struct {
+	opts    *options
+	env     []string
+	logs    *logs
+	cert    *certificate // nil without TLS
+	started time.Time
+
+	// directBase holds the go command's directories for direct fetches;
+	// removeDirectBase is set when the server made it and removes it at
+	// exit.
+	directBase       string
+	removeDirectBase bool
+
+	state atomic.Pointer[serverState]
+
+	reloadMu sync.Mutex // serializes reloads; guards what follows
+	gen      int
+	auths    map[string]*atomic.Pointer[goproxy.StaticAuth] // by repository name
+	retiring sync.WaitGroup
+	stopping chan struct{}
+}
+
+// serverState is what requests are served with: a plan and what was
+// made of it.
+type serverState struct {
+	plan  *plan
+	repos []*repository
+	mux   *http.ServeMux
+}
+
+// repository is a repository being served.
+type repository struct {
+	*repoPlan
+	inst *proxyInstance
+}
+
+// proxyInstance is one goproxy.Proxy made for a repository, kept across
+// reloads while the repository's spec is unchanged.
+type proxyInstance struct {
+	proxy     *goproxy.Proxy
+	spec      proxySpec
+	directDir string
+	inflight  atomic.Int64
+}
+
+// apply makes a state of pl and switches to it. Proxies whose spec did
+// not change are kept; the others are made anew, and the old ones retire
+// when their requests are done. On error nothing changes.
+func (s *server) apply(pl *plan) error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	old := s.state.Load()
+	current := map[string]*proxyInstance{}
+	if old != nil {
+		for _, r := range old.repos {
+			current[r.Name] = r.inst
+		}
+	}
+	gen := s.gen + 1
+	st := &serverState{plan: pl, mux: http.NewServeMux()}
+	kept := map[*proxyInstance]bool{}
+	holders := map[string]*atomic.Pointer[goproxy.StaticAuth]{}
+	for _, rp := range pl.repos {
+		holder := s.auths[rp.Name]
+		if holder == nil {
+			holder = new(atomic.Pointer[goproxy.StaticAuth])
+			holder.Store(rp.auth)
+		}
+		holders[rp.Name] = holder
+		inst := current[rp.Name]
+		if inst != nil && reflect.DeepEqual(inst.spec, rp.spec) {
+			kept[inst] = true
+		} else {
+			dir := filepath.Join(s.directBase, rp.Name)
+			if gen > 1 {
+				dir += "." + strconv.Itoa(gen)
+			}
+			authorize := func(r *http.Request, op goproxy.Operation, modulePath string) error {
+				return holder.Load().Authorize(r, op, modulePath)
+			}
+			proxy, err := newProxy(&rp.spec, dir, s.logs.main.With("repository", rp.Name), authorize)
+			if err != nil {
+				return fmt.Errorf("%s: %w", cmpKeyOr(rp.key), err)
+			}
+			inst = &proxyInstance{proxy: proxy, spec: rp.spec, directDir: dir}
+		}
+		st.repos = append(st.repos, &repository{repoPlan: rp, inst: inst})
+	}
+	// Everything is made: switch. Access rules and credentials apply to
+	// the next request, in kept Proxies too.
+	s.gen = gen
+	for _, r := range st.repos {
+		holders[r.Name].Store(r.auth)
+	}
+	s.auths = holders
+	s.routes(st)
+	s.state.Store(st)
+	if old != nil {
+		for _, r := range old.repos {
+			if !kept[r.inst] {
+				s.retire(r.inst)
+			}
+		}
+	}
+	return nil
+}
+
+// retire removes the direct-fetch directory of a Proxy no longer served,
+// once its requests are done.
+func (s *server) retire(inst *proxyInstance) {
+	s.retiring.Add(1)
+	go func() {
+		defer s.retiring.Done()
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for inst.inflight.Load() > 0 {
+			select {
+			case <-t.C:
+			case <-s.stopping:
+				return // removed with the base at exit, or kept for the next start
+			}
+		}
+		os.RemoveAll(inst.directDir)
+	}()
+}
+
+// routes sets up the state's mux: the server's own endpoints and each
+// repository under its prefix. /metrics and the status page at / will be
+// registered here.
+func (s *server) routes(st *serverState) {
+	st.mux.HandleFunc("/healthz", s.serveHealthz)
+	st.mux.HandleFunc("/readyz", s.serveReadyz)
+	st.mux.HandleFunc("/-/reload", s.serveReload)
+	root := false
+	for _, r := range st.repos {
+		h := s.repositoryHandler(r)
+		if r.Prefix == "/" {
+			root = true
+			st.mux.Handle("/", h)
+			continue
+		}
+		st.mux.Handle(r.Prefix+"/", http.StripPrefix(r.Prefix, h))
+	}
+	if !root {
+		st.mux.HandleFunc("/{$}", s.serveIndex)
+	}
+}
+
+// repositoryHandler serves a repository: its Proxy, with the audit log
+// for the actions it records.
+func (s *server) repositoryHandler(r *repository) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.inst.inflight.Add(1)
+		defer r.inst.inflight.Add(-1)
+		infoFrom(req.Context()).repo = r.Name
+		action := auditAction(req)
+		if action == "" {
+			r.inst.proxy.ServeHTTP(w, req)
+			return
+		}
+		rec, ok := w.(*responseRecorder)
+		if !ok {
+			rec = &responseRecorder{ResponseWriter: w}
+		}
+		mod, version := moduleOf(req.URL.Path)
+		defer func() {
+			s.audit(req.Context(), action, r.Name, mod, version, rec.status, rec.reasonText())
+		}()
+		r.inst.proxy.ServeHTTP(rec, req)
+	})
+}
+
+// serveIndex answers / when no repository is there: which are.
+func (s *server) serveIndex(w http.ResponseWriter, r *http.Request) {
+	var b strings.Builder
+	b.WriteString("goproxy: Go module proxy repositories (GOPROXY=<this server><prefix>):\n")
+	for _, repo := range s.state.Load().repos {
+		fmt.Fprintf(&b, "%s\t%s\t%s\n", repo.Prefix, repo.Name, repo.Type)
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write([]byte(b.String()))
+}
+
+// serveReload answers POST /-/reload, for identities with admin: the
+// configuration is read again and applied, or refused with its errors.
+func (s *server) serveReload(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		http.Error(w, "reload is a POST", http.StatusMethodNotAllowed)
+		return
+	}
+	st := s.state.Load()
+	_, auth, admin := st.plan.identities.identify(r)
+	status, msg := http.StatusOK, "configuration reloaded\n"
+	switch {
+	case auth == "none" || auth == "invalid":
+		w.Header().Set("WWW-Authenticate", `Basic realm="goproxy"`)
+		status, msg = http.StatusUnauthorized, "authentication required to reload the configuration\n"
+	case !admin:
+		status, msg = http.StatusForbidden, "not allowed to reload the configuration: the identity is not an admin\n"
+	default:
+		if err := s.reload(r.Context(), "admin endpoint"); err != nil {
+			status, msg = http.StatusBadRequest, "configuration refused, the previous one stays in force:\n"+err.Error()+"\n"
+		}
+	}
+	s.audit(r.Context(), "reload", "", "", "", status, strings.TrimSpace(msg))
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	w.Write([]byte(msg))
+}
+
+// restartOnly lists the settings a reload cannot change, by key, with
+// how to read them from a Config.
+var restartOnly = []struct {
+	key string
+	get func(*Config) any
+}{
+	{"addr", func(c *Config) any { return c.Addr }},
+	{"tls (on or off)", func(c *Config) any { return c.TLS.CertFile != "" }},
+	{"http", func(c *Config) any { return c.HTTP }},
+	{"log.format", func(c *Config) any { return c.Log.Format }},
+	{"log.file", func(c *Config) any { return c.Log.File }},
+	{"access_log", func(c *Config) any { return c.AccessLog }},
+	{"audit_log", func(c *Config) any { return c.AuditLog }},
+	{"direct_dir", func(c *Config) any { return c.DirectDir }},
+}
+
+// reload reads the configuration again and applies it. A configuration
+// with errors is refused whole, and the running one stays.
+func (s *server) reload(ctx context.Context, why string) error {
+	logger := s.logs.main
+	err := func() error {
+		cfg, src, err := loadConfig(s.opts, lookupIn(s.env))
+		if err != nil {
+			return err
+		}
+		pl, err := newPlan(cfg, src, s.env)
+		if err != nil {
+			return err
+		}
+		old := s.state.Load().plan.cfg
+		if s.cert != nil && cfg.TLS.CertFile != "" && (cfg.TLS != old.TLS) {
+			if err := s.cert.setFiles(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
+				return fmt.Errorf("tls: %w", err)
+			}
+		}
+		if err := s.apply(pl); err != nil {
+			return err
+		}
+		for _, r := range restartOnly {
+			if !reflect.DeepEqual(r.get(old), r.get(cfg)) {
+				logger.WarnContext(ctx, "a changed setting takes effect at the next restart", "key", r.key)
+			}
+		}
+		lvl, _ := parseLevel(cfg.Log.Level)
+		s.logs.level.Set(lvl)
+		if err := s.logs.reopen(); err != nil {
+			logger.ErrorContext(ctx, "reopening the log files", "error", err)
+		}
+		return nil
+	}()
+	if err != nil {
+		logger.ErrorContext(ctx, "configuration refused, the previous one stays in force", "trigger", why, "error", err)
+		return err
+	}
+	logger.InfoContext(ctx, "configuration reloaded", "trigger", why)
+	return nil
+}
+
+// errNotReady is what a failed readiness check wraps.
+var errNotReady = errors.New("not ready")
+
+func (s *server) serveHealthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write([]byte("ok\n"))
+}
+
+// serveReadyz checks that every repository can store what it fetches
+// and is given (its directories are writable) and, with
+// readyz.check_upstreams, that its upstream proxies answer.
+func (s *server) serveReadyz(w http.ResponseWriter, r *http.Request) {
+	st := s.state.Load()
+	cfg := st.plan.cfg
+	ctx, cancel := context.WithTimeout(r.Context(), max(time.Duration(cfg.Readyz.Timeout), time.Second))
+	defer cancel()
+	var b strings.Builder
+	ok := true
+	report := func(repo, what string, err error) {
+		if err != nil {
+			ok = false
+			fmt.Fprintf(&b, "%s: %s: %v\n", repo, what, err)
+			s.logs.main.WarnContext(ctx, "not ready", "repository", repo, "check", what, "error", err)
+			return
+		}
+		fmt.Fprintf(&b, "%s: %s: ok\n", repo, what)
+	}
+	for _, repo := range st.repos {
+		report(repo.Name, "cache "+repo.Cache, checkWritable(repo.Cache))
+		if repo.Hosted != "" {
+			report(repo.Name, "hosted "+repo.Hosted, checkWritable(repo.Hosted))
+		}
+		if cfg.Readyz.CheckUpstreams {
+			for _, u := range upstreamURLs(&repo.spec) {
+				report(repo.Name, "upstream "+redactURL(u), checkReachable(ctx, &repo.spec, u))
+			}
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if !ok {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	w.Write([]byte(b.String()))
+}
+
+// checkWritable creates and removes a file in dir (creating dir).
+func checkWritable(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".readyz-*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	_, err = f.Write([]byte("ok"))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	os.Remove(name)
+	return err
+}
+
+// upstreamURLs lists the upstream proxies of a spec: GOPROXY's and the
+// routes', not direct or off.
+func upstreamURLs(spec *proxySpec) []string {
+	var urls []string
+	seen := map[string]bool{}
+	add := func(ups []goproxy.Upstream) {
+		for _, u := range ups {
+			if u.URL != "direct" && u.URL != "off" && !seen[u.URL] {
+				seen[u.URL] = true
+				urls = append(urls, u.URL)
+			}
+		}
+	}
+	list := lookupIn(spec.Env)("GOPROXY")
+	if list == "" {
+		list = "https://proxy.golang.org,direct"
+	}
+	ups, _ := goproxy.ParseUpstreams(list)
+	add(ups)
+	for _, rt := range spec.Routes {
+		add(rt.Upstreams)
+	}
+	return urls
+}
+
+// checkReachable asks an upstream for its root through the repository's
+// dialer: any HTTP answer shows it is reachable.
+func checkReachable(ctx context.Context, spec *proxySpec, u string) error {
+	d, err := spec.Dialer.dialer(spec.Env)
+	if err != nil {
+		return err
+	}
+	t, err := d.Transport()
+	if err != nil {
+		return err
+	}
+	defer t.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, strings.TrimSuffix(u, "/")+"/", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := t.RoundTrip(req)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errNotReady, redactError(err, u))
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// redactURL hides a URL's password, for messages.
+func redactURL(u string) string {
+	return userinfo.ReplaceAllString(u, "$1:xxxxx@")
+}
+
+func redactError(err error, u string) string {
+	return strings.ReplaceAll(err.Error(), u, redactURL(u))
+}
+
+// userinfo matches the user information of URLs in text.
+var userinfo = regexp.MustCompile(`(://[^/@\s:]*):[^/@\s]*@`)
