@@ -321,12 +321,10 @@ func (r *directRunner) runEnv(modPath string, egress *egressProxy) []string {
 
 // checkOrigin refuses, before any go command runs, a module path whose
 // host is an address or "localhost" that the egress policy refuses: the go
-// command would reach it without going through the egress proxy.
+// command would reach some of them without going through the egress
+// proxy, and what it does send there ("127.1") is refused anyway.
 func (r *directRunner) checkOrigin(ctx context.Context, modPath string) error {
 	host, _, _ := strings.Cut(modPath, "/")
-	if !isIPLiteral(host) && !isLocalhostName(host) {
-		return nil
-	}
 	return r.p.egress.checkUnresolved(ctx, host, 443)
 }
 

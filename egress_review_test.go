@@ -1,0 +1,96 @@
+package goproxy
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/goproxy-team/goproxy/internal/egresstest"
+	"github.com/goproxy-team/goproxy/internal/gitrepotest"
+)
+
+// numericLoopbackForms are 127.0.0.1 and 169.254.169.254 as getaddrinfo,
+// curl, browsers and the HTTP proxies built on them read a host, though
+// netip and net.ParseIP do not: decimal, octal, hex and shortened forms.
+var numericLoopbackForms = map[string]string{
+	"2130706433":          "127.0.0.1",
+	"0x7f000001":          "127.0.0.1",
+	"0x7F000001":          "127.0.0.1",
+	"017700000001":        "127.0.0.1",
+	"0177.0.0.1":          "127.0.0.1",
+	"127.000.000.001":     "127.0.0.1",
+	"0x7f.0.0.1":          "127.0.0.1",
+	"127.1":               "127.0.0.1",
+	"127.0.1":             "127.0.0.1",
+	"0x7f.1":              "127.0.0.1",
+	"127.0.0.1.":          "127.0.0.1",
+	"2852039166":          "169.254.169.254",
+	"0251.0376.0251.0376": "169.254.169.254",
+	"0xa9.0xfe.0xa9.0xfe": "169.254.169.254",
+	"169.254.43518":       "169.254.169.254",
+	"0":                   "0.0.0.0",
+	"0x":                  "0.0.0.0",
+}
+
+// TestNumericHostFormsAreCheckedAsAddresses: a host an egress proxy
+// (squid, a SOCKS server, curl) reads as an address is one, whatever Go
+// makes of it, and the policy checks it before that proxy is asked.
+func TestNumericHostFormsAreCheckedAsAddresses(t *testing.T) {
+	p, err := newEgressPolicy(EgressPolicy{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for host, want := range numericLoopbackForms {
+		err := p.checkUnresolved(context.Background(), host, 443)
+		if re := egressRefusal(err); re == nil || re.addr.Addr() != netip.MustParseAddr(want) {
+			t.Errorf("checkUnresolved(%q) = %v, want %s refused", host, err, want)
+		}
+	}
+	for _, host := range []string{"example.com", "1.2.3.4", "8.8.8.8", "1.2.3", "123.example", "0x7f.example", "1.2.3.4.5", "4294967296", "0x100000000", "256.0.0.1", "08.0.0.1", "1.2.3.0x100", "1e3"} {
+		if err := p.checkUnresolved(context.Background(), host, 443); err != nil {
+			t.Errorf("checkUnresolved(%q) = %v, want no refusal here", host, err)
+		}
+	}
+
+	// Through an HTTP egress proxy, which would resolve these itself.
+	hp := &egresstest.HTTPProxy{}
+	hp.Start(t)
+	d := (&Dialer{Proxy: "http://" + hp.Addr}).withPolicy(p)
+	for host := range numericLoopbackForms {
+		c, err := d.DialContext(context.Background(), "tcp", net.JoinHostPort(host, "443"))
+		if c != nil {
+			c.Close()
+		}
+		if egressRefusal(err) == nil {
+			t.Errorf("dial %s through an HTTP proxy: %v, want a refusal", host, err)
+		}
+	}
+	if reqs := hp.Requests(); len(reqs) != 0 {
+		t.Errorf("the egress proxy was asked for %q", reqs)
+	}
+}
+
+// TestDirectFetchOfNumericLoopbackIsRefused: module paths may name hosts
+// such as 127.1, which an egress proxy resolving names takes for loopback.
+func TestDirectFetchOfNumericLoopbackIsRefused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the go command")
+	}
+	hp := &egresstest.HTTPProxy{}
+	hp.Start(t)
+	p := newDirectTestProxy(t, gitrepotest.NewServer(t), "GOPRIVATE=", "GOPROXY=direct", "GOSUMDB=off")
+	p.Dialer = &Dialer{Proxy: "http://" + hp.Addr}
+	log := watchEgress(t, p)
+	for _, host := range []string{"127.1", "0177.0.0.1", "0x7f.1"} {
+		w := do(p, "GET", "/"+host+"/x/@v/list")
+		if w.Code != 403 || !strings.Contains(w.Body.String(), "egress policy") {
+			t.Errorf("GET /%s/x/@v/list: %d %q, want 403 from the egress policy", host, w.Code, w.Body)
+		}
+	}
+	log.refusedOnly(t, "127.0.0.1:443")
+	if reqs := hp.Requests(); len(reqs) != 0 {
+		t.Errorf("the egress proxy was asked for %q", reqs)
+	}
+}
