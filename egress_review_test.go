@@ -3,9 +3,11 @@ package goproxy
 import (
 	"context"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/goproxy-team/goproxy/internal/egresstest"
 	"github.com/goproxy-team/goproxy/internal/gitrepotest"
@@ -92,5 +94,39 @@ func TestDirectFetchOfNumericLoopbackIsRefused(t *testing.T) {
 	log.refusedOnly(t, "127.0.0.1:443")
 	if reqs := hp.Requests(); len(reqs) != 0 {
 		t.Errorf("the egress proxy was asked for %q", reqs)
+	}
+}
+
+// TestDirectFetchDoesNotFallBackToPlainHTTP: for a path naming its
+// version control system (".git"), the go command tries each scheme it
+// counts as secure, and counts as secure every scheme GIT_ALLOW_PROTOCOL
+// lists. When https fails (an attacker on the path need only reset the
+// connection), it must not go on to http:// unless GOINSECURE says so.
+func TestDirectFetchDoesNotFallBackToPlainHTTP(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the go command and git")
+	}
+	const modPath = "plain.goproxy.test/lib.git"
+	const plainAddr = "203.0.113.11"
+	o := newOrigin(t, "plain.goproxy.test")
+	o.dns.Set("plain.goproxy.test", time.Minute, plainAddr)
+	// Port 80 serves the repository in clear; port 443 has no route.
+	o.route(plainAddr+":80", strings.TrimPrefix(o.git.URL, "http://"))
+	o.newOriginRepo(t, "lib", modPath)
+
+	p := o.newProxy(t)
+	w := do(p, "GET", "/"+modPath+"/@v/v1.0.0.info")
+	if w.Code == http.StatusOK {
+		t.Errorf("GET .info: %d %q: fetched over plain http without GOINSECURE", w.Code, w.Body)
+	}
+	if o.asked(plainAddr + ":80") {
+		t.Errorf("the go command went on to http:// after https failed: the egress proxy saw %q", o.socks.Requests())
+	}
+
+	// With GOINSECURE, http:// is what the operator asked for.
+	p = o.newProxy(t)
+	p.Env = append(p.Env, "GOINSECURE="+modPath)
+	if w := do(p, "GET", "/"+modPath+"/@v/v1.0.0.info"); w.Code != http.StatusOK {
+		t.Errorf("GET .info with GOINSECURE: %d %q", w.Code, w.Body)
 	}
 }
