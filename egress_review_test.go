@@ -1,10 +1,13 @@
 package goproxy
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -129,4 +132,43 @@ func TestDirectFetchDoesNotFallBackToPlainHTTP(t *testing.T) {
 	if w := do(p, "GET", "/"+modPath+"/@v/v1.0.0.info"); w.Code != http.StatusOK {
 		t.Errorf("GET .info with GOINSECURE: %d %q", w.Code, w.Body)
 	}
+}
+
+// TestEgressProxyBoundsRequestHeaders: the run's egress proxy reads a
+// request's header before it knows whether the client holds the run's
+// credential, so any local process may send it one: the header must be
+// bounded, not read until memory runs out.
+func TestEgressProxyBoundsRequestHeaders(t *testing.T) {
+	d := (&Dialer{Proxy: "direct"}).withPolicy(&egressPolicy{endpoints: map[string]bool{}})
+	tr, err := d.Transport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := startEgressProxy(context.Background(), d, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.close()
+	proxyURL, _ := url.Parse(e.url)
+	c, err := net.Dial("tcp", proxyURL.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetWriteDeadline(time.Now().Add(time.Minute))
+	io.WriteString(c, "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nX-Endless: ")
+	chunk := bytes.Repeat([]byte("a"), 64<<10)
+	const most = 32 << 20 // far more than socket buffers hold
+	written := 0
+	for written < most {
+		n, err := c.Write(chunk)
+		written += n
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatalf("the proxy stopped reading after %d bytes, but kept the connection", written)
+			}
+			return // cut off: the header was bounded
+		}
+	}
+	t.Errorf("the proxy read a header of %d bytes and still wanted more", written)
 }
