@@ -48,7 +48,7 @@ import (
 // applies the Proxy's EgressPolicy to every destination, and leaves
 // through the Dialer's egress proxy or, without a Dialer, through the one
 // the proxy variables of the go command's environment name. git may fetch
-// over https and http only (GIT_ALLOW_PROTOCOL), and ssh with
+// over https and http only (git's protocol.allow settings), and ssh with
 // EgressPolicy.AllowSSH; GOVCS is git only unless the environment sets it.
 // Proxy.Transport does not apply.
 type DirectOptions struct {
@@ -245,16 +245,29 @@ func (r *directRunner) baseEnv(proxyEnv []string) []string {
 		env = append(env, proxyEnv...)
 	}
 	s := r.p.settings
-	// git may fetch over https, and http where GOINSECURE lets the go
-	// command ask for it, both through the egress proxy; ssh only when
-	// allowed, since it connects by itself. This also keeps the go command
-	// from trying ssh for a path ending in ".git", and git from git://,
-	// file:// and ext:: URLs that go-import tags or insteadOf may name.
-	gitProtocols := "https:http"
+	// git may fetch over https and http, both through the egress proxy;
+	// over ssh only when allowed, since it connects by itself; never over
+	// git://, file://, ext:: and the like, which go-import tags or
+	// insteadOf may name. This is said in git's protocol.allow settings,
+	// not in GIT_ALLOW_PROTOCOL, whose every scheme the go command counts
+	// as secure: given "http" there, it goes on to plain http:// when
+	// https:// fails for a path ending in ".git", GOINSECURE or not.
+	env = slices.DeleteFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "GIT_ALLOW_PROTOCOL=") })
+	ssh := "never"
 	if r.p.Egress.AllowSSH {
-		gitProtocols += ":ssh:git+ssh"
+		ssh = "always"
 	}
-	env = setEnv(env, "GIT_ALLOW_PROTOCOL", gitProtocols)
+	env = addGitConfig(env,
+		[2]string{"protocol.allow", "never"},
+		[2]string{"protocol.https.allow", "always"},
+		[2]string{"protocol.http.allow", "always"},
+		[2]string{"protocol.ssh.allow", ssh},
+		// Named too, to override any "always" of git's configuration files.
+		[2]string{"protocol.git.allow", "never"},
+		[2]string{"protocol.file.allow", "never"},
+		[2]string{"protocol.ext.allow", "never"},
+		[2]string{"protocol.fd.allow", "never"},
+	)
 	// Other tools than git do not all honour the proxy variables (svn
 	// ignores them, hg skips them for localhost): only git, unless the
 	// environment says otherwise.
@@ -304,13 +317,21 @@ func (r *directRunner) runEnv(modPath string, egress *egressProxy) []string {
 	for _, kv := range egress.environ() {
 		env = setEnv(env, kv[0], kv[1])
 	}
+	return addGitConfig(env, [2]string{"http.proxy", egress.url}, [2]string{"http.proxyAuthMethod", "basic"})
+}
+
+// addGitConfig adds settings to git's configuration in env, after those it
+// already has (GIT_CONFIG_COUNT, GIT_CONFIG_KEY_n, GIT_CONFIG_VALUE_n):
+// they take precedence over git's configuration files.
+func addGitConfig(env []string, settings ...[2]string) []string {
 	n := 0
 	for _, kv := range env {
 		if v, ok := strings.CutPrefix(kv, "GIT_CONFIG_COUNT="); ok {
 			n, _ = strconv.Atoi(v)
 		}
 	}
-	for _, kv := range [][2]string{{"http.proxy", egress.url}, {"http.proxyAuthMethod", "basic"}} {
+	n = max(n, 0)
+	for _, kv := range settings {
 		i := strconv.Itoa(n)
 		env = setEnv(env, "GIT_CONFIG_KEY_"+i, kv[0])
 		env = setEnv(env, "GIT_CONFIG_VALUE_"+i, kv[1])
@@ -321,12 +342,10 @@ func (r *directRunner) runEnv(modPath string, egress *egressProxy) []string {
 
 // checkOrigin refuses, before any go command runs, a module path whose
 // host is an address or "localhost" that the egress policy refuses: the go
-// command would reach it without going through the egress proxy.
+// command would reach some of them without going through the egress
+// proxy, and what it does send there ("127.1") is refused anyway.
 func (r *directRunner) checkOrigin(ctx context.Context, modPath string) error {
 	host, _, _ := strings.Cut(modPath, "/")
-	if !isIPLiteral(host) && !isLocalhostName(host) {
-		return nil
-	}
 	return r.p.egress.checkUnresolved(ctx, host, 443)
 }
 
@@ -563,7 +582,7 @@ func (r *directRunner) goError(req *request, target, msg string) error {
 }
 
 // gitRefusal returns the egress policy's reason when a failure comes from
-// the limits it sets on git (GIT_ALLOW_PROTOCOL) and on the version control
+// the limits it sets on git (protocol.allow) and on the version control
 // tools (GOVCS), or nil.
 func gitRefusal(msg string) error {
 	m := strings.ToLower(msg)

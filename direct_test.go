@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -563,19 +564,33 @@ echo '{"Path":"example.com/m","Version":"v1.0.0","Time":"2024-01-02T03:04:05Z","
 		"GOCACHE":             filepath.Join(p.Direct.Dir, "gocache"),
 		"GIT_TERMINAL_PROMPT": "0",
 		"GIT_CONFIG_GLOBAL":   "/proxy/gitconfig",
-		// The egress policy's: git only, over https or http.
-		"GOVCS":              "public:git,private:git",
-		"GIT_ALLOW_PROTOCOL": "https:http",
-		"NO_PROXY":           "",
-		"no_proxy":           "",
-		// git's http.proxy setting would win over the variables.
-		"GIT_CONFIG_COUNT":   "2",
-		"GIT_CONFIG_KEY_0":   "http.proxy",
-		"GIT_CONFIG_KEY_1":   "http.proxyAuthMethod",
-		"GIT_CONFIG_VALUE_1": "basic",
+		// The egress policy's: git only.
+		"GOVCS":    "public:git,private:git",
+		"NO_PROXY": "",
+		"no_proxy": "",
 	} {
 		if got, ok := env[k]; !ok || got != want {
 			t.Errorf("the go command's %s is %q (set: %v), want %q", k, got, ok, want)
+		}
+	}
+	// The go command would count every scheme of GIT_ALLOW_PROTOCOL as
+	// secure: git's own settings say where it may fetch.
+	if v, ok := env["GIT_ALLOW_PROTOCOL"]; ok {
+		t.Errorf("the go command's GIT_ALLOW_PROTOCOL is %q, want it unset", v)
+	}
+	gitConfig := gitConfigOf(t, env)
+	for k, want := range map[string]string{
+		"protocol.allow":       "never",
+		"protocol.https.allow": "always",
+		"protocol.http.allow":  "always",
+		"protocol.ssh.allow":   "never",
+		"protocol.file.allow":  "never",
+		"protocol.ext.allow":   "never",
+		// git's http.proxy setting would win over the variables.
+		"http.proxyAuthMethod": "basic",
+	} {
+		if got := gitConfig[k]; got != want {
+			t.Errorf("git's %s is %q, want %q", k, got, want)
 		}
 	}
 	// Every connection goes through the run's own egress proxy, on
@@ -584,10 +599,13 @@ echo '{"Path":"example.com/m","Version":"v1.0.0","Time":"2024-01-02T03:04:05Z","
 	if u, err := url.Parse(egress); err != nil || u.Hostname() != "127.0.0.1" || u.User == nil {
 		t.Errorf("the go command's HTTPS_PROXY is %q, want the run's egress proxy on 127.0.0.1 with credentials", egress)
 	}
-	for _, k := range []string{"https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "GIT_CONFIG_VALUE_0"} {
+	for _, k := range []string{"https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"} {
 		if env[k] != egress {
 			t.Errorf("the go command's %s is %q, want %q", k, env[k], egress)
 		}
+	}
+	if gitConfig["http.proxy"] != egress {
+		t.Errorf("git's http.proxy is %q, want %q", gitConfig["http.proxy"], egress)
 	}
 	if pwd, _ := os.ReadFile(runs + ".pwd"); strings.TrimSpace(string(pwd)) != filepath.Join(p.Direct.Dir, "work") {
 		t.Errorf("the go command ran in %s", pwd)
@@ -794,9 +812,38 @@ echo '{"Path":"example.com/m","Version":"v1.0.0"}'`)
 		t.Fatalf("GET .info: %d %q", w.Code, w.Body)
 	}
 	data, _ := os.ReadFile(runs + ".env")
-	for _, want := range []string{"\nGIT_ALLOW_PROTOCOL=https:http:ssh:git+ssh\n", "\nGOVCS=example.com:git|hg\n"} {
+	for _, want := range []string{"\nGOVCS=example.com:git|hg\n"} {
 		if !strings.Contains(string(data), want) {
 			t.Errorf("the go command's environment lacks %q:\n%s", strings.TrimSpace(want), data)
 		}
 	}
+	env := map[string]string{}
+	for l := range strings.SplitSeq(string(data), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			env[k] = v
+		}
+	}
+	if got := gitConfigOf(t, env)["protocol.ssh.allow"]; got != "always" {
+		t.Errorf("git's protocol.ssh.allow is %q, want always", got)
+	}
+}
+
+// gitConfigOf returns the git settings an environment carries in
+// GIT_CONFIG_COUNT, GIT_CONFIG_KEY_n and GIT_CONFIG_VALUE_n, the last of
+// each key winning as in git.
+func gitConfigOf(t *testing.T, env map[string]string) map[string]string {
+	t.Helper()
+	n, err := strconv.Atoi(env["GIT_CONFIG_COUNT"])
+	if err != nil {
+		t.Fatalf("GIT_CONFIG_COUNT is %q", env["GIT_CONFIG_COUNT"])
+	}
+	config := map[string]string{}
+	for i := range n {
+		key, ok := env["GIT_CONFIG_KEY_"+strconv.Itoa(i)]
+		if !ok {
+			t.Fatalf("GIT_CONFIG_KEY_%d is missing", i)
+		}
+		config[key] = env["GIT_CONFIG_VALUE_"+strconv.Itoa(i)]
+	}
+	return config
 }

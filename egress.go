@@ -54,7 +54,8 @@ import (
 // is not checked, except for redirects to addresses written in the URL and
 // to "localhost". Behind an egress proxy that resolves names itself (an
 // HTTP proxy, or socks5h://), names are that proxy's to check; addresses
-// and "localhost" are still checked here.
+// (also in the forms resolvers read as addresses, such as 127.1,
+// 2130706433 or 0177.0.0.1) and "localhost" are still checked here.
 //
 // The go command itself sends its HTTP requests to "localhost" and
 // loopback addresses without a proxy, a rule of Go's net/http that no
@@ -254,17 +255,64 @@ func (p *egressPolicy) check(ctx context.Context, host string, addr netip.AddrPo
 }
 
 // checkUnresolved decides a connection to host:port that an egress proxy
-// resolves, not this process: an address, or "localhost", is checked as
-// the address it is; any other name is the egress proxy's to check.
+// resolves, not this process: an address (in any form a resolver reads as
+// one), or "localhost", is checked as the address it is; any other name
+// is the egress proxy's to check.
 func (p *egressPolicy) checkUnresolved(ctx context.Context, host string, port uint16) error {
 	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
 	if a, err := netip.ParseAddr(host); err == nil {
+		return p.check(ctx, host, netip.AddrPortFrom(a, port))
+	}
+	if a, ok := parseNumericIPv4(host); ok {
 		return p.check(ctx, host, netip.AddrPortFrom(a, port))
 	}
 	if isLocalhostName(host) {
 		return p.check(ctx, host, netip.AddrPortFrom(netip.IPv6Loopback(), port))
 	}
 	return nil
+}
+
+// parseNumericIPv4 reads host as inet_aton(3), and so getaddrinfo, curl,
+// browsers and the HTTP and SOCKS proxies built on them, read an IPv4
+// address: one to four parts, each decimal, octal (a leading 0) or hex
+// (0x), the last one filling the bytes left, and an optional final dot.
+// Go reads none of these forms ("127.1", "2130706433", "0177.0.0.1",
+// "0x7f.1") as an address, but an egress proxy would connect to one.
+func parseNumericIPv4(host string) (netip.Addr, bool) {
+	parts := strings.Split(strings.TrimSuffix(host, "."), ".")
+	if len(parts) > 4 {
+		return netip.Addr{}, false
+	}
+	var addr uint64
+	for i, part := range parts {
+		base := 10
+		switch {
+		case len(part) >= 2 && (part[:2] == "0x" || part[:2] == "0X"):
+			base, part = 16, part[2:]
+			if part == "" {
+				part = "0" // "0x" alone is 0, to inet_aton as to browsers
+			}
+		case len(part) >= 2 && part[0] == '0':
+			base, part = 8, part[1:]
+		}
+		if part == "" || part[0] == '+' || part[0] == '-' {
+			return netip.Addr{}, false
+		}
+		n, err := strconv.ParseUint(part, base, 32)
+		if err != nil {
+			return netip.Addr{}, false
+		}
+		// Every part but the last is one byte; the last fills the rest.
+		bits := uint(8)
+		if i == len(parts)-1 {
+			bits = uint(8 * (4 - i))
+		}
+		if n >= 1<<bits {
+			return netip.Addr{}, false
+		}
+		addr = addr<<bits | n
+	}
+	return netip.AddrFrom4([4]byte{byte(addr >> 24), byte(addr >> 16), byte(addr >> 8), byte(addr)}), true
 }
 
 // checkDialAddr is check for a net.Dialer's Control function, which is

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -49,6 +50,9 @@ const (
 	// maxEgressConns bounds the connections of one run: the go command
 	// and git make a handful.
 	maxEgressConns = 64
+	// maxEgressHeaderBytes bounds a request's line and header, which are
+	// read before the credential is checked: net/http's server default.
+	maxEgressHeaderBytes = http.DefaultMaxHeaderBytes
 )
 
 // startEgressProxy starts an egress proxy for one run, connecting with
@@ -145,13 +149,18 @@ func (e *egressProxy) accept() {
 
 // serve answers the requests of one client connection.
 func (e *egressProxy) serve(c net.Conn) {
-	br := bufio.NewReader(c)
+	// http.ReadRequest reads a header of any length: the limit is on
+	// what br may read from c, lifted for the body once the header is in.
+	limited := &io.LimitedReader{R: c}
+	br := bufio.NewReader(limited)
 	for {
 		c.SetReadDeadline(time.Now().Add(egressHeaderTimeout))
+		limited.N = maxEgressHeaderBytes
 		req, err := http.ReadRequest(br)
 		if err != nil {
 			return
 		}
+		limited.N = math.MaxInt64
 		c.SetReadDeadline(time.Time{})
 		if subtle.ConstantTimeCompare([]byte(req.Header.Get("Proxy-Authorization")), e.auth) != 1 {
 			writeProxyStatus(c, http.StatusProxyAuthRequired, "goproxy: this proxy serves one go command run only",
