@@ -185,9 +185,9 @@ func newDirectRunner(p *Proxy) (*directRunner, error) {
 	// The go command leaves as the Proxy does: through the Dialer's egress
 	// proxy or, without a Dialer, through the one its own environment
 	// names; either way checked by the egress policy.
-	r.dialer = p.dialer
+	r.dialer = p.Dialer.withPolicy(p.directEgress)
 	if p.Dialer == nil {
-		r.dialer = (&Dialer{Env: r.env}).withPolicy(p.egress)
+		r.dialer = (&Dialer{Env: r.env}).withPolicy(p.directEgress)
 	}
 	if r.transport, r.egressErr = r.dialer.Transport(); r.egressErr == nil {
 		r.transport.DisableCompression = true // bodies pass as they come

@@ -41,14 +41,18 @@ import (
 // Every endpoint the configuration names is allowed whatever its address,
 // on its own port: the upstreams of GOPROXY and Routes, the checksum
 // databases (GOSUMDB, SumDBs), the Dialer's egress proxies and DNS
-// servers. A redirect to anywhere else is checked like any destination, so
+// servers. The go command run for direct fetches reaches only the checksum
+// databases among them: a go-import tag must not point it at an internal
+// upstream. A redirect to anywhere else is checked like any destination, so
 // an upstream that sends its zips to a storage host on a private network
 // needs that host allowed. An internal git server is allowed with Allow,
 // or with AllowPrivateNetworks for all private addresses.
 //
 // A refusal answers 403 with its reason (never 404 or 410, on which a
-// client would try its next proxy), and is logged at warning level with
-// the module path and the refused address.
+// client would try its next proxy), naming the destination as it was asked
+// for, and is logged at warning level with the module path and the refused
+// address (which the client is not told: internal addresses are not its
+// business).
 //
 // The policy is applied in the Proxy's dialer, so a Transport of your own
 // is not checked, except for redirects to addresses written in the URL and
@@ -146,6 +150,18 @@ func (p *egressPolicy) allowEndpoints(endpoints ...string) {
 			p.endpoints[hp] = true
 		}
 	}
+}
+
+// forDirect returns a policy like p for the go command's direct fetches,
+// without p's configured endpoints: a go-import tag must not be able to
+// point the go command or git at an internal upstream proxy (with the
+// .netrc credentials the go command would send it). Only the endpoints
+// allowed on the result later (the checksum databases) are reachable
+// whatever their addresses.
+func (p *egressPolicy) forDirect() *egressPolicy {
+	d := *p
+	d.endpoints = make(map[string]bool)
+	return &d
 }
 
 // configuredEndpoints lists the upstreams of every route and the checksum
@@ -532,12 +548,12 @@ type egressRefusedError struct {
 }
 
 func (e *egressRefusedError) Error() string {
+	// A name is reported as asked for, not with the address it resolved
+	// to: clients read this, and must not learn the internal addresses
+	// behind names (the warning logged names the address).
 	dest := e.host
-	if e.addr.IsValid() {
+	if dest == "" && e.addr.IsValid() {
 		dest = e.addr.String()
-		if h := normalizeHost(e.host); h != "" && h != e.addr.Addr().String() {
-			dest += " (" + e.host + ")"
-		}
 	}
 	var how string
 	switch e.class {

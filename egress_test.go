@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -20,6 +21,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/goproxy-team/goproxy/internal/dnstest"
 	"github.com/goproxy-team/goproxy/internal/egresstest"
@@ -117,7 +120,7 @@ func TestEgressPolicyDecidesByAddress(t *testing.T) {
 func TestEgressRefusalSaysWhyAndHow(t *testing.T) {
 	p, _ := newEgressPolicy(EgressPolicy{}, nil)
 	for addr, want := range map[string][]string{
-		"127.0.0.1:443":      {"127.0.0.1:443 (rebind.example)", "a loopback address", "Egress.Allow"},
+		"127.0.0.1:443":      {"rebind.example: a loopback address", "Egress.Allow"},
 		"10.0.0.1:443":       {"a private address", "Egress.AllowPrivateNetworks"},
 		"169.254.169.254:80": {"a cloud metadata address", "naming this very address"},
 	} {
@@ -126,6 +129,40 @@ func TestEgressRefusalSaysWhyAndHow(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), w) {
 				t.Errorf("refusal of %s: %v, want it to say %q", addr, err, w)
 			}
+		}
+		// Clients read the refusal: the address behind an internal name
+		// is for the log only.
+		if ip, _, _ := strings.Cut(addr, ":"); err != nil && strings.Contains(err.Error(), ip) {
+			t.Errorf("refusal of %s tells the client the address: %v", addr, err)
+		}
+	}
+}
+
+func TestDirectFetchesCannotReachConfiguredUpstreams(t *testing.T) {
+	_, vkey, err := note.GenerateKey(rand.Reader, "sumdb.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{
+		Cacher: new(MemCacher),
+		Env:    []string{"GOPROXY=http://127.0.0.1:7001,direct", "GOSUMDB=" + vkey + " http://127.0.0.1:7002"},
+	}
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
+	}
+	upstream, sumdb := netip.MustParseAddrPort("127.0.0.1:7001"), netip.MustParseAddrPort("127.0.0.1:7002")
+	ctx := context.Background()
+	if err := p.egress.check(ctx, "127.0.0.1", upstream); err != nil {
+		t.Errorf("the proxy may not reach its own upstream: %v", err)
+	}
+	// A go-import tag naming the upstream must not make the go command
+	// (or git) send it requests, with the .netrc credentials it holds.
+	if err := p.directEgress.check(ctx, "127.0.0.1", upstream); err == nil {
+		t.Error("the go command run for direct fetches may reach a configured upstream")
+	}
+	for _, pol := range []*egressPolicy{p.egress, p.directEgress} {
+		if err := pol.check(ctx, "127.0.0.1", sumdb); err != nil {
+			t.Errorf("the checksum database is refused: %v", err)
 		}
 	}
 }
@@ -159,7 +196,7 @@ func watchEgress(t *testing.T, p *Proxy) *egressLog {
 		t.Fatal(err)
 	}
 	l := &egressLog{}
-	p.egress.observe = func(host string, addr netip.AddrPort, err error) {
+	observe := func(host string, addr netip.AddrPort, err error) {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		entry := addr.String() + " " + host
@@ -169,6 +206,7 @@ func watchEgress(t *testing.T, p *Proxy) *egressLog {
 			l.refused = append(l.refused, entry)
 		}
 	}
+	p.egress.observe, p.directEgress.observe = observe, observe
 	return l
 }
 

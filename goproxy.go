@@ -164,6 +164,9 @@ type Proxy struct {
 
 	egress *egressPolicy
 	dialer *Dialer // Dialer, checking every connection with egress
+	// directEgress is egress for the go command's direct fetches: the
+	// checksum databases are its only configured endpoints.
+	directEgress *egressPolicy
 }
 
 // Init validates the configuration and prepares the Proxy. Calling it is
@@ -195,6 +198,7 @@ func (p *Proxy) init() error {
 		return fmt.Errorf("goproxy: %w", err)
 	}
 	p.dialer = p.Dialer.withPolicy(p.egress)
+	p.directEgress = p.egress.forDirect()
 	transport := p.Transport
 	if transport == nil {
 		t, err := p.dialer.Transport()
@@ -224,6 +228,10 @@ func (p *Proxy) init() error {
 		return fmt.Errorf("goproxy: %w", err)
 	}
 	p.egress.allowEndpoints(p.configuredEndpoints()...)
+	for _, db := range p.sumdbs {
+		// The go command verifies direct fetches against them itself.
+		p.directEgress.allowEndpoints(db.url)
+	}
 	return nil
 }
 
