@@ -47,6 +47,7 @@ type AdmissionRule struct {
 // moduleRule is an AdmissionRule checked and ready to match.
 type moduleRule struct {
 	pattern string
+	literal string // how every path the pattern matches starts
 	r       versionRange
 	reason  string
 	match   string // the entry as written, for messages
@@ -80,7 +81,11 @@ func parseModuleRule(s string) (*moduleRule, error) {
 	if err := checkModulePattern(pattern); err != nil {
 		return nil, err
 	}
-	mr := &moduleRule{pattern: pattern, match: match}
+	literal := pattern
+	if i := strings.IndexAny(pattern, `*?[\`); i >= 0 {
+		literal = pattern[:i]
+	}
+	mr := &moduleRule{pattern: pattern, literal: literal, match: match}
 	if hasRange {
 		r, err := parseVersionRange(rangeText)
 		if err != nil {
@@ -243,5 +248,7 @@ func (mr *moduleRule) String() string {
 
 // matches reports whether the rule covers modPath at version.
 func (mr *moduleRule) matches(modPath, version string) bool {
-	return mr.r.contains(version) && module.MatchPrefixPatterns(mr.pattern, modPath)
+	// Most entries are about other modules: the literal prefix turns them
+	// down without a glob match.
+	return strings.HasPrefix(modPath, mr.literal) && module.MatchPrefixPatterns(mr.pattern, modPath) && mr.r.contains(version)
 }
