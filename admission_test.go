@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -54,7 +55,7 @@ func TestAdmissionPolicyPrecedence(t *testing.T) {
 			{Match: "example.com/m@v0.9.0", Reason: "never reached: an earlier entry matches"},
 			{Match: "example.org/twice@v2.0.0", Reason: "known bad"},
 		},
-		Vulnerabilities: &VulnerabilityList{Path: "testdata/vulndb"},
+		Vulnerabilities: &VulnerabilityList{Logger: testLogger(t), Path: "testdata/vulndb"},
 		Cooldown: Cooldown{Age: 72 * time.Hour, FirstSeen: firstSeenMap{
 			"example.com/fresh@v2.0.0":   now.Add(-90 * time.Minute),
 			"example.com/trusted@v1.1.0": now.Add(-time.Hour),
@@ -120,7 +121,7 @@ func TestAdmissionPolicyReportOnlyReportsWhatItWouldRefuse(t *testing.T) {
 
 func TestAReportDoesNotHideALaterRefusal(t *testing.T) {
 	p := &AdmissionPolicy{
-		Vulnerabilities: &VulnerabilityList{Path: "testdata/vulndb", ReportOnly: true},
+		Vulnerabilities: &VulnerabilityList{Logger: testLogger(t), Path: "testdata/vulndb", ReportOnly: true},
 		Cooldown:        Cooldown{Age: time.Hour, FirstSeen: firstSeenMap{"example.com/vulnerable@v1.0.0": time.Now().Add(-24 * time.Hour)}},
 	}
 	if d := decide(p, "example.com/vulnerable@v1.1.0"); !d.Refused() || d.Rule != "cooldown" {
@@ -159,7 +160,7 @@ func TestAdmissionPolicyInitReportsACooldownWithoutSource(t *testing.T) {
 
 func TestAnUnreadableVulnerabilityListIsReportedButRetried(t *testing.T) {
 	dir := t.TempDir()
-	p := &AdmissionPolicy{Vulnerabilities: &VulnerabilityList{Path: dir}}
+	p := &AdmissionPolicy{Vulnerabilities: &VulnerabilityList{Logger: testLogger(t), Path: dir}}
 	if err := p.Init(); err == nil {
 		t.Fatal("Init succeeded with an empty database directory")
 	}
@@ -261,7 +262,7 @@ func BenchmarkAdmissionOfAList(b *testing.B) {
 		}
 		os.WriteFile(filepath.Join(dir, fmt.Sprintf("GO-2099-%04d.json", i)), []byte(entry), 0o644)
 	}
-	feed := &IndexFeed{}
+	feed := &IndexFeed{Logger: slog.New(slog.DiscardHandler)}
 	feed.init()
 	now := time.Now()
 	feed.start = now.Add(-feed.window())
@@ -276,7 +277,7 @@ func BenchmarkAdmissionOfAList(b *testing.B) {
 	// Fresh for the whole run: no read is due.
 	feed.caughtUp, feed.lastStart, feed.PollInterval = now.Add(time.Hour), now, time.Hour
 	full := &AdmissionPolicy{
-		Vulnerabilities: &VulnerabilityList{Path: dir, CheckInterval: time.Hour},
+		Vulnerabilities: &VulnerabilityList{Logger: slog.New(slog.DiscardHandler), Path: dir, CheckInterval: time.Hour},
 		Cooldown:        Cooldown{Age: 72 * time.Hour, FirstSeen: feed},
 	}
 	for i := range 20 {
@@ -310,4 +311,27 @@ func BenchmarkAdmissionOfAList(b *testing.B) {
 			b.ReportMetric(float64(refused), "refused/list")
 		})
 	}
+}
+
+// A policy refusing two ranges of versions, exempting the organization's
+// own modules from the cooldown, refusing known-vulnerable versions, and
+// holding back for three days the versions index.golang.org has listed
+// for less than that.
+func ExampleAdmissionPolicy() {
+	ctx := context.Background()
+	feed := &IndexFeed{URL: "https://index.golang.org/index"}
+	policy := &AdmissionPolicy{
+		Deny: []AdmissionRule{
+			{Match: "github.com/foo/*@<v1.2.3", Reason: "versions before v1.2.3 leak tokens"},
+			{Match: "example.com/m@>=v1.0.0,<v1.4.2", Reason: "broken releases"},
+		},
+		Allow:           []AdmissionRule{{Match: "corp.example.com", Reason: "our own modules"}},
+		Vulnerabilities: &VulnerabilityList{Path: "/var/lib/vulndb.zip"},
+		Cooldown:        Cooldown{Age: 72 * time.Hour, FirstSeen: feed},
+	}
+	if err := errors.Join(policy.Init(), feed.Update(ctx)); err != nil {
+		log.Fatal(err)
+	}
+	d := policy.Decide(ctx, AdmissionCandidate{Path: "github.com/foo/bar", Version: "v1.2.0"})
+	fmt.Println(d.Refused(), d.Reason)
 }

@@ -239,7 +239,9 @@ func (f *IndexFeed) readPages(ctx context.Context) error {
 	}
 	u, err := url.Parse(f.URL)
 	if err != nil {
-		return fmt.Errorf("the index feed's URL: %w", err)
+		// Not the parser's error: it would repeat the URL, which may
+		// hold credentials.
+		return errors.New("the index feed's URL cannot be parsed")
 	}
 	limit := f.pageSize
 	if limit <= 0 {

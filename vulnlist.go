@@ -280,7 +280,14 @@ func (v *VulnerabilityList) refresh() {
 	attempted, due := v.attempted, time.Since(v.checked) >= v.checkInterval()
 	v.mu.RUnlock()
 	if !attempted {
-		v.Load()
+		v.load.Lock()
+		defer v.load.Unlock()
+		v.mu.RLock()
+		attempted = v.attempted // by another decision, while this one waited
+		v.mu.RUnlock()
+		if !attempted {
+			v.loadLocked()
+		}
 		return
 	}
 	if !due || !v.load.TryLock() {

@@ -22,7 +22,7 @@ func decide(d interface {
 }
 
 func TestVulnerabilityListRefusesAffectedVersionsOnly(t *testing.T) {
-	vl := &VulnerabilityList{Path: "testdata/vulndb"}
+	vl := &VulnerabilityList{Logger: testLogger(t), Path: "testdata/vulndb"}
 	if err := vl.Load(); err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +85,7 @@ func TestVulnerabilityListRefusesAffectedVersionsOnly(t *testing.T) {
 }
 
 func TestVulnerabilityListReportOnlyAdmits(t *testing.T) {
-	vl := &VulnerabilityList{Path: "testdata/vulndb", ReportOnly: true}
+	vl := &VulnerabilityList{Logger: testLogger(t), Path: "testdata/vulndb", ReportOnly: true}
 	d := decide(vl, "example.com/vulnerable@v1.2.0")
 	if d.Refused() || !d.Listed() || !d.ReportOnly || d.Verdict != Refuse || !strings.Contains(d.Reason, "GO-2099-0001") {
 		t.Fatalf("decision %+v, want a reported refusal", d)
@@ -94,7 +94,7 @@ func TestVulnerabilityListReportOnlyAdmits(t *testing.T) {
 
 func TestVulnerabilityListIgnoresAcceptedVulnerabilitiesByIDOrAlias(t *testing.T) {
 	for _, id := range []string{"GO-2099-0001", "CVE-2099-10001", "GHSA-aaaa-bbbb-cccc"} {
-		vl := &VulnerabilityList{Path: "testdata/vulndb", Ignore: []string{id}}
+		vl := &VulnerabilityList{Logger: testLogger(t), Path: "testdata/vulndb", Ignore: []string{id}}
 		if d := decide(vl, "example.com/vulnerable@v1.2.0"); d != (AdmissionDecision{}) {
 			t.Errorf("ignoring %s: decision %+v, want admitted", id, d)
 		}
@@ -161,7 +161,7 @@ func TestVulnerabilityListReadsTheDatabaseLayouts(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			vl := &VulnerabilityList{Path: tt.path}
+			vl := &VulnerabilityList{Logger: testLogger(t), Path: tt.path}
 			if err := vl.Load(); err != nil {
 				t.Fatal(err)
 			}
@@ -195,7 +195,7 @@ func TestVulnerabilityListReadsChangedFilesAndKeepsTheLastGoodOnes(t *testing.T)
 	os.CopyFS(dir, os.DirFS("testdata/vulndb"))
 	file := filepath.Join(dir, "ID", "GO-2099-0001.json")
 	original, _ := os.ReadFile(file)
-	vl := &VulnerabilityList{Path: dir, CheckInterval: time.Hour}
+	vl := &VulnerabilityList{Logger: testLogger(t), Path: dir, CheckInterval: time.Hour}
 	if err := vl.Load(); err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +238,7 @@ func TestVulnerabilityListReadsChangedFilesAndKeepsTheLastGoodOnes(t *testing.T)
 func TestVulnerabilityListNoticesChangesWhenDeciding(t *testing.T) {
 	dir := t.TempDir()
 	os.CopyFS(dir, os.DirFS("testdata/vulndb"))
-	vl := &VulnerabilityList{Path: dir, CheckInterval: time.Millisecond}
+	vl := &VulnerabilityList{Logger: testLogger(t), Path: dir, CheckInterval: time.Millisecond}
 	defer vl.bg.Wait()
 	if d := decide(vl, "example.com/vulnerable@v1.6.0"); d != (AdmissionDecision{}) {
 		t.Fatalf("decision %+v, want admitted", d)
@@ -256,7 +256,7 @@ func TestVulnerabilityListNoticesChangesWhenDeciding(t *testing.T) {
 
 func TestVulnerabilityListRefusesUntilItCanBeRead(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "vulndb")
-	vl := &VulnerabilityList{Path: dir, CheckInterval: time.Hour}
+	vl := &VulnerabilityList{Logger: testLogger(t), Path: dir, CheckInterval: time.Hour}
 	d := decide(vl, "example.com/anything@v1.0.0")
 	if !d.Refused() || !strings.Contains(d.Reason, "has not been read") {
 		t.Fatalf("decision %+v, want a refusal", d)
@@ -287,7 +287,7 @@ func TestVulnerabilityListRejectsEntriesItCouldMisread(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			file := filepath.Join(t.TempDir(), "entry.json")
 			os.WriteFile(file, []byte(content), 0o644)
-			if err := (&VulnerabilityList{Path: file}).Load(); err == nil {
+			if err := (&VulnerabilityList{Logger: testLogger(t), Path: file}).Load(); err == nil {
 				t.Fatal("loaded")
 			}
 		})
