@@ -191,7 +191,9 @@ func (p *AdmissionPolicy) Init() error {
 		}
 		p.invalid = errors.Join(errs...)
 		if p.Vulnerabilities != nil {
-			errs = append(errs, p.Vulnerabilities.Load())
+			if err := p.Vulnerabilities.Load(); err != nil {
+				errs = append(errs, fmt.Errorf("vulnerability list: %w", err))
+			}
 		}
 		if err := errors.Join(errs...); err != nil {
 			p.initErr = fmt.Errorf("admission policy: %w", err)
@@ -224,7 +226,7 @@ func (p *AdmissionPolicy) Decide(ctx context.Context, c AdmissionCandidate) Admi
 	consider := func(d AdmissionDecision, allowable bool) {
 		switch {
 		case d.Verdict == Admit:
-		case allowable && allowedBy != nil && !d.ReportOnly:
+		case allowable && allowedBy != nil:
 			if overridden == "" {
 				overridden = d.Reason
 			}

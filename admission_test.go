@@ -132,6 +132,19 @@ func TestAReportDoesNotHideALaterRefusal(t *testing.T) {
 	}
 }
 
+func TestAnAllowedVersionIsNotReportedByAReportOnlyCooldown(t *testing.T) {
+	p := &AdmissionPolicy{
+		Allow:    []AdmissionRule{{Match: "corp.example.com"}},
+		Cooldown: Cooldown{Age: time.Hour, FirstSeen: firstSeenMap{}, ReportOnly: true},
+	}
+	if d := decide(p, "corp.example.com/lib@v1.0.0"); d.ReportOnly || d.Rule != "allow" {
+		t.Errorf("decision %+v, want admitted by the allow entry", d)
+	}
+	if d := decide(p, "example.com/lib@v1.0.0"); !d.ReportOnly || d.Rule != "cooldown" {
+		t.Errorf("decision %+v, want the cooldown reported", d)
+	}
+}
+
 func TestAnInvalidAdmissionPolicyRefusesEverything(t *testing.T) {
 	p := &AdmissionPolicy{
 		Allow: []AdmissionRule{{Match: "example.com/ok"}},

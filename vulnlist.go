@@ -426,14 +426,16 @@ func listOSVDir(dir string) ([]osvSource, error) {
 	}
 	var sources []osvSource
 	for _, de := range des {
-		if !de.Type().IsRegular() || !isOSVFileName(de.Name(), func(n string) bool { return names[n] }) {
+		if !isOSVFileName(de.Name(), func(n string) bool { return names[n] }) {
 			continue
 		}
-		fi, err := de.Info()
-		if err != nil {
-			continue // removed meanwhile
-		}
 		name := filepath.Join(dir, de.Name())
+		// Stat, not the entry's Lstat: a copy may be made of symbolic
+		// links.
+		fi, err := os.Stat(name)
+		if err != nil || !fi.Mode().IsRegular() {
+			continue // removed meanwhile, or not a file
+		}
 		sources = append(sources, osvSource{name: name, stamp: fileStamp(fi), open: func() (io.ReadCloser, error) { return os.Open(name) }})
 	}
 	return sources, nil
