@@ -43,7 +43,10 @@ type IndexFeed struct {
 	// "https://index.golang.org/index". It must be set.
 	URL string
 
-	// Client makes the requests. If nil, [http.DefaultClient] is used.
+	// Client makes the requests. If nil, [http.DefaultClient] is used,
+	// which follows the environment's proxy variables but neither a
+	// Proxy's Dialer (resolvers, egress proxy) nor its EgressPolicy: give
+	// it a client over the Proxy's transport to have them.
 	Client *http.Client
 
 	// Window is how far back versions are remembered. It must be at least
