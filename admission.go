@@ -113,6 +113,7 @@ type AdmissionError struct {
 	Decision AdmissionDecision
 }
 
+// Error names the version and gives the reason.
 func (e *AdmissionError) Error() string {
 	return e.Path + "@" + e.Version + ": refused by the proxy's admission policy: " + e.Decision.Reason
 }
