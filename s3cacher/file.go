@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -47,6 +48,7 @@ type objectFile struct {
 	bodyEnd  int64         // offset just past the open range
 	window   int64         // length of the last range asked for
 	watchdog *time.Timer   // cancels the open range when a read stalls
+	stalled  *atomic.Bool  // set by the watchdog when it fires
 	cancel   context.CancelFunc
 }
 
@@ -131,7 +133,8 @@ func (f *objectFile) open(want int64) error {
 	window = max(window, want)
 	end := min(f.size, f.off+window)
 	rctx, cancel := context.WithCancel(f.ctx)
-	watchdog := time.AfterFunc(f.c.timeout, cancel)
+	stalled := new(atomic.Bool)
+	watchdog := time.AfterFunc(f.c.timeout, func() { stalled.Store(true); cancel() })
 	var opts minio.GetObjectOptions
 	opts.SetRange(f.off, end-1)
 	// If-Match: a replaced object fails the read rather than mixing its
@@ -141,7 +144,7 @@ func (f *objectFile) open(want int64) error {
 	watchdog.Stop()
 	if err != nil {
 		cancel()
-		return f.readErr(rctx, err)
+		return f.readErr(stalled.Load(), err)
 	}
 	if info.Size != end-f.off {
 		body.Close()
@@ -149,7 +152,7 @@ func (f *objectFile) open(want int64) error {
 		return f.pathErr("read", fmt.Errorf("asked for bytes %d-%d, the store answered with %d bytes", f.off, end-1, info.Size))
 	}
 	f.body, f.bodyPos, f.bodyEnd, f.window = body, f.off, end, end-f.off
-	f.watchdog, f.cancel = watchdog, cancel
+	f.watchdog, f.stalled, f.cancel = watchdog, stalled, cancel
 	return nil
 }
 
@@ -161,11 +164,12 @@ func (f *objectFile) readFull(p []byte) (int, error) {
 	f.watchdog.Stop()
 	f.bodyPos += int64(n)
 	if err != nil {
+		stalled := f.stalled.Load()
 		f.closeBody()
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
-		return n, f.readErr(f.ctx, err)
+		return n, f.readErr(stalled, err)
 	}
 	return n, nil
 }
@@ -177,17 +181,18 @@ func (f *objectFile) readBody(w io.Writer, n int64) error {
 	f.watchdog.Stop()
 	f.bodyPos += m
 	if err != nil {
+		stalled := f.stalled.Load()
 		f.closeBody()
-		return f.readErr(f.ctx, err)
+		return f.readErr(stalled, err)
 	}
 	return nil
 }
 
 // readErr explains a failed range read: a stalled store, an object changed
 // or deleted since Get, or whatever the store or network said.
-func (f *objectFile) readErr(ctx context.Context, err error) error {
+func (f *objectFile) readErr(stalled bool, err error) error {
 	switch r := minio.ToErrorResponse(err); {
-	case f.ctx.Err() == nil && ctx.Err() != nil:
+	case stalled && f.ctx.Err() == nil:
 		err = fmt.Errorf("the store sent nothing for %v: %w", f.c.timeout, err)
 	case r.StatusCode == http.StatusPreconditionFailed:
 		err = fmt.Errorf("the object changed while being read: %w", err)
