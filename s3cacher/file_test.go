@@ -227,4 +227,3 @@ func patternBytes(n int) []byte {
 	}
 	return b[:n:n]
 }
-
