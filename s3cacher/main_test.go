@@ -92,8 +92,9 @@ func newCacher(t testing.TB) *Cacher {
 	return cacherFor(t, s, bucket, fmt.Sprintf("t%d", prefixes.Add(1)))
 }
 
-// cacherFor returns a Cacher for bucket on s with the given prefix.
-func cacherFor(t testing.TB, s *miniotest.Server, bucket, prefix string) *Cacher {
+// cacherFor returns a Cacher for bucket on s with the given prefix, after
+// configure (if any) has set more of its fields.
+func cacherFor(t testing.TB, s *miniotest.Server, bucket, prefix string, configure ...func(*Cacher)) *Cacher {
 	t.Helper()
 	c := &Cacher{
 		Endpoint:        s.Endpoint,
@@ -102,6 +103,9 @@ func cacherFor(t testing.TB, s *miniotest.Server, bucket, prefix string) *Cacher
 		Region:          "us-east-1",
 		AccessKeyID:     miniotest.AccessKey,
 		SecretAccessKey: miniotest.SecretKey,
+	}
+	for _, f := range configure {
+		f(c)
 	}
 	if err := c.Init(); err != nil {
 		t.Fatal(err)
