@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/goproxy-team/goproxy v0.0.0-00010101000000-000000000000
 	github.com/minio/minio-go/v7 v7.4.1
+	golang.org/x/mod v0.42.0
 )
 
 require (
@@ -22,7 +23,6 @@ require (
 	github.com/zeebo/xxh3 v1.1.0 // indirect
 	go.yaml.in/yaml/v3 v3.0.5 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
-	golang.org/x/mod v0.42.0 // indirect
 	golang.org/x/net v0.62.0 // indirect
 	golang.org/x/sync v0.24.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
