@@ -22,8 +22,8 @@ import (
 // request retried after a lost answer may report fs.ErrExist for an object
 // it created itself: compare the content if that matters.
 //
-// The store must support conditional writes: AWS S3 does since 2024,
-// MinIO, Ceph (Squid) and R2 do too.
+// The store must honour If-None-Match on PUT, as AWS S3 (since 2024) and
+// MinIO do; one that ignores it overwrites silently.
 func (c *Cacher) Create(ctx context.Context, name string, content io.ReadSeeker) error {
 	if err := c.check("create", name); err != nil {
 		return err

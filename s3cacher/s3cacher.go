@@ -235,15 +235,18 @@ func parseEndpoint(endpoint string) (host string, secure bool, err error) {
 // customizations.
 func (c *Cacher) newTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	if t.DialContext == nil {
-		t.DialContext = (&net.Dialer{Timeout: c.timeout, KeepAlive: 30 * time.Second}).DialContext
-	} else {
-		dial := t.DialContext
-		t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			ctx, cancel := context.WithTimeout(ctx, c.timeout)
-			defer cancel()
-			return dial(ctx, network, addr)
+	dial := t.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
+	}
+	t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+		conn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
 		}
+		return &writeDeadlineConn{Conn: conn, timeout: c.timeout}, nil
 	}
 	t.TLSHandshakeTimeout = c.timeout
 	t.ResponseHeaderTimeout = c.timeout
@@ -255,6 +258,19 @@ func (c *Cacher) newTransport() *http.Transport {
 		t.TLSClientConfig = c.TLSConfig.Clone()
 	}
 	return t
+}
+
+// writeDeadlineConn fails a write that makes no progress for timeout, which
+// is how an upload to a store that stopped reading (but keeps the
+// connection open) ends: http.Transport has no timeout for sending a body.
+type writeDeadlineConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *writeDeadlineConn) Write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Write(p)
 }
 
 // credentials returns the configured credentials or the search chain
