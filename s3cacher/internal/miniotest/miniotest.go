@@ -12,6 +12,9 @@ package miniotest
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -90,9 +93,10 @@ type Server struct {
 	// look at the bucket behind the code under test.
 	Client *minio.Client
 
-	bin  string
-	dir  string
-	logs *logBuffer
+	bin   string
+	dir   string
+	logs  *logBuffer
+	probe *http.Client // for the readiness checks
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -112,19 +116,70 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
+// StartTLS is Start for a server that speaks HTTPS only, presenting cert
+// (which must be valid for 127.0.0.1); trust is the client configuration
+// that trusts it, used by Client and the readiness checks.
+func StartTLS(t testing.TB, cert tls.Certificate, trust *tls.Config) *Server {
+	t.Helper()
+	bin := Need(t)
+	dir := t.TempDir()
+	if err := writeCert(filepath.Join(dir, "certs"), cert); err != nil {
+		t.Fatal(err)
+	}
+	s, err := launch(bin, dir, trust)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// writeCert stores cert where MinIO looks for its own: public.crt and
+// private.key in the certs directory.
+func writeCert(dir string, cert tls.Certificate) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	var chain []byte
+	for _, der := range cert.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "public.crt"), chain, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "private.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600)
+}
+
 // Launch starts a server whose data lives in dir, on a free loopback port,
 // and waits until it is ready. The caller must Close it; this suits a
 // server shared by a package's tests through TestMain.
-func Launch(bin, dir string) (*Server, error) {
+func Launch(bin, dir string) (*Server, error) { return launch(bin, dir, nil) }
+
+// launch starts a server, speaking HTTPS when trust is not nil.
+func launch(bin, dir string, trust *tls.Config) (*Server, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	addr := l.Addr().String()
 	l.Close()
-	s := &Server{Endpoint: "http://" + addr, Addr: addr, bin: bin, dir: dir, logs: &logBuffer{}}
+	s := &Server{Endpoint: "http://" + addr, Addr: addr, bin: bin, dir: dir, logs: &logBuffer{}, probe: &http.Client{Timeout: time.Second}}
+	var transport http.RoundTripper
+	if trust != nil {
+		s.Endpoint = "https://" + addr
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = trust.Clone()
+		transport = t
+		s.probe.Transport = t
+	}
 	client, err := minio.New(addr, &minio.Options{
 		Creds:        credentials.NewStaticV4(AccessKey, SecretKey, ""),
+		Secure:       trust != nil,
+		Transport:    transport,
 		BucketLookup: minio.BucketLookupPath,
 		Region:       "us-east-1",
 	})
@@ -201,10 +256,9 @@ func minioEnv() []string {
 // waitReady polls the readiness endpoint until it answers 200, the process
 // exits, or startTimeout passes.
 func (s *Server) waitReady(exited chan struct{}) error {
-	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(startTimeout)
 	for pause := 10 * time.Millisecond; ; pause = min(2*pause, 250*time.Millisecond) {
-		resp, err := client.Get(s.Endpoint + "/minio/health/ready")
+		resp, err := s.probe.Get(s.Endpoint + "/minio/health/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
