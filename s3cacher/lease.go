@@ -217,6 +217,40 @@ func (l *Lease) Release(ctx context.Context) error {
 	return l.rewrite(ctx, "release", true)
 }
 
+// KeepAlive renews the lease every third of its TTL until ctx ends, for a
+// holder whose work may outlast one TTL (a large download). The returned
+// channel is closed when the lease is lost: taken over, or not renewed
+// before its Deadline because the store failed; the holder should then stop
+// counting on it. KeepAlive neither releases the lease when ctx ends nor
+// closes the channel then.
+func (l *Lease) KeepAlive(ctx context.Context) <-chan struct{} {
+	lost := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(l.TTL / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			// Each renewal may take until the deadline, and no longer:
+			// past it, the lease may be someone else's already.
+			rctx, cancel := context.WithDeadline(ctx, l.Deadline())
+			err := l.Renew(rctx)
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil && (errors.Is(err, ErrLeaseLost) || !time.Now().Before(l.Deadline())) {
+				close(lost)
+				return
+			}
+		}
+	}()
+	return lost
+}
+
 func (l *Lease) rewrite(ctx context.Context, op string, released bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -87,6 +87,7 @@ func TestRacingAcquiresOfAFreeLeaseHaveOneWinner(t *testing.T) {
 }
 
 func TestAnExpiredLeaseIsTakenOverByExactlyOne(t *testing.T) {
+	t.Parallel() // mostly waiting for leases to expire
 	c := newCacher(t)
 	ctx := t.Context()
 	const name = "eviction"

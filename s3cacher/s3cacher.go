@@ -377,21 +377,24 @@ func (c *Cacher) stat(ctx context.Context, op, name string) (minio.ObjectInfo, e
 	return info, nil
 }
 
-// Delete implements [goproxy.CacheDeleter].
+// Delete implements [goproxy.CacheDeleter]. It removes the entry's use mark
+// (see MarkUsed) too.
 func (c *Cacher) Delete(ctx context.Context, name string) error {
 	if err := c.check("delete", name); err != nil {
 		return err
 	}
-	err := c.client.RemoveObject(ctx, c.Bucket, c.key(name), minio.RemoveObjectOptions{})
-	if err != nil && !isNotFound(err) {
-		return c.wrap("delete", name, err)
+	for _, key := range []string{c.key(name), c.prefix + useDir + name} {
+		err := c.client.RemoveObject(ctx, c.Bucket, key, minio.RemoveObjectOptions{})
+		if err != nil && !isNotFound(err) {
+			return c.wrap("delete", name, err)
+		}
 	}
 	return nil
 }
 
 // Walk implements [goproxy.CacheWalker], listing the keys under Prefix +
-// prefix page by page. Objects whose names are not entry names (such as the
-// leases under ".lease/") are skipped.
+// prefix page by page. Objects whose names are not entry names (the leases
+// under ".lease/", the use marks under ".use/") are skipped.
 func (c *Cacher) Walk(ctx context.Context, prefix string, fn func(name string) error) error {
 	if err := c.Init(); err != nil {
 		return err

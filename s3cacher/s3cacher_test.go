@@ -217,6 +217,7 @@ func TestPresignedGetServesTheObject(t *testing.T) {
 }
 
 func TestPresignedGetExpires(t *testing.T) {
+	t.Parallel() // mostly waiting for the URL to expire
 	c := newCacher(t)
 	ctx := t.Context()
 	if err := c.Put(ctx, "example.com/m/@v/v1.0.0.zip", strings.NewReader("zip")); err != nil {
