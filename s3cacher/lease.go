@@ -50,6 +50,7 @@ type LeaseHeldError struct {
 	Remaining time.Duration
 }
 
+// Error says who holds the lease and for how long.
 func (e *LeaseHeldError) Error() string {
 	return fmt.Sprintf("s3cacher: lease %s is held by %q for %v more", e.Name, e.Holder, e.Remaining)
 }

@@ -76,7 +76,8 @@ type Cacher struct {
 	// AWS_PROFILE or "default"), the MinIO client's ~/.mc/config.json, and
 	// last the IAM role of the machine, container or Kubernetes service
 	// account (instance metadata, ECS task role, web identity token), which
-	// is reached over the network. None found means anonymous requests.
+	// is reached over the network. None found means anonymous requests,
+	// and the search is made again a minute later.
 	AccessKeyID     string
 	SecretAccessKey string
 	SessionToken    string
@@ -192,7 +193,7 @@ func (c *Cacher) init() error {
 		transport = c.newTransport()
 	}
 	client, err := minio.New(host, &minio.Options{
-		Creds:        c.credentials(),
+		Creds:        c.credentials(transport),
 		Secure:       secure,
 		Transport:    transport,
 		Region:       c.Region,
@@ -271,24 +272,6 @@ type writeDeadlineConn struct {
 func (c *writeDeadlineConn) Write(p []byte) (int, error) {
 	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
 	return c.Conn.Write(p)
-}
-
-// credentials returns the configured credentials or the search chain
-// described at Cacher.AccessKeyID.
-func (c *Cacher) credentials() *credentials.Credentials {
-	if c.Credentials != nil {
-		return c.Credentials
-	}
-	if c.AccessKeyID != "" {
-		return credentials.NewStaticV4(c.AccessKeyID, c.SecretAccessKey, c.SessionToken)
-	}
-	return credentials.NewChainCredentials([]credentials.Provider{
-		&credentials.EnvAWS{},
-		&credentials.EnvMinio{},
-		&credentials.FileAWSCredentials{},
-		&credentials.FileMinioClient{},
-		&credentials.IAM{},
-	})
 }
 
 // key is the object key of an entry's name.

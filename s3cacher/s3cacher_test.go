@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -243,5 +244,46 @@ func TestPresignedGetExpires(t *testing.T) {
 			t.Fatalf("a presigned URL for one second still works after 10: %s", resp.Status)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// hostCounter counts the requests to each host.
+type hostCounter struct {
+	next  http.RoundTripper
+	mu    sync.Mutex
+	hosts map[string]int
+}
+
+func (h *hostCounter) RoundTrip(r *http.Request) (*http.Response, error) {
+	h.mu.Lock()
+	h.hosts[r.URL.Hostname()]++
+	h.mu.Unlock()
+	return h.next.RoundTrip(r)
+}
+
+func (h *hostCounter) take(host string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := h.hosts[host]
+	h.hosts[host] = 0
+	return n
+}
+
+func TestFindingNoCredentialsIsRemembered(t *testing.T) {
+	s, bucket := sharedServer(t)
+	t.Setenv("HOME", t.TempDir()) // no ~/.aws, no ~/.mc
+	hosts := &hostCounter{next: http.DefaultTransport, hosts: map[string]int{}}
+	c := &Cacher{Endpoint: s.Endpoint, Bucket: bucket, Region: "us-east-1", Transport: hosts}
+	for i := range 3 {
+		err := c.Put(t.Context(), "example.com/m/@v/list", strings.NewReader("v1.0.0\n"))
+		if err == nil || errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("an anonymous Put: %v, want refused", err)
+		}
+		// The search ends at the instance metadata service, which the
+		// first Put asks (TestMain keeps it from leaving the machine) and
+		// the later ones do not.
+		if n := hosts.take("169.254.169.254"); (i == 0) != (n > 0) {
+			t.Errorf("Put %d asked the instance metadata service %d times", i+1, n)
+		}
 	}
 }
