@@ -2,6 +2,7 @@ package s3cacher
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -33,6 +34,7 @@ func TestLargeObjectStreamsInBoundedMemory(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	defer c.Delete(context.Background(), name) // 300 MB of the shared server's disk
 	t.Logf("Put of %d MB: heap peak %.1f MiB over the baseline, %v (%.0f MB/s)", size>>20, float64(peak)/(1<<20), elapsed.Round(time.Millisecond), size/1e6/elapsed.Seconds())
 	if peak > heapLimit {
 		t.Errorf("Put of %d MB raised the heap by %d MiB, over %d MiB", size>>20, peak>>20, heapLimit>>20)
@@ -100,6 +102,7 @@ func TestPutOfAPlainReadSeekerHoldsOnePart(t *testing.T) {
 	if peak > heapLimit {
 		t.Errorf("Put raised the heap by %d MiB, over %d MiB", peak>>20, heapLimit>>20)
 	}
+	defer c.Delete(context.Background(), "example.com/large/@v/v1.0.0.zip")
 	fi, err := c.Stat(t.Context(), "example.com/large/@v/v1.0.0.zip")
 	if err != nil || fi.Size() != size {
 		t.Errorf("Stat after Put: %v, %v", fi, err)
