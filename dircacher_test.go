@@ -16,43 +16,6 @@ import (
 	"testing"
 )
 
-func TestDirCacherPutGet(t *testing.T) {
-	c := DirCacher(filepath.Join(t.TempDir(), "cache"))
-	ctx := context.Background()
-	if _, err := c.Get(ctx, "example.com/a/@v/list"); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("Get before Put: %v, want ErrNotExist", err)
-	}
-	if err := c.Put(ctx, "example.com/a/@v/list", strings.NewReader("v1.0.0\n")); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Put(ctx, "example.com/a/@v/list", strings.NewReader("v1.0.0\nv1.1.0\n")); err != nil {
-		t.Fatal(err)
-	}
-	f, err := c.Get(ctx, "example.com/a/@v/list")
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, _ := io.ReadAll(f)
-	f.Close()
-	if string(got) != "v1.0.0\nv1.1.0\n" || f.ModTime().IsZero() {
-		t.Errorf("Get = %q, modtime %v", got, f.ModTime())
-	}
-	var names []string
-	c.Walk(ctx, "example.com/a/", func(name string) error { names = append(names, name); return nil })
-	if len(names) != 1 || names[0] != "example.com/a/@v/list" {
-		t.Errorf("Walk = %v", names)
-	}
-	if err := c.Delete(ctx, "example.com/a/@v/list"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Get(ctx, "example.com/a/@v/list"); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("Get after Delete: %v", err)
-	}
-	if _, err := c.Get(ctx, "example.com/a/@v"); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("Get of a directory: %v, want ErrNotExist", err)
-	}
-}
-
 func TestCacherNamesCannotEscape(t *testing.T) {
 	parent := t.TempDir()
 	os.WriteFile(filepath.Join(parent, "secret"), []byte("x"), 0o644)
@@ -212,22 +175,5 @@ func TestMemCacherEvictsLeastRecentlyUsed(t *testing.T) {
 	put("a") // replacing an entry does not count it twice
 	if n := c.cache().Size(); n != 30 {
 		t.Errorf("size %d, want 30", n)
-	}
-}
-
-func TestCachersStat(t *testing.T) {
-	ctx := context.Background()
-	for _, c := range []Cacher{DirCacher(t.TempDir()), &MemCacher{}} {
-		if _, err := c.(CacheStater).Stat(ctx, "example.com/a/@v/list"); !errors.Is(err, fs.ErrNotExist) {
-			t.Errorf("%T.Stat before Put: %v", c, err)
-		}
-		c.Put(ctx, "example.com/a/@v/list", strings.NewReader("v1.0.0\n"))
-		fi, err := c.(CacheStater).Stat(ctx, "example.com/a/@v/list")
-		if err != nil || fi.Size() != 7 || fi.ModTime().IsZero() || fi.Name() != "list" {
-			t.Errorf("%T.Stat: %v, %v", c, fi, err)
-		}
-		if _, err := c.(CacheStater).Stat(ctx, "example.com/a/@v"); !errors.Is(err, fs.ErrNotExist) {
-			t.Errorf("%T.Stat of a directory: %v", c, err)
-		}
 	}
 }

@@ -1,0 +1,189 @@
+package s3cacher
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestLeaseIsExclusiveUntilReleased(t *testing.T) {
+	c := newCacher(t)
+	ctx := t.Context()
+	const name = "example.com/m/@v/v1.0.0.zip"
+	a, err := c.AcquireLease(ctx, name, "replica-a", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Until(a.Deadline()); d <= 0 || d > time.Minute {
+		t.Errorf("deadline in %v, want within the minute of the TTL", d)
+	}
+	_, err = c.AcquireLease(ctx, name, "replica-b", time.Minute)
+	var held *LeaseHeldError
+	if !errors.As(err, &held) || !errors.Is(err, ErrLeaseHeld) {
+		t.Fatalf("second AcquireLease: %v, want a LeaseHeldError", err)
+	}
+	if held.Holder != "replica-a" || held.Remaining <= 0 || held.Remaining > time.Minute+2*time.Second {
+		t.Errorf("LeaseHeldError names %q with %v remaining, want replica-a within a minute", held.Holder, held.Remaining)
+	}
+	// A takeover judged on what was read before a renewal must fail, even
+	// though the renewal wrote the same holder and TTL.
+	_, before, _, err := c.readLease(ctx, c.prefix+leaseDir+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Renew(ctx); err != nil {
+		t.Fatalf("Renew by the holder: %v", err)
+	}
+	record := newLeaseRecord("replica-a", time.Minute, false)
+	if _, err := c.putIf(ctx, c.prefix+leaseDir+name, bytes.NewReader(record), int64(len(record)), before, false); !errors.Is(err, errChanged) {
+		t.Fatalf("a takeover on the ETag from before a renewal: %v, want it refused", err)
+	}
+	if _, err := c.AcquireLease(ctx, name, "replica-b", time.Minute); !errors.Is(err, ErrLeaseHeld) {
+		t.Fatalf("AcquireLease after a renewal: %v, want ErrLeaseHeld", err)
+	}
+	if err := a.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.AcquireLease(ctx, name, "replica-b", time.Minute)
+	if err != nil {
+		t.Fatalf("AcquireLease after a release: %v", err)
+	}
+	if err := a.Renew(ctx); !errors.Is(err, ErrLeaseLost) {
+		t.Errorf("Renew of a released and retaken lease: %v, want ErrLeaseLost", err)
+	}
+	if err := a.Release(ctx); !errors.Is(err, ErrLeaseLost) {
+		t.Errorf("Release of a lost lease: %v, want ErrLeaseLost", err)
+	}
+	if _, err := c.AcquireLease(ctx, name, "replica-a", time.Minute); !errors.Is(err, ErrLeaseHeld) {
+		t.Errorf("the old holder's Release freed the new holder's lease: %v", err)
+	}
+	b.Release(ctx)
+
+	if _, err := c.AcquireLease(ctx, name, "replica-a", time.Millisecond); !errors.Is(err, fs.ErrInvalid) {
+		t.Errorf("AcquireLease with a TTL under a second: %v, want fs.ErrInvalid", err)
+	}
+	if _, err := c.AcquireLease(ctx, "../escape", "replica-a", time.Minute); !errors.Is(err, fs.ErrInvalid) {
+		t.Errorf("AcquireLease of a bad name: %v, want fs.ErrInvalid", err)
+	}
+}
+
+func TestRacingAcquiresOfAFreeLeaseHaveOneWinner(t *testing.T) {
+	c := newCacher(t)
+	for round := range 3 {
+		name := fmt.Sprintf("example.com/m/@v/v1.%d.0.zip", round)
+		winners := race(t, 8, func(i int) error {
+			_, err := c.AcquireLease(t.Context(), name, fmt.Sprintf("replica-%d", i), time.Minute)
+			return err
+		})
+		if len(winners) != 1 {
+			t.Fatalf("round %d: %d racing AcquireLeases won (%v), want exactly 1", round, len(winners), winners)
+		}
+	}
+}
+
+func TestAnExpiredLeaseIsTakenOverByExactlyOne(t *testing.T) {
+	t.Parallel() // mostly waiting for leases to expire
+	c := newCacher(t)
+	ctx := t.Context()
+	const name = "eviction"
+	dead, err := c.AcquireLease(ctx, name, "replica-that-dies", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 3 {
+		// The holder dies without releasing: wait, with a deadline, until
+		// the store's clock says the lease has expired.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			current, _, age, err := c.readLease(ctx, c.prefix+leaseDir+name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if age >= time.Duration(current.TTL)*time.Millisecond+clockSlack {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the lease has not expired after 10s (age %v)", round, age)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		var mu sync.Mutex
+		leases := map[int]*Lease{}
+		var heldBy []string
+		winners := race(t, 8, func(i int) error {
+			l, err := c.AcquireLease(ctx, name, fmt.Sprintf("replica-%d", i), time.Second)
+			mu.Lock()
+			defer mu.Unlock()
+			var held *LeaseHeldError
+			if errors.As(err, &held) {
+				heldBy = append(heldBy, held.Holder)
+			}
+			if err == nil {
+				leases[i] = l
+			}
+			return err
+		})
+		if len(winners) != 1 {
+			t.Fatalf("round %d: %d replicas took over the expired lease (%v), want exactly 1", round, len(winners), winners)
+		}
+		for _, h := range heldBy {
+			if h != fmt.Sprintf("replica-%d", winners[0]) {
+				t.Errorf("round %d: a loser was told the lease is held by %q, not the winner replica-%d", round, h, winners[0])
+			}
+		}
+		if err := dead.Renew(ctx); !errors.Is(err, ErrLeaseLost) {
+			t.Errorf("round %d: the previous holder's Renew after a takeover: %v, want ErrLeaseLost", round, err)
+		}
+		dead = leases[winners[0]] // and the winner dies in turn
+	}
+}
+
+func TestCreateOfALargeObjectIsOneConditionalPUT(t *testing.T) {
+	c, ct := countingCacher(t)
+	content := patternBytes(24 << 20) // over PartSize, under S3's 5 GiB for one PUT
+	if err := c.Create(t.Context(), "example.com/m/@v/v1.0.0.zip", bytes.NewReader(content)); err != nil {
+		t.Fatal(err)
+	}
+	if reqs, _ := ct.take(); len(reqs) != 1 || reqs[0] != "PUT" {
+		t.Errorf("Create of 24 MiB sent %q, want one PUT", reqs)
+	}
+	err := c.Create(t.Context(), "example.com/m/@v/v1.0.0.zip", strings.NewReader("other"))
+	if !errors.Is(err, fs.ErrExist) {
+		t.Errorf("Create over an existing object: %v, want fs.ErrExist", err)
+	}
+	if fi, err := c.Stat(t.Context(), "example.com/m/@v/v1.0.0.zip"); err != nil || fi.Size() != int64(len(content)) {
+		t.Errorf("after a refused Create: %v, %v", fi, err)
+	}
+}
+
+// race runs f(0..n-1) at once and returns the i whose f succeeded; an error
+// other than ErrLeaseHeld or fs.ErrExist fails t.
+func race(t *testing.T, n int, f func(i int) error) []int {
+	t.Helper()
+	var mu sync.Mutex
+	var won []int
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			err := f(i)
+			switch {
+			case err == nil:
+				mu.Lock()
+				won = append(won, i)
+				mu.Unlock()
+			case !errors.Is(err, ErrLeaseHeld) && !errors.Is(err, fs.ErrExist):
+				t.Errorf("racer %d: %v", i, err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	return won
+}
