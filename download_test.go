@@ -100,28 +100,73 @@ func TestDownloadUnderFaults(t *testing.T) {
 	}
 }
 
-func TestDownloadFailsClearlyWhenFileChanges(t *testing.T) {
+// otherLargeModule is another zip of the module version largeModule is of:
+// the same file, as republished with other content.
+var otherLargeModule = sync.OnceValues(func() (*moduletest.Version, error) {
+	dir, err := os.MkdirTemp("", "goproxy-large-")
+	if err != nil {
+		return nil, err
+	}
+	return moduletest.LargeVersion(dir, "example.com/large", "v1.0.0", 5<<20)
+})
+
+func TestDownloadStartsOverWhenFileChanges(t *testing.T) {
 	_, a := largeFixture(t)
-	b := bytes.Clone(a)
-	b[len(b)/2] ^= 0xff
-	var served atomic.Int32
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, etag := a, `"a"`
-		if served.Add(1) > 1 {
-			body, etag = b, `"b"` // replaced right after the first answer
+	v2, err := otherLargeModule()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(v2.ZipFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("replaced after the first answer: the new file whole", func(t *testing.T) {
+		var served atomic.Int32
+		upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, etag := a, `"a"`
+			if served.Add(1) > 1 {
+				body, etag = b, `"b"` // replaced right after the first answer
+			}
+			w.Header().Set("ETag", etag)
+			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
+		}))
+		defer upstream.Close()
+		p := newTestProxy(t, upstream.URL)
+		w := do(p, "GET", largeZipPath)
+		if w.Code != 200 || !bytes.Equal(w.Body.Bytes(), b) {
+			t.Fatalf("%d, %d bytes: want the new file (%d bytes), validated, and nothing of the old", w.Code, w.Body.Len(), len(b))
 		}
-		w.Header().Set("ETag", etag)
-		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
-	}))
-	defer upstream.Close()
-	p := newTestProxy(t, upstream.URL)
-	w := do(p, "GET", largeZipPath)
-	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "changed during the download") {
-		t.Errorf("%d %q, want 502 saying the file changed", w.Code, w.Body)
-	}
-	if files := filesUnder(t, p.TempDir); len(files) != 0 {
-		t.Errorf("files of the mixed download left behind: %v", files)
-	}
+	})
+	t.Run("changing on every request: a clear error", func(t *testing.T) {
+		// An upstream that honours Range but not If-Range, whose file
+		// changes all the time: every download meets another version.
+		var served atomic.Int32
+		upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n := served.Add(1)
+			body := a
+			if n%2 == 0 {
+				body = b
+			}
+			w.Header().Set("ETag", fmt.Sprintf(`"v%d"`, n))
+			r.Header.Del("If-Range")
+			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
+		}))
+		defer upstream.Close()
+		p := newTestProxy(t, upstream.URL)
+		w := do(p, "GET", largeZipPath)
+		if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "changed under each of") {
+			t.Errorf("%d %q, want 502 saying the file keeps changing", w.Code, w.Body)
+		}
+		if cached := cachedNames(p.Cacher); len(cached) != 0 {
+			t.Errorf("cached %v", cached)
+		}
+		if files := filesUnder(t, p.TempDir); len(files) != 0 {
+			t.Errorf("files of the mixed download left behind: %v", files)
+		}
+		if n := served.Load(); n < maxRestarts+1 || n > 10*(maxRestarts+1) {
+			t.Errorf("%d upstream requests for %d downloads", n, maxRestarts+1)
+		}
+	})
 }
 
 func TestDownloadRetries(t *testing.T) {
@@ -136,7 +181,9 @@ func TestDownloadRetries(t *testing.T) {
 		{name: "429 is retried", answers: []int{429}, wantCode: 200, wantCount: 2},
 		{name: "Retry-After is honoured up to MaxDelay", answers: []int{429}, retryAfer: "3600", wantCode: 200, wantCount: 2},
 		{name: "404 is not retried", answers: []int{404}, wantCode: 404, wantCount: 1},
-		{name: "400 is not retried", answers: []int{400}, wantCode: 502, wantCount: 1},
+		{name: "400 is not retried, and passed on", answers: []int{400}, wantCode: 400, wantCount: 1},
+		{name: "403 is not retried, and passed on", answers: []int{403}, wantCode: 403, wantCount: 1},
+		{name: "408 is retried", answers: []int{408}, wantCode: 200, wantCount: 2},
 		{name: "attempts run out", answers: []int{500, 500, 500, 500, 500, 500}, wantCode: 502, wantCount: 5},
 	}
 	for _, tt := range tests {
@@ -155,6 +202,7 @@ func TestDownloadRetries(t *testing.T) {
 				return false
 			})
 			p := newTestProxy(t, up.URL)
+			p.Download.Attempts = 5
 			w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod")
 			if w.Code != tt.wantCode || int(n.Load()) != tt.wantCount {
 				t.Errorf("%d after %d requests, want %d after %d: %s", w.Code, n.Load(), tt.wantCode, tt.wantCount, w.Body)
