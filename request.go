@@ -39,6 +39,22 @@ type request struct {
 // maxPathLen bounds request paths; module paths are far shorter in practice.
 const maxPathLen = 1024
 
+// maxElemLen bounds each element of a request's path, as stored: most file
+// systems hold no longer name, so no go command's module cache (nor a
+// DirCacher) could store the file. Longer ones are refused up front, the
+// same way whatever the Cacher.
+const maxElemLen = 255
+
+// checkElemLen refuses a name with an element longer than maxElemLen.
+func checkElemLen(name string) error {
+	for elem := range strings.SplitSeq(name, "/") {
+		if len(elem) > maxElemLen {
+			return badRequest(http.StatusBadRequest, "a path element of %d bytes: file systems hold at most %d, so no module cache could store it", len(elem), maxElemLen)
+		}
+	}
+	return nil
+}
+
 // parseRequest decodes and validates a module proxy path (without a leading
 // slash) with golang.org/x/mod/module, so nothing unchecked reaches a cacher
 // or an upstream.
@@ -46,6 +62,9 @@ func (p *Proxy) parseRequest(urlPath string) (*request, error) {
 	path := strings.TrimPrefix(urlPath, "/")
 	if len(path) > maxPathLen {
 		return nil, badRequest(http.StatusRequestURITooLong, "request path is longer than %d bytes", maxPathLen)
+	}
+	if err := checkElemLen(path); err != nil {
+		return nil, err
 	}
 	if rest, ok := strings.CutPrefix(path, "sumdb/"); ok {
 		return p.parseSumDBRequest(rest)
@@ -105,6 +124,9 @@ func badRequest(status int, format string, args ...any) error {
 // only the databases the proxy is configured for are answered, so it is
 // never an open relay.
 func (p *Proxy) parseSumDBRequest(path string) (*request, error) {
+	if err := checkElemLen(path); err != nil {
+		return nil, err
+	}
 	name, rest, _ := strings.Cut(path, "/")
 	db := p.sumdbs[name]
 	if db == nil {
