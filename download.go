@@ -64,7 +64,7 @@ type DownloadOptions struct {
 	RetryBudget float64
 
 	// DownAfter is how long an upstream host must fail every request, at
-	// least ten in a row, before it is marked down: its requests then fail
+	// least 20 in a row, before it is marked down: its requests then fail
 	// at once (the walk moving on where GOPROXY allows), while a probe in
 	// the background asks the host's root, with the backoff below, until
 	// it answers anything but 5xx. One success resets the count, so random

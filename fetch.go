@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/mod/modfile"
 	"golang.org/x/mod/module"
+	"golang.org/x/mod/semver"
 	modzip "golang.org/x/mod/zip"
 
 	"github.com/goproxy-team/goproxy/internal/netrc"
@@ -523,6 +524,9 @@ func normalizeVersionList(modPath string, data []byte) ([]byte, error) {
 	var out bytes.Buffer
 	seen := map[string]bool{}
 	text := false
+	// +incompatible marks a major version without its path suffix, so a
+	// path with one has none (the go command refuses them too).
+	_, pathMajor, _ := module.SplitPathVersion(modPath)
 	for line := range strings.SplitSeq(string(data), "\n") {
 		f := strings.Fields(line)
 		if len(f) == 0 {
@@ -530,7 +534,8 @@ func normalizeVersionList(modPath string, data []byte) ([]byte, error) {
 		}
 		text = true
 		v := f[0]
-		if seen[v] || module.CanonicalVersion(v) != v || module.Check(modPath, v) != nil {
+		if seen[v] || module.CanonicalVersion(v) != v || module.Check(modPath, v) != nil ||
+			pathMajor != "" && semver.Build(v) == "+incompatible" {
 			continue
 		}
 		seen[v] = true

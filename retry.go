@@ -24,7 +24,7 @@ import (
 const (
 	// downFailures is how many failures in a row, besides DownAfter of
 	// failing, mark an upstream host down.
-	downFailures = 10
+	downFailures = 20
 	// retryReserve is the retry budget a host starts with, and
 	// maxRetryBalance the most it can save up: enough for bursts, not
 	// for a failing host to take several times its load for long.
