@@ -97,7 +97,7 @@ func (p *Proxy) parseRequest(urlPath string) (*request, error) {
 	}
 	if req.kind == kindList || req.kind == kindLatest {
 		req.name = path
-		return req, nil
+		return req.checkName()
 	}
 	escVersion := file[:strings.LastIndexByte(file, '.')]
 	if req.version, err = module.UnescapeVersion(escVersion); err != nil {
@@ -113,6 +113,16 @@ func (p *Proxy) parseRequest(urlPath string) (*request, error) {
 		}
 	}
 	req.name = path
+	return req.checkName()
+}
+
+// checkName refuses a request whose name a Cacher may not be asked for
+// (such as a version query starting with a dot, which git never names a
+// branch): it could be neither cached nor told apart from a temporary file.
+func (req *request) checkName() (*request, error) {
+	if err := checkCacheName(req.name); err != nil {
+		return nil, badRequest(http.StatusBadRequest, "%q cannot be stored: an element starts with a dot, or holds a backslash or NUL", req.name)
+	}
 	return req, nil
 }
 
@@ -172,7 +182,7 @@ func (p *Proxy) parseSumDBRequest(path string) (*request, error) {
 	default:
 		return nil, badRequest(http.StatusNotFound, "unknown checksum database path %q", rest)
 	}
-	return req, nil
+	return req.checkName()
 }
 
 // mutable reports whether the answer to req may change over time.
