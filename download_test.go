@@ -3,8 +3,10 @@ package goproxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -348,5 +350,78 @@ func TestRetryWithoutRangesStartsOver(t *testing.T) {
 	w := do(p, "GET", largeZipPath)
 	if w.Code != 200 || !bytes.Equal(w.Body.Bytes(), want) || n.Load() != 2 {
 		t.Errorf("%d, %d bytes after %d requests", w.Code, w.Body.Len(), n.Load())
+	}
+}
+
+// leaveWhen sends a GET for path to p and cancels it, as a client going
+// away, once ready reports true; it returns when the handler has.
+func leaveWhen(t *testing.T, p *Proxy, path string, ready func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", path, nil).WithContext(ctx))
+	}()
+	waitFor(t, ready)
+	cancel()
+	<-done
+}
+
+func TestFetchNobodyWaitsForEndsWhenItStalls(t *testing.T) {
+	_, want := largeFixture(t)
+	var sent atomic.Int64
+	ended := make(chan struct{})
+	up := newFakeUpstream(t, nil)
+	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		defer close(ended)
+		w.Header().Set("Content-Length", strconv.Itoa(len(want)))
+		w.Header().Set("ETag", `"slow"`)
+		w.WriteHeader(http.StatusOK)
+		for i := 0; ; i++ { // a byte every 10 ms: never idle, never done
+			if _, err := w.Write(want[i : i+1]); err != nil {
+				return true
+			}
+			w.(http.Flusher).Flush()
+			sent.Add(1)
+			select {
+			case <-r.Context().Done():
+				return true
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	})
+	p := newTestProxy(t, up.URL)
+	p.Download.BodyIdleTimeout = 100 * time.Millisecond
+	leaveWhen(t, p, largeZipPath, func() bool { return sent.Load() > 0 })
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the upstream still sends, %d bytes so far, to a fetch nobody waits for", sent.Load())
+	}
+	waitFor(t, p.flights.idle)
+	if files := filesUnder(t, p.TempDir); len(files) > 2 {
+		t.Errorf("left behind: %v", files)
+	}
+}
+
+func TestFetchNobodyWaitsForFinishesWhileItProgresses(t *testing.T) {
+	v, want := largeFixture(t)
+	up := moduletest.NewServer([]*moduletest.Version{v})
+	defer up.Close()
+	faults := &moduletest.Faults{BytesPerSecond: 4 << 20} // 6 MB in about 0.4 s on 4 connections
+	srv := httptest.NewServer(faults.Wrap(up.Handler()))
+	defer srv.Close()
+	p := newTestProxy(t, srv.URL)
+	p.Download.BodyIdleTimeout = 100 * time.Millisecond
+	leaveWhen(t, p, largeZipPath, func() bool { return faults.BodyBytes() > 0 })
+	waitFor(t, p.flights.idle)
+	cf, err := p.Cacher.Get(context.Background(), strings.TrimPrefix(largeZipPath, "/"))
+	if err != nil {
+		t.Fatalf("the download nobody waited for was not cached: %v", err)
+	}
+	defer cf.Close()
+	if got, _ := io.ReadAll(cf); !bytes.Equal(got, want) {
+		t.Errorf("cached %d bytes, want the %d of the zip", len(got), len(want))
 	}
 }
