@@ -1024,6 +1024,7 @@ func (w *partWriter) Write(b []byte) (int, error) {
 }
 
 // parseContentRange parses "bytes start-end/size"; size is -1 for "*".
+// Numbers are digits only: no sign, no space.
 func parseContentRange(v string) (start, end, size int64, ok bool) {
 	v, ok = strings.CutPrefix(v, "bytes ")
 	if !ok {
@@ -1037,17 +1038,23 @@ func parseContentRange(v string) (start, end, size int64, ok bool) {
 	if !ok {
 		return 0, 0, 0, false
 	}
-	var err1, err2, err3 error
-	start, err1 = strconv.ParseInt(s, 10, 64)
-	end, err2 = strconv.ParseInt(e, 10, 64)
-	size = -1
+	var ok1, ok2, ok3 bool
+	start, ok1 = parseDigits(s)
+	end, ok2 = parseDigits(e)
+	size, ok3 = -1, true
 	if total != "*" {
-		size, err3 = strconv.ParseInt(total, 10, 64)
+		size, ok3 = parseDigits(total)
 	}
-	if err1 != nil || err2 != nil || err3 != nil || start < 0 || end < start || (size >= 0 && end >= size) {
+	if !ok1 || !ok2 || !ok3 || end < start || (size >= 0 && end >= size) {
 		return 0, 0, 0, false
 	}
 	return start, end, size, true
+}
+
+// parseDigits parses a non-negative decimal int64 of digits only.
+func parseDigits(s string) (int64, bool) {
+	n, err := strconv.ParseUint(s, 10, 63)
+	return int64(n), err == nil
 }
 
 // flightGroup makes concurrent requests for one file share one download.
