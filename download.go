@@ -74,7 +74,11 @@ type DownloadOptions struct {
 
 	// BaseDelay and MaxDelay shape the backoff between attempts: retry n
 	// waits a random time up to min(MaxDelay, BaseDelay·2ⁿ). A Retry-After
-	// answer is honoured up to MaxDelay. Zero means 100 ms and 10 s.
+	// answer is honoured up to MaxDelay. Zero means 5 ms and 10 s: the
+	// first retries follow at once, since most failures are momentary and
+	// every one already cost a round trip, while the retry budget, not the
+	// backoff, keeps a failing host from being flooded; a request that
+	// keeps failing waits 10 s between attempts after about 11 of them.
 	BaseDelay, MaxDelay time.Duration
 
 	// HeaderTimeout bounds the wait for an answer's header, connecting
@@ -130,7 +134,7 @@ func (o DownloadOptions) withDefaults(tempDir string) DownloadOptions {
 		o.DownAfter = 10 * time.Second
 	}
 	if o.BaseDelay <= 0 {
-		o.BaseDelay = 100 * time.Millisecond
+		o.BaseDelay = 5 * time.Millisecond
 	}
 	if o.MaxDelay <= 0 {
 		o.MaxDelay = 10 * time.Second

@@ -3,6 +3,7 @@ package moduletest
 import (
 	"math"
 	"math/rand/v2"
+	"os"
 
 	"golang.org/x/mod/module"
 )
@@ -47,6 +48,9 @@ func RealisticZipSizes(n int) []int64 {
 // data stored uncompressed, written to dir. The other versions and the
 // special modules keep their small zips.
 func RealisticGraph(dir string, n int) ([]*Version, error) {
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return nil, err
+	}
 	vs := Graph(n)
 	sizes := RealisticZipSizes(n)
 	newestOf := map[string]*Version{}
