@@ -68,7 +68,8 @@ func (d DirCacher) Put(ctx context.Context, name string, content io.ReadSeeker) 
 	}
 	var suffix [8]byte
 	rand.Read(suffix[:])
-	tmp := dir + "." + base + ".tmp-" + hex.EncodeToString(suffix[:])
+	// The name must fit where base fits: file systems cap an element.
+	tmp := dir + "." + base[:min(len(base), 200)] + ".tmp-" + hex.EncodeToString(suffix[:])
 	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -20,9 +19,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 
 	"github.com/goproxy-team/goproxy/internal/filelock"
@@ -44,15 +43,51 @@ type DownloadOptions struct {
 	// further ones wait for a slot. Zero means 16.
 	MaxConcurrent int
 
-	// Attempts is how many times one request, or one part of a file, is
-	// tried before the download fails. Connection errors, cut bodies, 5xx
-	// and 429 answers are retried; other answers are not. Zero means 5.
+	// Attempts caps how many times one request, or one part of a file, is
+	// tried. A failure that another attempt may cure (a connection
+	// refused or reset, a stall, a cut body, 5xx, 408, 429) is retried
+	// until the fetch's Timeout would pass before the next attempt, the
+	// upstream host's RetryBudget is spent, the host is marked down, or
+	// the attempts reach this cap; other answers are final. Zero means 30:
+	// at a fault rate of 30%, one request then fails for good once in
+	// 0.3³⁰ ≈ 2·10⁻¹⁶ tries, so a cold download of a graph making 10⁵
+	// upstream requests fails with a chance of about 2·10⁻¹¹.
 	Attempts int
+
+	// RetryBudget bounds the retries to one upstream host as a ratio to
+	// its requests: every first attempt earns RetryBudget retries, every
+	// retry spends one, a host starts with 10 and saves up to 100. When
+	// the budget is spent, failures are final: a failing host is not sent
+	// several times its load. Zero means 2, twice what half of all
+	// requests failing needs (one retry per request, on average; at 30%
+	// failures, 0.43); negative means no budget.
+	RetryBudget float64
+
+	// DownAfter is how long an upstream host must fail every request, at
+	// least 20 in a row, before it is marked down: its requests then fail
+	// at once (the walk moving on where GOPROXY allows), while a probe in
+	// the background asks the host's root, with the backoff below, until
+	// it answers anything but 5xx. One success resets the count, so random
+	// failures do not mark a host down. Zero means 10 s; negative never
+	// marks a host down.
+	DownAfter time.Duration
 
 	// BaseDelay and MaxDelay shape the backoff between attempts: retry n
 	// waits a random time up to min(MaxDelay, BaseDelay·2ⁿ). A Retry-After
-	// answer is honoured up to MaxDelay. Zero means 100 ms and 10 s.
+	// answer is honoured up to MaxDelay. Zero means 5 ms and 10 s: the
+	// first retries follow at once, since most failures are momentary and
+	// every one already cost a round trip, while the retry budget, not the
+	// backoff, keeps a failing host from being flooded; a request that
+	// keeps failing waits 10 s between attempts after about 11 of them.
 	BaseDelay, MaxDelay time.Duration
+
+	// HeaderTimeout bounds the wait for an answer's header, connecting
+	// included, and BodyIdleTimeout the time an answer's body may send
+	// nothing: past either, the request is cut and retried. Zero means
+	// 30 s for each. A fetch that every waiting client has left goes on
+	// only while it brings at least 64 KiB every BodyIdleTimeout, so that
+	// a large file still gets cached but a stalling one ends.
+	HeaderTimeout, BodyIdleTimeout time.Duration
 
 	// Timeout bounds one fetch from the upstreams, every attempt included,
 	// whoever waits for it. Zero means 10 minutes.
@@ -61,8 +96,16 @@ type DownloadOptions struct {
 	// PartialDir keeps interrupted downloads of large files, with what is
 	// needed to check them, so that the next request for the file, also
 	// after a restart, fetches only what is missing. Empty means
-	// "goproxy-partial" in the Proxy's TempDir.
+	// "goproxy-partial" in the Proxy's TempDir. Downloads in progress are
+	// written there too: when its disk is full, the downloads that need
+	// more space fail with 507 Insufficient Storage, and free what they
+	// held.
 	PartialDir string
+
+	// PartialBytes bounds the bytes of interrupted downloads kept in
+	// PartialDir for resuming; past it, the oldest go first. Downloads in
+	// progress do not count. Zero means 1 GiB; negative keeps none.
+	PartialBytes int64
 
 	// Progress, if set, is called while a file downloads, at most every
 	// quarter second and once at the end, with the bytes received so far and
@@ -82,13 +125,25 @@ func (o DownloadOptions) withDefaults(tempDir string) DownloadOptions {
 		o.MaxConcurrent = 16
 	}
 	if o.Attempts <= 0 {
-		o.Attempts = 5
+		o.Attempts = 30
+	}
+	if o.RetryBudget == 0 {
+		o.RetryBudget = 2
+	}
+	if o.DownAfter == 0 {
+		o.DownAfter = 10 * time.Second
 	}
 	if o.BaseDelay <= 0 {
-		o.BaseDelay = 100 * time.Millisecond
+		o.BaseDelay = 5 * time.Millisecond
 	}
 	if o.MaxDelay <= 0 {
 		o.MaxDelay = 10 * time.Second
+	}
+	if o.HeaderTimeout <= 0 {
+		o.HeaderTimeout = 30 * time.Second
+	}
+	if o.BodyIdleTimeout <= 0 {
+		o.BodyIdleTimeout = 30 * time.Second
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 10 * time.Minute
@@ -99,14 +154,21 @@ func (o DownloadOptions) withDefaults(tempDir string) DownloadOptions {
 		}
 		o.PartialDir = filepath.Join(tempDir, "goproxy-partial")
 	}
+	if o.PartialBytes == 0 {
+		o.PartialBytes = 1 << 30
+	}
 	return o
 }
 
-// maxErrorBody caps how much of an upstream's error answer is read and passed on.
+// maxErrorBody caps how much of an upstream's error answer is read.
 const maxErrorBody = 4 << 10
 
 // progressInterval is the least time between two Progress calls for a file.
 const progressInterval = 250 * time.Millisecond
+
+// maxRestarts bounds how often one download starts over because the file
+// changed under it.
+const maxRestarts = 8
 
 // fetched is a file downloaded from an upstream: small files in memory, zips
 // in a file that lives as long as someone reads it.
@@ -146,11 +208,38 @@ type downloader struct {
 	sem    *semaphore.Weighted
 	logger *slog.Logger
 	via    string // this proxy's Via entry, which reveals a loop
+	hosts  hostTable
+
+	// writeAt writes to the files of PartialDir; tests replace it to
+	// fill the disk.
+	writeAt func(f *os.File, b []byte, off int64) (int, error)
+	// tidied is set once PartialDir has been rid of what killed
+	// processes left.
+	tidied atomic.Bool
 }
 
 func newDownloader(opts DownloadOptions, client *http.Client, logger *slog.Logger, via string) *downloader {
-	return &downloader{opts: opts, client: client, sem: semaphore.NewWeighted(int64(opts.MaxConcurrent)), logger: logger, via: via}
+	if check := client.CheckRedirect; check != nil {
+		// A redirect refused is refused again on every attempt: final.
+		c := *client
+		c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+			err := check(req, via)
+			if err != nil && !errors.Is(err, http.ErrUseLastResponse) {
+				return &redirectRefused{err}
+			}
+			return err
+		}
+		client = &c
+	}
+	return &downloader{opts: opts, client: client, sem: semaphore.NewWeighted(int64(opts.MaxConcurrent)), logger: logger, via: via,
+		writeAt: (*os.File).WriteAt}
 }
+
+// redirectRefused is a redirect the client's policy refused.
+type redirectRefused struct{ err error }
+
+func (e *redirectRefused) Error() string { return e.err.Error() }
+func (e *redirectRefused) Unwrap() error { return e.err }
 
 // target describes what a download is for.
 type target struct {
@@ -181,7 +270,7 @@ func (d *downloader) getSmall(ctx context.Context, rawURL string, t target) (*fe
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			return upstreamAnswered(rawURL, resp.Status, "a part of a file, for a request of the whole")
+			return upstreamAnswered(rawURL, resp.StatusCode, "a part of a file, for a request of the whole")
 		}
 		if resp.ContentLength > t.limit {
 			return tooLarge(rawURL, t.limit)
@@ -205,12 +294,21 @@ func (d *downloader) getSmall(ctx context.Context, rawURL string, t target) (*fe
 	return &fetched{data: data, size: int64(len(data)), modTime: time.Now()}, nil
 }
 
+// Stalls: an answer whose header does not come in HeaderTimeout, or whose
+// body sends nothing for BodyIdleTimeout, is cut with one of these causes.
+var (
+	errNoHeader    = errors.New("no answer")
+	errBodyStalled = errors.New("the body stalled")
+)
+
 // send makes one GET request and sorts the answer: 200 and 206 are
-// returned; everything else becomes an error that says whether it is worth
-// another attempt.
+// returned, their body cut if it stalls; everything else becomes an error
+// that says whether it is worth another attempt.
 func (d *downloader) send(ctx context.Context, rawURL string, header http.Header) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+	actx, cancel := context.WithCancelCause(ctx)
+	req, err := http.NewRequestWithContext(actx, http.MethodGet, rawURL, nil)
 	if err != nil {
+		cancel(nil)
 		return nil, &fetchError{status: http.StatusBadGateway, msg: "invalid upstream URL " + redactURL(rawURL), err: err}
 	}
 	for k, v := range header {
@@ -218,8 +316,19 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 	}
 	req.Header.Set("User-Agent", "goproxy")
 	req.Header.Set("Via", d.via)
+	noHeader := time.AfterFunc(d.opts.HeaderTimeout, func() { cancel(errNoHeader) })
 	resp, err := d.client.Do(req)
+	if !noHeader.Stop() && err == nil {
+		// The header came just as the time ran out, too late to read.
+		resp.Body.Close()
+		err = errNoHeader
+	}
 	if err != nil {
+		cancel(nil)
+		if errors.Is(context.Cause(actx), errNoHeader) && ctx.Err() == nil {
+			return nil, retryable(&fetchError{status: http.StatusGatewayTimeout, err: errNoHeader,
+				msg: fmt.Sprintf("upstream %s sent no answer within %v", redactURL(rawURL), d.opts.HeaderTimeout)})
+		}
 		// net/http strips passwords from the URLs in its errors.
 		fe := &fetchError{status: http.StatusBadGateway, msg: err.Error(), err: err}
 		if egressRefusal(err) != nil {
@@ -227,37 +336,78 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 			return nil, fe
 		}
 		var dnsErr *net.DNSError
-		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
-			return nil, fe // a name that does not exist will not exist in a second either
+		var refused *redirectRefused
+		if errors.As(err, &dnsErr) && dnsErr.IsNotFound || errors.As(err, &refused) {
+			// A name that does not exist will not exist in a second
+			// either; a redirect refused will be refused again.
+			return nil, fe
 		}
 		return nil, retryable(fe)
 	}
+	resp.Body = &watchedBody{ReadCloser: resp.Body, ctx: actx, cancel: cancel, idle: d.opts.BodyIdleTimeout, meter: meterFrom(ctx),
+		timer: time.AfterFunc(d.opts.BodyIdleTimeout, func() { cancel(errBodyStalled) })}
 	switch resp.StatusCode {
 	case http.StatusOK, http.StatusPartialContent:
 		return resp, nil
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	msg := strings.TrimSpace(string(body))
+	msg := upstreamMessage(body, resp.Header.Get("Content-Type"))
 	switch code := resp.StatusCode; {
 	case code == http.StatusNotFound || code == http.StatusGone:
 		if msg == "" {
 			msg = "not found: " + redactURL(rawURL)
 		}
 		return nil, &fetchError{status: code, msg: msg}
-	case code == http.StatusTooManyRequests || code >= 500:
-		fe := retryable(upstreamAnswered(rawURL, resp.Status, msg))
-		fe.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"))
+	case code == http.StatusTooManyRequests || code == http.StatusRequestTimeout || code >= 500:
+		fe := retryable(upstreamAnswered(rawURL, code, msg))
+		fe.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		fe.busy = code < 500
+		return nil, fe
+	case code >= 400:
+		// A refusal (401, 403, 451, ...) is passed on as what it is.
+		fe := upstreamAnswered(rawURL, code, msg)
+		fe.status = code
 		return nil, fe
 	}
-	return nil, upstreamAnswered(rawURL, resp.Status, msg)
+	return nil, upstreamAnswered(rawURL, resp.StatusCode, msg)
 }
 
-func upstreamAnswered(rawURL, status, msg string) *fetchError {
+// watchedBody is an answer's body, cut when it sends nothing for its idle
+// time, counting what arrives into the fetch's progress.
+type watchedBody struct {
+	io.ReadCloser
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+	idle   time.Duration
+	meter  *progressMeter
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.timer.Reset(b.idle)
+		b.meter.add(int64(n))
+	}
+	if err != nil && err != io.EOF && errors.Is(context.Cause(b.ctx), errBodyStalled) {
+		err = fmt.Errorf("%w: nothing arrived for %v", errBodyStalled, b.idle)
+	}
+	return n, err
+}
+
+func (b *watchedBody) Close() error {
+	b.timer.Stop()
+	err := b.ReadCloser.Close()
+	b.cancel(nil)
+	return err
+}
+
+func upstreamAnswered(rawURL string, code int, msg string) *fetchError {
 	if msg != "" {
 		msg = ": " + msg
 	}
-	return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("upstream %s answered %s%s", redactURL(rawURL), status, msg)}
+	return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("upstream %s answered %d %s%s", redactURL(rawURL), code, http.StatusText(code), msg)}
 }
 
 func tooLarge(rawURL string, limit int64) *fetchError {
@@ -268,61 +418,34 @@ func readFailed(rawURL string, err error) *fetchError {
 	return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("reading %s: %v", redactURL(rawURL), err), err: err}
 }
 
-// errFileChanged is the answer when a file changes upstream while its parts
-// are being fetched: stitching parts of two files together would corrupt it.
-var errFileChanged = &fetchError{status: http.StatusBadGateway, msg: "the upstream file changed during the download (its ETag or Last-Modified moved); try again"}
+// errFileChanged stops a download whose parts turned out to be of different
+// versions of the file, or whose upstream answered a part with the whole
+// file: it starts over, since stitching two versions would corrupt it.
+var errFileChanged = &fetchError{status: http.StatusBadGateway, msg: "the upstream file changed during the download"}
 
-// retryable marks a copy of err as worth another attempt.
-func retryable(err *fetchError) *fetchError {
-	c := *err
-	c.retry = true
-	return &c
+// diskError is a failed write to the temporary directory.
+type diskError struct {
+	dir string
+	err error
 }
 
-// parseRetryAfter reads a Retry-After header: seconds or an HTTP date.
-func parseRetryAfter(v string) time.Duration {
-	if v == "" {
-		return 0
+func (e *diskError) Error() string { return e.err.Error() }
+func (e *diskError) Unwrap() error { return e.err }
+
+// diskFailed describes a failed write for the client: a full disk is 507,
+// and names the directory that lacks the space.
+func (d *downloader) diskFailed(t target, err error) *fetchError {
+	status, what := http.StatusInternalServerError, "cannot write"
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		status, what = http.StatusInsufficientStorage, "no space left"
 	}
-	if secs, err := strconv.Atoi(v); err == nil && secs >= 0 {
-		return time.Duration(secs) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		return max(time.Until(t), 0)
-	}
-	return 0
+	return &fetchError{status: status, err: &diskError{dir: d.opts.PartialDir, err: err},
+		msg: fmt.Sprintf("%s@%s: %s in the proxy's temporary directory %s for the download: %v", t.module, t.version, what, d.opts.PartialDir, err)}
 }
 
-// retry calls attempt until it succeeds, fails for good, or the attempts
-// are used up, waiting between tries with exponential backoff and full
-// jitter, or what the upstream's Retry-After asked for, up to MaxDelay.
-func (d *downloader) retry(ctx context.Context, rawURL string, attempt func() error) error {
-	for n := 0; ; n++ {
-		err := attempt()
-		var fe *fetchError
-		if err == nil || !errors.As(err, &fe) || !fe.retry || ctx.Err() != nil {
-			return err
-		}
-		if n+1 >= d.opts.Attempts {
-			c := *fe
-			c.msg = fmt.Sprintf("%s (gave up after %d attempts)", fe.msg, d.opts.Attempts)
-			return &c
-		}
-		delay := fe.retryAfter
-		if delay == 0 {
-			delay = rand.N(min(d.opts.MaxDelay, d.opts.BaseDelay<<min(n, 30)) + 1)
-		}
-		delay = min(delay, d.opts.MaxDelay)
-		d.logger.LogAttrs(ctx, slog.LevelInfo, "upstream retry", slog.String("url", redactURL(rawURL)),
-			slog.Int("attempt", n+1), slog.Duration("delay", delay), slog.String("error", fe.msg))
-		timer := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return err
-		case <-timer.C:
-		}
-	}
+func isDiskError(err error) bool {
+	var de *diskError
+	return errors.As(err, &de)
 }
 
 // partialState is what is kept beside a partial download to resume it: the
@@ -352,30 +475,45 @@ type fileDownload struct {
 	total  atomic.Int64   // bytes received, for Progress
 	sized  atomic.Int64   // total size once known, else -1
 	resume bool           // state came from disk
+
+	// unvalidated is set once the upstream sent a part of the file with
+	// nothing (no ETag, no Last-Modified) to tie other parts to its
+	// version: from then on the file is asked for whole.
+	unvalidated bool
+	// stashed is a whole-file answer a part request got, to start over
+	// with; stashCancel ends its request. Guarded by mu.
+	stashed     *http.Response
+	stashCancel func()
 }
 
 // getFile downloads a file to disk, in parallel ranges when it is large and
 // the upstream allows, resuming a partial download of the same URL left by
 // an earlier attempt or process.
 func (d *downloader) getFile(ctx context.Context, rawURL string, t target) (*fetched, error) {
+	if !d.tidied.Swap(true) {
+		d.trimPartials(d.opts.PartialBytes)
+	}
 	dl, err := d.openPartial(rawURL, t)
 	if err != nil {
-		return nil, &fetchError{status: http.StatusInternalServerError, msg: "cannot store the download: " + err.Error(), err: err}
+		if errors.Is(err, syscall.ENOSPC) {
+			d.trimPartials(0)
+		}
+		return nil, d.diskFailed(t, err)
 	}
 	stopProgress := dl.reportProgress(ctx)
-	err = dl.run(ctx)
-	if errors.Is(err, errFileChanged) && dl.resume {
-		// The partial file was of an older version: start afresh.
-		dl.reset()
-		err = dl.run(ctx)
-	}
+	err = dl.download(ctx)
 	stopProgress()
 	if err != nil {
-		if dl.meta != "" && !errors.Is(err, errFileChanged) && len(dl.state.Parts) > 0 {
-			dl.save() // keep what we have for the next attempt
-			dl.f.Close()
+		if dl.keepable(err) && dl.save() == nil {
+			dl.f.Close() // kept for the next attempt
+			d.trimPartials(d.opts.PartialBytes)
 		} else {
 			dl.discard()
+		}
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			// What is kept for resuming matters less than downloads
+			// that are running.
+			d.trimPartials(0)
 		}
 		return nil, err
 	}
@@ -393,26 +531,27 @@ func (d *downloader) openPartial(rawURL string, t target) (*fileDownload, error)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256([]byte(rawURL))
-	key := hex.EncodeToString(sum[:16])
+	key := partialKey(rawURL)
 	dl := &fileDownload{d: d, url: rawURL, t: t}
 	dl.sized.Store(-1)
-	f, err := os.OpenFile(filepath.Join(dir, key+".part"), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(filepath.Join(dir, key+partSuffix), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	if ok, err := filelock.TryLock(f); err != nil || !ok || !stillNamed(f) {
 		// Held by another download, or unlinked by one that finished
-		// between our open and our lock: work on a private file.
+		// between our open and our lock: work on a private file, locked
+		// too, so that tidying PartialDir tells it from a dead one's.
 		f.Close()
-		if f, err = os.CreateTemp(dir, key+"-*.tmp"); err != nil {
+		if f, err = os.CreateTemp(dir, key+"-*"+privateSuffix); err != nil {
 			return nil, err
 		}
+		filelock.TryLock(f)
 		dl.f = f
 		return dl, nil
 	}
 	dl.f = f
-	dl.meta = filepath.Join(dir, key+".json")
+	dl.meta = filepath.Join(dir, key+stateSuffix)
 	if b, err := os.ReadFile(dl.meta); err == nil && json.Unmarshal(b, &dl.state) == nil && dl.state.valid(t.limit) {
 		dl.resume = true
 		dl.done = make([]atomic.Int64, len(dl.state.Parts))
@@ -425,6 +564,11 @@ func (d *downloader) openPartial(rawURL string, t target) (*fileDownload, error)
 	}
 	dl.reset()
 	return dl, nil
+}
+
+func partialKey(rawURL string) string {
+	sum := sha256.Sum256([]byte(rawURL))
+	return hex.EncodeToString(sum[:16])
 }
 
 // stillNamed reports whether f is still the file its name points to.
@@ -453,7 +597,8 @@ func (s *partialState) valid(limit int64) bool {
 	return next == s.Size
 }
 
-// reset forgets any progress and empties the file.
+// reset forgets any progress and empties the file. A stashed answer stays:
+// it is what the download starts over with.
 func (dl *fileDownload) reset() {
 	dl.resume = false
 	dl.mu.Lock()
@@ -463,7 +608,6 @@ func (dl *fileDownload) reset() {
 	dl.total.Store(0)
 	dl.sized.Store(-1)
 	dl.f.Truncate(0)
-	dl.f.Seek(0, io.SeekStart) // whole() writes from the file offset
 	if dl.meta != "" {
 		os.Remove(dl.meta)
 	}
@@ -471,6 +615,7 @@ func (dl *fileDownload) reset() {
 
 // discard removes the file and its state.
 func (dl *fileDownload) discard() {
+	dl.dropStash()
 	if dl.meta != "" {
 		os.Remove(dl.meta)
 	}
@@ -478,11 +623,23 @@ func (dl *fileDownload) discard() {
 	dl.f.Close()
 }
 
+// keepable reports whether what a failed download got is worth keeping
+// for the next attempt: bytes tied by validators to one version of the
+// file, with no disk trouble.
+func (dl *fileDownload) keepable(err error) bool {
+	if dl.meta == "" || dl.d.opts.PartialBytes < 0 || errors.Is(err, errFileChanged) || isDiskError(err) {
+		return false
+	}
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	return dl.state.valid(dl.t.limit) && dl.total.Load() > 0
+}
+
 // save writes the progress beside the file, after syncing the file, so the
 // state never claims bytes the disk does not have.
-func (dl *fileDownload) save() {
+func (dl *fileDownload) save() error {
 	if dl.meta == "" {
-		return
+		return errors.New("not resumable")
 	}
 	// Snapshot under the lock; state.Parts itself is never written after
 	// it is set up, so the parts' readers need no lock.
@@ -492,19 +649,31 @@ func (dl *fileDownload) save() {
 	done := dl.done
 	dl.mu.Unlock()
 	if len(st.Parts) == 0 {
-		return
+		return errors.New("nothing to resume")
 	}
 	for i := range st.Parts {
 		st.Parts[i].Done = done[i].Load()
 	}
 	if err := dl.f.Sync(); err != nil {
-		return
+		return err
 	}
 	b, _ := json.Marshal(&st)
-	tmp := dl.meta + ".tmp"
-	if os.WriteFile(tmp, b, 0o600) == nil {
-		os.Rename(tmp, dl.meta)
+	tmp, err := os.CreateTemp(filepath.Dir(dl.meta), filepath.Base(dl.meta)+"-*"+privateSuffix)
+	if err != nil {
+		return err
 	}
+	filelock.TryLock(tmp) // in use, for trimPartials
+	_, err = dl.d.writeAt(tmp, b, 0)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), dl.meta)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
 }
 
 // reportProgress calls the Progress hook and saves the state periodically
@@ -538,6 +707,25 @@ func (dl *fileDownload) progress() {
 	}
 }
 
+// download fetches the file, starting over when it changes under the
+// download, a bounded number of times.
+func (dl *fileDownload) download(ctx context.Context) error {
+	for restarts := 0; ; restarts++ {
+		err := dl.run(ctx)
+		if !errors.Is(err, errFileChanged) {
+			return err
+		}
+		if restarts == maxRestarts {
+			return &fetchError{status: http.StatusBadGateway, err: errFileChanged, msg: fmt.Sprintf(
+				"the upstream file %s changed under each of %d downloads (its size or its ETag or Last-Modified moved); try again later",
+				redactURL(dl.url), maxRestarts+1)}
+		}
+		dl.d.logger.LogAttrs(ctx, slog.LevelInfo, "upstream file changed, starting over", slog.String("url", redactURL(dl.url)),
+			slog.Int("restart", restarts+1))
+		dl.reset()
+	}
+}
+
 // run fetches whatever the file still lacks.
 func (dl *fileDownload) run(ctx context.Context) error {
 	if !dl.resume {
@@ -545,67 +733,104 @@ func (dl *fileDownload) run(ctx context.Context) error {
 			return err
 		}
 	}
+	dl.resume = false
 	if len(dl.state.Parts) == 0 {
 		return nil // the upstream sent the whole file in one answer
 	}
 	return dl.fetchParts(ctx)
 }
 
-// first makes the first request. It asks for the first RangeThreshold bytes
-// (or, with one connection, everything) as a range: a small file comes
-// whole, a large one reveals its size and validators and whether ranges
-// work, with no extra round trip for a HEAD request.
+// strongETag returns the ETag of h if it is strong: If-Range needs one.
+func strongETag(h http.Header) string {
+	etag := h.Get("ETag")
+	if strings.HasPrefix(etag, "W/") {
+		return ""
+	}
+	return etag
+}
+
+// first makes the first request, or takes the whole-file answer a part
+// request got. It asks for the first RangeThreshold bytes (or, with one
+// connection, everything) as a range: a small file comes whole, a large
+// one reveals its size and validators and whether ranges work, with no
+// extra round trip for a HEAD request. Parts follow only an answer with
+// validators, which tie them to one version of the file; a file without
+// is fetched in one answer, and from its start again when that is cut.
 func (dl *fileDownload) first(ctx context.Context) error {
 	opts := dl.d.opts
-	want := "bytes=0-"
-	if opts.Connections > 1 {
-		want += strconv.FormatInt(opts.RangeThreshold-1, 10)
-	}
 	dl.reset()
-	resp, err := dl.d.send(ctx, dl.url, http.Header{"Range": {want}})
-	if err != nil {
-		return err
+	resp := dl.takeStash()
+	if resp == nil {
+		var h http.Header
+		if !dl.unvalidated {
+			want := "bytes=0-"
+			if opts.Connections > 1 {
+				want += strconv.FormatInt(opts.RangeThreshold-1, 10)
+			}
+			h = http.Header{"Range": {want}}
+		}
+		var err error
+		if resp, err = dl.d.send(ctx, dl.url, h); err != nil {
+			return err
+		}
 	}
 	defer resp.Body.Close()
+	etag, lastModified := strongETag(resp.Header), resp.Header.Get("Last-Modified")
+	validated := etag != "" || lastModified != ""
+	st := partialState{ETag: etag, LastModified: lastModified}
 	if resp.StatusCode == http.StatusOK {
-		return dl.whole(resp)
+		if !validated || resp.ContentLength < 0 {
+			return dl.whole(resp)
+		}
+		if resp.ContentLength > dl.t.limit {
+			return tooLarge(dl.url, dl.t.limit)
+		}
+		st.Size = resp.ContentLength
+		st.Parts = []partState{{Start: 0, End: st.Size}}
+	} else {
+		start, end, size, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		if dl.unvalidated || !ok || start != 0 || size <= 0 {
+			return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("upstream %s sent an unusable Content-Range %q", redactURL(dl.url), resp.Header.Get("Content-Range"))}
+		}
+		if size > dl.t.limit {
+			return tooLarge(dl.url, dl.t.limit)
+		}
+		if !validated && end+1 < size {
+			// Nothing would tie the other parts to the version of
+			// these bytes.
+			dl.unvalidated = true
+			resp.Body.Close()
+			return dl.first(ctx)
+		}
+		st.Size = size
+		st.Parts = splitParts(end+1, size, opts.Connections, opts.RangeThreshold)
 	}
-	start, end, size, ok := parseContentRange(resp.Header.Get("Content-Range"))
-	if !ok || start != 0 || size < 0 {
-		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("upstream %s sent an unusable Content-Range %q", redactURL(dl.url), resp.Header.Get("Content-Range"))}
-	}
-	if size > dl.t.limit {
-		return tooLarge(dl.url, dl.t.limit)
-	}
-	dl.sized.Store(size)
-	etag := resp.Header.Get("ETag")
-	if strings.HasPrefix(etag, "W/") {
-		etag = "" // If-Range needs a strong validator
-	}
-	st := partialState{Size: size, ETag: etag, LastModified: resp.Header.Get("Last-Modified")}
-	conns := opts.Connections
-	if etag == "" && st.LastModified == "" {
-		conns = 1 // nothing ties the parts to one version of the file
-	}
-	st.Parts = splitParts(end+1, size, conns, opts.RangeThreshold)
+	dl.sized.Store(st.Size)
 	dl.mu.Lock()
 	dl.state = st
 	dl.done = make([]atomic.Int64, len(st.Parts))
 	dl.mu.Unlock()
-	// The body fills the first part; if it breaks off, fetchParts resumes it.
-	dl.copyPart(0, resp.Body)
-	return nil
+	err := dl.copyPart(0, resp.Body)
+	if err != nil && validated && !isDiskError(err) {
+		return nil // fetchParts resumes the first part where it broke off
+	}
+	return err
 }
 
-// whole stores a 200 answer: an upstream that ignores ranges sends the
-// whole file at once, and it cannot be resumed.
+// whole stores an answer that cannot be resumed: a 200 without validators
+// or size, as from an upstream that ignores ranges. If it breaks off, the
+// next attempt starts from zero.
 func (dl *fileDownload) whole(resp *http.Response) error {
 	if resp.ContentLength > dl.t.limit {
 		return tooLarge(dl.url, dl.t.limit)
 	}
 	dl.sized.Store(resp.ContentLength)
-	n, err := io.Copy(dl.f, io.TeeReader(io.LimitReader(resp.Body, dl.t.limit+1), countingWriter{&dl.total}))
+	var done atomic.Int64
+	w := &partWriter{dl: dl, done: &done}
+	n, err := io.Copy(w, io.LimitReader(resp.Body, dl.t.limit+1))
 	switch {
+	case w.err != nil:
+		return dl.d.diskFailed(dl.t, w.err)
 	case err != nil:
 		return retryable(readFailed(dl.url, err))
 	case n > dl.t.limit:
@@ -615,6 +840,48 @@ func (dl *fileDownload) whole(resp *http.Response) error {
 	}
 	dl.sized.Store(n)
 	return nil
+}
+
+// stash keeps a whole-file answer to start over with, reporting false if
+// one is kept already.
+func (dl *fileDownload) stash(resp *http.Response, cancel func()) bool {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	if dl.stashed != nil {
+		return false
+	}
+	dl.stashed, dl.stashCancel = resp, cancel
+	return true
+}
+
+// takeStash returns the stashed answer, if any; closing its body ends its
+// request.
+func (dl *fileDownload) takeStash() *http.Response {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	resp, cancel := dl.stashed, dl.stashCancel
+	dl.stashed, dl.stashCancel = nil, nil
+	if resp != nil {
+		resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	}
+	return resp
+}
+
+func (dl *fileDownload) dropStash() {
+	if resp := dl.takeStash(); resp != nil {
+		resp.Body.Close()
+	}
+}
+
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel func()
+}
+
+func (c *cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
 }
 
 // splitParts cuts [0, size) into parts: the first ends at firstEnd (what
@@ -635,12 +902,10 @@ func splitParts(firstEnd, size int64, conns int, minPart int64) []partState {
 }
 
 // fetchParts fetches the unfinished parts over the configured number of
-// connections, each part retried on its own from where it stopped.
+// connections, each part retried on its own from where it stopped. The
+// first part to meet another version of the file (or a whole-file answer)
+// stops the others.
 func (dl *fileDownload) fetchParts(ctx context.Context) error {
-	conns := dl.d.opts.Connections
-	if dl.state.ETag == "" && dl.state.LastModified == "" {
-		conns = 1
-	}
 	todo := make(chan int, len(dl.state.Parts))
 	for i, p := range dl.state.Parts {
 		if dl.done[i].Load() < p.End-p.Start {
@@ -648,23 +913,32 @@ func (dl *fileDownload) fetchParts(ctx context.Context) error {
 		}
 	}
 	close(todo)
-	g, ctx := errgroup.WithContext(ctx)
-	for range min(conns, len(todo)) {
-		g.Go(func() error {
+	pctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	var wg sync.WaitGroup
+	for range min(dl.d.opts.Connections, len(todo)) {
+		wg.Go(func() {
 			for i := range todo {
-				if err := dl.d.retry(ctx, dl.url, func() error { return dl.fetchPart(ctx, i) }); err != nil {
-					return err
+				err := dl.d.retry(pctx, dl.url, func() error { return dl.fetchPart(ctx, pctx, stop, i) })
+				if err != nil {
+					stop(err)
+					return
 				}
 			}
-			return nil
 		})
 	}
-	return g.Wait()
+	wg.Wait()
+	if pctx.Err() != nil {
+		return context.Cause(pctx)
+	}
+	return nil
 }
 
 // fetchPart requests what part i lacks, tied by If-Range to the version of
-// the file the other parts came from.
-func (dl *fileDownload) fetchPart(ctx context.Context, i int) error {
+// the file the other parts came from. Its request lives in ctx while
+// pctx, which stops the parts, has not ended, so that a whole-file answer
+// can outlive the other parts to be started over with.
+func (dl *fileDownload) fetchPart(ctx, pctx context.Context, stop context.CancelCauseFunc, i int) error {
 	p := dl.state.Parts[i]
 	from := p.Start + dl.done[i].Load()
 	if from >= p.End {
@@ -676,38 +950,65 @@ func (dl *fileDownload) fetchPart(ctx context.Context, i int) error {
 	} else if dl.state.LastModified != "" {
 		h.Set("If-Range", dl.state.LastModified)
 	}
-	resp, err := dl.d.send(ctx, dl.url, h)
+	reqCtx, cancelReq := context.WithCancel(ctx)
+	unlink := context.AfterFunc(pctx, cancelReq)
+	resp, err := dl.d.send(reqCtx, dl.url, h)
 	if err != nil {
+		unlink()
+		cancelReq()
 		return err
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusOK {
-		return errFileChanged // If-Range failed: the file is not the one we have parts of
+		// If-Range found another version, or the upstream ignored the
+		// range: a whole file either way, to start over with.
+		if unlink() && dl.stash(resp, cancelReq) {
+			stop(errFileChanged)
+		} else {
+			resp.Body.Close()
+			cancelReq()
+		}
+		return errFileChanged
 	}
+	defer func() {
+		resp.Body.Close()
+		unlink()
+		cancelReq()
+	}()
 	start, end, size, ok := parseContentRange(resp.Header.Get("Content-Range"))
-	if !ok || start != from || end != p.End-1 || size != dl.state.Size {
+	if !ok || start != from || end != p.End-1 || size != dl.state.Size || !dl.sameVersion(resp.Header) {
 		return errFileChanged
 	}
-	if etag := resp.Header.Get("ETag"); dl.state.ETag != "" && etag != "" && etag != dl.state.ETag {
-		return errFileChanged
+	return dl.copyPart(i, resp.Body)
+}
+
+// sameVersion reports whether a part's answer carries no validator that
+// contradicts those the download started with. One without any is taken
+// at its word, since If-Range asked for this version or nothing.
+func (dl *fileDownload) sameVersion(h http.Header) bool {
+	if etag := h.Get("ETag"); etag != "" && dl.state.ETag != "" && etag != dl.state.ETag {
+		return false
 	}
-	if err := dl.copyPart(i, resp.Body); err != nil {
-		return err
+	if lm := h.Get("Last-Modified"); lm != "" && dl.state.LastModified != "" && lm != dl.state.LastModified {
+		return false
 	}
-	return nil
+	return true
 }
 
 // copyPart writes body into part i from where it stands, counting progress
-// as bytes land; a short body is a retryable error.
+// as bytes land; a short body is a retryable error, a failed write a disk
+// error.
 func (dl *fileDownload) copyPart(i int, body io.Reader) error {
 	p := dl.state.Parts[i]
 	off := p.Start + dl.done[i].Load()
-	w := &partWriter{f: dl.f, off: off, done: &dl.done[i], total: &dl.total}
+	w := &partWriter{dl: dl, off: off, done: &dl.done[i]}
 	_, err := io.Copy(w, io.LimitReader(body, p.End-off))
 	if err == nil && dl.done[i].Load() < p.End-p.Start {
 		err = io.ErrUnexpectedEOF
 	}
-	if err != nil {
+	switch {
+	case w.err != nil:
+		return dl.d.diskFailed(dl.t, w.err)
+	case err != nil:
 		return retryable(readFailed(dl.url, err))
 	}
 	return nil
@@ -715,28 +1016,23 @@ func (dl *fileDownload) copyPart(i int, body io.Reader) error {
 
 // partWriter writes at a moving offset and counts what it wrote.
 type partWriter struct {
-	f     *os.File
-	off   int64
-	done  *atomic.Int64
-	total *atomic.Int64
+	dl   *fileDownload
+	off  int64
+	done *atomic.Int64
+	err  error // of the last write
 }
 
 func (w *partWriter) Write(b []byte) (int, error) {
-	n, err := w.f.WriteAt(b, w.off)
+	n, err := w.dl.d.writeAt(w.dl.f, b, w.off)
 	w.off += int64(n)
 	w.done.Add(int64(n))
-	w.total.Add(int64(n))
+	w.dl.total.Add(int64(n))
+	w.err = err
 	return n, err
 }
 
-type countingWriter struct{ n *atomic.Int64 }
-
-func (w countingWriter) Write(b []byte) (int, error) {
-	w.n.Add(int64(len(b)))
-	return len(b), nil
-}
-
 // parseContentRange parses "bytes start-end/size"; size is -1 for "*".
+// Numbers are digits only: no sign, no space.
 func parseContentRange(v string) (start, end, size int64, ok bool) {
 	v, ok = strings.CutPrefix(v, "bytes ")
 	if !ok {
@@ -750,17 +1046,23 @@ func parseContentRange(v string) (start, end, size int64, ok bool) {
 	if !ok {
 		return 0, 0, 0, false
 	}
-	var err1, err2, err3 error
-	start, err1 = strconv.ParseInt(s, 10, 64)
-	end, err2 = strconv.ParseInt(e, 10, 64)
-	size = -1
+	var ok1, ok2, ok3 bool
+	start, ok1 = parseDigits(s)
+	end, ok2 = parseDigits(e)
+	size, ok3 = -1, true
 	if total != "*" {
-		size, err3 = strconv.ParseInt(total, 10, 64)
+		size, ok3 = parseDigits(total)
 	}
-	if err1 != nil || err2 != nil || err3 != nil || start < 0 || end < start || (size >= 0 && end >= size) {
+	if !ok1 || !ok2 || !ok3 || end < start || (size >= 0 && end >= size) {
 		return 0, 0, 0, false
 	}
 	return start, end, size, true
+}
+
+// parseDigits parses a non-negative decimal int64 of digits only.
+func parseDigits(s string) (int64, bool) {
+	n, err := strconv.ParseUint(s, 10, 63)
+	return int64(n), err == nil
 }
 
 // flightGroup makes concurrent requests for one file share one download.
@@ -769,16 +1071,33 @@ func parseContentRange(v string) (start, end, size int64, ok bool) {
 // the last of them has served it, and it runs the download detached from any
 // one caller, so a client that goes away does not fail the others.
 type flightGroup struct {
+	// abandonAfter, if positive, is the window over which a download that
+	// every caller has left must make progress (abandonedMinBytes, or a
+	// step) to go on.
+	abandonAfter time.Duration
+
 	mu      sync.Mutex
 	flights map[string]*flight
 }
 
+// abandonedMinBytes is the least a download nobody waits for must bring
+// in per abandonAfter to go on: a large file still gets cached, a stalling
+// one ends.
+const abandonedMinBytes = 64 << 10
+
+// errAbandoned ends a download that nobody waits for and that stopped
+// making progress.
+var errAbandoned = errors.New("every client left and the download stopped making progress")
+
 type flight struct {
-	done  chan struct{}
-	res   *fetched
-	err   error
-	users int // callers holding or waiting for res; guarded by flightGroup.mu
-	ended bool
+	done    chan struct{}
+	res     *fetched
+	err     error
+	users   int // callers holding or waiting for res; guarded by flightGroup.mu
+	ended   bool
+	watched bool // a watch runs; guarded by flightGroup.mu
+	meter   *progressMeter
+	cancel  context.CancelCauseFunc
 }
 
 // do returns the result of fn for key, starting fn unless a call for key is
@@ -798,7 +1117,10 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 	if !ok {
 		fl = &flight{done: make(chan struct{})}
 		g.flights[key] = fl
-		go g.run(context.WithoutCancel(ctx), key, fl, fn, background)
+		fctx, meter := withProgressMeter(context.WithoutCancel(ctx))
+		fctx, fl.cancel = context.WithCancelCause(fctx)
+		fl.meter = meter
+		go g.run(fctx, key, fl, fn, background)
 	}
 	fl.users++
 	g.mu.Unlock()
@@ -828,7 +1150,8 @@ func callRecovering(ctx context.Context, fn func(context.Context) (*fetched, err
 	return fn(ctx)
 }
 
-// release drops one user of fl, closing the result after the last.
+// release drops one user of fl, closing the result after the last, or
+// watching the download when the last leaves before it ends.
 func (g *flightGroup) release(fl *flight) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -836,10 +1159,44 @@ func (g *flightGroup) release(fl *flight) {
 	if fl.users == 0 && fl.ended && fl.res != nil {
 		fl.res.close()
 	}
+	if fl.users == 0 && !fl.ended && !fl.watched && g.abandonAfter > 0 {
+		fl.watched = true
+		go g.watch(fl)
+	}
+}
+
+// watch ends fl's download if, while nobody waits for it, it makes no
+// progress over a window of abandonAfter.
+func (g *flightGroup) watch(fl *flight) {
+	bytes, steps := fl.meter.bytes.Load(), fl.meter.steps.Load()
+	t := time.NewTicker(g.abandonAfter)
+	defer t.Stop()
+	for {
+		select {
+		case <-fl.done:
+			return
+		case <-t.C:
+		}
+		g.mu.Lock()
+		if fl.users > 0 {
+			fl.watched = false
+			g.mu.Unlock()
+			return
+		}
+		g.mu.Unlock()
+		b, s := fl.meter.bytes.Load(), fl.meter.steps.Load()
+		if b-bytes < abandonedMinBytes && s == steps {
+			fl.cancel(errAbandoned)
+			return
+		}
+		bytes, steps = b, s
+	}
 }
 
 func (g *flightGroup) run(ctx context.Context, key string, fl *flight, fn func(context.Context) (*fetched, error), background func(context.Context, *fetched)) {
 	res, err := callRecovering(ctx, fn)
+	fl.cancel(nil)
+	ctx = context.WithoutCancel(ctx)
 	g.mu.Lock()
 	fl.res, fl.err, fl.ended = res, err, true
 	if err == nil && background != nil {
@@ -877,4 +1234,39 @@ func (g *flightGroup) idle() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return len(g.flights) == 0
+}
+
+// progressMeter counts what a fetch has done: bytes received, and steps
+// (such as validation) that take time without bringing any. A meter adds
+// to its parent's too, so that the fetches one fetch starts (a checksum
+// database lookup for a zip) count as its progress.
+type progressMeter struct {
+	bytes, steps atomic.Int64
+	parent       *progressMeter
+}
+
+type progressMeterKey struct{}
+
+// withProgressMeter returns a context carrying a new meter, child of ctx's.
+func withProgressMeter(ctx context.Context) (context.Context, *progressMeter) {
+	m := &progressMeter{parent: meterFrom(ctx)}
+	return context.WithValue(ctx, progressMeterKey{}, m), m
+}
+
+// meterFrom returns ctx's meter, or nil; a nil meter counts nothing.
+func meterFrom(ctx context.Context) *progressMeter {
+	m, _ := ctx.Value(progressMeterKey{}).(*progressMeter)
+	return m
+}
+
+func (m *progressMeter) add(n int64) {
+	for ; m != nil; m = m.parent {
+		m.bytes.Add(n)
+	}
+}
+
+func (m *progressMeter) step() {
+	for ; m != nil; m = m.parent {
+		m.steps.Add(1)
+	}
 }

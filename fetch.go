@@ -2,6 +2,7 @@ package goproxy
 
 import (
 	"archive/zip"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,7 @@ import (
 
 	"golang.org/x/mod/modfile"
 	"golang.org/x/mod/module"
+	"golang.org/x/mod/semver"
 	modzip "golang.org/x/mod/zip"
 
 	"github.com/goproxy-team/goproxy/internal/netrc"
@@ -237,6 +239,7 @@ type fetchError struct {
 
 	retry      bool          // another attempt may succeed
 	retryAfter time.Duration // what the upstream asked to wait, if anything
+	busy       bool          // a 408 or 429: the host works, but asks for patience
 	noStore    bool          // a not-found that shared caches must not keep
 }
 
@@ -379,6 +382,7 @@ func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (*fetc
 		})
 	}
 	if err == nil {
+		meterFrom(ctx).step() // validating takes time, bringing no bytes
 		err = req.validate(f)
 		if err == nil && req.kind == kindZip && !p.verifies(req) {
 			// Hashing for the checksum database reads every entry, which
@@ -464,9 +468,16 @@ func (t *credentialsTransport) RoundTrip(r *http.Request) (*http.Response, error
 	return t.base.RoundTrip(r)
 }
 
-// validate checks a fetched file before it may be cached or served.
+// validate checks a fetched file before it may be cached or served. A
+// version list is rewritten as its valid versions only.
 func (req *request) validate(f *fetched) error {
 	switch req.kind {
+	case kindList:
+		list, err := normalizeVersionList(req.modPath, f.data)
+		if err != nil {
+			return err
+		}
+		f.data, f.size = list, int64(len(list))
 	case kindInfo, kindLatest:
 		var info struct {
 			Version string
@@ -501,6 +512,45 @@ func (req *request) validate(f *fetched) error {
 		}
 	}
 	return nil
+}
+
+// normalizeVersionList keeps the lines of a version list that name a valid
+// canonical version of modPath, as the go command reads them: the first
+// field of each line, with the second kept when it is the RFC 3339 time
+// the go command also reads. Duplicates go, the order stays; every line
+// ends in a newline. A list with text but no valid version is an error,
+// while an empty one is a module without tagged versions.
+func normalizeVersionList(modPath string, data []byte) ([]byte, error) {
+	var out bytes.Buffer
+	seen := map[string]bool{}
+	text := false
+	// +incompatible marks a major version without its path suffix, so a
+	// path with one has none (the go command refuses them too).
+	_, pathMajor, _ := module.SplitPathVersion(modPath)
+	for line := range strings.SplitSeq(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		text = true
+		v := f[0]
+		if seen[v] || module.CanonicalVersion(v) != v || module.Check(modPath, v) != nil ||
+			pathMajor != "" && semver.Build(v) == "+incompatible" {
+			continue
+		}
+		seen[v] = true
+		out.WriteString(v)
+		if len(f) > 1 {
+			if t, err := time.Parse(time.RFC3339, f[1]); err == nil {
+				out.WriteString(" " + t.UTC().Format(time.RFC3339))
+			}
+		}
+		out.WriteByte('\n')
+	}
+	if text && out.Len() == 0 {
+		return nil, errors.New("the version list names no valid version of the module")
+	}
+	return out.Bytes(), nil
 }
 
 // checkZipContents reads every entry of a zip, which makes archive/zip

@@ -152,8 +152,9 @@ func TestRouteCredentials(t *testing.T) {
 		}
 		p = newTestProxy(t, "off")
 		p.Routes = []Route{{Pattern: "example.com", Upstreams: []Upstream{{URL: up.URL}}}}
-		if w := do(p, "GET", mod); w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "401") {
-			t.Errorf("route without credentials: %d %s, want 502 passing on the 401", w.Code, w.Body)
+		if w := do(p, "GET", mod); w.Code != http.StatusUnauthorized || !strings.Contains(w.Body.String(), "unauthorized") || w.Header().Get("WWW-Authenticate") != "" {
+			t.Errorf("route without credentials: %d %s (WWW-Authenticate %q), want the upstream's 401 and message, without its challenge",
+				w.Code, w.Body, w.Header().Get("WWW-Authenticate"))
 		}
 	})
 	t.Run("credentials in the GOPROXY URL", func(t *testing.T) {

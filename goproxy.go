@@ -219,6 +219,7 @@ func (p *Proxy) init() error {
 	rand.Read(id[:])
 	p.via = "1.1 goproxy-" + hex.EncodeToString(id[:])
 	p.downloader = newDownloader(p.Download.withDefaults(p.TempDir), client, p.logger(), p.via)
+	p.flights.abandonAfter = p.downloader.opts.BodyIdleTimeout
 	p.notFound.ttl = ttlOrDefault(p.NotFoundTTL)
 	p.initHotCache()
 	if sameStore(p.cacher, p.Hosted) {
@@ -281,6 +282,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusLoopDetected, "this proxy is its own upstream: check GOPROXY and the routes")
 			return
 		}
+	}
+	if strings.Contains(strings.ToLower(r.URL.EscapedPath()), "%2f") {
+		// Decoded, it would pass for a path separator.
+		writeError(w, http.StatusBadRequest, "the path holds an encoded slash (%2F), which the go command never sends")
+		return
 	}
 	if r.URL.Path == indexPath || strings.HasPrefix(r.URL.Path, cachedPath) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -399,6 +405,12 @@ func (p *Proxy) openUpstream(ctx context.Context, req *request, mayFetch bool) (
 		}
 	}
 	f, release, err := p.fetch(ctx, req)
+	if errors.Is(err, errStoredMeanwhile) {
+		if cached, err := p.cacheGet(ctx, req); err == nil {
+			return &content{ReadSeeker: cached, modTime: cached.ModTime(), etag: etagOf(cached), close: func() { cached.Close() }}, nil
+		}
+		f, release, err = p.fetch(ctx, req)
+	}
 	if err != nil {
 		if cached == nil {
 			return nil, err
@@ -485,6 +497,14 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 		ctx = withEgressModule(ctx, req.modPath)
 		ctx, cancel := context.WithTimeout(ctx, p.downloader.opts.Timeout)
 		defer cancel()
+		if storeLater != nil {
+			// A fetch that ended just before this one started stored
+			// the file after the caller looked for it.
+			if cf, err := p.cacher.Get(ctx, req.name); err == nil {
+				cf.Close()
+				return nil, errStoredMeanwhile
+			}
+		}
 		var f *fetched
 		var err error
 		if req.kind == kindSumDB {
@@ -492,7 +512,7 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 		} else {
 			f, err = p.fetchFromUpstreams(ctx, req)
 		}
-		if err != nil && errors.Is(err, fs.ErrNotExist) {
+		if remembered(err) {
 			p.notFound.put(req.name, err)
 		}
 		if err == nil && req.mutable() {
@@ -503,6 +523,19 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 		return f, err
 	}, storeLater)
 	return f, release, err
+}
+
+// errStoredMeanwhile tells the callers of a fetch that the file is in the
+// cache now: an earlier fetch stored it while they looked for it.
+var errStoredMeanwhile = errors.New("stored by an earlier fetch meanwhile")
+
+// remembered reports whether a failed fetch's answer holds for NotFoundTTL:
+// a not-found, or an upstream's refusal (a 4xx other than 408 and 429),
+// which the go command's probing of module path prefixes would repeat.
+func remembered(err error) bool {
+	var fe *fetchError
+	return errors.As(err, &fe) && !fe.noStore && fe.status >= 400 && fe.status < 500 &&
+		fe.status != http.StatusRequestTimeout && fe.status != http.StatusTooManyRequests
 }
 
 // store puts what was fetched into the cache, unless it is unverified.

@@ -15,7 +15,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"unicode"
+
+	"golang.org/x/mod/module"
 )
 
 func TestHostileRequests(t *testing.T) {
@@ -47,6 +51,12 @@ func TestHostileRequests(t *testing.T) {
 		{"checksum database bad tile", "/sumdb/sum.golang.org/tile/8/0/../../x"},
 		{"checksum database bad lookup", "/sumdb/sum.golang.org/lookup/example.com/a@v1.0"},
 		{"checksum database unknown file", "/sumdb/sum.golang.org/secret"},
+		{"encoded slash in a module path", "/example.com%2Fa/@v/list"},
+		{"encoded slash, lower case", "/example.com%2fa/@v/v1.0.0.info"},
+		{"path element of 256 bytes", "/example.com/" + strings.Repeat("a", 256) + "/@v/list"},
+		{"path element of 1000 bytes", "/example.com/" + strings.Repeat("a", 1000) + "/@v/v1.0.0.zip"},
+		{"version element of 256 bytes", "/example.com/a/@v/v1.0.0-" + strings.Repeat("a", 246) + ".info"},
+		{"checksum database lookup element of 300 bytes", "/sumdb/sum.golang.org/lookup/example.com/" + strings.Repeat("a", 300) + "@v1.0.0"},
 	}
 	root := t.TempDir()
 	cacheDir := filepath.Join(root, "cache")
@@ -207,5 +217,204 @@ func TestDamagedZipContentRefused(t *testing.T) {
 	hp := newHostingProxy(t, "off")
 	if err := hp.Publish(context.Background(), "example.com/a", "v1.0.0", bytes.NewReader(damaged)); !errors.Is(err, ErrInvalidModule) {
 		t.Errorf("publishing a damaged zip: %v", err)
+	}
+}
+
+// TestLongPathElementsAreStoredOrRefused checks the one rule for long path
+// elements, whatever the Cacher: up to 255 bytes they are served and
+// cached like any other, beyond they are refused before anything is asked.
+func TestLongPathElementsAreStoredOrRefused(t *testing.T) {
+	for _, n := range []int{255 - len(".info") - len("v1.0.0"), 255, 256, 1024} {
+		t.Run(fmt.Sprintf("%d bytes", n), func(t *testing.T) {
+			elem := strings.Repeat("a", n)
+			modPath := "example.com/" + elem
+			info := "/" + modPath + "/@v/v1.0.0.info"
+			up := newFakeUpstream(t, map[string][]byte{
+				"/" + modPath + "/@v/list": []byte("v1.0.0\n"),
+				info:                       []byte(testInfo),
+			})
+			var logs strings.Builder
+			for _, c := range []Cacher{DirCacher(t.TempDir()), &MemCacher{}} {
+				p := newTestProxy(t, up.URL)
+				p.Cacher = c
+				p.Logger = newBufferLogger(&logs)
+				for _, path := range []string{"/" + modPath + "/@v/list", info} {
+					w := do(p, "GET", path)
+					fits := len(elem) <= 255 && (path != info || len("v1.0.0.info") <= 255)
+					switch {
+					case fits && w.Code != 200:
+						t.Errorf("%T: GET %.60s…: %d %s", c, path, w.Code, w.Body)
+					case !fits && w.Code != http.StatusBadRequest && w.Code != http.StatusRequestURITooLong:
+						t.Errorf("%T: GET %.60s…: %d, want 400 (or 414 for a path over 1024 bytes)", c, path, w.Code)
+					}
+					waitFor(t, p.flights.idle)
+					if _, err := c.Get(context.Background(), strings.TrimPrefix(path, "/")); fits && err != nil {
+						t.Errorf("%T: %.60s… not cached: %v", c, path, err)
+					}
+				}
+			}
+			if n > 255 && len(up.counts) != 0 {
+				t.Errorf("refused requests reached the upstream: %d paths", len(up.counts))
+			}
+			if strings.Contains(logs.String(), "level=ERROR") {
+				t.Errorf("errors logged:\n%s", logs.String())
+			}
+		})
+	}
+}
+
+func TestUpstreamVersionListsAreValidated(t *testing.T) {
+	tests := []struct {
+		name, modPath, list string
+		want                string // "" for 502
+	}{
+		{
+			name:    "junk, duplicates, CRLF and escapes",
+			modPath: "example.com/a",
+			list: "v1.0.0\r\nv1.1.0\r\nv1.0.0\n\n  garbage line\n\x1b[31mv9.9.9\x1b[0m\n../../etc/passwd\n" +
+				"v2.0.0\nv1.2\nv1.3.0-rc.1\nv1.3.0+meta\nv0.0.0-20240102030405-abcdefabcdef\n\a\n",
+			want: "v1.0.0\nv1.1.0\nv1.3.0-rc.1\nv0.0.0-20240102030405-abcdefabcdef\n",
+		},
+		{
+			name:    "times as the go command reads them",
+			modPath: "example.com/a",
+			list:    "v1.0.0 2024-01-02T03:04:05Z\nv1.1.0 not-a-time\n",
+			want:    "v1.0.0 2024-01-02T03:04:05Z\nv1.1.0\n",
+		},
+		{
+			name:    "major versions by the module path",
+			modPath: "example.com/a/v2",
+			list:    "v1.0.0\nv2.0.0\nv2.1.0+incompatible\nv3.0.0\n",
+			want:    "v2.0.0\n",
+		},
+		{
+			name:    "incompatible versions of a v0/v1 path",
+			modPath: "example.com/a",
+			list:    "v2.0.0+incompatible\nv1.0.0\n",
+			want:    "v2.0.0+incompatible\nv1.0.0\n",
+		},
+		{name: "an empty list is a module without tags", modPath: "example.com/a", list: "\n", want: ""},
+		{name: "nothing valid", modPath: "example.com/a", list: "<html>oops</html>\n../../etc/passwd\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			esc, _ := module.EscapePath(tt.modPath)
+			path := "/" + esc + "/@v/list"
+			up := newFakeUpstream(t, map[string][]byte{path: []byte(tt.list)})
+			p := newTestProxy(t, up.URL)
+			w := do(p, "GET", path)
+			if tt.name == "nothing valid" {
+				if w.Code != http.StatusBadGateway || len(cachedNames(p.Cacher)) != 0 {
+					t.Errorf("%d %q, cached %v; want 502, nothing cached", w.Code, w.Body, cachedNames(p.Cacher))
+				}
+				return
+			}
+			if w.Code != 200 || w.Body.String() != tt.want {
+				t.Errorf("%d %q, want %q", w.Code, w.Body, tt.want)
+			}
+		})
+	}
+}
+
+func TestUpstreamErrorBodiesAreReduced(t *testing.T) {
+	junk := "first line of the reason\r\n\x1b[31mred\x1b[0m \x07bell\x1b]0;title\x07 \xff\xfe done\n" + strings.Repeat("padding\r\n", 500)
+	tests := []struct {
+		name, contentType, body string
+		status                  int
+		want                    string
+	}{
+		{"terminal junk in a 502", "text/plain", junk, 502, "first line of the reason red bell done padding"},
+		{"terminal junk in a 404", "text/plain", junk, 404, "first line of the reason red bell done padding"},
+		{"an HTML error page", "text/html", "<html><head><title>502 Bad\nGateway</title></head><body><script>x()</script></body></html>", 502, "502 Bad Gateway"},
+		{"an HTML page without a title", "text/html; charset=utf-8", "<!DOCTYPE html><p>hi</p>", 403, "(an HTML page)"},
+		{"bidirectional overrides", "text/plain", "safe\u202etxt.exe", 403, "safetxt.exe"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up := newFakeUpstream(t, nil)
+			up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+				w.Header().Set("Content-Type", tt.contentType)
+				w.WriteHeader(tt.status)
+				io.WriteString(w, tt.body)
+				return true
+			})
+			p := newTestProxy(t, up.URL)
+			p.Download.Attempts = 1
+			w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod")
+			msg := strings.TrimSuffix(w.Body.String(), "\n")
+			if !strings.Contains(msg, tt.want) {
+				t.Errorf("%d %q, want it to contain %q", w.Code, msg, tt.want)
+			}
+			if len(msg) > 500 || strings.ContainsFunc(msg, func(r rune) bool { return !unicode.IsPrint(r) }) {
+				t.Errorf("message of %d bytes, or not printable on one line: %q", len(msg), msg)
+			}
+			if ct := w.Header().Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+				t.Errorf("Content-Type %q", ct)
+			}
+		})
+	}
+}
+
+func TestUpstreamRefusalsArePassedOnAndRemembered(t *testing.T) {
+	for _, status := range []int{http.StatusUnauthorized, http.StatusForbidden, http.StatusUnavailableForLegalReasons} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			up := newFakeUpstream(t, nil)
+			up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+				http.Error(w, "the prefix example.com/private is not yours", status)
+				return true
+			})
+			p := newTestProxy(t, up.URL)
+			for range 3 {
+				w := do(p, "GET", "/example.com/private/@v/list")
+				if w.Code != status || !strings.Contains(w.Body.String(), "is not yours") {
+					t.Errorf("%d %q, want %d with the upstream's message", w.Code, w.Body, status)
+				}
+			}
+			if n := up.count("/example.com/private/@v/list"); n != 1 {
+				t.Errorf("%d upstream requests, want 1: a refusal is not retried and is remembered", n)
+			}
+		})
+	}
+}
+
+func TestRefusedRedirectIsNotRetried(t *testing.T) {
+	plain := newFakeUpstream(t, testModuleFiles(t))
+	var asked atomic.Int32
+	secure := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		http.Redirect(w, r, plain.URL+r.URL.Path, http.StatusFound)
+	}))
+	defer secure.Close()
+	p := newTestProxy(t, secure.URL)
+	p.Transport = secure.Client().Transport
+	w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod")
+	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "insecure") {
+		t.Errorf("%d %q, want 502 refusing the insecure redirect", w.Code, w.Body)
+	}
+	if n := asked.Load(); n != 1 {
+		t.Errorf("the redirecting upstream was asked %d times; a refusal is final", n)
+	}
+	if n := plain.count("/example.com/a/@v/v1.0.0.mod"); n != 0 {
+		t.Errorf("the insecure target was asked %d times", n)
+	}
+}
+
+// TestLongVersionElementIsCached stores a file whose name is exactly as
+// long as an element may be: the DirCacher's temporary file must fit too.
+func TestLongVersionElementIsCached(t *testing.T) {
+	version := "v1.0.0-" + strings.Repeat("a", maxElemLen-len("v1.0.0-.info"))
+	name := "example.com/a/@v/" + version + ".info"
+	up := newFakeUpstream(t, map[string][]byte{"/" + name: fmt.Appendf(nil, `{"Version":%q}`, version)})
+	var logs strings.Builder
+	p := newTestProxy(t, up.URL)
+	c := DirCacher(t.TempDir())
+	p.Cacher = c
+	p.Logger = newBufferLogger(&logs)
+	if w := do(p, "GET", "/"+name); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	waitFor(t, p.flights.idle)
+	if _, err := c.Get(context.Background(), name); err != nil || strings.Contains(logs.String(), "level=ERROR") {
+		t.Errorf("not cached (%v):\n%s", err, logs.String())
 	}
 }

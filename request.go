@@ -39,6 +39,22 @@ type request struct {
 // maxPathLen bounds request paths; module paths are far shorter in practice.
 const maxPathLen = 1024
 
+// maxElemLen bounds each element of a request's path, as stored: most file
+// systems hold no longer name, so no go command's module cache (nor a
+// DirCacher) could store the file. Longer ones are refused up front, the
+// same way whatever the Cacher.
+const maxElemLen = 255
+
+// checkElemLen refuses a name with an element longer than maxElemLen.
+func checkElemLen(name string) error {
+	for elem := range strings.SplitSeq(name, "/") {
+		if len(elem) > maxElemLen {
+			return badRequest(http.StatusBadRequest, "a path element of %d bytes: file systems hold at most %d, so no module cache could store it", len(elem), maxElemLen)
+		}
+	}
+	return nil
+}
+
 // parseRequest decodes and validates a module proxy path (without a leading
 // slash) with golang.org/x/mod/module, so nothing unchecked reaches a cacher
 // or an upstream.
@@ -46,6 +62,9 @@ func (p *Proxy) parseRequest(urlPath string) (*request, error) {
 	path := strings.TrimPrefix(urlPath, "/")
 	if len(path) > maxPathLen {
 		return nil, badRequest(http.StatusRequestURITooLong, "request path is longer than %d bytes", maxPathLen)
+	}
+	if err := checkElemLen(path); err != nil {
+		return nil, err
 	}
 	if rest, ok := strings.CutPrefix(path, "sumdb/"); ok {
 		return p.parseSumDBRequest(rest)
@@ -78,7 +97,7 @@ func (p *Proxy) parseRequest(urlPath string) (*request, error) {
 	}
 	if req.kind == kindList || req.kind == kindLatest {
 		req.name = path
-		return req, nil
+		return req.checkName()
 	}
 	escVersion := file[:strings.LastIndexByte(file, '.')]
 	if req.version, err = module.UnescapeVersion(escVersion); err != nil {
@@ -94,6 +113,16 @@ func (p *Proxy) parseRequest(urlPath string) (*request, error) {
 		}
 	}
 	req.name = path
+	return req.checkName()
+}
+
+// checkName refuses a request whose name a Cacher may not be asked for
+// (such as a version query starting with a dot, which git never names a
+// branch): it could be neither cached nor told apart from a temporary file.
+func (req *request) checkName() (*request, error) {
+	if err := checkCacheName(req.name); err != nil {
+		return nil, badRequest(http.StatusBadRequest, "%q cannot be stored: an element starts with a dot, or holds a backslash or NUL", req.name)
+	}
 	return req, nil
 }
 
@@ -105,6 +134,9 @@ func badRequest(status int, format string, args ...any) error {
 // only the databases the proxy is configured for are answered, so it is
 // never an open relay.
 func (p *Proxy) parseSumDBRequest(path string) (*request, error) {
+	if err := checkElemLen(path); err != nil {
+		return nil, err
+	}
 	name, rest, _ := strings.Cut(path, "/")
 	db := p.sumdbs[name]
 	if db == nil {
@@ -150,7 +182,7 @@ func (p *Proxy) parseSumDBRequest(path string) (*request, error) {
 	default:
 		return nil, badRequest(http.StatusNotFound, "unknown checksum database path %q", rest)
 	}
-	return req, nil
+	return req.checkName()
 }
 
 // mutable reports whether the answer to req may change over time.

@@ -44,8 +44,11 @@ type sumDB struct {
 	base   string
 
 	// For the verifying database only:
-	key    string
-	client *sumdb.Client
+	key      string
+	clientMu sync.Mutex
+	client   *sumdb.Client // see lookup
+	// newClient makes a client like the first.
+	newClient func() *sumdb.Client
 	// broken holds the report of the database's misbehaviour (a forked
 	// log) once seen; from then on nothing is verified against it.
 	broken atomic.Pointer[string]
@@ -118,6 +121,7 @@ func (p *Proxy) initSumDBs() error {
 	}
 	if verifier != nil {
 		verifier.client = sumdb.NewClient(&sumDBOps{p: p, db: verifier})
+		verifier.newClient = func() *sumdb.Client { return sumdb.NewClient(&sumDBOps{p: p, db: verifier}) }
 		p.verifier = verifier
 		p.sumdbs[verifier.name] = verifier
 	}
@@ -272,7 +276,7 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 	if err != nil {
 		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("hashing %s: %v", req, err), err: err}
 	}
-	lines, err := db.client.Lookup(req.modPath, lookup)
+	lines, err := db.lookup(req.modPath, lookup)
 	if err != nil {
 		if report := db.broken.Load(); report != nil {
 			return &fetchError{status: http.StatusBadGateway, msg: "SECURITY ERROR: " + *report}
@@ -295,6 +299,28 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 	p.logger().LogAttrs(ctx, slog.LevelError, "checksum mismatch", slog.String("module", req.modPath),
 		slog.String("version", lookup), slog.String("downloaded", got), slog.String("expected", expected), slog.String("db", db.name))
 	return &fetchError{status: http.StatusBadGateway, msg: msg}
+}
+
+// lookup asks the database's client for the go.sum lines of path@version.
+// The client remembers a failed read of a record or tile for as long as it
+// lives, so a failure that is not the database's misbehaviour replaces it
+// with a fresh one, which the next verification uses: an unreachable
+// moment of the database must not fail that module for good. The verified
+// tree lives in sumDBOps, not in the client, so a fresh client cannot be
+// rolled back.
+func (db *sumDB) lookup(path, version string) ([]string, error) {
+	db.clientMu.Lock()
+	c := db.client
+	db.clientMu.Unlock()
+	lines, err := c.Lookup(path, version)
+	if err != nil && db.broken.Load() == nil {
+		db.clientMu.Lock()
+		if db.client == c {
+			db.client = db.newClient()
+		}
+		db.clientMu.Unlock()
+	}
+	return lines, err
 }
 
 // sumDBFile returns a checksum database file through the proxy's cache,

@@ -3,7 +3,10 @@
 // headline figures as a table of ratios with their targets:
 //
 //  1. Cold "go mod download" through the proxy. The upstream is an
-//     in-process moduletest.Server serving moduletest.Graph(-modules) with
+//     in-process moduletest.Server serving moduletest.RealisticGraph(-modules)
+//     (the zips "go mod download" fetches range from 1 KB to 40 MB, with a
+//     median of 60 KB and a tenth above 2 MB, so about a quarter are above
+//     the proxy's Range threshold) with
 //     -latency added to every request; the proxy is a goproxy.Proxy with a
 //     fresh goproxy.DirCacher (and a fresh Proxy) for every run, with
 //     GOPROXY=<upstream URL> and GOSUMDB=off, served by an http.Server on
@@ -80,13 +83,24 @@
 //     the heap peaks are the highest seen. Targets: 8 connections at
 //     least 5x faster than one (a ratio of at most 0.20x); peak heap
 //     under 64 MiB.
+//  7. Cold "go mod download" while the upstream fails: the cold proxy run
+//     of figure 1 (a fresh proxy and module cache each time, GOSUMDB=off,
+//     default download options) against an upstream answering 30% of its
+//     requests with 502, and against one cutting 30% of its response
+//     bodies midway after removing their ETag and Last-Modified (moduletest.
+//     Faults: FailFraction, CutUnvalidatedFraction), each as a ratio to the
+//     same runs against the same upstream with no fault. The -latency is
+//     added in front of the faults, so an injected answer takes as long as
+//     a real one. The three sides take turns, -reps runs each; the medians
+//     of the runs that succeeded are compared, and every failed go mod
+//     download is reported. Targets: no failed run, at most 1.5x.
 //
-// Run a full measurement (about three and a half minutes on two cores) from the
+// Run a full measurement (about six minutes on two cores) from the
 // module root with
 //
 //	go run ./internal/bench
 //
-// and a quick one (under a minute) with
+// and a quick one (about two and a half minutes) with
 //
 //	go run ./internal/bench -short
 //
@@ -299,7 +313,21 @@ func main() {
 	}
 
 	// The upstream and the same modules as a file tree.
-	vs := moduletest.Graph(*modules)
+	progress("graph: writing the zips of %d modules", *modules)
+	vs, err := moduletest.RealisticGraph(filepath.Join(tmp, "graph"), *modules)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	var graphBytes int64
+	var zipSizes []int64
+	for _, v := range vs {
+		if v.ZipFile != "" {
+			if fi, err := os.Stat(v.ZipFile); err == nil {
+				graphBytes += fi.Size()
+				zipSizes = append(zipSizes, fi.Size())
+			}
+		}
+	}
 	paths := map[string]bool{}
 	for _, v := range vs {
 		paths[v.Path] = true
@@ -316,8 +344,8 @@ func main() {
 	db := newChecksumDB(vs, *sumdbPad, *latency)
 	atExit(db.Close)
 	fmt.Printf("goproxy bench: %s, GOMAXPROCS=%d, NumCPU=%d\n", runtime.Version(), runtime.GOMAXPROCS(0), runtime.NumCPU())
-	fmt.Printf("graph: Graph(%d) = %d modules, %d versions; upstream and checksum database latency %v; %d reps per go command side\n",
-		*modules, len(paths), len(vs), *latency, *reps)
+	fmt.Printf("graph: RealisticGraph(%d) = %d modules, %d versions; the zips go mod download fetches: %s, %s; upstream and checksum database latency %v; %d reps per go command side\n",
+		*modules, len(paths), len(vs), formatMB(graphBytes), sizeSpread(zipSizes), *latency, *reps)
 	fmt.Printf("checksum database: sumdb.NewServer(sumdb.NewTestServer) on 127.0.0.1, %d records (%d padding, then the graph's)\n",
 		*sumdbPad+len(vs), *sumdbPad)
 	fmt.Printf("proxy caches in %s, go command caches in %s\n", tmp, godir)
@@ -689,6 +717,12 @@ func main() {
 		})
 	}
 
+	// 7. Cold go mod download while the upstream fails 30% of its
+	// requests, against the same run with no fault.
+	faultRows, faultRaw := coldUnderFaults(vs, goMod, len(paths), godir, newProxy)
+	rows = append(rows, faultRows...)
+	raw = append(raw, faultRaw...)
+
 	// The table.
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "figure\tproxy\tbaseline\tratio\ttarget\tmet")
@@ -713,6 +747,8 @@ func main() {
 	fmt.Printf("  (<=0.20x: at least 5x faster); the upstream caps each connection at %s and adds %v per request;\n", formatRate(rate), *latency)
 	fmt.Println("  the time runs until the client has read the whole zip; peak heap: highest over the runs with more")
 	fmt.Println("  than 1 conn (baseline: the 1-conn runs), everything in this process (client, proxy, upstream) included")
+	fmt.Println("- faults: the same cold proxy run against an upstream failing no request (the latency added in front of")
+	fmt.Println("  the faults, so injected answers pay it too); default retry settings; a failed go mod download counts")
 	fmt.Println("\nraw:")
 	for _, l := range raw {
 		fmt.Println("  " + l)

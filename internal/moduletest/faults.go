@@ -3,6 +3,7 @@ package moduletest
 import (
 	"context"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -47,12 +48,63 @@ type Faults struct {
 	// their sum is at most 1 (429s win the overlap).
 	FailFraction float64
 
+	// UnavailableFraction of requests are answered 503 Service
+	// Unavailable with RetryAfter as their Retry-After, as a server
+	// going through maintenance or shedding load does.
+	UnavailableFraction float64
+
+	// ResetFraction of requests have their connection reset before any
+	// byte of the answer is sent, as a crashing server's are.
+	ResetFraction float64
+
+	// StallHeadersFraction of requests get no answer at all: the
+	// handler holds the connection open without sending a header until
+	// the client goes away or StallFor passes, then drops it.
+	StallHeadersFraction float64
+
+	// RangeIgnoredFraction of requests carrying a Range header are
+	// answered as if they had none (nor If-Range): 200 with the whole
+	// body, as from a cache node that does not do ranges.
+	RangeIgnoredFraction float64
+
+	// FlapFraction of responses carry other validators than the file's
+	// (a marked ETag, a Last-Modified an hour later), as from a second
+	// origin server that computes them differently. A flapped request
+	// judges If-Range by its own validators, so a resumption tied to
+	// the other server's gets the whole body with 200, as it would from
+	// a real server.
+	FlapFraction float64
+
+	// The draw that picks TooManyFraction and FailFraction also picks
+	// UnavailableFraction, ResetFraction, StallHeadersFraction,
+	// RangeIgnoredFraction and FlapFraction, in that order: each holds
+	// on its own as long as their sum is at most 1.
+
 	// CutFraction of 200 and 206 responses with a known Content-Length
 	// (all of Server's) have their body cut at a random point before the
 	// end, with the connection dropped, so the client sees
 	// io.ErrUnexpectedEOF and must resume or retry. Responses to HEAD
 	// are never cut.
 	CutFraction float64
+
+	// CutUnvalidatedFraction of 200 and 206 responses are cut as
+	// CutFraction's are, after losing their ETag and Last-Modified: the
+	// answer of a crashing server or CDN node, which ties the bytes sent
+	// to no version of the file.
+	CutUnvalidatedFraction float64
+
+	// StallBodyFraction of 200 and 206 responses with a known
+	// Content-Length stop at a random point of their body and hold the
+	// connection open, sending nothing, until the client goes away or
+	// StallFor passes; then the connection is dropped.
+	StallBodyFraction float64
+
+	// CutFraction, CutUnvalidatedFraction and StallBodyFraction share a
+	// draw of their own, in that order, independent of the one above.
+
+	// StallFor bounds the stalls; zero means they last until the client
+	// goes away.
+	StallFor time.Duration
 
 	// IgnoreRange models servers and caches that do not support ranges:
 	// Range and If-Range are dropped from requests, so the whole body
@@ -72,7 +124,8 @@ type Faults struct {
 	rng     *rand.Rand
 	rngSeed uint64
 
-	requests, rangeRequests, injected502, injected429, cut, bodyBytes atomic.Int64
+	requests, rangeRequests, bodyBytes atomic.Int64
+	counts                             [numFaults]atomic.Int64
 
 	logMu sync.Mutex
 	log   []*RequestRecord // updated in place while requests run
@@ -95,9 +148,58 @@ type RequestRecord struct {
 	Status int
 	// Bytes counts the body bytes written, partial ones included.
 	Bytes int64
-	// Cut reports that CutFraction cut the body short.
+	// Cut reports that CutFraction or CutUnvalidatedFraction cut the
+	// body short.
 	Cut bool
+	// Fault names the fault injected into this request ("" for none),
+	// as FaultCounts names them: "TooMany", "Failed", "Cut", ...
+	Fault string
 }
+
+// FaultCounts counts the faults injected since the start or Reset, one
+// field per knob, so that a test can check that a client met every kind
+// it was meant to meet. A fault is counted when it happens, not when it
+// is drawn: a RangeIgnored draw for a request without Range, or a Cut
+// draw for a 404, injects nothing.
+type FaultCounts struct {
+	TooMany        int64 // 429 answers
+	Failed         int64 // 502 answers
+	Unavailable    int64 // 503 answers
+	Reset          int64 // connections reset before the header
+	StalledHeaders int64 // requests that never got a header
+	RangeIgnored   int64 // 200 answers to Range requests
+	Flapped        int64 // answers with the other validators
+	Cut            int64 // bodies cut, validators kept
+	CutUnvalidated int64 // bodies cut, validators removed
+	StalledBody    int64 // bodies stalled midway
+}
+
+// Total is the number of faults of every kind.
+func (c FaultCounts) Total() int64 {
+	return c.TooMany + c.Failed + c.Unavailable + c.Reset + c.StalledHeaders + c.RangeIgnored +
+		c.Flapped + c.Cut + c.CutUnvalidated + c.StalledBody
+}
+
+// fault is one kind of injected fault, indexing Faults.counts.
+type fault int
+
+const (
+	noFault fault = iota
+	faultTooMany
+	faultFailed
+	faultUnavailable
+	faultReset
+	faultStalledHeaders
+	faultRangeIgnored
+	faultFlapped
+	faultCut
+	faultCutUnvalidated
+	faultStalledBody
+	numFaults
+)
+
+var faultNames = [numFaults]string{"", "TooMany", "Failed", "Unavailable", "Reset", "StalledHeaders",
+	"RangeIgnored", "Flapped", "Cut", "CutUnvalidated", "StalledBody"}
 
 // MatchSuffix returns a Faults.Match that selects requests whose URL
 // path ends in one of suffixes, the usual way to hurt only zips
@@ -133,13 +235,37 @@ func (f *Faults) RangeRequests() int64 { return f.rangeRequests.Load() }
 
 // Injected502 counts the 502s FailFraction produced, so tests can
 // relate a client's retries to the failures it actually met.
-func (f *Faults) Injected502() int64 { return f.injected502.Load() }
+func (f *Faults) Injected502() int64 { return f.counts[faultFailed].Load() }
 
 // Injected429 counts the 429s TooManyFraction produced.
-func (f *Faults) Injected429() int64 { return f.injected429.Load() }
+func (f *Faults) Injected429() int64 { return f.counts[faultTooMany].Load() }
 
-// Cut counts response bodies CutFraction cut short.
-func (f *Faults) Cut() int64 { return f.cut.Load() }
+// Cut counts response bodies CutFraction and CutUnvalidatedFraction cut
+// short.
+func (f *Faults) Cut() int64 {
+	return f.counts[faultCut].Load() + f.counts[faultCutUnvalidated].Load()
+}
+
+// Counts returns the faults injected so far, by kind.
+func (f *Faults) Counts() FaultCounts {
+	c := func(k fault) int64 { return f.counts[k].Load() }
+	return FaultCounts{
+		TooMany: c(faultTooMany), Failed: c(faultFailed), Unavailable: c(faultUnavailable), Reset: c(faultReset),
+		StalledHeaders: c(faultStalledHeaders), RangeIgnored: c(faultRangeIgnored), Flapped: c(faultFlapped),
+		Cut: c(faultCut), CutUnvalidated: c(faultCutUnvalidated), StalledBody: c(faultStalledBody),
+	}
+}
+
+// inject counts a fault of kind k in rec.
+func (f *Faults) inject(rec *RequestRecord, k fault) {
+	f.counts[k].Add(1)
+	f.logMu.Lock()
+	rec.Fault = faultNames[k]
+	if k == faultCut || k == faultCutUnvalidated {
+		rec.Cut = true
+	}
+	f.logMu.Unlock()
+}
 
 // BodyBytes counts body bytes written to clients through the wrapper,
 // including those of cut and injected responses, to check that resumes
@@ -166,8 +292,11 @@ func (f *Faults) Reset() {
 	f.mu.Lock()
 	f.rng = nil
 	f.mu.Unlock()
-	for _, c := range []*atomic.Int64{&f.requests, &f.rangeRequests, &f.injected502, &f.injected429, &f.cut, &f.bodyBytes} {
+	for _, c := range []*atomic.Int64{&f.requests, &f.rangeRequests, &f.bodyBytes} {
 		c.Store(0)
+	}
+	for i := range f.counts {
+		f.counts[i].Store(0)
 	}
 	f.logMu.Lock()
 	f.log = nil
@@ -178,11 +307,11 @@ func (f *Faults) Reset() {
 type plan struct {
 	rate        int64
 	ignoreRange bool
-	tooMany     bool
 	retryAfter  time.Duration
-	fail        bool
-	cut         bool
-	cutPoint    float64 // where to cut, as a fraction of the body in [0, 1)
+	stallFor    time.Duration
+	request     fault   // a request-level fault, or noFault
+	body        fault   // a body fault (cut or stall), or noFault
+	cutPoint    float64 // where to cut or stall, as a fraction of the body in [0, 1)
 }
 
 // decide snapshots the configuration and draws the random decisions for
@@ -205,15 +334,32 @@ func (f *Faults) decide(r *http.Request) plan {
 	// Always three draws, so turning one knob does not change which
 	// requests the others hit.
 	u, c, point := f.rng.Float64(), f.rng.Float64(), f.rng.Float64()
-	return plan{
+	p := plan{
 		rate:        f.BytesPerSecond,
 		ignoreRange: f.IgnoreRange,
-		tooMany:     u < f.TooManyFraction,
 		retryAfter:  f.RetryAfter,
-		fail:        u < max(f.TooManyFraction, 0)+f.FailFraction, // tooMany is checked first
-		cut:         c < f.CutFraction,
+		stallFor:    f.StallFor,
 		cutPoint:    point,
 	}
+	p.request = pick(u, []float64{f.TooManyFraction, f.FailFraction, f.UnavailableFraction, f.ResetFraction,
+		f.StallHeadersFraction, f.RangeIgnoredFraction, f.FlapFraction},
+		faultTooMany, faultFailed, faultUnavailable, faultReset, faultStalledHeaders, faultRangeIgnored, faultFlapped)
+	p.body = pick(c, []float64{f.CutFraction, f.CutUnvalidatedFraction, f.StallBodyFraction},
+		faultCut, faultCutUnvalidated, faultStalledBody)
+	return p
+}
+
+// pick returns the fault whose slice of [0, 1), laid out by fractions in
+// order, holds u; noFault past them all.
+func pick(u float64, fractions []float64, faults ...fault) fault {
+	var sum float64
+	for i, fr := range fractions {
+		sum += max(fr, 0)
+		if u < sum {
+			return faults[i]
+		}
+	}
+	return noFault
 }
 
 // Wrap returns h behind the configured faults. The faults act on the
@@ -252,23 +398,43 @@ func (f *Faults) Wrap(h http.Handler) http.Handler {
 			}
 		}()
 
-		switch {
-		case p.tooMany:
-			f.injected429.Add(1)
+		switch p.request {
+		case faultTooMany, faultUnavailable:
+			f.inject(rec, p.request)
 			secs := int64(0)
 			if p.retryAfter > 0 {
 				secs = int64((p.retryAfter + time.Second - 1) / time.Second)
 			}
 			fw.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-			writeText(fw, http.StatusTooManyRequests, "429 Too Many Requests: injected fault\n")
-		case p.fail:
-			f.injected502.Add(1)
+			if p.request == faultTooMany {
+				writeText(fw, http.StatusTooManyRequests, "429 Too Many Requests: injected fault\n")
+			} else {
+				writeText(fw, http.StatusServiceUnavailable, "503 Service Unavailable: injected fault\n")
+			}
+		case faultFailed:
+			f.inject(rec, p.request)
 			writeText(fw, http.StatusBadGateway, "502 Bad Gateway: injected fault\n")
+		case faultReset:
+			f.inject(rec, p.request)
+			reset(w)
+			return
+		case faultStalledHeaders:
+			f.inject(rec, p.request)
+			stall(r.Context(), p.stallFor)
+			panic(http.ErrAbortHandler)
 		default:
-			if p.ignoreRange && (r.Header.Get("Range") != "" || r.Header.Get("If-Range") != "") {
-				r = r.Clone(r.Context())
-				r.Header.Del("Range")
-				r.Header.Del("If-Range")
+			ranged := r.Header.Get("Range") != "" || r.Header.Get("If-Range") != ""
+			switch {
+			case ranged && p.ignoreRange:
+				r = withoutRange(r)
+			case ranged && p.request == faultRangeIgnored && r.Header.Get("Range") != "":
+				f.inject(rec, p.request)
+				r = withoutRange(r)
+			case p.request == faultFlapped:
+				if ir := r.Header.Get("If-Range"); ir != "" {
+					r = r.Clone(r.Context())
+					r.Header.Set("If-Range", unflap(ir))
+				}
 			}
 			h.ServeHTTP(fw, r)
 		}
@@ -276,6 +442,75 @@ func (f *Faults) Wrap(h http.Handler) http.Handler {
 			fw.WriteHeader(http.StatusOK) // as net/http would, but logged
 		}
 	})
+}
+
+func withoutRange(r *http.Request) *http.Request {
+	r = r.Clone(r.Context())
+	r.Header.Del("Range")
+	r.Header.Del("If-Range")
+	return r
+}
+
+// flapMark marks the ETags of flapped responses.
+const flapMark = "flap-"
+
+// flap turns a file's validator into the other server's.
+func flap(header http.Header) bool {
+	flapped := false
+	if etag := header.Get("ETag"); etag != "" {
+		tag, weak := strings.CutPrefix(etag, "W/")
+		prefix := ""
+		if weak {
+			prefix = "W/"
+		}
+		header.Set("ETag", prefix+`"`+flapMark+strings.TrimPrefix(tag, `"`))
+		flapped = true
+	}
+	if lm, err := http.ParseTime(header.Get("Last-Modified")); err == nil {
+		header.Set("Last-Modified", lm.Add(time.Hour).UTC().Format(http.TimeFormat))
+		flapped = true
+	}
+	return flapped
+}
+
+// unflap translates an If-Range into the terms of the file's own
+// validators as a flapped request sees them: the other server's become
+// the file's, and the file's own become ones that match nothing.
+func unflap(ifRange string) string {
+	if t, err := http.ParseTime(ifRange); err == nil {
+		return t.Add(-time.Hour).UTC().Format(http.TimeFormat)
+	}
+	if tag, ok := strings.CutPrefix(ifRange, `"`+flapMark); ok {
+		return `"` + tag
+	}
+	return `"unflapped-` + strings.TrimPrefix(ifRange, `"`)
+}
+
+// reset drops the connection with a TCP reset, before any byte of an
+// answer: the client sees "connection reset by peer".
+func reset(w http.ResponseWriter) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	conn.Close()
+}
+
+// stall waits until ctx ends, or d passes if it is positive.
+func stall(ctx context.Context, d time.Duration) {
+	var timeout <-chan time.Time
+	if d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-ctx.Done():
+	case <-timeout:
+	}
 }
 
 // faultWriter applies a plan's bandwidth cap, cut and header changes
@@ -311,12 +546,19 @@ func (w *faultWriter) WriteHeader(code int) {
 	if w.plan.ignoreRange {
 		w.Header().Del("Accept-Ranges")
 	}
-	if w.plan.cut && !w.head && (code == http.StatusOK || code == http.StatusPartialContent) {
+	if w.plan.request == faultFlapped && flap(w.Header()) {
+		w.f.inject(w.rec, faultFlapped)
+	}
+	if w.plan.body != noFault && !w.head && (code == http.StatusOK || code == http.StatusPartialContent) {
 		if n, err := strconv.ParseInt(w.Header().Get("Content-Length"), 10, 64); err == nil && n > 0 {
 			// At least one byte short, at least one byte sent when
 			// there is more than one, so a resumption is possible and
 			// needed.
 			w.cutAt = min(1+int64(w.plan.cutPoint*float64(n-1)), n-1)
+			if w.plan.body == faultCutUnvalidated {
+				w.Header().Del("ETag")
+				w.Header().Del("Last-Modified")
+			}
 		}
 	}
 	w.ResponseWriter.WriteHeader(code)
@@ -358,12 +600,13 @@ func (w *faultWriter) Write(b []byte) (int, error) {
 		if cutting {
 			// Flush so the client really gets the partial body, then
 			// drop the connection: with the full Content-Length
-			// announced, it reads io.ErrUnexpectedEOF.
+			// announced, it reads io.ErrUnexpectedEOF. A stall first
+			// holds the connection open with nothing more to read.
 			w.rc.Flush()
-			w.f.cut.Add(1)
-			w.f.logMu.Lock()
-			w.rec.Cut = true
-			w.f.logMu.Unlock()
+			w.f.inject(w.rec, w.plan.body)
+			if w.plan.body == faultStalledBody {
+				stall(w.ctx, w.plan.stallFor)
+			}
 			panic(http.ErrAbortHandler)
 		}
 		if w.plan.rate > 0 {

@@ -420,3 +420,160 @@ func TestFaultsUpdateWhileServing(t *testing.T) {
 		t.Errorf("Requests %d, log %d, want 80", f.Requests(), len(f.Log()))
 	}
 }
+
+// fetchFresh is fetch over a connection of its own, so that the
+// transport's automatic retry of a request that failed on a reused
+// connection cannot hide (or repeat) a fault.
+func fetchFresh(t *testing.T, method, url string, hdr ...string) (result, error) {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return result{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return result{resp.StatusCode, resp.Header, b, err}, nil
+}
+
+func TestFaultsRequestLevelModes(t *testing.T) {
+	t.Parallel()
+	v := bigVersion(64<<10, 11)
+	tests := []struct {
+		name  string
+		set   func(f *moduletest.Faults)
+		check func(t *testing.T, r result, err error)
+		count func(c moduletest.FaultCounts) int64
+	}{
+		{
+			name: "503 with Retry-After",
+			set:  func(f *moduletest.Faults) { f.UnavailableFraction, f.RetryAfter = 1, 2*time.Second },
+			check: func(t *testing.T, r result, err error) {
+				if err != nil || r.code != 503 || r.hdr.Get("Retry-After") != "2" {
+					t.Errorf("%d %v, Retry-After %q", r.code, err, r.hdr.Get("Retry-After"))
+				}
+			},
+			count: func(c moduletest.FaultCounts) int64 { return c.Unavailable },
+		},
+		{
+			name: "connection reset before the header",
+			set:  func(f *moduletest.Faults) { f.ResetFraction = 1 },
+			check: func(t *testing.T, r result, err error) {
+				if err == nil {
+					t.Errorf("got %d, want a connection error", r.code)
+				}
+			},
+			count: func(c moduletest.FaultCounts) int64 { return c.Reset },
+		},
+		{
+			name: "header never sent",
+			set:  func(f *moduletest.Faults) { f.StallHeadersFraction, f.StallFor = 1, 50*time.Millisecond },
+			check: func(t *testing.T, r result, err error) {
+				if err == nil {
+					t.Errorf("got %d, want a connection error", r.code)
+				}
+			},
+			count: func(c moduletest.FaultCounts) int64 { return c.StalledHeaders },
+		},
+		{
+			name: "body stalled midway",
+			set:  func(f *moduletest.Faults) { f.StallBodyFraction, f.StallFor = 1, 50*time.Millisecond },
+			check: func(t *testing.T, r result, err error) {
+				if err != nil || r.code != 200 || !errors.Is(r.err, io.ErrUnexpectedEOF) || len(r.body) == 0 || !bytes.HasPrefix(v.Zip, r.body) {
+					t.Errorf("%d %v %v after %d bytes, want a prefix then io.ErrUnexpectedEOF", r.code, err, r.err, len(r.body))
+				}
+			},
+			count: func(c moduletest.FaultCounts) int64 { return c.StalledBody },
+		},
+		{
+			name: "body cut without validators",
+			set:  func(f *moduletest.Faults) { f.CutUnvalidatedFraction = 1 },
+			check: func(t *testing.T, r result, err error) {
+				if err != nil || r.code != 200 || !errors.Is(r.err, io.ErrUnexpectedEOF) || r.hdr.Get("ETag") != "" || r.hdr.Get("Last-Modified") != "" {
+					t.Errorf("%d %v %v, ETag %q, Last-Modified %q", r.code, err, r.err, r.hdr.Get("ETag"), r.hdr.Get("Last-Modified"))
+				}
+			},
+			count: func(c moduletest.FaultCounts) int64 { return c.CutUnvalidated },
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := &moduletest.Faults{}
+			tt.set(f)
+			_, url := faultServer(t, f, v)
+			r, err := fetchFresh(t, "GET", url+bigZip)
+			tt.check(t, r, err)
+			if n := tt.count(f.Counts()); n != 1 || f.Counts().Total() != 1 {
+				t.Errorf("counted %d of this fault, %d in all; want 1", n, f.Counts().Total())
+			}
+			if log := f.Log(); len(log) != 1 || log[0].Fault == "" {
+				t.Errorf("log %+v", log)
+			}
+		})
+	}
+}
+
+func TestFaultsRangeIgnored(t *testing.T) {
+	t.Parallel()
+	v := bigVersion(64<<10, 12)
+	f := &moduletest.Faults{RangeIgnoredFraction: 1}
+	_, url := faultServer(t, f, v)
+	if r := fetch(t, "GET", url+bigZip, "Range", "bytes=100-199"); r.code != 200 || !bytes.Equal(r.body, v.Zip) {
+		t.Errorf("ranged GET: %d, %d bytes", r.code, len(r.body))
+	}
+	if r := fetch(t, "GET", url+bigZip); r.code != 200 {
+		t.Errorf("GET: %d", r.code)
+	}
+	if c := f.Counts(); c.RangeIgnored != 1 || c.Total() != 1 {
+		t.Errorf("counts %+v, want one range ignored: a request without Range has none to ignore", c)
+	}
+}
+
+// TestFaultsFlap checks that flapped answers carry the other server's
+// validators and judge If-Range by them, as a second origin would.
+func TestFaultsFlap(t *testing.T) {
+	t.Parallel()
+	v := bigVersion(64<<10, 13)
+	f := &moduletest.Faults{}
+	_, url := faultServer(t, f, v)
+	url += bigZip
+	own := fetch(t, "GET", url)
+	f.Update(func(f *moduletest.Faults) { f.FlapFraction = 1 })
+	other := fetch(t, "GET", url)
+	if other.code != 200 || !bytes.Equal(other.body, v.Zip) {
+		t.Fatalf("flapped GET: %d", other.code)
+	}
+	if other.hdr.Get("ETag") == own.hdr.Get("ETag") || other.hdr.Get("Last-Modified") == own.hdr.Get("Last-Modified") {
+		t.Fatalf("validators did not flap: %q %q", other.hdr.Get("ETag"), other.hdr.Get("Last-Modified"))
+	}
+	for _, tc := range []struct {
+		name     string
+		ifRange  string
+		flapping bool
+		want     int
+	}{
+		{"flapped server, its own ETag", other.hdr.Get("ETag"), true, 206},
+		{"flapped server, its own date", other.hdr.Get("Last-Modified"), true, 206},
+		{"flapped server, the file's ETag", own.hdr.Get("ETag"), true, 200},
+		{"flapped server, the file's date", own.hdr.Get("Last-Modified"), true, 200},
+		{"file's server, the flapped ETag", other.hdr.Get("ETag"), false, 200},
+		{"file's server, the flapped date", other.hdr.Get("Last-Modified"), false, 200},
+	} {
+		f.Update(func(f *moduletest.Faults) { f.FlapFraction = map[bool]float64{true: 1}[tc.flapping] })
+		r := fetch(t, "GET", url, "Range", "bytes=10-19", "If-Range", tc.ifRange)
+		if r.code != tc.want || (r.code == 206 && !bytes.Equal(r.body, v.Zip[10:20])) || (r.code == 200 && !bytes.Equal(r.body, v.Zip)) {
+			t.Errorf("%s: %d, want %d", tc.name, r.code, tc.want)
+		}
+	}
+	if c := f.Counts(); c.Flapped != 5 {
+		t.Errorf("%d flapped answers, want 5", c.Flapped)
+	}
+}

@@ -41,8 +41,6 @@ func LargeVersion(dir, path, version string, size int64) (*Version, error) {
 	if err != nil {
 		return nil, err
 	}
-	name := filepath.Join(dir, url.PathEscape(escPath+"@"+escVersion)+".zip")
-
 	// A +incompatible version predates modules, so its zip must not
 	// contain a go.mod; the go command synthesizes one instead.
 	incompatible := strings.HasSuffix(version, "+incompatible")
@@ -50,9 +48,27 @@ func LargeVersion(dir, path, version string, size int64) (*Version, error) {
 	if !incompatible {
 		mod = []byte(fmt.Sprintf("module %s\n\ngo 1.21\n", path))
 	}
+	name, err := writeSizedZip(dir, path, version, escPath+"@"+escVersion, mod, !incompatible, size)
+	if err != nil {
+		return nil, err
+	}
+	return &Version{
+		Path:    path,
+		Version: version,
+		Time:    time.Date(2024, 6, 1, 0, 0, 0, 0, time.UTC),
+		Mod:     mod,
+		ZipFile: name,
+	}, nil
+}
+
+// writeSizedZip writes a module zip of about size bytes to dir, holding a
+// Go file, mod as its go.mod if withGoMod, and pseudo-random data stored
+// without compression, and returns its file name.
+func writeSizedZip(dir, path, version, key string, mod []byte, withGoMod bool, size int64) (string, error) {
+	name := filepath.Join(dir, url.PathEscape(key)+".zip")
 	prefix := path + "@" + version + "/"
 	small := []memFile{{"large.go", []byte("// Package large is generated test content.\npackage large\n")}}
-	if !incompatible {
+	if withGoMod {
 		small = append(small, memFile{"go.mod", mod})
 	}
 
@@ -74,7 +90,7 @@ func LargeVersion(dir, path, version string, size int64) (*Version, error) {
 
 	f, err := os.Create(name)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	err = writeLargeZip(f, path+"@"+version, prefix, small, blobs)
 	if cerr := f.Close(); err == nil {
@@ -82,15 +98,9 @@ func LargeVersion(dir, path, version string, size int64) (*Version, error) {
 	}
 	if err != nil {
 		os.Remove(name)
-		return nil, fmt.Errorf("writing large zip for %s@%s: %w", path, version, err)
+		return "", fmt.Errorf("writing a zip for %s@%s: %w", path, version, err)
 	}
-	return &Version{
-		Path:    path,
-		Version: version,
-		Time:    time.Date(2024, 6, 1, 0, 0, 0, 0, time.UTC),
-		Mod:     mod,
-		ZipFile: name,
-	}, nil
+	return name, nil
 }
 
 func writeLargeZip(f *os.File, seed, prefix string, small []memFile, blobs []int64) error {

@@ -6,8 +6,12 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
+
+	"golang.org/x/mod/module"
+	modzip "golang.org/x/mod/zip"
 
 	"github.com/goproxy-team/goproxy/internal/moduletest"
 )
@@ -129,5 +133,49 @@ func TestLargeVersionVariants(t *testing.T) {
 
 	if _, err := moduletest.LargeVersion(dir, "example.com/bad/v2", "v1.0.0", 1<<10); err == nil {
 		t.Error("LargeVersion accepted a version not matching the /v2 path")
+	}
+}
+
+func TestRealisticGraph(t *testing.T) {
+	const n = 60
+	sizes := moduletest.RealisticZipSizes(n)
+	sorted := slices.Clone(sizes)
+	slices.Sort(sorted)
+	median := (sorted[n/2-1] + sorted[n/2]) / 2
+	above := func(limit int64) (k int) {
+		for _, s := range sizes {
+			if s > limit {
+				k++
+			}
+		}
+		return k
+	}
+	t.Logf("sizes from %d to %d, median %d, %d above 2 MB, %d above 512 KiB", sorted[0], sorted[n-1], median, above(2e6), above(512<<10))
+	if sorted[0] < 900 || sorted[0] > 1100 || sorted[n-1] < 39e6 || sorted[n-1] > 40e6 || median < 50e3 || median > 70e3 ||
+		above(2e6) < n/10-1 || above(2e6) > n/10+1 || above(512<<10) < 10 {
+		t.Errorf("sizes %v are not spread as a real graph's", sorted)
+	}
+	if slices.IsSorted(sizes) {
+		t.Error("sizes are not shuffled")
+	}
+
+	vs, err := moduletest.RealisticGraph(t.TempDir(), 12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := moduletest.RealisticZipSizes(12)
+	for i := range 12 {
+		for _, v := range vs {
+			if v.Path != moduletest.GraphPath(i) || v.ZipFile == "" {
+				continue
+			}
+			fi, err := os.Stat(v.ZipFile)
+			if err != nil || fi.Size() < want[i]*9/10-400 || fi.Size() > want[i]*11/10+400 {
+				t.Errorf("%s@%s: zip of %v bytes (%v), want about %d", v.Path, v.Version, fi.Size(), err, want[i])
+			}
+			if _, err := modzip.CheckZip(module.Version{Path: v.Path, Version: v.Version}, v.ZipFile); err != nil {
+				t.Errorf("%s@%s: %v", v.Path, v.Version, err)
+			}
+		}
 	}
 }

@@ -1,0 +1,117 @@
+package goproxy
+
+import (
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestHeaderNeverSentEndsWithinTheRetryBudget(t *testing.T) {
+	var asked atomic.Int32
+	up := newFakeUpstream(t, testModuleFiles(t))
+	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		asked.Add(1)
+		<-r.Context().Done() // no header, ever
+		return true
+	})
+	p := newTestProxy(t, up.URL)
+	p.Download.HeaderTimeout = 50 * time.Millisecond
+	p.Download.DownAfter = -1
+	start := time.Now()
+	w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod")
+	if w.Code != http.StatusGatewayTimeout || !strings.Contains(w.Body.String(), "sent no answer within 50ms") ||
+		!strings.Contains(w.Body.String(), "retry budget") {
+		t.Errorf("%d %q, want 504 saying the header never came and the retries are spent", w.Code, w.Body)
+	}
+	// The budget starts at 10 retries, and the request earned 2.
+	if n := asked.Load(); n != 1+retryReserve+2 {
+		t.Errorf("%d attempts, want %d", n, 1+retryReserve+2)
+	}
+	t.Logf("the client got its answer after %v", time.Since(start))
+}
+
+func TestRetryBudgetBoundsTheLoadOnAFailingHost(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		http.Error(w, "broken", http.StatusBadGateway)
+		return true
+	})
+	p := newTestProxy(t, up.URL)
+	p.Download.DownAfter = -1
+	p.NotFoundTTL = -1
+	mod := "/example.com/a/@v/v1.0.0.mod"
+	for i, want := range []int{1 + retryReserve + 2, 3, 3} {
+		before := up.count(mod)
+		w := do(p, "GET", mod)
+		if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "retry budget") {
+			t.Errorf("request %d: %d %q", i, w.Code, w.Body)
+		}
+		// Once the reserve is spent, each request earns two retries.
+		if n := up.count(mod) - before; n != want {
+			t.Errorf("request %d made %d attempts, want %d", i, n, want)
+		}
+	}
+}
+
+// TestFailingHostIsMarkedDownAndProbed fails every request of an upstream
+// until it is marked down, checks that requests then fail at once, heals
+// it and waits for the probe to bring it back.
+func TestFailingHostIsMarkedDownAndProbed(t *testing.T) {
+	var healed atomic.Bool
+	up := newFakeUpstream(t, testModuleFiles(t))
+	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if healed.Load() {
+			return false
+		}
+		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+		return true
+	})
+	p := newTestProxy(t, up.URL)
+	p.Download.DownAfter = 20 * time.Millisecond
+	p.Download.RetryBudget = -1
+	p.NotFoundTTL = -1
+	mod := "/example.com/a/@v/v1.0.0.mod"
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		w := do(p, "GET", mod)
+		if strings.Contains(w.Body.String(), "is down") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not marked down after %d failed attempts: %d %q", up.count(mod), w.Code, w.Body)
+		}
+	}
+	before := up.count(mod)
+	w := do(p, "GET", mod)
+	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "down for maintenance") || up.count(mod) != before {
+		t.Errorf("while down: %d %q after %d more upstream requests; want 502 at once, with the last error", w.Code, w.Body, up.count(mod)-before)
+	}
+	healed.Store(true)
+	waitFor(t, func() bool { return do(p, "GET", mod).Code == http.StatusOK })
+}
+
+// TestRandomFailuresNeverMarkAHostDown sends requests one at a time to an
+// upstream failing 30% of them at random, with DownAfter so short that
+// only the count of failures in a row protects the host.
+func TestRandomFailuresNeverMarkAHostDown(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	var n atomic.Int32
+	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		// A fixed pattern with 30% failures, at most 3 in a row.
+		if i := n.Add(1); i%10 == 1 || i%10 == 4 || i%10 == 7 {
+			http.Error(w, "flaky", http.StatusBadGateway)
+			return true
+		}
+		return false
+	})
+	p := newTestProxy(t, up.URL)
+	p.Download.DownAfter = time.Nanosecond
+	p.MutableTTL = -1
+	for i := range 300 {
+		if w := do(p, "GET", "/example.com/a/@v/list"); w.Code != 200 {
+			t.Fatalf("request %d: %d %q", i, w.Code, w.Body)
+		}
+	}
+}
