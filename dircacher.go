@@ -204,16 +204,3 @@ func checkCacheName(name string) error {
 	}
 	return nil
 }
-
-// contextReader stops a long copy when its context ends.
-type contextReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r contextReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
-}

@@ -669,32 +669,6 @@ func (r *directRunner) cleanMessage(msg string) string {
 	return msg
 }
 
-// redactURLsIn hides the user information of every URL in s: git prints
-// the remote URLs it fails to reach, which may carry tokens that a
-// url.<base>.insteadOf setting put there.
-func redactURLsIn(s string) string {
-	var b strings.Builder
-	for {
-		i := strings.Index(s, "://")
-		if i < 0 {
-			b.WriteString(s)
-			return b.String()
-		}
-		b.WriteString(s[:i+3])
-		s = s[i+3:]
-		end := strings.IndexFunc(s, func(r rune) bool {
-			return r == '/' || r == '\'' || r == '"' || r == '`' || unicode.IsSpace(r)
-		})
-		if end < 0 {
-			end = len(s)
-		}
-		if at := strings.LastIndexByte(s[:end], '@'); at >= 0 {
-			b.WriteString("xxxxx")
-			s = s[at:]
-		}
-	}
-}
-
 // collect builds the file req asks for from what the go command reported.
 func (r *directRunner) collect(req *request, res *goModule) (*fetched, error) {
 	bad := func(format string, args ...any) error {
@@ -1038,64 +1012,4 @@ func checkArg(s, also string) error {
 		}
 	}
 	return nil
-}
-
-// cappedBuffer keeps what is written up to max bytes and drops the rest,
-// so a go command's output cannot take unbounded memory.
-type cappedBuffer struct {
-	buf       bytes.Buffer
-	max       int
-	truncated bool
-}
-
-func (b *cappedBuffer) Write(p []byte) (int, error) {
-	n := len(p)
-	if room := b.max - b.buf.Len(); len(p) > room {
-		p = p[:max(room, 0)]
-		b.truncated = true
-	}
-	b.buf.Write(p)
-	return n, nil
-}
-
-func (b *cappedBuffer) Bytes() []byte { return b.buf.Bytes() }
-
-// keyedMutex is a mutex per key whose Lock gives up when a context ends.
-type keyedMutex struct {
-	mu    sync.Mutex
-	locks map[string]*keyedLock
-}
-
-type keyedLock struct {
-	token chan struct{} // holds one value while locked
-	refs  int           // holders and waiters; guarded by keyedMutex.mu
-}
-
-// lock locks key, waiting until it is free or ctx ends.
-func (k *keyedMutex) lock(ctx context.Context, key string) (unlock func(), err error) {
-	k.mu.Lock()
-	if k.locks == nil {
-		k.locks = make(map[string]*keyedLock)
-	}
-	l := k.locks[key]
-	if l == nil {
-		l = &keyedLock{token: make(chan struct{}, 1)}
-		k.locks[key] = l
-	}
-	l.refs++
-	k.mu.Unlock()
-	drop := func() {
-		k.mu.Lock()
-		defer k.mu.Unlock()
-		if l.refs--; l.refs == 0 {
-			delete(k.locks, key)
-		}
-	}
-	select {
-	case l.token <- struct{}{}:
-		return func() { <-l.token; drop() }, nil
-	case <-ctx.Done():
-		drop()
-		return nil, ctx.Err()
-	}
 }

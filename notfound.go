@@ -1,0 +1,76 @@
+package goproxy
+
+import (
+	"strings"
+	"sync"
+	"time"
+)
+
+// notFoundMemo remembers not-found answers for a while.
+type notFoundMemo struct {
+	ttl     time.Duration
+	mu      sync.Mutex
+	entries map[string]notFoundEntry
+}
+
+type notFoundEntry struct {
+	err     error
+	expires time.Time
+}
+
+// maxNotFound bounds the memo; past it, expired entries go first, then any.
+const maxNotFound = 10000
+
+func (m *notFoundMemo) get(name string) error {
+	if m.ttl <= 0 {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.entries[name]
+	if !ok {
+		return nil
+	}
+	if time.Now().After(e.expires) {
+		delete(m.entries, name)
+		return nil
+	}
+	return e.err
+}
+
+// forget drops the memory of names starting with prefix.
+func (m *notFoundMemo) forget(prefix string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k := range m.entries {
+		if strings.HasPrefix(k, prefix) {
+			delete(m.entries, k)
+		}
+	}
+}
+
+func (m *notFoundMemo) put(name string, err error) {
+	if m.ttl <= 0 {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.entries == nil {
+		m.entries = make(map[string]notFoundEntry)
+	}
+	now := time.Now()
+	if len(m.entries) >= maxNotFound {
+		for k, e := range m.entries {
+			if now.After(e.expires) {
+				delete(m.entries, k)
+			}
+		}
+		for k := range m.entries {
+			if len(m.entries) < maxNotFound {
+				break
+			}
+			delete(m.entries, k)
+		}
+	}
+	m.entries[name] = notFoundEntry{err: err, expires: now.Add(m.ttl)}
+}
