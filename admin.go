@@ -149,7 +149,7 @@ func (p *Proxy) serveIndex(w http.ResponseWriter, r *http.Request) {
 	if s := r.URL.Query().Get("since"); s != "" {
 		var err error
 		if since, err = time.Parse(time.RFC3339, s); err != nil {
-			writeError(w, http.StatusBadRequest, "since must be an RFC 3339 time: "+err.Error())
+			p.writeFailure(w, failed(failBadRequest, "since must be an RFC 3339 time: %w", err))
 			return
 		}
 	}
@@ -157,13 +157,13 @@ func (p *Proxy) serveIndex(w http.ResponseWriter, r *http.Request) {
 	if s := r.URL.Query().Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
-			writeError(w, http.StatusBadRequest, "limit must be a positive number")
+			p.writeFailure(w, failed(failBadRequest, "limit must be a positive number"))
 			return
 		}
 		limit = min(n, maxIndexLimit)
 	}
 	if err := p.loadIndex(r.Context()); err != nil {
-		writeError(w, http.StatusInternalServerError, "reading the cache for the index: "+err.Error())
+		p.writeFailure(w, failed(failInternal, "reading the cache for the index: %w", err))
 		return
 	}
 	p.index.mu.Lock()
@@ -215,13 +215,13 @@ func (p *Proxy) serveCached(w http.ResponseWriter, r *http.Request, modPath, esc
 	}
 	cached, err := list(p.cacher)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, err.Error())
+		p.writeFailure(w, failed(failInternal, "%w", err))
 		return
 	}
 	var published []string
 	if p.Hosted != nil {
 		if published, err = list(p.Hosted); err != nil {
-			writeError(w, http.StatusInternalServerError, err.Error())
+			p.writeFailure(w, failed(failInternal, "%w", err))
 			return
 		}
 	}
@@ -245,7 +245,7 @@ func (p *Proxy) serveCached(w http.ResponseWriter, r *http.Request, modPath, esc
 func (p *Proxy) serveDelete(w http.ResponseWriter, r *http.Request, req *request) {
 	deleter, ok := p.cacher.(CacheDeleter)
 	if !ok || req.kind == kindSumDB {
-		writeError(w, http.StatusNotImplemented, "this cache cannot remove entries")
+		p.writeFailure(w, failed(failNotImplemented, "this cache cannot remove entries"))
 		return
 	}
 	ctx := r.Context()
@@ -271,12 +271,12 @@ func (p *Proxy) serveDelete(w http.ResponseWriter, r *http.Request, req *request
 			p.index.remove(req.modPath, req.version)
 		}
 	default:
-		writeError(w, http.StatusBadRequest, "only canonical versions, lists and @latest can be removed")
+		p.writeFailure(w, failed(failBadRequest, "only canonical versions, lists and @latest can be removed"))
 		return
 	}
 	for _, name := range names {
 		if err := deleter.Delete(ctx, name); err != nil {
-			writeError(w, http.StatusInternalServerError, fmt.Sprintf("removing %s: %v", name, err))
+			p.writeFailure(w, failed(failInternal, "removing %s: %w", name, err))
 			return
 		}
 		if p.hot != nil {
@@ -285,5 +285,5 @@ func (p *Proxy) serveDelete(w http.ResponseWriter, r *http.Request, req *request
 		p.notFound.forget(name)
 	}
 	p.logger().Info("removed from the cache", "module", req.modPath, "version", req.version, "files", len(names))
-	writeError(w, http.StatusOK, fmt.Sprintf("removed %d cached files of %s", len(names), req))
+	writeMessage(w, http.StatusOK, fmt.Sprintf("removed %d cached files of %s", len(names), req))
 }

@@ -367,7 +367,7 @@ func (r *directRunner) envFor(modPath string) []string {
 // running the go command.
 func (p *Proxy) fetchDirect(ctx context.Context, req *request) (*fetched, error) {
 	if p.direct == nil {
-		return nil, &fetchError{status: http.StatusBadGateway, msg: "direct fetching is not initialized: call Proxy.Init"}
+		return nil, failed(failUnavailable, "direct fetching is not initialized: call Proxy.Init")
 	}
 	return p.direct.fetch(ctx, req)
 }
@@ -376,17 +376,17 @@ func (p *Proxy) fetchDirect(ctx context.Context, req *request) (*fetched, error)
 // module proxy would serve it.
 func (r *directRunner) fetch(ctx context.Context, req *request) (*fetched, error) {
 	if err := checkDirectArgs(req.modPath, req.version); err != nil {
-		return nil, &fetchError{status: http.StatusBadRequest, msg: err.Error(), err: err}
+		return nil, failed(failBadRequest, "%w", err)
 	}
 	if r.goBinErr != nil {
-		return nil, &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("%s: direct fetching needs the go command: %v", req, r.goBinErr), err: r.goBinErr}
+		return nil, failed(failUnavailable, "%s: direct fetching needs the go command: %w", req, r.goBinErr)
 	}
 	if r.egressErr != nil {
-		return nil, &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("%s: direct fetching: %v", req, r.egressErr), err: r.egressErr}
+		return nil, failed(failUnavailable, "%s: direct fetching: %w", req, r.egressErr)
 	}
 	ctx = withEgressModule(ctx, req.modPath)
 	if err := r.checkOrigin(ctx, req.modPath); err != nil {
-		return nil, &fetchError{status: http.StatusForbidden, msg: fmt.Sprintf("%s: %v", req, err), err: err}
+		return nil, failed(failRefused, "%s: %w", req, err)
 	}
 	// "--" ends the flags, so that no argument is ever taken for one; both
 	// subcommands accept it.
@@ -487,7 +487,7 @@ func (r *directRunner) run(ctx context.Context, req *request, args []string) (*g
 	defer cancel()
 	egress, err := startEgressProxy(ctx, r.dialer, r.transport)
 	if err != nil {
-		return nil, &fetchError{status: http.StatusInternalServerError, msg: fmt.Sprintf("%s: starting the go command's egress proxy: %v", req, err), err: err}
+		return nil, failed(failInternal, "%s: starting the go command's egress proxy: %w", req, err)
 	}
 	defer egress.close()
 	cmd := exec.CommandContext(runCtx, r.goBin, args...)
@@ -508,20 +508,20 @@ func (r *directRunner) run(ctx context.Context, req *request, args []string) (*g
 	var res goModule
 	decodeErr := json.NewDecoder(bytes.NewReader(stdout.Bytes())).Decode(&res)
 	var exitErr *exec.ExitError
-	failed := runErr != nil || decodeErr == nil && res.errorText() != ""
+	unsuccessful := runErr != nil || decodeErr == nil && res.errorText() != ""
 	switch refused := egress.refusal(); {
 	case runErr != nil && ctx.Err() != nil:
 		err = fmt.Errorf("go %s %s: %w", subcommand, target, ctx.Err())
-	case failed && refused != nil:
+	case unsuccessful && refused != nil:
 		// Whatever the go command made of it, the policy's refusal is
 		// the reason, and no reason for a client to try elsewhere.
-		err = &fetchError{status: http.StatusForbidden, msg: fmt.Sprintf("%s: %v", target, refused), err: refused}
+		err = failed(failRefused, "%s: %w", target, refused)
 	case runErr != nil && runCtx.Err() != nil:
-		err = &fetchError{status: http.StatusGatewayTimeout, msg: fmt.Sprintf("%s: the go command timed out after %v", target, r.timeout), err: runCtx.Err()}
+		err = &failure{kind: failTimedOut, msg: fmt.Sprintf("%s: the go command timed out after %v", target, r.timeout), err: runCtx.Err()}
 	case runErr != nil && !errors.As(runErr, &exitErr):
-		err = &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("%s: running the go command: %v", target, runErr), err: runErr}
+		err = failed(failUnavailable, "%s: running the go command: %w", target, runErr)
 	case stdout.truncated:
-		err = &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("%s: the go command's output exceeds %d bytes", target, maxGoStdout)}
+		err = failed(failTooLarge, "%s: the go command's output exceeds %d bytes", target, maxGoStdout)
 	case decodeErr == nil && res.errorText() != "":
 		err = r.goError(req, target, res.errorText())
 	case runErr != nil:
@@ -531,7 +531,7 @@ func (r *directRunner) run(ctx context.Context, req *request, args []string) (*g
 		}
 		err = r.goError(req, target, msg)
 	case decodeErr != nil:
-		err = &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("%s: unreadable output from the go command: %v", target, decodeErr), err: decodeErr}
+		err = failed(failInvalidContent, "%s: unreadable output from the go command: %w", target, decodeErr)
 	}
 	outcome := "ok"
 	if err != nil {
@@ -559,8 +559,8 @@ func (r *directRunner) prepareDirs() error {
 }
 
 // goError turns a failure the go command reported into the client's error:
-// not found (404, or 410 when an origin said gone) or 502, with the go
-// command's message.
+// not found (or gone, when an origin said so), a refusal of the egress
+// policy, or the origin's failure, with the go command's message.
 func (r *directRunner) goError(req *request, target, msg string) error {
 	msg = r.cleanMessage(msg)
 	if !strings.Contains(msg, req.modPath) {
@@ -575,10 +575,9 @@ func (r *directRunner) goError(req *request, target, msg string) error {
 		}
 	}
 	if refusal := gitRefusal(words); refusal != nil {
-		return &fetchError{status: http.StatusForbidden, msg: target + ": " + refusal.Error() + "\n" + msg, err: refusal}
+		return &failure{kind: failRefused, msg: target + ": " + refusal.Error() + "\n" + msg, err: refusal}
 	}
-	status := directStatus(words)
-	return &fetchError{status: status, msg: msg}
+	return &failure{kind: directFailKind(words), msg: msg}
 }
 
 // gitRefusal returns the egress policy's reason when a failure comes from
@@ -631,21 +630,21 @@ var (
 	directGone = []string{"410 gone", "returned error: 410"}
 )
 
-// directStatus classifies a go command failure by its message.
-func directStatus(msg string) int {
+// directFailKind classifies a go command failure by its message.
+func directFailKind(msg string) failKind {
 	m := strings.ToLower(msg)
 	has := func(phrases []string) bool {
 		return slices.ContainsFunc(phrases, func(s string) bool { return strings.Contains(m, s) })
 	}
 	switch {
 	case has(directFailures):
-		return http.StatusBadGateway
+		return failUnavailable
 	case has(directGone):
-		return http.StatusGone
+		return failGone
 	case has(directNotFound):
-		return http.StatusNotFound
+		return failNotFound
 	}
-	return http.StatusBadGateway
+	return failUnavailable
 }
 
 // cleanMessage readies a go command message for clients and logs: without
@@ -672,7 +671,7 @@ func (r *directRunner) cleanMessage(msg string) string {
 // collect builds the file req asks for from what the go command reported.
 func (r *directRunner) collect(req *request, res *goModule) (*fetched, error) {
 	bad := func(format string, args ...any) error {
-		return &fetchError{status: http.StatusBadGateway, msg: req.String() + ": " + fmt.Sprintf(format, args...)}
+		return &failure{kind: failInvalidContent, msg: req.String() + ": " + fmt.Sprintf(format, args...)}
 	}
 	if res.Path != req.modPath {
 		return nil, bad("the go command reported module %q", res.Path)

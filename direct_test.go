@@ -681,8 +681,8 @@ func TestDirectErrorStatus(t *testing.T) {
 		{"signal: killed", 502},
 	}
 	for _, tt := range tests {
-		if got := directStatus(tt.msg); got != tt.want {
-			t.Errorf("directStatus(%q) = %d, want %d", tt.msg, got, tt.want)
+		if got, _ := answerFor(&failure{kind: directFailKind(tt.msg)}); got != tt.want {
+			t.Errorf("directFailKind(%q) answers %d, want %d", tt.msg, got, tt.want)
 		}
 	}
 }
@@ -700,15 +700,13 @@ func TestDirectToolRefusalsAreForbidden(t *testing.T) {
 		"example.com/m@v1.0.0: GOVCS disallows using hg for public example.com/m; see 'go help vcs'": "GOVCS in Proxy.Env",
 	} {
 		err := r.goError(req, "example.com/m@v1.0.0", msg)
-		var fe *fetchError
-		if !errors.As(err, &fe) || fe.status != http.StatusForbidden || !strings.Contains(fe.msg, want) {
+		if status, msg := answerFor(err); status != http.StatusForbidden || !strings.Contains(msg, want) {
 			t.Errorf("goError(%q) = %v, want 403 saying %q", msg, err, want)
 		}
 	}
 	// A module path cannot make a refusal of an ordinary failure.
 	err := r.goError(&request{modPath: "example.com/transport", version: "v1.0.0"}, "example.com/transport@v1.0.0", "example.com/transport@v1.0.0: invalid version: unknown revision v1.0.0")
-	var fe *fetchError
-	if !errors.As(err, &fe) || fe.status != http.StatusNotFound {
+	if status, _ := answerFor(err); status != http.StatusNotFound {
 		t.Errorf("an unknown revision: %v", err)
 	}
 }

@@ -309,7 +309,7 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 	req, err := http.NewRequestWithContext(actx, http.MethodGet, rawURL, nil)
 	if err != nil {
 		cancel(nil)
-		return nil, &fetchError{status: http.StatusBadGateway, msg: "invalid upstream URL " + redactURL(rawURL), err: err}
+		return nil, &failure{kind: failUnavailable, msg: "invalid upstream URL " + redactURL(rawURL), err: err}
 	}
 	for k, v := range header {
 		req.Header[k] = v
@@ -326,13 +326,13 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 	if err != nil {
 		cancel(nil)
 		if errors.Is(context.Cause(actx), errNoHeader) && ctx.Err() == nil {
-			return nil, retryable(&fetchError{status: http.StatusGatewayTimeout, err: errNoHeader,
+			return nil, retryable(&failure{kind: failTimedOut, err: errNoHeader,
 				msg: fmt.Sprintf("upstream %s sent no answer within %v", redactURL(rawURL), d.opts.HeaderTimeout)})
 		}
 		// net/http strips passwords from the URLs in its errors.
-		fe := &fetchError{status: http.StatusBadGateway, msg: err.Error(), err: err}
+		fe := &failure{kind: failUnavailable, msg: err.Error(), err: err}
 		if egressRefusal(err) != nil {
-			fe.status = http.StatusForbidden // and final: the policy will not change its mind
+			fe.kind = failRefused // and final: the policy will not change its mind
 			return nil, fe
 		}
 		var dnsErr *net.DNSError
@@ -358,7 +358,11 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 		if msg == "" {
 			msg = "not found: " + redactURL(rawURL)
 		}
-		return nil, &fetchError{status: code, msg: msg}
+		kind := failNotFound
+		if code == http.StatusGone {
+			kind = failGone
+		}
+		return nil, &failure{kind: kind, msg: msg}
 	case code == http.StatusTooManyRequests || code == http.StatusRequestTimeout || code >= 500:
 		fe := retryable(upstreamAnswered(rawURL, code, msg))
 		fe.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
@@ -367,7 +371,7 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 	case code >= 400:
 		// A refusal (401, 403, 451, ...) is passed on as what it is.
 		fe := upstreamAnswered(rawURL, code, msg)
-		fe.status = code
+		fe.kind, fe.status = failUpstreamRefused, code
 		return nil, fe
 	}
 	return nil, upstreamAnswered(rawURL, resp.StatusCode, msg)
@@ -403,25 +407,25 @@ func (b *watchedBody) Close() error {
 	return err
 }
 
-func upstreamAnswered(rawURL string, code int, msg string) *fetchError {
+func upstreamAnswered(rawURL string, code int, msg string) *failure {
 	if msg != "" {
 		msg = ": " + msg
 	}
-	return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("upstream %s answered %d %s%s", redactURL(rawURL), code, http.StatusText(code), msg)}
+	return failed(failUnavailable, "upstream %s answered %d %s%s", redactURL(rawURL), code, http.StatusText(code), msg)
 }
 
-func tooLarge(rawURL string, limit int64) *fetchError {
-	return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("upstream %s sent more than the limit of %d bytes", redactURL(rawURL), limit)}
+func tooLarge(rawURL string, limit int64) *failure {
+	return failed(failTooLarge, "upstream %s sent more than the limit of %d bytes", redactURL(rawURL), limit)
 }
 
-func readFailed(rawURL string, err error) *fetchError {
-	return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("reading %s: %v", redactURL(rawURL), err), err: err}
+func readFailed(rawURL string, err error) *failure {
+	return failed(failUnavailable, "reading %s: %w", redactURL(rawURL), err)
 }
 
 // errFileChanged stops a download whose parts turned out to be of different
 // versions of the file, or whose upstream answered a part with the whole
 // file: it starts over, since stitching two versions would corrupt it.
-var errFileChanged = &fetchError{status: http.StatusBadGateway, msg: "the upstream file changed during the download"}
+var errFileChanged = failed(failUnavailable, "the upstream file changed during the download")
 
 // diskError is a failed write to the temporary directory.
 type diskError struct {
@@ -434,12 +438,12 @@ func (e *diskError) Unwrap() error { return e.err }
 
 // diskFailed describes a failed write for the client: a full disk is 507,
 // and names the directory that lacks the space.
-func (d *downloader) diskFailed(t target, err error) *fetchError {
-	status, what := http.StatusInternalServerError, "cannot write"
+func (d *downloader) diskFailed(t target, err error) *failure {
+	kind, what := failInternal, "cannot write"
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		status, what = http.StatusInsufficientStorage, "no space left"
+		kind, what = failNoSpace, "no space left"
 	}
-	return &fetchError{status: status, err: &diskError{dir: d.opts.PartialDir, err: err},
+	return &failure{kind: kind, err: &diskError{dir: d.opts.PartialDir, err: err},
 		msg: fmt.Sprintf("%s@%s: %s in the proxy's temporary directory %s for the download: %v", t.module, t.version, what, d.opts.PartialDir, err)}
 }
 
@@ -716,7 +720,7 @@ func (dl *fileDownload) download(ctx context.Context) error {
 			return err
 		}
 		if restarts == maxRestarts {
-			return &fetchError{status: http.StatusBadGateway, err: errFileChanged, msg: fmt.Sprintf(
+			return &failure{kind: failUnavailable, err: errFileChanged, msg: fmt.Sprintf(
 				"the upstream file %s changed under each of %d downloads (its size or its ETag or Last-Modified moved); try again later",
 				redactURL(dl.url), maxRestarts+1)}
 		}
@@ -790,7 +794,7 @@ func (dl *fileDownload) first(ctx context.Context) error {
 	} else {
 		start, end, size, ok := parseContentRange(resp.Header.Get("Content-Range"))
 		if dl.unvalidated || !ok || start != 0 || size <= 0 {
-			return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("upstream %s sent an unusable Content-Range %q", redactURL(dl.url), resp.Header.Get("Content-Range"))}
+			return failed(failInvalidContent, "upstream %s sent an unusable Content-Range %q", redactURL(dl.url), resp.Header.Get("Content-Range"))
 		}
 		if size > dl.t.limit {
 			return tooLarge(dl.url, dl.t.limit)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -17,6 +16,9 @@ import (
 func escapeURLPath(name string) string {
 	return (&url.URL{Path: name}).EscapedPath()
 }
+
+// errProxyOff answers requests that reach "off", in the go command's words.
+var errProxyOff = failed(failRefused, "module lookup disabled by GOPROXY=off")
 
 // fetchFromUpstreams walks req's route, following the go command's rules
 // for GOPROXY: after ',' fall through only when the upstream says the file
@@ -41,11 +43,11 @@ func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched,
 			if ctx.Err() != nil {
 				return nil, err
 			}
-			notFound := errors.Is(err, fs.ErrNotExist)
-			if up.URL == "direct" || bestErr == nil || (bestIsNotFound && !notFound) {
-				bestErr, bestIsNotFound = err, notFound
+			missing := notFound(err)
+			if up.URL == "direct" || bestErr == nil || (bestIsNotFound && !missing) {
+				bestErr, bestIsNotFound = err, missing
 			}
-			if !notFound && !up.FallBackOnError {
+			if !missing && !up.FallBackOnError {
 				fallThrough = false
 			}
 		}
@@ -82,7 +84,7 @@ func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (*fetc
 			err = checkZipContents(f.file, f.size)
 		}
 		if err != nil {
-			err = &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("invalid %s from upstream %s: %v", req, redactURL(up.URL), err), err: err}
+			err = failed(failInvalidContent, "invalid %s from upstream %s: %w", req, redactURL(up.URL), err)
 		} else if err = p.verify(ctx, req, f); errors.Is(err, errUnverified) {
 			f.unverified, err = true, nil
 		}
@@ -176,9 +178,7 @@ var errStoredMeanwhile = errors.New("stored by an earlier fetch meanwhile")
 // a not-found, or an upstream's refusal (a 4xx other than 408 and 429),
 // which the go command's probing of module path prefixes would repeat.
 func remembered(err error) bool {
-	var fe *fetchError
-	return errors.As(err, &fe) && !fe.noStore && fe.status >= 400 && fe.status < 500 &&
-		fe.status != http.StatusRequestTimeout && fe.status != http.StatusTooManyRequests
+	return kindOf(err).lasting()
 }
 
 // store puts what was fetched into the cache, unless it is unverified.
@@ -197,7 +197,7 @@ func (p *Proxy) store(ctx context.Context, req *request, f *fetched) {
 }
 
 func levelFor(err error) slog.Level {
-	if err == nil || errors.Is(err, fs.ErrNotExist) {
+	if err == nil || notFound(err) {
 		return slog.LevelInfo
 	}
 	return slog.LevelWarn

@@ -3,8 +3,6 @@ package goproxy
 import (
 	"context"
 	"errors"
-	"fmt"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,7 +87,7 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 func callRecovering(ctx context.Context, fn func(context.Context) (*fetched, error)) (res *fetched, err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			res, err = nil, &fetchError{status: http.StatusInternalServerError, msg: fmt.Sprintf("internal error: %v", v)}
+			res, err = nil, failed(failInternal, "internal error: %v", v)
 		}
 	}()
 	return fn(ctx)

@@ -237,52 +237,32 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete:
 	default:
-		w.Header().Set("Allow", "GET, HEAD, PUT, DELETE")
-		writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed")
+		p.writeFailure(w, &failure{kind: failMethod, allow: "GET, HEAD, PUT, DELETE", msg: "method " + r.Method + " is not allowed"})
 		return
 	}
 	if err := p.Init(); err != nil {
-		writeError(w, http.StatusInternalServerError, err.Error())
+		p.writeFailure(w, failed(failInternal, "%w", err))
 		return
 	}
 	for _, via := range r.Header.Values("Via") {
 		if strings.Contains(via, p.via) {
 			// Waiting for our own fetch would only end at its timeout.
-			writeError(w, http.StatusLoopDetected, "this proxy is its own upstream: check GOPROXY and the routes")
+			p.writeFailure(w, failed(failLoop, "this proxy is its own upstream: check GOPROXY and the routes"))
 			return
 		}
 	}
 	if strings.Contains(strings.ToLower(r.URL.EscapedPath()), "%2f") {
 		// Decoded, it would pass for a path separator.
-		writeError(w, http.StatusBadRequest, "the path holds an encoded slash (%2F), which the go command never sends")
+		p.writeFailure(w, failed(failBadRequest, "the path holds an encoded slash (%%2F), which the go command never sends"))
 		return
 	}
 	if r.URL.Path == indexPath || strings.HasPrefix(r.URL.Path, cachedPath) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			w.Header().Set("Allow", "GET, HEAD")
-			writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed here")
-			return
-		}
-		if r.URL.Path == indexPath {
-			if p.authorize(w, r, OpAdminister, "") {
-				p.serveIndex(w, r)
-			}
-			return
-		}
-		escPath := strings.TrimPrefix(r.URL.Path, cachedPath)
-		modPath, err := module.UnescapePath(escPath)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		if p.authorize(w, r, OpAdminister, modPath) {
-			p.serveCached(w, r, modPath, escPath)
-		}
+		p.serveAdmin(w, r)
 		return
 	}
 	req, err := p.parseRequest(r.URL.Path)
 	if err != nil {
-		p.writeFetchError(w, err)
+		p.writeFailure(w, err)
 		return
 	}
 	switch r.Method {
@@ -290,25 +270,53 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if p.authorize(w, r, OpPublish, req.modPath) {
 			p.servePublish(w, r, req)
 		}
-		return
 	case http.MethodDelete:
 		if p.authorize(w, r, OpAdminister, req.modPath) {
 			p.serveDelete(w, r, req)
 		}
+	default:
+		if p.authorize(w, r, OpRead, req.modPath) {
+			p.serveRead(w, r, req)
+		}
+	}
+}
+
+// serveAdmin answers the administration paths other than DELETE: the
+// index feed and the listing of what is cached for a module.
+func (p *Proxy) serveAdmin(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		p.writeFailure(w, &failure{kind: failMethod, allow: "GET, HEAD", msg: "method " + r.Method + " is not allowed here"})
 		return
 	}
-	if !p.authorize(w, r, OpRead, req.modPath) {
+	if r.URL.Path == indexPath {
+		if p.authorize(w, r, OpAdminister, "") {
+			p.serveIndex(w, r)
+		}
 		return
 	}
+	escPath := strings.TrimPrefix(r.URL.Path, cachedPath)
+	modPath, err := module.UnescapePath(escPath)
+	if err != nil {
+		p.writeFailure(w, failed(failBadRequest, "%w", err))
+		return
+	}
+	if p.authorize(w, r, OpAdminister, modPath) {
+		p.serveCached(w, r, modPath, escPath)
+	}
+}
+
+// serveRead answers GET and HEAD of a module proxy or checksum database
+// path.
+func (p *Proxy) serveRead(w http.ResponseWriter, r *http.Request, req *request) {
 	if req.supported {
 		// The go command asks this before sending checksum database
 		// requests through the proxy; answering it is all it needs.
-		writeError(w, http.StatusOK, "")
+		writeMessage(w, http.StatusOK, "")
 		return
 	}
 	c, err := p.open(r.Context(), req, !fetchDisabled(r))
 	if err != nil {
-		p.writeFetchError(w, err)
+		p.writeFailure(w, err)
 		return
 	}
 	defer c.close()

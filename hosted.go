@@ -23,20 +23,6 @@ import (
 	modzip "golang.org/x/mod/zip"
 )
 
-// ErrVersionConflict is returned (wrapped) by [Proxy.Publish] when the
-// version was published before with different content: published
-// versions never change. Over HTTP it answers 409 Conflict.
-var ErrVersionConflict = errors.New("version already published with different content")
-
-// ErrInvalidModule is returned (wrapped) by [Proxy.Publish] for a zip,
-// path or version that is not a valid module version. Over HTTP it answers
-// 400 with the reason.
-var ErrInvalidModule = errors.New("invalid module")
-
-// errPublishingDisabled answers PUT when there is no Hosted store.
-var errPublishingDisabled = &fetchError{status: http.StatusMethodNotAllowed,
-	msg: "publishing is not enabled on this proxy (no Hosted store)"}
-
 // Publish stores a module version given its zip, as PUT
 // $module/@v/$version.zip does. The zip is checked with
 // golang.org/x/mod/zip (paths under the module@version prefix, sizes,
@@ -53,7 +39,7 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 		return err
 	}
 	if p.Hosted == nil {
-		return errPublishingDisabled
+		return ErrPublishingDisabled
 	}
 	if err := checkPublishable(modulePath, version); err != nil {
 		return err
@@ -61,13 +47,18 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 	m := module.Version{Path: modulePath, Version: version}
 	tmp, err := os.CreateTemp(p.TempDir, "goproxy-publish-*.zip")
 	if err != nil {
-		return fmt.Errorf("publishing %s: %w", m, err)
+		return failed(failInternal, "publishing %s: %w", m, err)
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
-	n, err := io.Copy(tmp, io.LimitReader(contextReader{ctx, zipContent}, maxZipSize+1))
-	if err != nil {
-		return fmt.Errorf("publishing %s: reading the upload: %w", m, err)
+	upload := &uploadReader{r: io.LimitReader(contextReader{ctx, zipContent}, maxZipSize+1)}
+	n, err := io.Copy(tmp, upload)
+	switch {
+	case upload.err != nil:
+		// The client's, as a cut or oversized body is.
+		return failed(failBadRequest, "publishing %s: reading the upload: %w", m, upload.err)
+	case err != nil:
+		return failed(failInternal, "publishing %s: writing the upload to a temporary file: %w", m, err)
 	}
 	if n > maxZipSize {
 		return fmt.Errorf("publishing %s: %w: the zip is larger than the %d-byte limit for module zips", m, ErrInvalidModule, maxZipSize)
@@ -80,11 +71,11 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 		err = checkZipContents(tmp, n)
 	}
 	if err != nil {
-		return fmt.Errorf("publishing %s: %w: %v", m, ErrInvalidModule, err)
+		return fmt.Errorf("publishing %s: %w: %w", m, ErrInvalidModule, err)
 	}
 	mod, err := goModOfZip(tmp, n, m)
 	if err != nil {
-		return fmt.Errorf("publishing %s: %w: %v", m, ErrInvalidModule, err)
+		return fmt.Errorf("publishing %s: %w: %w", m, ErrInvalidModule, err)
 	}
 
 	escPath, _ := module.EscapePath(modulePath)
@@ -96,8 +87,11 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 	}
 	defer unlock()
 	same, err := p.samePublished(ctx, base+".zip", tmp)
-	if err != nil {
+	if errors.Is(err, ErrVersionConflict) {
 		return fmt.Errorf("publishing %s: %w", m, err)
+	}
+	if err != nil {
+		return failed(failInternal, "publishing %s: %w", m, err)
 	}
 	if same && p.isPublished(ctx, base) {
 		return nil // published before: nothing to do
@@ -108,7 +102,7 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 		Time    time.Time
 	}{version, time.Now().UTC().Truncate(time.Second)})
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("publishing %s: %w", m, err)
+		return failed(failInternal, "publishing %s: %w", m, err)
 	}
 	// The .info goes last: its presence is what makes the version listed.
 	for _, f := range []struct {
@@ -116,7 +110,7 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 		r    io.ReadSeeker
 	}{{base + ".zip", tmp}, {base + ".mod", bytes.NewReader(mod)}, {base + ".info", bytes.NewReader(info)}} {
 		if err := p.Hosted.Put(ctx, f.name, f.r); err != nil {
-			return fmt.Errorf("publishing %s: storing %s: %w", m, f.name, err)
+			return failed(failInternal, "publishing %s: storing %s: %w", m, f.name, err)
 		}
 	}
 	// An upstream copy of the same version may be in memory.
@@ -128,10 +122,10 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 
 func checkPublishable(modulePath, version string) error {
 	if err := module.CheckPath(modulePath); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidModule, err)
+		return fmt.Errorf("%w: %w", ErrInvalidModule, err)
 	}
 	if err := module.Check(modulePath, version); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidModule, err)
+		return fmt.Errorf("%w: %w", ErrInvalidModule, err)
 	}
 	if module.CanonicalVersion(version) != version {
 		return fmt.Errorf("%w: %s@%s: version is not canonical", ErrInvalidModule, modulePath, version)
@@ -222,44 +216,39 @@ func digest(r io.Reader) ([sha256.Size]byte, error) {
 // servePublish answers PUT $module/@v/$version.zip.
 func (p *Proxy) servePublish(w http.ResponseWriter, r *http.Request, req *request) {
 	if p.Hosted == nil {
-		p.writeFetchError(w, errPublishingDisabled)
+		p.writeFailure(w, ErrPublishingDisabled)
 		return
 	}
 	if req.kind != kindZip {
-		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, http.StatusMethodNotAllowed, "only a version's .zip is published; its .mod and .info are derived from it")
+		p.writeFailure(w, &failure{kind: failMethod, allow: "GET, HEAD",
+			msg: "only a version's .zip is published; its .mod and .info are derived from it"})
 		return
 	}
 	if r.ContentLength > maxZipSize {
-		// Refused before a byte is read, with 400 like every other invalid
-		// upload.
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s@%s: the zip is larger than the %d-byte limit for module zips", req.modPath, req.version, maxZipSize))
+		// Refused before a byte is read, like every other invalid upload.
+		p.writeFailure(w, failed(failBadRequest, "%s@%s: the zip is larger than the %d-byte limit for module zips", req.modPath, req.version, maxZipSize))
 		return
 	}
-	err := p.Publish(r.Context(), req.modPath, req.version, r.Body)
-	switch {
-	case err == nil:
-		writeError(w, http.StatusCreated, "published "+req.modPath+"@"+req.version)
-	case errors.Is(err, ErrVersionConflict):
-		writeError(w, http.StatusConflict, err.Error())
-	case errors.Is(err, ErrInvalidModule):
-		writeError(w, http.StatusBadRequest, err.Error())
-	case errors.Is(err, io.ErrUnexpectedEOF), r.Context().Err() != nil:
-		writeError(w, http.StatusBadRequest, err.Error())
-	default:
-		var fe *fetchError
-		if errors.As(err, &fe) {
-			writeError(w, fe.status, fe.msg)
-			return
-		}
-		// A read error of the body is the client's; storage errors are ours.
-		var maxErr *http.MaxBytesError
-		if errors.As(err, &maxErr) || strings.Contains(err.Error(), "reading the upload") {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		writeError(w, http.StatusInternalServerError, err.Error())
+	if err := p.Publish(r.Context(), req.modPath, req.version, r.Body); err != nil {
+		p.writeFailure(w, err)
+		return
 	}
+	writeMessage(w, http.StatusCreated, "published "+req.modPath+"@"+req.version)
+}
+
+// uploadReader keeps the error of reading an upload, which is the
+// client's, apart from those of storing it, which are the proxy's.
+type uploadReader struct {
+	r   io.Reader
+	err error
+}
+
+func (u *uploadReader) Read(p []byte) (int, error) {
+	n, err := u.r.Read(p)
+	if err != nil && err != io.EOF {
+		u.err = err
+	}
+	return n, err
 }
 
 // hostedVersions lists the published versions of a module.
@@ -303,13 +292,13 @@ func (p *Proxy) openHosted(ctx context.Context, req *request) (*content, bool, e
 		return nil, false, nil
 	}
 	if err != nil {
-		return nil, false, &fetchError{status: http.StatusBadGateway, msg: "reading the published versions: " + err.Error(), err: err}
+		return nil, false, failed(failUnavailable, "reading the published versions: %w", err)
 	}
 	cf := info
 	if req.kind != kindInfo {
 		info.Close()
 		if cf, err = p.Hosted.Get(ctx, req.name); err != nil {
-			return nil, false, &fetchError{status: http.StatusBadGateway, msg: "reading the published " + req.String() + ": " + err.Error(), err: err}
+			return nil, false, failed(failUnavailable, "reading the published %s: %w", req, err)
 		}
 	}
 	if h, ok := p.hotPut(req, cf, cf.ModTime(), etagOf(cf), gen); ok {
@@ -374,7 +363,7 @@ func (p *Proxy) openMerged(ctx context.Context, req *request, mayFetch bool) (*c
 	}
 	switch {
 	case best == "":
-		return nil, true, &fetchError{status: http.StatusNotFound, msg: fmt.Sprintf("%s: no matching versions for query %q", req.modPath, cmp.Or(query, "latest"))}
+		return nil, true, failed(failNotFound, "%s: no matching versions for query %q", req.modPath, cmp.Or(query, "latest"))
 	case !fromUpstream:
 		escVersion, _ := module.EscapeVersion(best)
 		cf, err := p.Hosted.Get(ctx, escPath+"/@v/"+escVersion+".info")

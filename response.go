@@ -13,9 +13,9 @@ import (
 	"github.com/klauspost/compress/gzip"
 )
 
-// writeError answers with a plain-text message, which the go command shows
-// its user.
-func writeError(w http.ResponseWriter, status int, msg string) {
+// writeMessage answers with a plain-text message, which the go command
+// shows its user.
+func writeMessage(w http.ResponseWriter, status int, msg string) {
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Content-Length", strconv.Itoa(len(msg)+1))

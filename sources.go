@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"net/http"
 	"strconv"
 	"time"
 )
@@ -64,7 +63,7 @@ func (p *Proxy) openUpstream(ctx context.Context, req *request, mayFetch bool) (
 		cached = nil
 		if !mayFetch {
 			// Not to be kept by shared caches: other clients may fetch.
-			return nil, &fetchError{status: http.StatusNotFound, msg: req.String() + " is not cached and Disable-Module-Fetch is set", noStore: true}
+			return nil, failed(failNotCached, "%s is not cached and Disable-Module-Fetch is set", req)
 		}
 	}
 	f, release, err := p.fetch(ctx, req)
@@ -78,7 +77,7 @@ func (p *Proxy) openUpstream(ctx context.Context, req *request, mayFetch bool) (
 		if cached == nil {
 			return nil, err
 		}
-		if errors.Is(err, fs.ErrNotExist) || ctx.Err() != nil {
+		if notFound(err) || ctx.Err() != nil {
 			cached.Close()
 			return nil, err
 		}

@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
-	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -190,7 +188,7 @@ walk:
 				base = up.URL + "/sumdb/" + db.name
 				break walk
 			}
-			if !errors.Is(err, fs.ErrNotExist) && !up.FallBackOnError {
+			if !notFound(err) && !up.FallBackOnError {
 				return "", err
 			}
 		}
@@ -242,9 +240,9 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 	}
 	db := p.verifier
 	if report := db.broken.Load(); report != nil {
-		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf(
+		return failed(failUnverifiable,
 			"SECURITY ERROR: checksum database %s served inconsistent data earlier, so nothing is verified against it any more; %s@%s cannot be verified:\n%s",
-			db.name, req.modPath, req.version, *report)}
+			db.name, req.modPath, req.version, *report)
 	}
 
 	// Fetch the record through the proxy's own cache first: a failure
@@ -252,13 +250,13 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 	// which the client's flattened errors no longer tell apart.
 	rec, err := p.sumDBFile(ctx, db, recordPath(req))
 	if err != nil {
-		if !errors.Is(err, fs.ErrNotExist) && p.AllowUnverified {
+		if !notFound(err) && p.AllowUnverified {
 			p.logger().LogAttrs(ctx, slog.LevelWarn, "serving unverified", slog.String("module", req.modPath),
 				slog.String("version", req.version), slog.String("error", err.Error()))
 			return errUnverified
 		}
 		// No err: a database's 404 must not pass for the module's.
-		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("verifying %s@%s: checksum database %s: %v", req.modPath, req.version, db.name, err)}
+		return failed(failUnverifiable, "verifying %s@%s: checksum database %s: %v", req.modPath, req.version, db.name, err)
 	}
 	rec.close()
 
@@ -274,14 +272,14 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 		lookup = req.version + "/go.mod"
 	}
 	if err != nil {
-		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("hashing %s: %v", req, err), err: err}
+		return failed(failInvalidContent, "hashing %s: %w", req, err)
 	}
 	lines, err := db.lookup(req.modPath, lookup)
 	if err != nil {
 		if report := db.broken.Load(); report != nil {
-			return &fetchError{status: http.StatusBadGateway, msg: "SECURITY ERROR: " + *report}
+			return failed(failUnverifiable, "SECURITY ERROR: %s", *report)
 		}
-		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("verifying %s: %v", req, err), err: err}
+		return failed(failUnverifiable, "verifying %s: %w", req, err)
 	}
 	want := req.modPath + " " + lookup + " " + got
 	for _, line := range lines {
@@ -298,7 +296,7 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 		req.modPath, lookup, got, db.name, expected)
 	p.logger().LogAttrs(ctx, slog.LevelError, "checksum mismatch", slog.String("module", req.modPath),
 		slog.String("version", lookup), slog.String("downloaded", got), slog.String("expected", expected), slog.String("db", db.name))
-	return &fetchError{status: http.StatusBadGateway, msg: msg}
+	return &failure{kind: failChecksumMismatch, msg: msg}
 }
 
 // lookup asks the database's client for the go.sum lines of path@version.
