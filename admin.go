@@ -77,7 +77,7 @@ func (p *Proxy) loadIndex(ctx context.Context) error {
 	// index unloaded and empty, for the next request to try again.
 	seen := map[string]bool{}
 	var entries []indexEntry
-	for _, c := range []Cacher{p.cacher, p.Hosted} {
+	for _, c := range []Cacher{p.conf.cacher, p.conf.hosted} {
 		walker, ok := c.(CacheWalker)
 		if !ok {
 			continue
@@ -184,10 +184,10 @@ func (p *Proxy) serveIndex(w http.ResponseWriter, r *http.Request) {
 // isPublished reports whether the version whose names start with base
 // ("<module>/@v/<version>") is published.
 func (p *Proxy) isPublished(ctx context.Context, base string) bool {
-	if p.Hosted == nil {
+	if p.conf.hosted == nil {
 		return false
 	}
-	cf, err := p.Hosted.Get(ctx, base+".info")
+	cf, err := p.conf.hosted.Get(ctx, base+".info")
 	if err != nil {
 		return false
 	}
@@ -213,14 +213,14 @@ func (p *Proxy) serveCached(w http.ResponseWriter, r *http.Request, modPath, esc
 		slices.Sort(names)
 		return names, err
 	}
-	cached, err := list(p.cacher)
+	cached, err := list(p.conf.cacher)
 	if err != nil {
 		p.writeFailure(w, failed(failInternal, "%w", err))
 		return
 	}
 	var published []string
-	if p.Hosted != nil {
-		if published, err = list(p.Hosted); err != nil {
+	if p.conf.hosted != nil {
+		if published, err = list(p.conf.hosted); err != nil {
 			p.writeFailure(w, failed(failInternal, "%w", err))
 			return
 		}
@@ -243,7 +243,7 @@ func (p *Proxy) serveCached(w http.ResponseWriter, r *http.Request, modPath, esc
 // @latest, query answers). Published versions never change and are not
 // removed.
 func (p *Proxy) serveDelete(w http.ResponseWriter, r *http.Request, req *request) {
-	deleter, ok := p.cacher.(CacheDeleter)
+	deleter, ok := p.conf.cacher.(CacheDeleter)
 	if !ok || req.kind == kindSumDB {
 		p.writeFailure(w, failed(failNotImplemented, "this cache cannot remove entries"))
 		return
@@ -254,7 +254,7 @@ func (p *Proxy) serveDelete(w http.ResponseWriter, r *http.Request, req *request
 	switch {
 	case req.kind == kindList || req.kind == kindLatest:
 		names = append(names, escPath+"/@v/list", escPath+"/@latest")
-		if walker, ok := p.cacher.(CacheWalker); ok {
+		if walker, ok := p.conf.cacher.(CacheWalker); ok {
 			walker.Walk(ctx, escPath+"/@v/", func(name string) error {
 				if _, _, canonical := versionInfoName(name); !canonical && strings.HasSuffix(name, ".info") {
 					names = append(names, name)

@@ -41,10 +41,10 @@ func (op Operation) String() string {
 
 // authorize applies the Authorize hook, writing the refusal if any.
 func (p *Proxy) authorize(w http.ResponseWriter, r *http.Request, op Operation, modulePath string) bool {
-	if p.Authorize == nil {
+	if p.conf.authorize == nil {
 		return true
 	}
-	err := p.Authorize(r, op, modulePath)
+	err := p.conf.authorize(r, op, modulePath)
 	if err == nil {
 		return true
 	}

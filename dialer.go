@@ -80,7 +80,8 @@ type Dialer struct {
 	TLSConfig *tls.Config
 
 	// Env holds the proxy variables, in the form of [os.Environ]. If nil,
-	// the process environment is read when the Dialer is first used.
+	// the process environment is read when the Dialer is first used; a
+	// [Proxy] gives a Dialer without one its own Env instead.
 	Env []string
 
 	initOnce sync.Once

@@ -132,63 +132,30 @@ type directRunner struct {
 // that never fetches directly does not depend on it; it creates nothing
 // on disk until the first fetch.
 func newDirectRunner(p *Proxy) (*directRunner, error) {
-	o := p.Direct
+	o := p.conf.direct
 	r := &directRunner{
 		p:        p,
 		timeout:  o.Timeout,
-		maxCache: o.MaxCacheBytes,
-		tempDir:  p.TempDir,
+		maxCache: max(o.MaxCacheBytes, 0),
+		tempDir:  p.conf.tempDir,
+		slots:    make(chan struct{}, o.MaxConcurrent),
+		dir:      o.Dir,
+		work:     filepath.Join(o.Dir, "work"),
+		modCache: filepath.Join(o.Dir, "mod"),
 	}
-	if r.tempDir == "" {
-		r.tempDir = os.TempDir()
-	}
-	if r.timeout <= 0 {
-		r.timeout = 5 * time.Minute
-	}
-	switch {
-	case r.maxCache == 0:
-		r.maxCache = 1 << 30
-	case r.maxCache < 0:
-		r.maxCache = 0
-	}
-	n := o.MaxConcurrent
-	if n <= 0 {
-		n = 4
-	}
-	r.slots = make(chan struct{}, n)
-
-	dir := o.Dir
-	if dir == "" {
-		dir = filepath.Join(r.tempDir, "goproxy-direct")
-	}
-	var err error
-	if r.dir, err = filepath.Abs(dir); err != nil {
-		return nil, fmt.Errorf("direct: DirectOptions.Dir: %w", err)
-	}
-	r.work = filepath.Join(r.dir, "work")
-	r.modCache = filepath.Join(r.dir, "mod")
 	if p.usesDirect() {
 		if mod := enclosingGoMod(r.work); mod != "" {
 			return nil, fmt.Errorf("direct: DirectOptions.Dir %s is inside the module of %s, which the go command would use as its own: choose a directory outside any module", r.dir, mod)
 		}
 	}
-
-	goBin := o.GoBin
-	if goBin == "" {
-		goBin = "go"
-	}
 	// A proxy may well run where no go command is installed and never
 	// need one, so a failed look-up is reported by the fetches that do.
-	r.goBin, r.goBinErr = exec.LookPath(goBin)
-	r.env = r.baseEnv(p.Env)
+	r.goBin, r.goBinErr = exec.LookPath(o.GoBin)
+	r.env = r.baseEnv(p.conf.proxyEnv)
 
-	// The go command leaves as the Proxy does: through the Dialer's egress
-	// proxy or, without a Dialer, through the one its own environment
-	// names; either way checked by the egress policy.
-	r.dialer = p.Dialer.withPolicy(p.directEgress)
-	if p.Dialer == nil {
-		r.dialer = (&Dialer{Env: r.env}).withPolicy(p.directEgress)
-	}
+	// The go command leaves as the Proxy does, through the Dialer's egress
+	// proxy, checked by the egress policy.
+	r.dialer = p.conf.dialer.withPolicy(p.directEgress)
 	if r.transport, r.egressErr = r.dialer.Transport(); r.egressErr == nil {
 		r.transport.DisableCompression = true // bodies pass as they come
 	}
@@ -244,7 +211,7 @@ func (r *directRunner) baseEnv(proxyEnv []string) []string {
 		}
 		env = append(env, proxyEnv...)
 	}
-	s := r.p.settings
+	s := r.p.conf.goEnv
 	// git may fetch over https and http, both through the egress proxy;
 	// over ssh only when allowed, since it connects by itself; never over
 	// git://, file://, ext:: and the like, which go-import tags or
@@ -254,7 +221,7 @@ func (r *directRunner) baseEnv(proxyEnv []string) []string {
 	// https:// fails for a path ending in ".git", GOINSECURE or not.
 	env = slices.DeleteFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "GIT_ALLOW_PROTOCOL=") })
 	ssh := "never"
-	if r.p.Egress.AllowSSH {
+	if r.p.conf.egress.AllowSSH {
 		ssh = "always"
 	}
 	env = addGitConfig(env,
@@ -357,7 +324,7 @@ func (r *directRunner) envFor(modPath string) []string {
 		return r.env
 	}
 	noSumDB := modPath
-	if s := r.p.settings.noSumDB; s != "" {
+	if s := r.p.conf.goEnv.noSumDB; s != "" {
 		noSumDB = s + "," + modPath
 	}
 	return setEnv(slices.Clone(r.env), "GONOSUMDB", noSumDB)

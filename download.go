@@ -113,53 +113,6 @@ type DownloadOptions struct {
 	Progress func(module, version string, done, total int64)
 }
 
-// withDefaults returns o with every zero field set to its default.
-func (o DownloadOptions) withDefaults(tempDir string) DownloadOptions {
-	if o.Connections <= 0 {
-		o.Connections = 4
-	}
-	if o.RangeThreshold <= 0 {
-		o.RangeThreshold = 512 << 10
-	}
-	if o.MaxConcurrent <= 0 {
-		o.MaxConcurrent = 16
-	}
-	if o.Attempts <= 0 {
-		o.Attempts = 30
-	}
-	if o.RetryBudget == 0 {
-		o.RetryBudget = 2
-	}
-	if o.DownAfter == 0 {
-		o.DownAfter = 10 * time.Second
-	}
-	if o.BaseDelay <= 0 {
-		o.BaseDelay = 5 * time.Millisecond
-	}
-	if o.MaxDelay <= 0 {
-		o.MaxDelay = 10 * time.Second
-	}
-	if o.HeaderTimeout <= 0 {
-		o.HeaderTimeout = 30 * time.Second
-	}
-	if o.BodyIdleTimeout <= 0 {
-		o.BodyIdleTimeout = 30 * time.Second
-	}
-	if o.Timeout <= 0 {
-		o.Timeout = 10 * time.Minute
-	}
-	if o.PartialDir == "" {
-		if tempDir == "" {
-			tempDir = os.TempDir()
-		}
-		o.PartialDir = filepath.Join(tempDir, "goproxy-partial")
-	}
-	if o.PartialBytes == 0 {
-		o.PartialBytes = 1 << 30
-	}
-	return o
-}
-
 // maxErrorBody caps how much of an upstream's error answer is read.
 const maxErrorBody = 4 << 10
 

@@ -253,8 +253,8 @@ func (p *Proxy) writeFailure(w http.ResponseWriter, err error) {
 	status, msg := answerFor(err)
 	h := w.Header()
 	switch kind := kindOf(err); {
-	case (kind == failNotFound || kind == failGone) && p.notFound.ttl > 0:
-		h.Set("Cache-Control", p.cacheScope()+", max-age="+strconv.Itoa(int(p.notFound.ttl.Seconds())))
+	case (kind == failNotFound || kind == failGone) && p.conf.notFoundTTL > 0:
+		h.Set("Cache-Control", p.cacheScope()+", max-age="+strconv.Itoa(int(p.conf.notFoundTTL.Seconds())))
 	case kind == failMethod:
 		if f := (*failure)(nil); errors.As(err, &f) && f.allow != "" {
 			h.Set("Allow", f.allow)

@@ -133,19 +133,19 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 		// served: a write (and its fsync) to a disk or an object store
 		// need not delay them, and any copy is as good as another.
 		storeLater = func(ctx context.Context, f *fetched) {
-			ctx, cancel := context.WithTimeout(ctx, p.downloader.opts.Timeout)
+			ctx, cancel := context.WithTimeout(ctx, p.conf.download.Timeout)
 			defer cancel()
 			p.store(ctx, req, f)
 		}
 	}
 	f, release, err = p.flights.do(ctx, req.name, func(ctx context.Context) (*fetched, error) {
 		ctx = withEgressModule(ctx, req.modPath)
-		ctx, cancel := context.WithTimeout(ctx, p.downloader.opts.Timeout)
+		ctx, cancel := context.WithTimeout(ctx, p.conf.download.Timeout)
 		defer cancel()
 		if storeLater != nil {
 			// A fetch that ended just before this one started stored
 			// the file after the caller looked for it.
-			if cf, err := p.cacher.Get(ctx, req.name); err == nil {
+			if cf, err := p.conf.cacher.Get(ctx, req.name); err == nil {
 				cf.Close()
 				return nil, errStoredMeanwhile
 			}
@@ -186,7 +186,7 @@ func (p *Proxy) store(ctx context.Context, req *request, f *fetched) {
 	if f.unverified {
 		return
 	}
-	if err := p.cacher.Put(ctx, req.name, f.reader()); err != nil {
+	if err := p.conf.cacher.Put(ctx, req.name, f.reader()); err != nil {
 		// What is served was validated; the next request tries again.
 		p.logger().LogAttrs(ctx, slog.LevelError, "cache put failed", slog.String("file", req.name), slog.String("error", err.Error()))
 		return

@@ -14,8 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -29,8 +27,8 @@ import (
 // the root of a server, or under a prefix with [http.StripPrefix].
 //
 // The zero value is ready to use. Set the fields before calling Init (or
-// before the first request, which calls it): changes made afterwards are
-// not seen.
+// before the first request, which calls it): Init takes its own copy of
+// them, slices and maps included, so changes made afterwards are not seen.
 type Proxy struct {
 	// Cacher stores what the proxy has fetched. If nil, a [DirCacher] in the
 	// "goproxy" directory of [os.UserCacheDir] is used.
@@ -43,8 +41,11 @@ type Proxy struct {
 	// NETRC. They mean what they mean to the go command, with the same
 	// defaults (GOPROXY=https://proxy.golang.org,direct,
 	// GOSUMDB=sum.golang.org). The go command run for direct fetches gets
-	// this environment too. If nil, the process environment is read when
-	// the Proxy is initialized.
+	// this environment too. Env also holds the egress proxy variables
+	// (HTTP_PROXY, HTTPS_PROXY, NO_PROXY, ALL_PROXY, SOCKS5_PROXY, in
+	// upper or lower case) for a Dialer whose own Env is nil: once Env is
+	// set, the process's are not read. If nil, the process environment is
+	// read when the Proxy is initialized.
 	Env []string
 
 	// Transport makes the requests to upstreams and checksum databases.
@@ -52,10 +53,12 @@ type Proxy struct {
 	// connections of that one; of a Transport of your own, only redirects.
 	Transport http.RoundTripper
 
-	// Dialer sets up outbound connections when Transport is nil: the
-	// egress proxy, DNS resolvers and timeouts. If nil, the proxy
-	// variables of the environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY,
-	// ALL_PROXY, SOCKS5_PROXY) and the system resolver are used.
+	// Dialer sets up outbound connections when Transport is nil, and
+	// those of the go command for direct fetches: the egress proxy, DNS
+	// resolvers and timeouts. A Dialer whose Env is nil reads the proxy
+	// variables from the Proxy's Env (or, when that is nil too, from the
+	// process environment). If nil, a zero Dialer is used: those proxy
+	// variables and the system resolver.
 	Dialer *Dialer
 
 	// MutableTTL is how long a version list, @latest answer or query answer is
@@ -70,7 +73,9 @@ type Proxy struct {
 	// value disables the memory.
 	NotFoundTTL time.Duration
 
-	// TempDir holds downloads while they are validated. If empty,
+	// TempDir holds downloads while they are validated, uploads while
+	// they are published, and the default directories of
+	// DownloadOptions.PartialDir and DirectOptions.Dir. If empty,
 	// [os.TempDir] is used.
 	TempDir string
 
@@ -142,8 +147,7 @@ type Proxy struct {
 
 	initOnce      sync.Once
 	initErr       error
-	settings      *settings
-	cacher        Cacher
+	conf          *config
 	downloader    *downloader
 	routes        []*route
 	hot           *lru.Cache[*hotFile]
@@ -174,28 +178,20 @@ func (p *Proxy) Init() error {
 }
 
 func (p *Proxy) init() error {
-	env := p.Env
-	if env == nil {
-		env = os.Environ()
-	}
-	var err error
-	if p.settings, err = readSettings(env); err != nil {
+	conf, err := p.configure()
+	if err != nil {
 		return fmt.Errorf("goproxy: %w", err)
 	}
-	p.cacher = p.Cacher
-	if p.cacher == nil {
-		dir, err := os.UserCacheDir()
-		if err != nil {
-			return fmt.Errorf("goproxy: no Cacher set and no user cache directory: %w", err)
-		}
-		p.cacher = DirCacher(filepath.Join(dir, "goproxy"))
+	p.conf = conf
+	if sameStore(conf.cacher, conf.hosted) {
+		return errors.New("goproxy: Hosted and Cacher must be different stores: published versions would be evicted or removed with cached ones")
 	}
-	if p.egress, err = newEgressPolicy(p.Egress, p.logger()); err != nil {
+	if p.egress, err = newEgressPolicy(conf.egress, conf.logger); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
 	}
-	p.dialer = p.Dialer.withPolicy(p.egress)
+	p.dialer = conf.dialer.withPolicy(p.egress)
 	p.directEgress = p.egress.forDirect()
-	transport := p.Transport
+	transport := conf.transport
 	if transport == nil {
 		t, err := p.dialer.Transport()
 		if err != nil {
@@ -209,18 +205,15 @@ func (p *Proxy) init() error {
 	if p.direct, err = newDirectRunner(p); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
 	}
-	transport = newCredentialsTransport(transport, p.routes, p.settings.netrc)
+	transport = newCredentialsTransport(transport, p.routes, conf.goEnv.netrc)
 	client := &http.Client{Transport: transport, CheckRedirect: p.egress.checkRedirect(refuseDowngrade)}
 	var id [8]byte
 	rand.Read(id[:])
 	p.via = "1.1 goproxy-" + hex.EncodeToString(id[:])
-	p.downloader = newDownloader(p.Download.withDefaults(p.TempDir), client, p.logger(), p.via)
-	p.flights.abandonAfter = p.downloader.opts.BodyIdleTimeout
-	p.notFound.ttl = ttlOrDefault(p.NotFoundTTL)
+	p.downloader = newDownloader(conf.download, client, conf.logger, p.via)
+	p.flights.abandonAfter = conf.download.BodyIdleTimeout
+	p.notFound.ttl = conf.notFoundTTL
 	p.initHotCache()
-	if sameStore(p.cacher, p.Hosted) {
-		return errors.New("goproxy: Hosted and Cacher must be different stores: published versions would be evicted or removed with cached ones")
-	}
 	if err := p.initSumDBs(); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
 	}

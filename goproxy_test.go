@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -509,5 +510,65 @@ func TestReadErrorAbortsTheResponse(t *testing.T) {
 	body, err := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 || len(body) == 0 || err == nil {
 		t.Errorf("%s, %d bytes, %v: want a started response that then fails", resp.Status, len(body), err)
+	}
+}
+
+// Init takes its own copy of the configuration: fields changed afterwards,
+// slices and maps included, change nothing.
+func TestFieldsChangedAfterInitAreNotSeen(t *testing.T) {
+	up := newFakeUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, up.URL)
+	p.MutableTTL = time.Hour
+	p.Routes = []Route{{Pattern: "example.com/routed", Upstreams: []Upstream{{URL: up.URL}}}}
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
+	}
+	p.MutableTTL = -1
+	p.Routes[0].Upstreams[0].URL = "off"
+	p.Hosted = &MemCacher{}
+	p.Authorize = func(*http.Request, Operation, string) error { return errors.New("no") }
+	do(p, "GET", "/example.com/a/@v/list")
+	if w := do(p, "GET", "/example.com/a/@v/list"); w.Code != 200 || up.count("/example.com/a/@v/list") != 1 {
+		t.Errorf("list: %d, fetched %d times; want 200, fetched once within the TTL Init saw", w.Code, up.count("/example.com/a/@v/list"))
+	}
+	if w := do(p, "PUT", "/example.com/a/@v/v1.1.0.zip"); w.Code != http.StatusMethodNotAllowed {
+		t.Errorf("PUT with Hosted set after Init: %d, want 405 (publishing disabled)", w.Code)
+	}
+}
+
+// Env holds the egress proxy variables for a Dialer without an Env of its
+// own; a Dialer's own Env wins, and without either the process's are read.
+func TestEnvCoversEgressProxyVariables(t *testing.T) {
+	t.Setenv("HTTPS_PROXY", "http://from-process.test:1")
+	proxyOf := func(p *Proxy) string {
+		t.Helper()
+		if err := p.Init(); err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range p.dialer.Environ() {
+			if v, ok := strings.CutPrefix(kv, "HTTPS_PROXY="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	env := []string{"GOPROXY=off", "GOSUMDB=off", "HTTPS_PROXY=http://from-env.test:2"}
+	if got := proxyOf(&Proxy{Cacher: &MemCacher{}, Env: env}); got != "http://from-env.test:2" {
+		t.Errorf("with Env: HTTPS_PROXY %q, want Env's", got)
+	}
+	if got := proxyOf(&Proxy{Cacher: &MemCacher{}, Env: []string{"GOPROXY=off", "GOSUMDB=off"}}); got != "" {
+		t.Errorf("with an Env without proxy variables: HTTPS_PROXY %q, want none (the process's is not read)", got)
+	}
+	if got := proxyOf(&Proxy{Cacher: &MemCacher{}, Env: env, Dialer: &Dialer{Env: []string{"HTTPS_PROXY=http://from-dialer.test:3"}}}); got != "http://from-dialer.test:3" {
+		t.Errorf("with the Dialer's own Env: HTTPS_PROXY %q, want the Dialer's", got)
+	}
+	t.Setenv("GOPROXY", "off")
+	if got := proxyOf(&Proxy{Cacher: &MemCacher{}}); got != "http://from-process.test:1" {
+		t.Errorf("without Env: HTTPS_PROXY %q, want the process's", got)
+	}
+	p := &Proxy{Cacher: &MemCacher{}, Env: append(env, "GOPROXY=direct"), TempDir: t.TempDir()}
+	proxyOf(p)
+	if got := p.direct.dialer.Environ(); !slices.Contains(got, "HTTPS_PROXY=http://from-env.test:2") {
+		t.Errorf("the go command's way out: %q, want Env's HTTPS_PROXY", got)
 	}
 }

@@ -38,14 +38,14 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 	if err := p.Init(); err != nil {
 		return err
 	}
-	if p.Hosted == nil {
+	if p.conf.hosted == nil {
 		return ErrPublishingDisabled
 	}
 	if err := checkPublishable(modulePath, version); err != nil {
 		return err
 	}
 	m := module.Version{Path: modulePath, Version: version}
-	tmp, err := os.CreateTemp(p.TempDir, "goproxy-publish-*.zip")
+	tmp, err := os.CreateTemp(p.conf.tempDir, "goproxy-publish-*.zip")
 	if err != nil {
 		return failed(failInternal, "publishing %s: %w", m, err)
 	}
@@ -109,7 +109,7 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 		name string
 		r    io.ReadSeeker
 	}{{base + ".zip", tmp}, {base + ".mod", bytes.NewReader(mod)}, {base + ".info", bytes.NewReader(info)}} {
-		if err := p.Hosted.Put(ctx, f.name, f.r); err != nil {
+		if err := p.conf.hosted.Put(ctx, f.name, f.r); err != nil {
 			return failed(failInternal, "publishing %s: storing %s: %w", m, f.name, err)
 		}
 	}
@@ -180,7 +180,7 @@ func goModOfZip(f *os.File, size int64, m module.Version) ([]byte, error) {
 // content as f, failing with ErrVersionConflict if it is published with
 // other content.
 func (p *Proxy) samePublished(ctx context.Context, name string, f *os.File) (bool, error) {
-	cf, err := p.Hosted.Get(ctx, name)
+	cf, err := p.conf.hosted.Get(ctx, name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -215,7 +215,7 @@ func digest(r io.Reader) ([sha256.Size]byte, error) {
 
 // servePublish answers PUT $module/@v/$version.zip.
 func (p *Proxy) servePublish(w http.ResponseWriter, r *http.Request, req *request) {
-	if p.Hosted == nil {
+	if p.conf.hosted == nil {
 		p.writeFailure(w, ErrPublishingDisabled)
 		return
 	}
@@ -253,10 +253,10 @@ func (u *uploadReader) Read(p []byte) (int, error) {
 
 // hostedVersions lists the published versions of a module.
 func (p *Proxy) hostedVersions(ctx context.Context, escPath string) ([]string, error) {
-	if p.Hosted == nil {
+	if p.conf.hosted == nil {
 		return nil, nil
 	}
-	walker, ok := p.Hosted.(CacheWalker)
+	walker, ok := p.conf.hosted.(CacheWalker)
 	if !ok {
 		return nil, nil
 	}
@@ -279,7 +279,7 @@ func (p *Proxy) hostedVersions(ctx context.Context, escPath string) ([]string, e
 // A Hosted store that fails is an error, not a miss: falling through
 // would send a private module's path upstream.
 func (p *Proxy) openHosted(ctx context.Context, req *request) (*content, bool, error) {
-	if p.Hosted == nil || req.kind == kindSumDB || req.mutable() {
+	if p.conf.hosted == nil || req.kind == kindSumDB || req.mutable() {
 		return nil, false, nil
 	}
 	gen := p.hotGen()
@@ -287,7 +287,7 @@ func (p *Proxy) openHosted(ctx context.Context, req *request) (*content, bool, e
 	if req.kind != kindInfo {
 		name = strings.TrimSuffix(strings.TrimSuffix(name, ".zip"), ".mod") + ".info"
 	}
-	info, err := p.Hosted.Get(ctx, name)
+	info, err := p.conf.hosted.Get(ctx, name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, false, nil
 	}
@@ -297,7 +297,7 @@ func (p *Proxy) openHosted(ctx context.Context, req *request) (*content, bool, e
 	cf := info
 	if req.kind != kindInfo {
 		info.Close()
-		if cf, err = p.Hosted.Get(ctx, req.name); err != nil {
+		if cf, err = p.conf.hosted.Get(ctx, req.name); err != nil {
 			return nil, false, failed(failUnavailable, "reading the published %s: %w", req, err)
 		}
 	}
@@ -314,7 +314,7 @@ func (p *Proxy) openHosted(ctx context.Context, req *request) (*content, bool, e
 // published version winning over an upstream one. The upstreams failing
 // does not hide the published versions.
 func (p *Proxy) openMerged(ctx context.Context, req *request, mayFetch bool) (*content, bool, error) {
-	if p.Hosted == nil {
+	if p.conf.hosted == nil {
 		return nil, false, nil
 	}
 	query := ""
@@ -366,7 +366,7 @@ func (p *Proxy) openMerged(ctx context.Context, req *request, mayFetch bool) (*c
 		return nil, true, failed(failNotFound, "%s: no matching versions for query %q", req.modPath, cmp.Or(query, "latest"))
 	case !fromUpstream:
 		escVersion, _ := module.EscapeVersion(best)
-		cf, err := p.Hosted.Get(ctx, escPath+"/@v/"+escVersion+".info")
+		cf, err := p.conf.hosted.Get(ctx, escPath+"/@v/"+escVersion+".info")
 		if err != nil {
 			return nil, true, err
 		}

@@ -48,14 +48,10 @@ func newHotFile(req *request, data []byte, modTime time.Time, etag string) *hotF
 
 // initHotCache sizes the hot cache from HotCacheBytes.
 func (p *Proxy) initHotCache() {
-	size := p.HotCacheBytes
-	switch {
-	case size < 0:
+	if p.conf.hotCacheBytes == 0 {
 		return
-	case size == 0:
-		size = 64 << 20
 	}
-	p.hot = lru.New(size, func(h *hotFile) int64 { return int64(len(h.data) + len(h.gz) + 128) })
+	p.hot = lru.New(p.conf.hotCacheBytes, func(h *hotFile) int64 { return int64(len(h.data) + len(h.gz) + 128) })
 }
 
 // hotEligible reports whether req's file may live in the hot cache:

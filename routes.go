@@ -157,7 +157,7 @@ func newRoute(patterns string, ups []Upstream, private bool) (*route, error) {
 // GONOPROXY's modules to "direct", then GOPROXY for the rest.
 func (p *Proxy) initRoutes() error {
 	p.routes = nil
-	for _, rt := range p.Routes {
+	for _, rt := range p.conf.routes {
 		r, err := newRoute(rt.Pattern, rt.Upstreams, rt.Private)
 		if err != nil {
 			return err
@@ -167,11 +167,11 @@ func (p *Proxy) initRoutes() error {
 		}
 		p.routes = append(p.routes, r)
 	}
-	if p.settings.noProxy != "" {
-		r, _ := newRoute(p.settings.noProxy, []Upstream{{URL: "direct"}}, false)
+	if p.conf.goEnv.noProxy != "" {
+		r, _ := newRoute(p.conf.goEnv.noProxy, []Upstream{{URL: "direct"}}, false)
 		p.routes = append(p.routes, r)
 	}
-	r, err := newRoute("", p.settings.upstreams, false)
+	r, err := newRoute("", p.conf.goEnv.upstreams, false)
 	if err != nil {
 		return err
 	}

@@ -99,12 +99,9 @@ func (p *Proxy) openUpstream(ctx context.Context, req *request, mayFetch bool) (
 // ttl is how long a mutable entry of req's kind stays fresh.
 func (p *Proxy) ttl(req *request) time.Duration {
 	if req.db != nil {
-		if p.SumDBTTL == 0 {
-			return 30 * time.Second
-		}
-		return max(p.SumDBTTL, 0)
+		return p.conf.sumDBTTL
 	}
-	return ttlOrDefault(p.MutableTTL)
+	return p.conf.mutableTTL
 }
 
 // cacheControl says how long clients and shared caches may keep c.
@@ -121,7 +118,7 @@ func (p *Proxy) cacheControl(req *request, c *content) string {
 // cacheScope is "public", unless access is controlled: then a shared cache
 // in front of the proxy must not hand one user's answers to another.
 func (p *Proxy) cacheScope() string {
-	if p.Authorize != nil {
+	if p.conf.authorize != nil {
 		return "private"
 	}
 	return "public"
@@ -130,7 +127,7 @@ func (p *Proxy) cacheScope() string {
 // cacheGet looks req up in the cache. A cache that fails is logged and
 // treated as a miss: the upstreams can still answer.
 func (p *Proxy) cacheGet(ctx context.Context, req *request) (CachedFile, error) {
-	cf, err := p.cacher.Get(ctx, req.name)
+	cf, err := p.conf.cacher.Get(ctx, req.name)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		p.logger().LogAttrs(ctx, slog.LevelError, "cache get failed", slog.String("file", req.name), slog.String("error", err.Error()))
 	}

@@ -113,7 +113,7 @@ func sumDBURL(raw string) (string, error) {
 // initSumDBs sets up the served checksum databases and the verifier.
 func (p *Proxy) initSumDBs() error {
 	p.sumdbs = map[string]*sumDB{}
-	verifier, err := parseGOSUMDB(p.settings.sumDB)
+	verifier, err := parseGOSUMDB(p.conf.goEnv.sumDB)
 	if err != nil {
 		return err
 	}
@@ -126,7 +126,7 @@ func (p *Proxy) initSumDBs() error {
 	if p.sumdbs["sum.golang.org"] == nil {
 		p.sumdbs["sum.golang.org"] = &sumDB{name: "sum.golang.org", url: "https://sum.golang.org"}
 	}
-	for _, entry := range p.SumDBs {
+	for _, entry := range p.conf.sumDBs {
 		db, err := parseSumDBEntry(entry)
 		if err != nil {
 			return err
@@ -207,7 +207,7 @@ var errUnverified = errors.New("not verified: the checksum database could not be
 // database before it is cached.
 func (p *Proxy) verifies(req *request) bool {
 	return p.verifier != nil && (req.kind == kindMod || req.kind == kindZip) &&
-		!module.MatchPrefixPatterns(p.settings.noSumDB, req.modPath) && !p.routeFor(req.modPath).private
+		!module.MatchPrefixPatterns(p.conf.goEnv.noSumDB, req.modPath) && !p.routeFor(req.modPath).private
 }
 
 // recordPath is the database path of the record for req's module version.
@@ -250,7 +250,7 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 	// which the client's flattened errors no longer tell apart.
 	rec, err := p.sumDBFile(ctx, db, recordPath(req))
 	if err != nil {
-		if !notFound(err) && p.AllowUnverified {
+		if !notFound(err) && p.conf.allowUnverified {
 			p.logger().LogAttrs(ctx, slog.LevelWarn, "serving unverified", slog.String("module", req.modPath),
 				slog.String("version", req.version), slog.String("error", err.Error()))
 			return errUnverified
@@ -368,7 +368,7 @@ func (o *sumDBOps) ReadConfig(file string) ([]byte, error) {
 	if o.db.latest == nil {
 		// A restarted proxy resumes from the tree it verified before, so
 		// that a database cannot roll back or fork across restarts.
-		if cf, err := o.p.cacher.Get(context.Background(), o.latestName()); err == nil {
+		if cf, err := o.p.conf.cacher.Get(context.Background(), o.latestName()); err == nil {
 			o.db.latest, _ = io.ReadAll(io.LimitReader(cf, maxSumDBSize))
 			cf.Close()
 		}
@@ -386,7 +386,7 @@ func (o *sumDBOps) WriteConfig(file string, old, new []byte) error {
 		return sumdb.ErrWriteConflict
 	}
 	o.db.latest = bytes.Clone(new)
-	if err := o.p.cacher.Put(context.Background(), o.latestName(), bytes.NewReader(new)); err != nil {
+	if err := o.p.conf.cacher.Put(context.Background(), o.latestName(), bytes.NewReader(new)); err != nil {
 		o.p.logger().Warn("storing the verified checksum tree failed", "db", o.db.name, "error", err)
 	}
 	return nil
@@ -399,7 +399,7 @@ func (o *sumDBOps) latestName() string { return "sumdb/" + o.db.name + "/verifie
 // ReadCache serves the client's records and tiles from the proxy's cache,
 // where sumDBFile stored them; the client checks them before use.
 func (o *sumDBOps) ReadCache(file string) ([]byte, error) {
-	cf, err := o.p.cacher.Get(context.Background(), "sumdb/"+file)
+	cf, err := o.p.conf.cacher.Get(context.Background(), "sumdb/"+file)
 	if err != nil {
 		return nil, err
 	}

@@ -266,6 +266,9 @@ func TestSumDBServing(t *testing.T) {
 	ct := &countingTransport{}
 	p := newTestProxy(t, "off", "GOSUMDB="+db.vkey+" "+db.URL)
 	p.Transport = ct
+	// The latest tree is fetched again at every request: past its time
+	// when the database goes away below.
+	p.SumDBTTL = -1
 
 	if w := do(p, "GET", "/sumdb/other.example/latest"); w.Code != 404 || ct.n.Load() != 0 {
 		t.Errorf("unconfigured database: %d, %d outbound requests; want 404 and none", w.Code, ct.n.Load())
@@ -292,7 +295,6 @@ func TestSumDBServing(t *testing.T) {
 
 	// With the database gone, cached answers are still served.
 	db.Close()
-	p.SumDBTTL = -1
 	if w := do(p, "GET", lookup); w.Code != 200 {
 		t.Errorf("cached lookup with the database down: %d", w.Code)
 	}
