@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -91,6 +90,11 @@ func (d DirCacher) Put(ctx context.Context, name string, content io.ReadSeeker) 
 	}
 	if err := f.Close(); err != nil {
 		return err
+	}
+	if t, ok := content.(interface{ ModTime() time.Time }); ok && !t.ModTime().IsZero() {
+		if err := root.Chtimes(tmp, time.Time{}, t.ModTime()); err != nil {
+			return err
+		}
 	}
 	return root.Rename(tmp, name)
 }
@@ -186,9 +190,9 @@ type dirFile struct {
 func (f *dirFile) ModTime() time.Time { return f.modTime }
 
 // ETag derives a tag from size and modification time, as static file servers
-// do: a rename-into-place always changes the modification time.
+// do: every Put sets the modification time anew.
 func (f *dirFile) ETag() string {
-	return fmt.Sprintf(`"%x-%x"`, f.modTime.UnixNano(), f.size)
+	return storedETag(f.modTime, f.size)
 }
 
 // checkCacheName rejects names a Cacher must never be asked for, so that even

@@ -248,8 +248,8 @@ func answerFor(err error) (status int, msg string) {
 
 // writeFailure answers a request that failed with err, with the headers
 // the failure calls for: how long a not-found may be kept, the methods
-// allowed, the authentication schemes.
-func (p *Proxy) writeFailure(w http.ResponseWriter, err error) {
+// allowed, the authentication schemes. It returns the status.
+func (p *Proxy) writeFailure(w http.ResponseWriter, err error) int {
 	status, msg := answerFor(err)
 	h := w.Header()
 	switch kind := kindOf(err); {
@@ -264,4 +264,5 @@ func (p *Proxy) writeFailure(w http.ResponseWriter, err error) {
 		h.Add("WWW-Authenticate", `Bearer realm="goproxy"`)
 	}
 	writeMessage(w, status, msg)
+	return status
 }

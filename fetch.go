@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -186,7 +187,7 @@ func (p *Proxy) store(ctx context.Context, req *request, f *fetched) {
 	if f.unverified {
 		return
 	}
-	if err := p.conf.cacher.Put(ctx, req.name, f.reader()); err != nil {
+	if err := p.conf.cacher.Put(ctx, req.name, timedReader{f.reader(), f.modTime}); err != nil {
 		// What is served was validated; the next request tries again.
 		p.logger().LogAttrs(ctx, slog.LevelError, "cache put failed", slog.String("file", req.name), slog.String("error", err.Error()))
 		return
@@ -202,3 +203,13 @@ func levelFor(err error) slog.Level {
 	}
 	return slog.LevelWarn
 }
+
+// timedReader is content for Cacher.Put with the time it was fetched, which
+// a Cacher keeps as the entry's ModTime: the answers from the cache then
+// have the validators of the answer that fetched it.
+type timedReader struct {
+	io.ReadSeeker
+	modTime time.Time
+}
+
+func (t timedReader) ModTime() time.Time { return t.modTime }

@@ -141,8 +141,9 @@ type Proxy struct {
 	// resumption and concurrency. The zero value gives sensible defaults.
 	Download DownloadOptions
 
-	// Logger receives one line per upstream fetch, and cache hits at debug
-	// level. If nil, [slog.Default] is used.
+	// Logger receives one line per upstream fetch, and one per answer at
+	// debug level, saying where the file came from. If nil,
+	// [slog.Default] is used.
 	Logger *slog.Logger
 
 	initOnce      sync.Once
@@ -309,14 +310,24 @@ func (p *Proxy) serveRead(w http.ResponseWriter, r *http.Request, req *request) 
 	}
 	c, err := p.open(r.Context(), req, !fetchDisabled(r))
 	if err != nil {
-		p.writeFailure(w, err)
+		status := p.writeFailure(w, err)
+		p.answered(r, req, failedOutcome(err), status)
 		return
 	}
 	defer c.close()
-	if c.stale {
-		w.Header().Set("Warning", `110 - "Response is Stale"`)
+	status := p.serve(w, r, req, c)
+	p.answered(r, req, c.from.String(), status)
+}
+
+// answered is told of every answer to a read of a file, once it is
+// written: where the file came from (hot, published, merged, hit, stale,
+// miss; for a failure, remembered or failed) and the status. It logs at
+// debug level.
+func (p *Proxy) answered(r *http.Request, req *request, outcome string, status int) {
+	if log := p.logger(); log.Enabled(r.Context(), slog.LevelDebug) {
+		log.LogAttrs(r.Context(), slog.LevelDebug, "answered", slog.String("file", req.name),
+			slog.String("outcome", outcome), slog.Int("status", status))
 	}
-	serveFile(w, r, req, c, p.cacheControl(req, c))
 }
 
 func fetchDisabled(r *http.Request) bool {

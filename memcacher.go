@@ -77,7 +77,11 @@ func (c *MemCacher) Put(ctx context.Context, name string, content io.ReadSeeker)
 	if _, err := io.ReadFull(contextReader{ctx, content}, data); err != nil {
 		return err
 	}
-	c.cache().Put(name, &memEntry{data: data, modTime: time.Now()})
+	modTime := time.Now()
+	if t, ok := content.(interface{ ModTime() time.Time }); ok && !t.ModTime().IsZero() {
+		modTime = t.ModTime()
+	}
+	c.cache().Put(name, &memEntry{data: data, modTime: modTime})
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"errors"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +22,13 @@ type notFoundEntry struct {
 // maxNotFound bounds the memo; past it, expired entries go first, then any.
 const maxNotFound = 10000
 
+// rememberedError is a failure the memo answered with, no upstream asked.
+type rememberedError struct{ error }
+
+func (e rememberedError) Unwrap() error { return e.error }
+
+// get returns the failure remembered for name, if any, as a
+// rememberedError.
 func (m *notFoundMemo) get(name string) error {
 	if m.ttl <= 0 {
 		return nil
@@ -35,7 +43,7 @@ func (m *notFoundMemo) get(name string) error {
 		delete(m.entries, name)
 		return nil
 	}
-	return e.err
+	return rememberedError{e.err}
 }
 
 // forget drops the memory of names starting with prefix.
@@ -73,4 +81,14 @@ func (m *notFoundMemo) put(name string, err error) {
 		}
 	}
 	m.entries[name] = notFoundEntry{err: err, expires: now.Add(m.ttl)}
+}
+
+// failedOutcome names, for logs and metrics, how a read failed: answered
+// from the not-found memo ("remembered"), or otherwise ("failed").
+func failedOutcome(err error) string {
+	var re rememberedError
+	if errors.As(err, &re) {
+		return "remembered"
+	}
+	return "failed"
 }

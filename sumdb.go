@@ -224,11 +224,7 @@ func (p *Proxy) prefetchSumDBRecord(ctx context.Context, req *request) {
 	if !p.verifies(req) || p.verifier.broken.Load() != nil {
 		return
 	}
-	go func() {
-		if f, err := p.sumDBFile(ctx, p.verifier, recordPath(req)); err == nil {
-			f.close()
-		}
-	}()
+	go p.sumDBFile(ctx, p.verifier, recordPath(req))
 }
 
 // verify checks a downloaded .mod or .zip against the checksum database
@@ -248,8 +244,7 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 	// Fetch the record through the proxy's own cache first: a failure
 	// here says whether the database is unreachable or lacks the module,
 	// which the client's flattened errors no longer tell apart.
-	rec, err := p.sumDBFile(ctx, db, recordPath(req))
-	if err != nil {
+	if _, err := p.sumDBFile(ctx, db, recordPath(req)); err != nil {
 		if !notFound(err) && p.conf.allowUnverified {
 			p.logger().LogAttrs(ctx, slog.LevelWarn, "serving unverified", slog.String("module", req.modPath),
 				slog.String("version", req.version), slog.String("error", err.Error()))
@@ -258,9 +253,9 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 		// No err: a database's 404 must not pass for the module's.
 		return failed(failUnverifiable, "verifying %s@%s: checksum database %s: %v", req.modPath, req.version, db.name, err)
 	}
-	rec.close()
 
 	var got, lookup string
+	var err error
 	switch req.kind {
 	case kindZip:
 		got, err = dirhash.HashZip(f.file.Name(), dirhash.Hash1)
@@ -321,23 +316,24 @@ func (db *sumDB) lookup(path, version string) ([]string, error) {
 	return lines, err
 }
 
-// sumDBFile returns a checksum database file through the proxy's cache,
-// exactly as a client asking /sumdb/<name>/<path> would get it.
-func (p *Proxy) sumDBFile(ctx context.Context, db *sumDB, path string) (*fetched, error) {
+// sumDBFile is the verifier's way to a checksum database file: through
+// the hot tier and the cache, else from the database (sharing the fetch
+// with clients asking for the same file), as a client asking
+// /sumdb/<name>/<path> would get it, but never through open: nothing
+// published or merged is a database's.
+func (p *Proxy) sumDBFile(ctx context.Context, db *sumDB, path string) ([]byte, error) {
 	req, err := p.parseSumDBRequest(db.name + "/" + path)
 	if err != nil {
 		return nil, err
 	}
-	c, err := p.open(ctx, req, true)
-	if err != nil {
-		return nil, err
+	c, ok := p.openHot(req)
+	if !ok {
+		if c, err = p.openStored(ctx, req, true); err != nil {
+			return nil, err
+		}
 	}
-	defer c.close()
-	data, err := io.ReadAll(io.LimitReader(c, maxSumDBSize+1))
-	if err != nil {
-		return nil, err
-	}
-	return &fetched{data: data, size: int64(len(data))}, nil
+	c.close()
+	return c.data, nil // never a zip: in memory
 }
 
 // sumDBOps gives the checksum database client the proxy's cache for tiles
@@ -349,11 +345,7 @@ type sumDBOps struct {
 
 func (o *sumDBOps) ReadRemote(path string) ([]byte, error) {
 	// The client's paths start with a slash and match the served layout.
-	f, err := o.p.sumDBFile(context.Background(), o.db, strings.TrimPrefix(path, "/"))
-	if err != nil {
-		return nil, err
-	}
-	return f.data, nil
+	return o.p.sumDBFile(context.Background(), o.db, strings.TrimPrefix(path, "/"))
 }
 
 func (o *sumDBOps) ReadConfig(file string) ([]byte, error) {
