@@ -721,7 +721,7 @@ func TestDirectMessagesHideCredentials(t *testing.T) {
 			t.Errorf("message shows %q: %s", secret, msg)
 		}
 	}
-	if !strings.HasPrefix(msg, "git.internal/r@v1.0.0: invalid version") || !strings.Contains(msg, "https://xxxxx@git.internal/r/") {
+	if !strings.HasPrefix(msg, "git.internal/r@v1.0.0: invalid version") || !strings.Contains(msg, "https://oauth2:xxxxx@git.internal/r/") || !strings.Contains(msg, "ssh://deploy:xxxxx@git.internal/r and https://xxxxx@git.internal") {
 		t.Errorf("message: %s", msg)
 	}
 }

@@ -67,19 +67,7 @@ func (m *notFoundMemo) put(name string, err error) {
 		m.entries = make(map[string]notFoundEntry)
 	}
 	now := time.Now()
-	if len(m.entries) >= maxNotFound {
-		for k, e := range m.entries {
-			if now.After(e.expires) {
-				delete(m.entries, k)
-			}
-		}
-		for k := range m.entries {
-			if len(m.entries) < maxNotFound {
-				break
-			}
-			delete(m.entries, k)
-		}
-	}
+	makeRoom(m.entries, maxNotFound, func(e notFoundEntry) bool { return now.After(e.expires) })
 	m.entries[name] = notFoundEntry{err: err, expires: now.Add(m.ttl)}
 }
 

@@ -5,10 +5,13 @@ import (
 	"unicode"
 )
 
-// redactURL hides the credentials of a URL for logs and error messages:
-// the password, or the user name when it stands alone, since that is
-// usually a token. It works on the text, so that a URL too malformed to
-// parse is redacted too.
+// URLs are redacted by one rule, for logs and error messages: the
+// password goes, or the user name when it stands alone, since that is
+// usually a token ("https://user:xxxxx@host", "https://xxxxx@host"), as
+// net/url's URL.Redacted does for passwords. Both functions work on the
+// text, so that a URL too malformed to parse is redacted too.
+
+// redactURL redacts one URL, with or without a scheme.
 func redactURL(raw string) string {
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if ok {
@@ -24,18 +27,12 @@ func redactURL(raw string) string {
 	if at < 0 {
 		return raw
 	}
-	user, _, hasPassword := strings.Cut(authority[:at], ":")
-	if hasPassword {
-		user += ":xxxxx"
-	} else {
-		user = "xxxxx"
-	}
-	return scheme + user + rest[at:]
+	return scheme + redactUserinfo(authority[:at]) + rest[at:]
 }
 
-// redactURLsIn hides the user information of every URL in s: git prints
-// the remote URLs it fails to reach, which may carry tokens that a
-// url.<base>.insteadOf setting put there.
+// redactURLsIn redacts every URL in a text, each ending at a slash, a
+// quote or a space: git prints the remote URLs it fails to reach, which
+// may carry tokens that a url.<base>.insteadOf setting put there.
 func redactURLsIn(s string) string {
 	var b strings.Builder
 	for {
@@ -53,8 +50,16 @@ func redactURLsIn(s string) string {
 			end = len(s)
 		}
 		if at := strings.LastIndexByte(s[:end], '@'); at >= 0 {
-			b.WriteString("xxxxx")
+			b.WriteString(redactUserinfo(s[:at]))
 			s = s[at:]
 		}
 	}
+}
+
+// redactUserinfo applies the rule to the user information of a URL.
+func redactUserinfo(userinfo string) string {
+	if user, _, hasPassword := strings.Cut(userinfo, ":"); hasPassword {
+		return user + ":xxxxx"
+	}
+	return "xxxxx"
 }
