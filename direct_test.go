@@ -23,6 +23,7 @@ import (
 
 	"github.com/goproxy-team/goproxy/internal/gitrepotest"
 	"github.com/goproxy-team/goproxy/internal/gocmdtest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // directMod is a module path the go command fetches with git from
@@ -144,13 +145,7 @@ func TestDirectEndToEnd(t *testing.T) {
 	if w := do(p, "GET", listPath); time.Since(listed) < p.MutableTTL/2 && w.Body.String() != "v1.0.0\n" {
 		t.Errorf("list within its cache time: %q, want the cached v1.0.0", w.Body)
 	}
-	waitFor(t, func() bool {
-		if strings.Contains(do(p, "GET", listPath).Body.String(), "v1.1.0") {
-			return true
-		}
-		time.Sleep(50 * time.Millisecond)
-		return false
-	})
+	testwait.For(t, func() bool { return strings.Contains(do(p, "GET", listPath).Body.String(), "v1.1.0") }, "the new version to be listed")
 	if got := versions(); got != directMod+" v1.0.0 v1.1.0" {
 		t.Errorf("go list -m -versions after tagging v1.1.0: %q", got)
 	}
@@ -435,7 +430,7 @@ echo end >> "$RUNS"`)
 	for i := range n {
 		wg.Go(func() { do(p, "GET", fmt.Sprintf("/example.com/m%d/@v/list", i)) })
 	}
-	waitFor(t, func() bool { return countLines(runs, "start") == 2 && p.direct.waiting.Load() == n-2 })
+	testwait.For(t, func() bool { return countLines(runs, "start") == 2 && p.direct.waiting.Load() == n-2 })
 	if err := os.WriteFile(release, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -476,7 +471,7 @@ while [ ! -e '`+release+`' ] && [ -e "$RUNS" ]; do sleep 0.01; done`)
 		os.WriteFile(release, nil, 0o644)
 		<-busy
 	}()
-	waitFor(t, func() bool { return countLines(runs, "start") == 1 })
+	testwait.For(t, func() bool { return countLines(runs, "start") == 1 })
 
 	// Waiting for a slot ends with the fetch's context; nothing runs.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -485,7 +480,7 @@ while [ ! -e '`+release+`' ] && [ -e "$RUNS" ]; do sleep 0.01; done`)
 		_, err := p.direct.fetch(ctx, &request{modPath: "example.com/other", kind: kindList})
 		done <- err
 	}()
-	waitFor(t, func() bool { return p.direct.waiting.Load() == 1 })
+	testwait.For(t, func() bool { return p.direct.waiting.Load() == 1 })
 	cancel()
 	if err := <-done; err == nil || !strings.Contains(err.Error(), "context canceled") {
 		t.Errorf("fetch after its context ended: %v", err)

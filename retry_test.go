@@ -6,12 +6,14 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 func TestHeaderNeverSentEndsWithinTheRetryBudget(t *testing.T) {
 	var asked atomic.Int32
-	up := newFakeUpstream(t, testModuleFiles(t))
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	up := newUpstream(t, testModuleFiles(t))
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		asked.Add(1)
 		<-r.Context().Done() // no header, ever
 		return true
@@ -33,8 +35,8 @@ func TestHeaderNeverSentEndsWithinTheRetryBudget(t *testing.T) {
 }
 
 func TestRetryBudgetBoundsTheLoadOnAFailingHost(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	up := newUpstream(t, testModuleFiles(t))
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		http.Error(w, "broken", http.StatusBadGateway)
 		return true
 	})
@@ -43,13 +45,13 @@ func TestRetryBudgetBoundsTheLoadOnAFailingHost(t *testing.T) {
 	p.NotFoundTTL = -1
 	mod := "/example.com/a/@v/v1.0.0.mod"
 	for i, want := range []int{1 + retryReserve + 2, 3, 3} {
-		before := up.count(mod)
+		before := up.Requests(mod)
 		w := do(p, "GET", mod)
 		if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "retry budget") {
 			t.Errorf("request %d: %d %q", i, w.Code, w.Body)
 		}
 		// Once the reserve is spent, each request earns two retries.
-		if n := up.count(mod) - before; n != want {
+		if n := up.Requests(mod) - before; n != want {
 			t.Errorf("request %d made %d attempts, want %d", i, n, want)
 		}
 	}
@@ -60,8 +62,8 @@ func TestRetryBudgetBoundsTheLoadOnAFailingHost(t *testing.T) {
 // it and waits for the probe to bring it back.
 func TestFailingHostIsMarkedDownAndProbed(t *testing.T) {
 	var healed atomic.Bool
-	up := newFakeUpstream(t, testModuleFiles(t))
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	up := newUpstream(t, testModuleFiles(t))
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		if healed.Load() {
 			return false
 		}
@@ -73,32 +75,25 @@ func TestFailingHostIsMarkedDownAndProbed(t *testing.T) {
 	p.Download.RetryBudget = -1
 	p.NotFoundTTL = -1
 	mod := "/example.com/a/@v/v1.0.0.mod"
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		w := do(p, "GET", mod)
-		if strings.Contains(w.Body.String(), "is down") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not marked down after %d failed attempts: %d %q", up.count(mod), w.Code, w.Body)
-		}
-	}
-	before := up.count(mod)
+	testwait.For(t, func() bool {
+		return strings.Contains(do(p, "GET", mod).Body.String(), "is down")
+	}, "the upstream to be marked down")
+	before := up.Requests(mod)
 	w := do(p, "GET", mod)
-	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "down for maintenance") || up.count(mod) != before {
-		t.Errorf("while down: %d %q after %d more upstream requests; want 502 at once, with the last error", w.Code, w.Body, up.count(mod)-before)
+	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "down for maintenance") || up.Requests(mod) != before {
+		t.Errorf("while down: %d %q after %d more upstream requests; want 502 at once, with the last error", w.Code, w.Body, up.Requests(mod)-before)
 	}
 	healed.Store(true)
-	waitFor(t, func() bool { return do(p, "GET", mod).Code == http.StatusOK })
+	testwait.For(t, func() bool { return do(p, "GET", mod).Code == http.StatusOK })
 }
 
 // TestRandomFailuresNeverMarkAHostDown sends requests one at a time to an
 // upstream failing 30% of them at random, with DownAfter so short that
 // only the count of failures in a row protects the host.
 func TestRandomFailuresNeverMarkAHostDown(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	var n atomic.Int32
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		// A fixed pattern with 30% failures, at most 3 in a row.
 		if i := n.Add(1); i%10 == 1 || i%10 == 4 || i%10 == 7 {
 			http.Error(w, "flaky", http.StatusBadGateway)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // conditionalFiles are an upstream's files large enough to be gzipped: a
@@ -41,7 +43,7 @@ func TestConditionalRequestsThroughGzip(t *testing.T) {
 	)
 	// The content's tag, as any proxy answers it.
 	etagOf := func(path string) string {
-		up := newFakeUpstream(t, files)
+		up := newUpstream(t, files)
 		return do(newTestProxy(t, up.URL), "GET", path).Header().Get("ETag")
 	}
 	past := time.Now().Add(-48 * time.Hour).UTC().Format(http.TimeFormat)
@@ -83,14 +85,14 @@ func TestConditionalRequestsThroughGzip(t *testing.T) {
 		}
 		for _, tt := range cases {
 			t.Run(tier.name+"/"+tt.name, func(t *testing.T) {
-				up := newFakeUpstream(t, files)
+				up := newUpstream(t, files)
 				var logs bytes.Buffer
 				p := newTestProxy(t, up.URL)
 				p.Logger = newBufferLogger(&logs)
 				p.HotCacheBytes = tier.hotBytes
 				if tier.warm {
 					do(p, "GET", tier.path)
-					waitFor(t, p.flights.idle) // stored
+					testwait.For(t, p.flights.idle) // stored
 				}
 				w := do(p, "GET", tier.path, append([]string{"Accept-Encoding", "gzip"}, tt.header...)...)
 				if w.Code != tt.status {
@@ -148,12 +150,12 @@ func TestValidatorsHoldFromFetchToCache(t *testing.T) {
 	} {
 		for _, path := range []string{"/example.com/a/@v/list", "/example.com/a/@latest", "/example.com/a/@v/v1.0.0.mod", "/example.com/a/@v/v1.0.0.zip"} {
 			t.Run(cacher.name+path, func(t *testing.T) {
-				up := newFakeUpstream(t, testModuleFiles(t))
+				up := newUpstream(t, testModuleFiles(t))
 				p := newTestProxy(t, up.URL)
 				p.Cacher = cacher.new(t)
 				p.HotCacheBytes = -1
 				first := do(p, "GET", path)
-				waitFor(t, p.flights.idle) // stored
+				testwait.For(t, p.flights.idle) // stored
 				etag, lastModified := first.Header().Get("ETag"), first.Header().Get("Last-Modified")
 				if etag == "" || lastModified == "" {
 					t.Fatalf("the first answer has ETag %q, Last-Modified %q", etag, lastModified)
@@ -165,7 +167,7 @@ func TestValidatorsHoldFromFetchToCache(t *testing.T) {
 					t.Errorf("from the cache: ETag %q, Last-Modified %q; the first answer had %q, %q",
 						w.Header().Get("ETag"), w.Header().Get("Last-Modified"), etag, lastModified)
 				}
-				if n := up.count(path); n != 1 {
+				if n := up.Requests(path); n != 1 {
 					t.Errorf("fetched %d times, want 1", n)
 				}
 			})

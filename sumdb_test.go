@@ -373,12 +373,12 @@ func TestSumDBThroughUpstreamProxy(t *testing.T) {
 
 	// An upstream that does not serve the database (404 for supported)
 	// leaves the database's own address, which fails here: fail closed.
-	plain := newFakeUpstream(t, testModuleFiles(t))
+	plain := newUpstream(t, testModuleFiles(t))
 	p := newTestProxy(t, plain.URL, "GOSUMDB="+db.vkey)
 	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "sumdb.test") {
 		t.Errorf("without a proxied database: %d %s", w.Code, w.Body)
 	}
-	if plain.count("/sumdb/sumdb.test/supported") != 1 {
+	if plain.Requests("/sumdb/sumdb.test/supported") != 1 {
 		t.Error("the upstream was not asked whether it serves the database")
 	}
 }
