@@ -1,10 +1,3 @@
-// Package goproxy is a Go module proxy as an embeddable [http.Handler].
-//
-// A [Proxy] serves the module proxy protocol the go command speaks
-// (https://go.dev/ref/mod#goproxy-protocol) from a [Cacher], fetching what it
-// lacks from the upstreams named in GOPROXY syntax, validating everything
-// before it is cached. Its zero value works and reads its upstream settings
-// from the same environment variables as the go command.
 package goproxy
 
 import (
