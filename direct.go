@@ -46,8 +46,9 @@ import (
 // that each run gets for itself, on 127.0.0.1 with a credential of its own
 // (their HTTPS_PROXY, HTTP_PROXY and ALL_PROXY, and git's http.proxy). It
 // applies the Proxy's EgressPolicy to every destination, and leaves
-// through the Dialer's egress proxy or, without a Dialer, through the one
-// the proxy variables of the go command's environment name. git may fetch
+// through the egress proxy of the Proxy's Dialer, as the proxy's own
+// requests do (a Dialer without an Env of its own, or no Dialer, follows
+// the proxy variables of Proxy.Env, else of the process). git may fetch
 // over https and http only (git's protocol.allow settings), and ssh with
 // EgressPolicy.AllowSSH; GOVCS is git only unless the environment sets it.
 // Proxy.Transport does not apply.
