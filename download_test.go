@@ -24,7 +24,7 @@ import (
 
 // largeModule is a valid module zip of a few MB, shared by the tests here.
 var largeModule = sync.OnceValues(func() (*moduletest.Version, error) {
-	dir, err := os.MkdirTemp("", "goproxy-large-")
+	dir, err := fixtureDir("goproxy-large-")
 	if err != nil {
 		return nil, err
 	}
@@ -116,7 +116,7 @@ func TestDownloadUnderFaults(t *testing.T) {
 // otherLargeModule is another zip of the module version largeModule is of:
 // the same file, as republished with other content.
 var otherLargeModule = sync.OnceValues(func() (*moduletest.Version, error) {
-	dir, err := os.MkdirTemp("", "goproxy-large-")
+	dir, err := fixtureDir("goproxy-large-")
 	if err != nil {
 		return nil, err
 	}
