@@ -279,26 +279,29 @@ func (e *evictor) run(ctx context.Context) (evictionRun, error) {
 }
 
 // walkUnits lists the cache as units: a version's files, which a sorted
-// listing gives one after the other, are gathered into one.
+// listing gives one after the other, are gathered into one. The unit
+// passed to fn is reused: fn must not keep it.
 func (e *evictor) walkUnits(ctx context.Context, fn func(*evictionUnit) error) error {
-	var cur *evictionUnit
+	var cur evictionUnit
+	have := false
 	err := e.walker.WalkInfo(ctx, "", func(info CacheEntryInfo) error {
 		key, rank, protected := evictionKey(info.Name)
-		if cur != nil && cur.key == key && rank >= 0 {
+		if have && cur.key == key && rank >= 0 {
 			cur.add(info, rank)
 			return nil
 		}
-		if cur != nil {
-			if err := fn(cur); err != nil {
+		if have {
+			if err := fn(&cur); err != nil {
 				return err
 			}
 		}
-		cur = &evictionUnit{key: key, protected: protected}
+		cur = evictionUnit{key: key, protected: protected, files: cur.files[:0]}
 		cur.add(info, rank)
+		have = true
 		return nil
 	})
-	if err == nil && cur != nil {
-		err = fn(cur)
+	if err == nil && have {
+		err = fn(&cur)
 	}
 	return err
 }

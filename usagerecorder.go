@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,6 +30,11 @@ type usageRecorder struct {
 	logger   *slog.Logger
 	interval time.Duration
 
+	// clock is the time (UnixNano) to the second, kept by the flushing
+	// goroutine: reading the clock costs more than the rest of recording
+	// on some virtual machines, and a use's second is precise enough.
+	clock atomic.Int64
+
 	mu      sync.Mutex
 	pending map[string]int64 // name → UnixNano of its latest use
 	dropped int64
@@ -49,18 +55,24 @@ func newUsageRecorder(store CacheUsageRecorder, logger *slog.Logger) *usageRecor
 }
 
 // record notes that name was served now. It never blocks and, once name
-// has been seen since the last flush, never allocates.
+// has been seen since the last flush, never allocates. The name is kept
+// until the flush: pass a string the request holds anyway.
 func (u *usageRecorder) record(name string) {
-	now := time.Now().UnixNano()
+	now := u.clock.Load()
+	if now == 0 { // not started
+		now = time.Now().UnixNano()
+	}
 	u.mu.Lock()
-	if _, ok := u.pending[name]; !ok && len(u.pending) >= maxPendingUses {
-		u.dropped++
-		u.mu.Unlock()
-		select {
-		case u.wake <- struct{}{}:
-		default:
+	if len(u.pending) >= maxPendingUses {
+		if _, ok := u.pending[name]; !ok {
+			u.dropped++
+			u.mu.Unlock()
+			select {
+			case u.wake <- struct{}{}:
+			default:
+			}
+			return
 		}
-		return
 	}
 	u.pending[name] = now
 	u.mu.Unlock()
@@ -69,15 +81,21 @@ func (u *usageRecorder) record(name string) {
 // start flushes every interval until close.
 func (u *usageRecorder) start() {
 	u.stop, u.done = make(chan struct{}), make(chan struct{})
+	u.clock.Store(time.Now().UnixNano())
 	go func() {
 		defer close(u.done)
-		t := time.NewTicker(u.interval)
-		defer t.Stop()
+		flushes := time.NewTicker(u.interval)
+		defer flushes.Stop()
+		seconds := time.NewTicker(time.Second)
+		defer seconds.Stop()
 		for {
 			select {
 			case <-u.stop:
 				return
-			case <-t.C:
+			case now := <-seconds.C:
+				u.clock.Store(now.UnixNano())
+				continue
+			case <-flushes.C:
 			case <-u.wake:
 			}
 			u.flush(context.Background())
