@@ -70,6 +70,13 @@ func BenchmarkOperations(b *testing.B) {
 	c := DirCacher(dir)
 	quiet := slog.New(slog.DiscardHandler)
 
+	// What any listing of the cache costs, the baseline of a run.
+	b.Run("Walk", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			c.Walk(ctx, "", func(string) error { return nil })
+		}
+	})
 	// A run that only lists: every periodic run of a cache within its limits.
 	b.Run("EvictionRun/within-limits", func(b *testing.B) {
 		e, _ := newEvictor(Eviction{MaxAge: 10 * 365 * 24 * time.Hour, MaxBytes: 1 << 40}, c, nil, quiet, nil)
@@ -180,6 +187,25 @@ func BenchmarkOperations(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			page, err := newIndexLog(DirCacher(dir), nil, quiet).page(ctx, since, maxIndexLimit)
+			if err != nil || len(page) != maxIndexLimit {
+				b.Fatalf("page of %d, %v", len(page), err)
+			}
+		}
+	})
+	b.Run("IndexFirstPage/journal-1M-versions", func(b *testing.B) {
+		big := DirCacher(filepath.Join(b.TempDir(), "cache"))
+		entries := make([]IndexEntry, 1_000_000)
+		for i := range entries {
+			entries[i] = IndexEntry{fmt.Sprintf("example.com/m%07d", i/10), fmt.Sprintf("v1.0.%d", i%10), t0.Add(time.Duration(i) * time.Millisecond)}
+		}
+		if err := big.CreateIndex(ctx, entries); err != nil {
+			b.Fatal(err)
+		}
+		since := entries[len(entries)/2].Timestamp
+		b.ResetTimer()
+		b.ReportAllocs()
+		for b.Loop() {
+			page, err := newIndexLog(big, nil, quiet).page(ctx, since, maxIndexLimit)
 			if err != nil || len(page) != maxIndexLimit {
 				b.Fatalf("page of %d, %v", len(page), err)
 			}
