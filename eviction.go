@@ -190,6 +190,7 @@ type evictionRun struct {
 // one other entry.
 type evictionUnit struct {
 	key       string
+	version   bool             // a module version's files, key its name without extension
 	files     []CacheEntryInfo // in the order of removal
 	lastUse   time.Time
 	size      int64
@@ -285,17 +286,19 @@ func (e *evictor) walkUnits(ctx context.Context, fn func(*evictionUnit) error) e
 	var cur evictionUnit
 	have := false
 	err := e.walker.WalkInfo(ctx, "", func(info CacheEntryInfo) error {
-		key, rank, protected := evictionKey(info.Name)
-		if have && cur.key == key && rank >= 0 {
+		// Another file of the version just listed needs no more checking.
+		if rank := versionFileRank(info.Name); have && cur.version && rank >= 0 &&
+			cur.key == info.Name[:strings.LastIndexByte(info.Name, '.')] {
 			cur.add(info, rank)
 			return nil
 		}
+		key, rank, protected := evictionKey(info.Name)
 		if have {
 			if err := fn(&cur); err != nil {
 				return err
 			}
 		}
-		cur = evictionUnit{key: key, protected: protected, files: cur.files[:0]}
+		cur = evictionUnit{key: key, version: rank >= 0, protected: protected, files: cur.files[:0]}
 		cur.add(info, rank)
 		have = true
 		return nil
