@@ -233,10 +233,15 @@ func FillPlanFromGoMod(ctx context.Context, goMod []byte, readMod func(ctx conte
 // FillPlanFromSBOM plans a fill of whole module versions from an SBOM in
 // CycloneDX JSON or SPDX 2 JSON, recognised by its content: every
 // component's "pkg:golang/..." package URL that names a module version.
-// Components of other ecosystems are ignored; Go components that name no
-// fetchable module version (the standard library, a main module built from
-// a checkout without a version, a package rather than a module, a version
-// that is not a module version) are skipped and listed.
+// Components of other ecosystems are ignored. The SBOM's subject (CycloneDX
+// metadata.component, the SPDX packages the document describes) is the
+// main module, not something its build needs: it is skipped, as are Go
+// components that name no fetchable module version (the standard library,
+// a main module built from a checkout without a version, a version that
+// is not a module version); every skipped entry is listed in the plan.
+// Packages (cyclonedx-gomod's type=package, listed besides their modules)
+// are ignored. SPDX 3 (JSON-LD) is refused: no generator
+// the tests can run writes it yet.
 func FillPlanFromSBOM(data []byte) (*FillPlan, error) {
 	var probe struct {
 		BOMFormat   string          `json:"bomFormat"`
@@ -246,7 +251,13 @@ func FillPlanFromSBOM(data []byte) (*FillPlan, error) {
 	if err := json.Unmarshal(data, &probe); err != nil {
 		return nil, fmt.Errorf("SBOM: %w", err)
 	}
+	var b planBuilder
 	var purls []string
+	subject := func(purl string) {
+		if purl != "" {
+			b.skip(purl, "the SBOM's subject (the main module), not a dependency")
+		}
+	}
 	switch {
 	case probe.BOMFormat == "CycloneDX":
 		var bom struct {
@@ -259,26 +270,50 @@ func FillPlanFromSBOM(data []byte) (*FillPlan, error) {
 			return nil, fmt.Errorf("CycloneDX SBOM: %w", err)
 		}
 		if c := bom.Metadata.Component; c != nil {
-			purls = c.appendPURLs(purls)
+			subject(c.PURL)
+			for _, sub := range c.Components {
+				purls = sub.appendPURLs(purls)
+			}
 		}
 		for _, c := range bom.Components {
 			purls = c.appendPURLs(purls)
 		}
 	case strings.HasPrefix(probe.SPDXVersion, "SPDX-2."):
 		var doc struct {
-			Packages []struct {
+			SPDXID            string   `json:"SPDXID"`
+			DocumentDescribes []string `json:"documentDescribes"`
+			Packages          []struct {
+				SPDXID       string `json:"SPDXID"`
 				ExternalRefs []struct {
 					ReferenceType    string `json:"referenceType"`
 					ReferenceLocator string `json:"referenceLocator"`
 				} `json:"externalRefs"`
 			} `json:"packages"`
+			Relationships []struct {
+				Element string `json:"spdxElementId"`
+				Type    string `json:"relationshipType"`
+				Related string `json:"relatedSpdxElement"`
+			} `json:"relationships"`
 		}
 		if err := json.Unmarshal(data, &doc); err != nil {
 			return nil, fmt.Errorf("SPDX SBOM: %w", err)
 		}
+		described := map[string]bool{}
+		for _, id := range doc.DocumentDescribes {
+			described[id] = true
+		}
+		for _, r := range doc.Relationships {
+			if r.Type == "DESCRIBES" && r.Element == doc.SPDXID {
+				described[r.Related] = true
+			}
+		}
 		for _, p := range doc.Packages {
 			for _, r := range p.ExternalRefs {
-				if r.ReferenceType == "purl" {
+				switch {
+				case r.ReferenceType != "purl":
+				case described[p.SPDXID]:
+					subject(r.ReferenceLocator)
+				default:
 					purls = append(purls, r.ReferenceLocator)
 				}
 			}
@@ -291,7 +326,6 @@ func FillPlanFromSBOM(data []byte) (*FillPlan, error) {
 		return nil, errors.New("SBOM: not CycloneDX JSON (no bomFormat) nor SPDX 2 JSON (no spdxVersion)")
 	}
 
-	var b planBuilder
 	skipped := map[string]bool{}
 	for _, s := range purls {
 		p, err := purl.Parse(s)
@@ -303,7 +337,9 @@ func FillPlanFromSBOM(data []byte) (*FillPlan, error) {
 			continue
 		}
 		path, version, err := p.GoModule()
-		if errors.Is(err, purl.ErrNotGo) {
+		if errors.Is(err, purl.ErrNotGo) || p.Qualifiers["type"] == "package" {
+			// Another ecosystem's, or one of a module's packages
+			// (cyclonedx-gomod lists the module too): nothing to report.
 			continue
 		}
 		if err != nil {

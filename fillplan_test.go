@@ -143,7 +143,7 @@ func TestFillPlanFromSBOMReadsGoPackageURLsOnly(t *testing.T) {
 	}{
 		{"CycloneDX with nested components", "testdata/sbom/cyclonedx.json",
 			[]string{"example.com/UpperCase/Mod@v1.1.0", "example.com/mod001@v1.2.0", "github.com/docker/docker@v20.10.7+incompatible"},
-			[]string{"pkg:golang/example.com/app@(devel)?type=module", "pkg:golang/example.com/mod001@v1.2.0?type=package#sub", "pkg:golang/stdlib@1.22.0"}},
+			[]string{"pkg:golang/example.com/app@(devel)?type=module", "pkg:golang/stdlib@1.22.0"}},
 		{"SPDX 2.3", "testdata/sbom/spdx.json",
 			[]string{"example.com/mod000@v1.0.0", "example.com/pseudo@v0.0.0-20240102030405-abcdefabcdef"},
 			[]string{"pkg:golang/example.com/app", "pkg:golang/stdlib@go1.22.0"}},
