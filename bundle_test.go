@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -442,4 +443,75 @@ func TestBundleFailingAnyCheckIsRefusedWhole(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBundleStreamsZipsInBoundedMemory exports and imports a 40 MB zip:
+// the bytes allocated meanwhile stay well below its size, so no zip is
+// ever held in memory whole.
+func TestBundleStreamsZipsInBoundedMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes a 40 MB zip")
+	}
+	const size = 40 << 20
+	large, err := moduletest.LargeVersion(t.TempDir(), "example.com/large", "v1.0.0", size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs := append(moduletest.Graph(10), large)
+	db := newTestSumDB(t, vs)
+	src := newBundleSource(t, DirCacher(t.TempDir()), vs, db)
+	opts := &BundleOptions{SumDB: db.vkey, TempDir: t.TempDir()}
+	items := []FillItem{{Path: large.Path, Version: large.Version, Files: FillModule}, {Path: "example.com/mod001", Version: "v1.1.0", Files: FillModule}}
+	// Fetch the records first, so that only the export itself is measured.
+	if _, err := ExportBundle(context.Background(), io.Discard, src, items, opts); err != nil {
+		t.Fatal(err)
+	}
+
+	bundleFile := filepath.Join(t.TempDir(), "bundle.tar.gz")
+	f, err := os.Create(bundleFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocated := measureAllocs(t, func() error {
+		_, err := ExportBundle(context.Background(), f, src, items, opts)
+		return err
+	})
+	f.Close()
+	t.Logf("export of a %d MB zip allocated %.1f MB", size>>20, float64(allocated)/(1<<20))
+	if allocated > size/4 {
+		t.Errorf("export allocated %d bytes for a %d-byte zip", allocated, size)
+	}
+
+	dst := DirCacher(t.TempDir())
+	allocated = measureAllocs(t, func() error {
+		f, err := os.Open(bundleFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = ImportBundle(context.Background(), f, dst, opts)
+		return err
+	})
+	t.Logf("import of a %d MB zip allocated %.1f MB", size>>20, float64(allocated)/(1<<20))
+	if allocated > size/4 {
+		t.Errorf("import allocated %d bytes for a %d-byte zip", allocated, size)
+	}
+	got, err := os.ReadFile(filepath.Join(string(dst), "example.com", "large", "@v", "v1.0.0.zip"))
+	want, _ := os.ReadFile(large.ZipFile)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("the imported zip differs from the exported one (%v)", err)
+	}
+}
+
+// measureAllocs returns the bytes allocated while fn ran.
+func measureAllocs(t *testing.T, fn func() error) uint64 {
+	t.Helper()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	if err := fn(); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
 }
