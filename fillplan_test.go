@@ -183,3 +183,40 @@ func TestFillPlanFromSBOMRefusesOtherDocuments(t *testing.T) {
 		})
 	}
 }
+
+// FuzzFillPlanFromGoSum checks that no go.sum makes the parser panic, that
+// every item it returns is a module version the proxy protocol can name,
+// and that the plan's items, written back as go.sum lines, parse to the
+// same plan.
+func FuzzFillPlanFromGoSum(f *testing.F) {
+	f.Add([]byte("golang.org/x/mod v0.42.0 h1:x=\ngolang.org/x/mod v0.42.0/go.mod h1:y=\n"))
+	f.Add([]byte("github.com/!burnt!sushi/toml v1.3.2/go.mod h1:x=\r\n\n\t \n"))
+	f.Add([]byte("example.com/m v2.0.0+incompatible h1:x=\nexample.com/m/v2 v2.0.0-20240102030405-abcdefabcdef/go.mod h1:y="))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := FillPlanFromGoSum(data)
+		if err != nil {
+			return
+		}
+		var again strings.Builder
+		for _, it := range p.Items {
+			if err := checkFillVersion(it.Path, it.Version); err != nil {
+				t.Fatalf("item %s: %v", it, err)
+			}
+			switch it.Files {
+			case FillModule:
+				fmt.Fprintf(&again, "%s %s h1:x=\n", it.Path, it.Version)
+			case FillMod:
+				fmt.Fprintf(&again, "%s %s/go.mod h1:x=\n", it.Path, it.Version)
+			default:
+				t.Fatalf("item %s: files %v", it, it.Files)
+			}
+		}
+		p2, err := FillPlanFromGoSum([]byte(again.String()))
+		if err != nil {
+			t.Fatalf("the plan written back does not parse: %v\n%s", err, again.String())
+		}
+		if !slices.Equal(itemStrings(p), itemStrings(p2)) {
+			t.Fatalf("round trip: %q != %q", itemStrings(p), itemStrings(p2))
+		}
+	})
+}
