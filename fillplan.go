@@ -243,6 +243,9 @@ func FillPlanFromGoMod(ctx context.Context, goMod []byte, readMod func(ctx conte
 // are ignored. SPDX 3 (JSON-LD) is refused: no generator
 // the tests can run writes it yet.
 func FillPlanFromSBOM(data []byte) (*FillPlan, error) {
+	// Tools on Windows often start UTF-8 files with a byte order mark,
+	// which JSON does not allow.
+	data = bytes.TrimPrefix(data, []byte("\ufeff"))
 	var probe struct {
 		BOMFormat   string          `json:"bomFormat"`
 		SPDXVersion string          `json:"spdxVersion"`
@@ -372,4 +375,21 @@ func (c *cdxComponent) appendPURLs(purls []string) []string {
 		purls = sub.appendPURLs(purls)
 	}
 	return purls
+}
+
+// FillPlanFromFile plans a fill from a file of any kind the other
+// FillPlanFrom functions read, choosing by its name, then its content: a
+// name ending in "go.mod" or ".mod" is a go.mod (readMod reads the graph's
+// .mod files), one ending in "go.sum" or ".sum" a go.sum, content starting
+// with "{" an SBOM, anything else a list.
+func FillPlanFromFile(ctx context.Context, name string, data []byte, readMod func(ctx context.Context, modulePath, version string) ([]byte, error)) (*FillPlan, error) {
+	switch {
+	case strings.HasSuffix(name, ".mod"):
+		return FillPlanFromGoMod(ctx, data, readMod)
+	case strings.HasSuffix(name, ".sum"):
+		return FillPlanFromGoSum(data)
+	case bytes.HasPrefix(bytes.TrimLeft(data, " \t\r\n\ufeff"), []byte("{")):
+		return FillPlanFromSBOM(data)
+	}
+	return FillPlanFromList(data)
 }

@@ -220,3 +220,34 @@ func FuzzFillPlanFromGoSum(f *testing.F) {
 		}
 	})
 }
+
+func TestFillPlanFromFileChoosesByNameThenContent(t *testing.T) {
+	readMod := func(ctx context.Context, path, version string) ([]byte, error) {
+		return []byte("module " + path + "\n\ngo 1.21\n"), nil
+	}
+	sbom, err := os.ReadFile("testdata/sbom/spdx.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, file string
+		data       []byte
+		want       string
+	}{
+		{"a go.mod", "app/go.mod", []byte("module example.com/app\n\ngo 1.21\n\nrequire example.com/m v1.0.0\n"), "example.com/m@v1.0.0"},
+		{"a go.sum", "go.sum", []byte("example.com/m v1.0.0/go.mod h1:x=\n"), "example.com/m@v1.0.0 (.mod)"},
+		{"an SBOM", "bom.json", sbom, "example.com/mod000@v1.0.0"},
+		{"an SBOM with a byte order mark", "-", append([]byte("\ufeff\n"), sbom...), "example.com/mod000@v1.0.0"},
+		{"a list", "modules.txt", []byte("example.com/m@v1.0.0\n"), "example.com/m@v1.0.0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := FillPlanFromFile(context.Background(), tc.file, tc.data, readMod)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := itemStrings(p); len(got) == 0 || got[0] != tc.want {
+				t.Errorf("items %q, want %q first", got, tc.want)
+			}
+		})
+	}
+}
