@@ -26,15 +26,15 @@ type FillOptions struct {
 // DefaultFillConcurrency is FillOptions.Concurrency's zero value.
 const DefaultFillConcurrency = 8
 
-// FillOutcome says what a fill did for one item.
-type FillOutcome int
+// fillOutcome says what a fill did for one item.
+type fillOutcome int
 
 const (
-	// FillFetched: at least one of the item's files was fetched from an
+	// fillFetched: at least one of the item's files was fetched from an
 	// upstream and stored.
-	FillFetched FillOutcome = iota
-	// FillCached: every file was in the cache already.
-	FillCached
+	fillFetched fillOutcome = iota
+	// fillCached: every file was in the cache already.
+	fillCached
 )
 
 // FillProgress is a fill's state after one more item.
@@ -74,7 +74,7 @@ type FillFailure struct {
 
 // fillFunc brings one item into the cache, telling whether it fetched
 // anything.
-type fillFunc func(ctx context.Context, it FillItem) (FillOutcome, error)
+type fillFunc func(ctx context.Context, it FillItem) (fillOutcome, error)
 
 // runFill fills every item of plan with fill, opts.Concurrency at a time.
 // One item failing does not stop the others; ctx ending does, and then the
@@ -100,7 +100,7 @@ func runFill(ctx context.Context, plan *FillPlan, fill fillFunc, opts *FillOptio
 	report := &FillReport{Skipped: plan.Skipped}
 	var mu sync.Mutex // guards report and the progress calls
 	var journalErr error
-	finish := func(it FillItem, outcome FillOutcome, err error, resumed bool) {
+	finish := func(it FillItem, outcome fillOutcome, err error, resumed bool) {
 		mu.Lock()
 		defer mu.Unlock()
 		switch {
@@ -112,7 +112,7 @@ func runFill(ctx context.Context, plan *FillPlan, fill fillFunc, opts *FillOptio
 			return
 		case err != nil:
 			report.Failed = append(report.Failed, FillFailure{Item: it, Err: err})
-		case outcome == FillCached:
+		case outcome == fillCached:
 			report.Cached = append(report.Cached, it)
 		default:
 			report.Fetched = append(report.Fetched, it)

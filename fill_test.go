@@ -28,14 +28,14 @@ func testPlan(n int) *FillPlan {
 func TestFillReportsFetchedCachedAndFailedItems(t *testing.T) {
 	plan := testPlan(12)
 	var progress []FillProgress
-	report, err := runFill(context.Background(), plan, func(ctx context.Context, it FillItem) (FillOutcome, error) {
+	report, err := runFill(context.Background(), plan, func(ctx context.Context, it FillItem) (fillOutcome, error) {
 		var i int
 		fmt.Sscanf(it.Path, "example.com/m%d", &i)
 		switch i % 3 {
 		case 0:
-			return FillFetched, nil
+			return fillFetched, nil
 		case 1:
-			return FillCached, nil
+			return fillCached, nil
 		}
 		return 0, fmt.Errorf("%s: %w", it, fs.ErrNotExist)
 	}, &FillOptions{Progress: func(p FillProgress) { progress = append(progress, p) }})
@@ -69,7 +69,7 @@ func TestFillNeverRunsMoreThanConcurrencyAtOnce(t *testing.T) {
 	started := make(chan struct{}, 100)
 	done := make(chan *FillReport)
 	go func() {
-		report, _ := runFill(context.Background(), testPlan(40), func(ctx context.Context, it FillItem) (FillOutcome, error) {
+		report, _ := runFill(context.Background(), testPlan(40), func(ctx context.Context, it FillItem) (fillOutcome, error) {
 			n := running.Add(1)
 			defer running.Add(-1)
 			for {
@@ -80,7 +80,7 @@ func TestFillNeverRunsMoreThanConcurrencyAtOnce(t *testing.T) {
 			}
 			started <- struct{}{}
 			<-release
-			return FillFetched, nil
+			return fillFetched, nil
 		}, &FillOptions{Concurrency: 3})
 		done <- report
 	}()
@@ -108,14 +108,14 @@ func TestFillCancelledMidwayResumesFromItsJournal(t *testing.T) {
 	// stop it; items in flight then fail with the context's error.
 	ctx, cancel := context.WithCancel(context.Background())
 	var done atomic.Int32
-	first, err := runFill(ctx, plan, func(ctx context.Context, it FillItem) (FillOutcome, error) {
+	first, err := runFill(ctx, plan, func(ctx context.Context, it FillItem) (fillOutcome, error) {
 		if done.Load() >= 10 {
 			cancel()
 			<-ctx.Done()
 			return 0, ctx.Err()
 		}
 		done.Add(1)
-		return FillFetched, nil
+		return fillFetched, nil
 	}, &FillOptions{Journal: journal, Concurrency: 2})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled fill returned %v, want context.Canceled", err)
@@ -128,9 +128,9 @@ func TestFillCancelledMidwayResumesFromItsJournal(t *testing.T) {
 
 	// The second run asks only about what the first did not finish.
 	var asked sync.Map
-	second, err := runFill(context.Background(), plan, func(ctx context.Context, it FillItem) (FillOutcome, error) {
+	second, err := runFill(context.Background(), plan, func(ctx context.Context, it FillItem) (fillOutcome, error) {
 		asked.Store(it.Path, true)
-		return FillFetched, nil
+		return fillFetched, nil
 	}, &FillOptions{Journal: journal})
 	if err != nil {
 		t.Fatal(err)
@@ -145,9 +145,9 @@ func TestFillCancelledMidwayResumesFromItsJournal(t *testing.T) {
 	}
 
 	// A third run has nothing left to do.
-	third, err := runFill(context.Background(), plan, func(ctx context.Context, it FillItem) (FillOutcome, error) {
+	third, err := runFill(context.Background(), plan, func(ctx context.Context, it FillItem) (fillOutcome, error) {
 		t.Errorf("%s asked about after two runs finished it", it)
-		return FillFetched, nil
+		return fillFetched, nil
 	}, &FillOptions{Journal: journal})
 	if err != nil || len(third.Resumed) != 30 {
 		t.Errorf("third run: %d resumed, err %v; want 30, nil", len(third.Resumed), err)
@@ -163,8 +163,8 @@ func TestFillJournalDropsALineCutShortByAKill(t *testing.T) {
 	if err := os.WriteFile(journal, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	report, err := runFill(context.Background(), testPlan(4), func(ctx context.Context, it FillItem) (FillOutcome, error) {
-		return FillFetched, nil
+	report, err := runFill(context.Background(), testPlan(4), func(ctx context.Context, it FillItem) (fillOutcome, error) {
+		return fillFetched, nil
 	}, &FillOptions{Journal: journal})
 	if err != nil {
 		t.Fatal(err)
@@ -187,8 +187,8 @@ func TestFillJournalRecordsFilesSoAWiderItemIsFilledAgain(t *testing.T) {
 	if err := os.WriteFile(journal, []byte(fillJournalHeader+"done example.com/m000 v1.0.0 m\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	report, err := runFill(context.Background(), testPlan(1), func(ctx context.Context, it FillItem) (FillOutcome, error) {
-		return FillCached, nil
+	report, err := runFill(context.Background(), testPlan(1), func(ctx context.Context, it FillItem) (fillOutcome, error) {
+		return fillCached, nil
 	}, &FillOptions{Journal: journal})
 	if err != nil || len(report.Cached) != 1 {
 		t.Errorf("a .mod-only record resumed a whole module version: %+v, %v", report, err)
@@ -207,9 +207,9 @@ func TestFillJournalRefusesAFileThatIsNoJournal(t *testing.T) {
 			if err := os.WriteFile(journal, []byte(tc.content), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			_, err := runFill(context.Background(), testPlan(1), func(ctx context.Context, it FillItem) (FillOutcome, error) {
+			_, err := runFill(context.Background(), testPlan(1), func(ctx context.Context, it FillItem) (fillOutcome, error) {
 				t.Error("filled with a bad journal")
-				return FillFetched, nil
+				return fillFetched, nil
 			}, &FillOptions{Journal: journal})
 			if err == nil || !strings.Contains(err.Error(), journal) {
 				t.Errorf("error = %v, want one naming the journal", err)
