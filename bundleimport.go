@@ -44,6 +44,11 @@ var ErrBundleRefused = errors.New("bundle refused, nothing stored")
 // version.
 const maxBundleManifest = 64 << 20
 
+// maxBundleEntries caps the files in a bundle, each unpacked into a file
+// of its own: three per module version and some tiles, for far more
+// versions than any build needs.
+const maxBundleEntries = 1 << 20
+
 // ImportBundle reads a bundle made by ExportBundle from r, checks all of
 // it and only then stores its files in dst: the module files under their
 // names, the tiles, and for every verified module version a lookup record
@@ -155,6 +160,9 @@ func (u *unpackedBundle) unpack(ctx context.Context, r io.Reader, maxBytes int64
 		}
 		if total += hdr.Size; total > maxBytes {
 			return fmt.Errorf("the bundle unpacks to more than %d bytes", maxBytes)
+		}
+		if len(u.files) >= maxBundleEntries {
+			return fmt.Errorf("more than %d files in the bundle", maxBundleEntries)
 		}
 		if _, dup := u.files[name]; dup || name == bundleManifestName && u.manifest != nil {
 			return fmt.Errorf("%s: twice in the archive", name)
