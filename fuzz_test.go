@@ -295,6 +295,7 @@ func FuzzUpstreamMessage(f *testing.F) {
 	f.Add([]byte("\x1b[31mred\x1b[0m\r\nline\x07\x1b]0;t\x07\xff"), "text/plain")
 	f.Add([]byte("<html><title>502 Bad Gateway</title></html>"), "text/html")
 	f.Add([]byte("safe\u202etxt"), "")
+	f.Add([]byte("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff<title>x</title>"), "text/html")
 	f.Fuzz(func(t *testing.T, body []byte, contentType string) {
 		msg := upstreamMessage(body, contentType)
 		if len(msg) > maxMessage || !utf8.ValidString(msg) || strings.ContainsFunc(msg, func(r rune) bool { return !unicode.IsPrint(r) }) {

@@ -328,6 +328,10 @@ func TestUpstreamErrorBodiesAreReduced(t *testing.T) {
 		{"an HTML error page", "text/html", "<html><head><title>502 Bad\nGateway</title></head><body><script>x()</script></body></html>", 502, "502 Bad Gateway"},
 		{"an HTML page without a title", "text/html; charset=utf-8", "<!DOCTYPE html><p>hi</p>", 403, "(an HTML page)"},
 		{"bidirectional overrides", "text/plain", "safe\u202etxt.exe", 403, "safetxt.exe"},
+		// Lower-casing changes the length of these, so a title found in
+		// the lower-cased page is not at the same offsets in the page.
+		{"an HTML page with invalid UTF-8 before its title", "text/html", strings.Repeat("\xff", 40) + "<title>Gateway</title>", 502, "Gateway"},
+		{"an HTML page with Ⱥ before its title", "text/html", strings.Repeat("Ⱥ", 40) + "<title>Gateway</title>", 502, "Gateway"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
