@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -67,7 +68,14 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 // min(maxDelay, base·2ⁿ), the "full jitter" that keeps clients failing
 // together from retrying together.
 func backoff(n int, base, maxDelay time.Duration) time.Duration {
-	return rand.N(min(maxDelay, base<<min(n, 30)) + 1)
+	// base·2ⁿ only where it cannot overflow: a BaseDelay above 8.6 s
+	// shifted 30 times, as a long probe does, would wrap negative and
+	// make rand.N panic.
+	d := maxDelay
+	if n < 63 && base <= maxDelay>>n {
+		d = base << n
+	}
+	return rand.N(min(max(d, 0), math.MaxInt64-1) + 1)
 }
 
 // retry calls attempt until it succeeds or fails for good, waiting between

@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"math"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -112,6 +113,20 @@ func TestRandomFailuresNeverMarkAHostDown(t *testing.T) {
 	for i := range 300 {
 		if w := do(p, "GET", "/example.com/a/@v/list"); w.Code != 200 {
 			t.Fatalf("request %d: %d %q", i, w.Code, w.Body)
+		}
+	}
+}
+
+// TestBackoffNeverPanicsAndStaysWithinMaxDelay covers delays whose doubling
+// overflows: a probe keeps doubling for as long as its host is down.
+func TestBackoffNeverPanicsAndStaysWithinMaxDelay(t *testing.T) {
+	for _, base := range []time.Duration{time.Nanosecond, 5 * time.Millisecond, 10 * time.Second, time.Hour, math.MaxInt64 / 2} {
+		for _, maxDelay := range []time.Duration{time.Second, time.Minute, 24 * time.Hour, math.MaxInt64} {
+			for n := range 100 {
+				if d := backoff(n, base, maxDelay); d < 0 || d > maxDelay {
+					t.Fatalf("backoff(%d, %v, %v) = %v", n, base, maxDelay, d)
+				}
+			}
 		}
 	}
 }
