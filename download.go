@@ -475,6 +475,9 @@ type fileDownload struct {
 	total  atomic.Int64   // bytes received, for Progress
 	sized  atomic.Int64   // total size once known, else -1
 	resume bool           // state came from disk
+	// resets counts reset calls, guarded by mu: a save that began before
+	// one must not put the state it took back on disk after it.
+	resets int
 
 	// unvalidated is set once the upstream sent a part of the file with
 	// nothing (no ETag, no Last-Modified) to tie other parts to its
@@ -602,6 +605,7 @@ func (s *partialState) valid(limit int64) bool {
 func (dl *fileDownload) reset() {
 	dl.resume = false
 	dl.mu.Lock()
+	dl.resets++
 	dl.state = partialState{}
 	dl.done = nil
 	dl.mu.Unlock()
@@ -647,6 +651,7 @@ func (dl *fileDownload) save() error {
 	st := dl.state
 	st.Parts = slices.Clone(dl.state.Parts)
 	done := dl.done
+	resets := dl.resets
 	dl.mu.Unlock()
 	if len(st.Parts) == 0 {
 		return errors.New("nothing to resume")
@@ -668,7 +673,16 @@ func (dl *fileDownload) save() error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp.Name(), dl.meta)
+		// A reset meanwhile (a restart, as the periodic save runs beside
+		// the download) emptied the file: the state taken would claim
+		// bytes it no longer has. A reset after the rename removes it.
+		dl.mu.Lock()
+		if dl.resets != resets {
+			err = errors.New("the download started over")
+		} else {
+			err = os.Rename(tmp.Name(), dl.meta)
+		}
+		dl.mu.Unlock()
 	}
 	if err != nil {
 		os.Remove(tmp.Name())

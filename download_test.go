@@ -431,3 +431,45 @@ func TestFetchNobodyWaitsForFinishesWhileItProgresses(t *testing.T) {
 		t.Errorf("cached %d bytes, want the %d of the zip", len(got), len(want))
 	}
 }
+
+// TestSaveRacingARestartLeavesNoStaleState runs the periodic save of a
+// download's progress across a restart (reset): the state it took before
+// must not land on disk after the file was emptied, where a process killed
+// then would resume from bytes the file no longer holds.
+func TestSaveRacingARestartLeavesNoStaleState(t *testing.T) {
+	p := newTestProxy(t, "http://127.0.0.1:1")
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
+	}
+	d := p.downloader
+	dl, err := d.openPartial("http://127.0.0.1:1/example.com/a/@v/v1.0.0.zip", target{toFile: true, limit: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dl.discard()
+	if dl.meta == "" {
+		t.Fatal("the download is not resumable")
+	}
+	dl.f.WriteAt([]byte("hello"), 0)
+	dl.state = partialState{Size: 10, ETag: `"a"`, Parts: []partState{{Start: 0, End: 10}}}
+	dl.done = make([]atomic.Int64, 1)
+	dl.done[0].Store(5)
+
+	writing, resumeWrite := make(chan struct{}), make(chan struct{})
+	d.writeAt = func(f *os.File, b []byte, off int64) (int, error) {
+		if strings.Contains(filepath.Base(f.Name()), stateSuffix) {
+			close(writing)
+			<-resumeWrite
+		}
+		return f.WriteAt(b, off)
+	}
+	saved := make(chan error)
+	go func() { saved <- dl.save() }()
+	<-writing
+	dl.reset() // the download starts over while the state is being written
+	close(resumeWrite)
+	err = <-saved
+	if b, rerr := os.ReadFile(dl.meta); rerr == nil {
+		t.Errorf("after the restart the saved state is %s (save: %v); want none", b, err)
+	}
+}
