@@ -240,7 +240,7 @@ type fetchError struct {
 	retry      bool          // another attempt may succeed
 	retryAfter time.Duration // what the upstream asked to wait, if anything
 	busy       bool          // a 408 or 429: the host works, but asks for patience
-	noStore    bool          // a not-found that shared caches must not keep
+	noStore    bool          // an answer that neither NotFoundTTL nor shared caches may keep
 }
 
 func (e *fetchError) Error() string { return e.msg }
@@ -336,6 +336,7 @@ func (p *Proxy) routeFor(modPath string) *route {
 func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched, error) {
 	var bestErr error
 	bestIsNotFound := true
+	passing := false // an upstream failed in a way that may soon pass
 	for _, g := range p.routeFor(req.modPath).groups {
 		n := uint32(len(g.members))
 		first := g.next.Add(1) - 1
@@ -349,6 +350,7 @@ func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched,
 			if ctx.Err() != nil {
 				return nil, err
 			}
+			passing = passing || !remembered(err)
 			notFound := errors.Is(err, fs.ErrNotExist)
 			if up.URL == "direct" || bestErr == nil || (bestIsNotFound && !notFound) {
 				bestErr, bestIsNotFound = err, notFound
@@ -360,6 +362,14 @@ func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched,
 		if !fallThrough {
 			break
 		}
+	}
+	var fe *fetchError
+	if passing && remembered(bestErr) && errors.As(bestErr, &fe) {
+		// The answer chosen holds, but the walk's outcome also rests on
+		// a failure that may pass: the next request must walk again.
+		c := *fe
+		c.noStore = true
+		return nil, &c
 	}
 	return nil, bestErr
 }

@@ -381,6 +381,36 @@ func TestUpstreamRefusalsArePassedOnAndRemembered(t *testing.T) {
 	}
 }
 
+// TestRefusalIsNotRememberedWhenALaterUpstreamFailedForNow walks A|B: A
+// refuses, B fails for the moment. The outcome rests on B's moment, so the
+// next request walks again and finds B healed.
+func TestRefusalIsNotRememberedWhenALaterUpstreamFailedForNow(t *testing.T) {
+	refusing := newFakeUpstream(t, nil)
+	refusing.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		http.Error(w, "not for you", http.StatusForbidden)
+		return true
+	})
+	var healed atomic.Bool
+	flaky := newFakeUpstream(t, testModuleFiles(t))
+	flaky.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if healed.Load() {
+			return false
+		}
+		http.Error(w, "overloaded", http.StatusServiceUnavailable)
+		return true
+	})
+	p := newTestProxy(t, refusing.URL+"|"+flaky.URL)
+	p.Download.Attempts = 1
+	mod := "/example.com/a/@v/v1.0.0.mod"
+	if w := do(p, "GET", mod); w.Code == http.StatusOK {
+		t.Fatalf("%d %q while the second upstream fails", w.Code, w.Body)
+	}
+	healed.Store(true)
+	if w := do(p, "GET", mod); w.Code != http.StatusOK {
+		t.Errorf("after the second upstream healed: %d %q, want 200", w.Code, w.Body)
+	}
+}
+
 func TestRefusedRedirectIsNotRetried(t *testing.T) {
 	plain := newFakeUpstream(t, testModuleFiles(t))
 	var asked atomic.Int32
