@@ -2,6 +2,7 @@ package goproxy
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -452,9 +453,12 @@ func isDiskError(err error) bool {
 // file's identity (size and validators) and how far each part has come.
 type partialState struct {
 	Size         int64
-	ETag         string
-	LastModified string
-	Parts        []partState
+	ETag         string // strong only: If-Range takes no other
+	LastModified string // only when a strong validator (see strongDate)
+	// WeakETag is the first answer's ETag when weak: useless for
+	// If-Range, but a part answered with another is of another version.
+	WeakETag string `json:",omitempty"`
+	Parts    []partState
 }
 
 type partState struct {
@@ -763,6 +767,23 @@ func strongETag(h http.Header) string {
 	return etag
 }
 
+// strongDate returns h's Last-Modified if it is a strong validator: at
+// least a second before the answer's Date (RFC 9110, 8.8.2.2). A file
+// changed twice within its second keeps its Last-Modified, so an If-Range
+// with it would match both versions.
+func strongDate(h http.Header) string {
+	lm := h.Get("Last-Modified")
+	modTime, err := http.ParseTime(lm)
+	if err != nil {
+		return ""
+	}
+	date, err := http.ParseTime(h.Get("Date"))
+	if err != nil || date.Sub(modTime) < time.Second {
+		return ""
+	}
+	return lm
+}
+
 // first makes the first request, or takes the whole-file answer a part
 // request got. It asks for the first RangeThreshold bytes (or, with one
 // connection, everything) as a range: a small file comes whole, a large
@@ -789,9 +810,12 @@ func (dl *fileDownload) first(ctx context.Context) error {
 		}
 	}
 	defer resp.Body.Close()
-	etag, lastModified := strongETag(resp.Header), resp.Header.Get("Last-Modified")
+	etag, lastModified := strongETag(resp.Header), strongDate(resp.Header)
 	validated := etag != "" || lastModified != ""
 	st := partialState{ETag: etag, LastModified: lastModified}
+	if etag == "" {
+		st.WeakETag = resp.Header.Get("ETag")
+	}
 	if resp.StatusCode == http.StatusOK {
 		if !validated || resp.ContentLength < 0 {
 			return dl.whole(resp)
@@ -999,7 +1023,7 @@ func (dl *fileDownload) fetchPart(ctx, pctx context.Context, stop context.Cancel
 // contradicts those the download started with. One without any is taken
 // at its word, since If-Range asked for this version or nothing.
 func (dl *fileDownload) sameVersion(h http.Header) bool {
-	if etag := h.Get("ETag"); etag != "" && dl.state.ETag != "" && etag != dl.state.ETag {
+	if etag, want := h.Get("ETag"), cmp.Or(dl.state.ETag, dl.state.WeakETag); etag != "" && want != "" && etag != want {
 		return false
 	}
 	if lm := h.Get("Last-Modified"); lm != "" && dl.state.LastModified != "" && lm != dl.state.LastModified {

@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"archive/zip"
 	"bufio"
 	"bytes"
 	"context"
@@ -471,5 +472,78 @@ func TestSaveRacingARestartLeavesNoStaleState(t *testing.T) {
 	err = <-saved
 	if b, rerr := os.ReadFile(dl.meta); rerr == nil {
 		t.Errorf("after the restart the saved state is %s (save: %v); want none", b, err)
+	}
+}
+
+// sameSizeZips returns two valid zips of example.com/large@v1.0.0, of the
+// same size but other content throughout, as a file republished.
+func sameSizeZips(t *testing.T, size int) (a, b []byte) {
+	t.Helper()
+	build := func(seed byte) []byte {
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(i*7) ^ seed
+		}
+		var buf bytes.Buffer
+		zw := zip.NewWriter(&buf)
+		for _, f := range []struct {
+			name string
+			body []byte
+		}{{"go.mod", []byte("module example.com/large\n")}, {"data.txt", data}} {
+			w, err := zw.CreateHeader(&zip.FileHeader{Name: "example.com/large@v1.0.0/" + f.name, Method: zip.Store})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.Write(f.body)
+		}
+		if err := zw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	a, b = build(1), build(2)
+	if len(a) != len(b) || bytes.Equal(a, b) {
+		t.Fatal("the zips are not of one size and other content")
+	}
+	return a, b
+}
+
+// TestWeakValidatorsDoNotTieParts replaces the file right after the first
+// answer with one of the same size and the same Last-Modified, as a file
+// rewritten within its second: an If-Range date matches both, so only a
+// weak ETag, or the Date showing that the Last-Modified is within the
+// second, tells them apart. Parts of the old must not complete the new.
+func TestWeakValidatorsDoNotTieParts(t *testing.T) {
+	a, b := sameSizeZips(t, 2<<20)
+	modTime := time.Date(2024, 6, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name         string
+		etagA, etagB string
+		date         time.Time // of every answer
+	}{
+		{name: "weak ETags", etagA: `W/"a"`, etagB: `W/"b"`, date: modTime.Add(time.Hour)},
+		{name: "Last-Modified within the second of the Date", date: modTime},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var served atomic.Int32
+			upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				body, etag := a, tt.etagA
+				if served.Add(1) > 1 {
+					body, etag = b, tt.etagB
+				}
+				if etag != "" {
+					w.Header().Set("ETag", etag)
+				}
+				w.Header().Set("Date", tt.date.Format(http.TimeFormat))
+				http.ServeContent(w, r, "", modTime, bytes.NewReader(body))
+			}))
+			defer upstream.Close()
+			p := newTestProxy(t, upstream.URL)
+			w := do(p, "GET", largeZipPath)
+			if w.Code != 200 || !bytes.Equal(w.Body.Bytes(), b) {
+				t.Fatalf("%d, %d bytes %.200q: want the new file whole", w.Code, w.Body.Len(), w.Body)
+			}
+		})
 	}
 }
