@@ -534,8 +534,9 @@ func normalizeVersionList(modPath string, data []byte) ([]byte, error) {
 	var out bytes.Buffer
 	seen := map[string]bool{}
 	text := false
-	// +incompatible marks a major version without its path suffix, so a
-	// path with one has none (the go command refuses them too).
+	// +incompatible marks a major version (v2 and up) without its path
+	// suffix, so a path with one has none, nor does v0 or v1 (the go
+	// command refuses them too; module.Check does not).
 	_, pathMajor, _ := module.SplitPathVersion(modPath)
 	for line := range strings.SplitSeq(string(data), "\n") {
 		f := strings.Fields(line)
@@ -545,7 +546,7 @@ func normalizeVersionList(modPath string, data []byte) ([]byte, error) {
 		text = true
 		v := f[0]
 		if seen[v] || module.CanonicalVersion(v) != v || module.Check(modPath, v) != nil ||
-			pathMajor != "" && semver.Build(v) == "+incompatible" {
+			semver.Build(v) == "+incompatible" && (pathMajor != "" || semver.Major(v) == "v0" || semver.Major(v) == "v1") {
 			continue
 		}
 		seen[v] = true

@@ -290,7 +290,7 @@ func TestUpstreamVersionListsAreValidated(t *testing.T) {
 		{
 			name:    "incompatible versions of a v0/v1 path",
 			modPath: "example.com/a",
-			list:    "v2.0.0+incompatible\nv1.0.0\n",
+			list:    "v2.0.0+incompatible\nv1.0.0\nv1.1.0+incompatible\nv0.1.0+incompatible\n",
 			want:    "v2.0.0+incompatible\nv1.0.0\n",
 		},
 		{name: "an empty list is a module without tags", modPath: "example.com/a", list: "\n", want: ""},
