@@ -552,7 +552,10 @@ func normalizeVersionList(modPath string, data []byte) ([]byte, error) {
 		seen[v] = true
 		out.WriteString(v)
 		if len(f) > 1 {
-			if t, err := time.Parse(time.RFC3339, f[1]); err == nil {
+			// In UTC a time may leave the years RFC 3339 can write
+			// (9999-12-31T23:59:59-23:59), and the go command could not
+			// read it back.
+			if t, err := time.Parse(time.RFC3339, f[1]); err == nil && t.UTC().Year() >= 0 && t.UTC().Year() <= 9999 {
 				out.WriteString(" " + t.UTC().Format(time.RFC3339))
 			}
 		}

@@ -278,8 +278,8 @@ func TestUpstreamVersionListsAreValidated(t *testing.T) {
 		{
 			name:    "times as the go command reads them",
 			modPath: "example.com/a",
-			list:    "v1.0.0 2024-01-02T03:04:05Z\nv1.1.0 not-a-time\n",
-			want:    "v1.0.0 2024-01-02T03:04:05Z\nv1.1.0\n",
+			list:    "v1.0.0 2024-01-02T03:04:05Z\nv1.1.0 not-a-time\nv1.2.0 9999-12-31T23:59:59-23:59\nv1.3.0 0000-01-01T00:00:00+01:00\n",
+			want:    "v1.0.0 2024-01-02T03:04:05Z\nv1.1.0\nv1.2.0\nv1.3.0\n",
 		},
 		{
 			name:    "major versions by the module path",
