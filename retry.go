@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -102,7 +103,7 @@ func (d *downloader) retry(ctx context.Context, rawURL string, attempt func() er
 			return err
 		}
 		if !fe.busy {
-			d.failed(h, fe)
+			d.failed(h, fe, rawURL)
 		}
 		giveUp := ""
 		delay := min(cmpOr(fe.retryAfter, backoff(n, d.opts.BaseDelay, d.opts.MaxDelay)), d.opts.MaxDelay)
@@ -237,7 +238,7 @@ func (h *hostHealth) succeeded() {
 
 // failed records a failure of the host, and marks it down (starting a
 // probe) when it has failed every request for DownAfter.
-func (d *downloader) failed(h *hostHealth, fe *fetchError) {
+func (d *downloader) failed(h *hostHealth, fe *fetchError, rawURL string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	now := time.Now()
@@ -245,7 +246,10 @@ func (d *downloader) failed(h *hostHealth, fe *fetchError) {
 		h.since = now
 	}
 	h.failures++
-	h.lastErr = fe.msg
+	// Every request for the host is told this while it is down: the
+	// module path in the URL was asked by another client, who may be
+	// allowed to read modules this one may not even know of.
+	h.lastErr = strings.ReplaceAll(fe.msg, redactURL(rawURL), redactURL(h.name)+"/…")
 	if h.down || d.opts.DownAfter < 0 || h.failures < downFailures || now.Sub(h.since) < d.opts.DownAfter {
 		return
 	}

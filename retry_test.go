@@ -130,3 +130,35 @@ func TestBackoffNeverPanicsAndStaysWithinMaxDelay(t *testing.T) {
 		}
 	}
 }
+
+// TestDownHostTellsNoOtherClientsModule marks a host down through the
+// failures of one module's requests: the requests for another module are
+// told why, but not which module failed, which their client may not be
+// allowed to know of.
+func TestDownHostTellsNoOtherClientsModule(t *testing.T) {
+	var healed atomic.Bool
+	up := newFakeUpstream(t, testModuleFiles(t))
+	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if healed.Load() {
+			return false
+		}
+		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+		return true
+	})
+	p := newTestProxy(t, up.URL)
+	p.Download.DownAfter = 20 * time.Millisecond
+	p.Download.RetryBudget = -1
+	p.NotFoundTTL = -1
+	mod := "/example.com/a/@v/v1.0.0.mod"
+	waitFor(t, func() bool {
+		return strings.Contains(do(p, "GET", "/corp.example.com/secret-project/@v/list").Body.String(), "is down")
+	})
+	w := do(p, "GET", mod)
+	if !strings.Contains(w.Body.String(), "is down") || !strings.Contains(w.Body.String(), "down for maintenance") ||
+		strings.Contains(w.Body.String(), "secret-project") {
+		t.Errorf("%d %q: want the host down with its last error, without the other module's path", w.Code, w.Body)
+	}
+	// Healed, so that the probe ends with the test.
+	healed.Store(true)
+	waitFor(t, func() bool { return do(p, "GET", mod).Code == http.StatusOK })
+}
