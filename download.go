@@ -365,6 +365,14 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 		fe.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		fe.busy = code < 500
 		return nil, fe
+	case code == http.StatusRequestedRangeNotSatisfiable && header.Get("Range") != "":
+		// The range is ours, not the client's: a part past the end of
+		// the file (an upstream ignoring If-Range) means the file is no
+		// longer the one the parts were cut from.
+		if header.Get("If-Range") != "" {
+			return nil, errFileChanged
+		}
+		return nil, upstreamAnswered(rawURL, code, msg)
 	case code >= 400:
 		// A refusal (401, 403, 451, ...) is passed on as what it is.
 		fe := upstreamAnswered(rawURL, code, msg)

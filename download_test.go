@@ -479,6 +479,17 @@ func TestSaveRacingARestartLeavesNoStaleState(t *testing.T) {
 // same size but other content throughout, as a file republished.
 func sameSizeZips(t *testing.T, size int) (a, b []byte) {
 	t.Helper()
+	a, b = largeZip(t, size, 1), largeZip(t, size, 2)
+	if len(a) != len(b) || bytes.Equal(a, b) {
+		t.Fatal("the zips are not of one size and other content")
+	}
+	return a, b
+}
+
+// largeZip returns a valid zip of example.com/large@v1.0.0 holding size
+// bytes of data that depend on seed, stored.
+func largeZip(t *testing.T, size int, seed byte) []byte {
+	t.Helper()
 	build := func(seed byte) []byte {
 		data := make([]byte, size)
 		for i := range data {
@@ -501,11 +512,7 @@ func sameSizeZips(t *testing.T, size int) (a, b []byte) {
 		}
 		return buf.Bytes()
 	}
-	a, b = build(1), build(2)
-	if len(a) != len(b) || bytes.Equal(a, b) {
-		t.Fatal("the zips are not of one size and other content")
-	}
-	return a, b
+	return build(seed)
 }
 
 // TestWeakValidatorsDoNotTieParts replaces the file right after the first
@@ -545,5 +552,31 @@ func TestWeakValidatorsDoNotTieParts(t *testing.T) {
 				t.Fatalf("%d, %d bytes %.200q: want the new file whole", w.Code, w.Body.Len(), w.Body)
 			}
 		})
+	}
+}
+
+// TestFileShrunkUnderTheDownloadStartsOver replaces the file, after the
+// first answer, with one shorter than where the parts start, on an
+// upstream that ignores If-Range (as object stores do): the parts get 416,
+// which says the file changed, not that the client's request is refused.
+func TestFileShrunkUnderTheDownloadStartsOver(t *testing.T) {
+	a, b := largeZip(t, 3<<20, 1), largeZip(t, 100<<10, 2)
+	var served atomic.Int32
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, etag := a, `"a"`
+		if served.Add(1) > 1 {
+			body, etag = b, `"b"`
+		}
+		w.Header().Set("ETag", etag)
+		r.Header.Del("If-Range")
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
+	}))
+	defer upstream.Close()
+	p := newTestProxy(t, upstream.URL)
+	for i := range 2 {
+		w := do(p, "GET", largeZipPath)
+		if w.Code != 200 || !bytes.Equal(w.Body.Bytes(), b) {
+			t.Fatalf("request %d: %d, %d bytes %.200q: want the new file whole", i, w.Code, w.Body.Len(), w.Body)
+		}
 	}
 }
