@@ -516,7 +516,7 @@ func (d *downloader) getFile(ctx context.Context, rawURL string, t target) (*fet
 		return nil, d.diskFailed(t, err)
 	}
 	stopProgress := dl.reportProgress(ctx)
-	err = dl.download(ctx)
+	err = recovering(func() error { return dl.download(ctx) })
 	stopProgress()
 	if err != nil {
 		if dl.keepable(err) && dl.save() == nil {
@@ -965,7 +965,9 @@ func (dl *fileDownload) fetchParts(ctx context.Context) error {
 	for range min(dl.d.opts.Connections, len(todo)) {
 		wg.Go(func() {
 			for i := range todo {
-				err := dl.d.retry(pctx, dl.url, func() error { return dl.fetchPart(ctx, pctx, stop, i) })
+				err := recovering(func() error {
+					return dl.d.retry(pctx, dl.url, func() error { return dl.fetchPart(ctx, pctx, stop, i) })
+				})
 				if err != nil {
 					stop(err)
 					return
@@ -1075,6 +1077,19 @@ func (w *partWriter) Write(b []byte) (int, error) {
 	w.dl.total.Add(int64(n))
 	w.err = err
 	return n, err
+}
+
+// recovering runs fn, turning a panic into an error: a part runs on a
+// goroutine of its own, where a panic would end the whole process, and a
+// download that panics must still stop its progress ticker and give its
+// file back.
+func recovering(fn func() error) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &fetchError{status: http.StatusInternalServerError, msg: fmt.Sprintf("internal error: %v", v)}
+		}
+	}()
+	return fn()
 }
 
 // parseContentRange parses "bytes start-end/size"; size is -1 for "*".

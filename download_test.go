@@ -580,3 +580,45 @@ func TestFileShrunkUnderTheDownloadStartsOver(t *testing.T) {
 		}
 	}
 }
+
+// TestPanicInADownloadFailsOnlyThatDownload panics in the download's
+// writes, in the first answer and in a part (which runs on a goroutine of
+// its own): the client gets a 500, the process lives on, and the
+// download's file goes.
+func TestPanicInADownloadFailsOnlyThatDownload(t *testing.T) {
+	v, want := largeFixture(t)
+	for _, tt := range []struct {
+		name string
+		at   func(off int64) bool
+		kept int // files kept for resuming: the part and its state
+	}{
+		{"in the first answer", func(off int64) bool { return off == 0 }, 0},
+		{"in a part", func(off int64) bool { return off >= 1<<20 }, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			up := moduletest.NewServer([]*moduletest.Version{v})
+			defer up.Close()
+			p := newTestProxy(t, up.URL)
+			if err := p.Init(); err != nil {
+				t.Fatal(err)
+			}
+			var panicked atomic.Bool
+			p.downloader.writeAt = func(f *os.File, b []byte, off int64) (int, error) {
+				if tt.at(off) && !panicked.Swap(true) {
+					panic("injected")
+				}
+				return f.WriteAt(b, off)
+			}
+			if w := do(p, "GET", largeZipPath); w.Code != http.StatusInternalServerError || !strings.Contains(w.Body.String(), "injected") {
+				t.Errorf("%d %.200q, want 500 naming the panic", w.Code, w.Body)
+			}
+			waitFor(t, p.flights.idle)
+			if files := filesUnder(t, p.TempDir); len(files) > tt.kept {
+				t.Errorf("left behind: %v", files)
+			}
+			if w := do(p, "GET", largeZipPath); w.Code != 200 || !bytes.Equal(w.Body.Bytes(), want) {
+				t.Errorf("the next download: %d, %d bytes", w.Code, w.Body.Len())
+			}
+		})
+	}
+}
