@@ -240,7 +240,7 @@ type fetchError struct {
 	retry      bool          // another attempt may succeed
 	retryAfter time.Duration // what the upstream asked to wait, if anything
 	busy       bool          // a 408 or 429: the host works, but asks for patience
-	noStore    bool          // a not-found that shared caches must not keep
+	noStore    bool          // an answer that neither NotFoundTTL nor shared caches may keep
 }
 
 func (e *fetchError) Error() string { return e.msg }
@@ -336,6 +336,7 @@ func (p *Proxy) routeFor(modPath string) *route {
 func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched, error) {
 	var bestErr error
 	bestIsNotFound := true
+	passing := false // an upstream failed in a way that may soon pass
 	for _, g := range p.routeFor(req.modPath).groups {
 		n := uint32(len(g.members))
 		first := g.next.Add(1) - 1
@@ -349,6 +350,7 @@ func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched,
 			if ctx.Err() != nil {
 				return nil, err
 			}
+			passing = passing || !remembered(err)
 			notFound := errors.Is(err, fs.ErrNotExist)
 			if up.URL == "direct" || bestErr == nil || (bestIsNotFound && !notFound) {
 				bestErr, bestIsNotFound = err, notFound
@@ -360,6 +362,14 @@ func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched,
 		if !fallThrough {
 			break
 		}
+	}
+	var fe *fetchError
+	if passing && remembered(bestErr) && errors.As(bestErr, &fe) {
+		// The answer chosen holds, but the walk's outcome also rests on
+		// a failure that may pass: the next request must walk again.
+		c := *fe
+		c.noStore = true
+		return nil, &c
 	}
 	return nil, bestErr
 }
@@ -524,8 +534,9 @@ func normalizeVersionList(modPath string, data []byte) ([]byte, error) {
 	var out bytes.Buffer
 	seen := map[string]bool{}
 	text := false
-	// +incompatible marks a major version without its path suffix, so a
-	// path with one has none (the go command refuses them too).
+	// +incompatible marks a major version (v2 and up) without its path
+	// suffix, so a path with one has none, nor does v0 or v1 (the go
+	// command refuses them too; module.Check does not).
 	_, pathMajor, _ := module.SplitPathVersion(modPath)
 	for line := range strings.SplitSeq(string(data), "\n") {
 		f := strings.Fields(line)
@@ -535,13 +546,16 @@ func normalizeVersionList(modPath string, data []byte) ([]byte, error) {
 		text = true
 		v := f[0]
 		if seen[v] || module.CanonicalVersion(v) != v || module.Check(modPath, v) != nil ||
-			pathMajor != "" && semver.Build(v) == "+incompatible" {
+			semver.Build(v) == "+incompatible" && (pathMajor != "" || semver.Major(v) == "v0" || semver.Major(v) == "v1") {
 			continue
 		}
 		seen[v] = true
 		out.WriteString(v)
 		if len(f) > 1 {
-			if t, err := time.Parse(time.RFC3339, f[1]); err == nil {
+			// In UTC a time may leave the years RFC 3339 can write
+			// (9999-12-31T23:59:59-23:59), and the go command could not
+			// read it back.
+			if t, err := time.Parse(time.RFC3339, f[1]); err == nil && t.UTC().Year() >= 0 && t.UTC().Year() <= 9999 {
 				out.WriteString(" " + t.UTC().Format(time.RFC3339))
 			}
 		}
