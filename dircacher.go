@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -135,6 +136,40 @@ func (d DirCacher) Delete(ctx context.Context, name string) error {
 // Walk implements [CacheWalker]. Temporary files of unfinished writes are not
 // entries and are skipped.
 func (d DirCacher) Walk(ctx context.Context, prefix string, fn func(name string) error) error {
+	return d.walk(ctx, prefix, func(name string, _ fs.DirEntry) error { return fn(name) })
+}
+
+// WalkInfo implements [CacheInfoWalker], in the order of a sorted listing
+// of each directory. It costs no more than Walk: reading a directory
+// through os.Root describes every file already.
+func (d DirCacher) WalkInfo(ctx context.Context, prefix string, fn func(CacheEntryInfo) error) error {
+	return d.walk(ctx, prefix, func(name string, de fs.DirEntry) error {
+		fi, err := de.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // removed since the directory was read
+		}
+		if err != nil {
+			return err
+		}
+		return fn(dirEntryInfo(name, fi))
+	})
+}
+
+// dirEntryInfo describes a file. Its access time is its last use: reads
+// set it (under the usual relatime mounts, once a day at most) and
+// RecordUses sets it explicitly; a new file's is when it was stored.
+func dirEntryInfo(name string, fi fs.FileInfo) CacheEntryInfo {
+	info := CacheEntryInfo{Name: name, Size: fi.Size(), ModTime: fi.ModTime(), LastUse: accessTime(fi)}
+	if info.LastUse.Before(info.ModTime) {
+		info.LastUse = info.ModTime
+	}
+	return info
+}
+
+// walk calls fn for every entry starting with prefix, skipping the files
+// and directories whose names start with a dot: unfinished writes and the
+// bookkeeping under .goproxy.
+func (d DirCacher) walk(ctx context.Context, prefix string, fn func(name string, de fs.DirEntry) error) error {
 	root, err := os.OpenRoot(string(d))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -164,11 +199,137 @@ func (d DirCacher) Walk(ctx context.Context, prefix string, fn func(name string)
 			return nil
 		}
 		if de.Type().IsRegular() && strings.HasPrefix(name, prefix) {
-			return fn(name)
+			return fn(name, de)
 		}
 		return nil
 	})
 	return err
+}
+
+// RecordUses implements [CacheUsageRecorder] by setting each file's access
+// time, its modification time (when it was stored, which mutable entries
+// expire by) untouched. Last uses so live in the inodes: nothing to load at
+// start, nothing to lose in a crash beyond the uses not yet recorded, no
+// file of their own, and every process sharing the directory sees them. An
+// access time already as late is left alone, so a use is never moved back
+// by a process that recorded it late.
+func (d DirCacher) RecordUses(ctx context.Context, uses []CacheUse) error {
+	root, err := os.OpenRoot(string(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	var firstErr error
+	for _, u := range uses {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if checkCacheName(u.Name) != nil {
+			continue
+		}
+		fi, err := root.Stat(u.Name)
+		if err == nil && fi.Mode().IsRegular() && accessTime(fi).Before(u.Time) {
+			err = root.Chtimes(u.Name, u.Time, time.Time{})
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) && firstErr == nil {
+			firstErr = fmt.Errorf("recording the use of %s: %w", u.Name, err)
+		}
+	}
+	return firstErr
+}
+
+// DeleteUnchanged implements [CacheUnchangedDeleter]. The file is moved
+// aside under a dot name before it is removed, and put back if what was
+// moved is not the file that was checked (another process stored a new one
+// in between); only when yet another has taken the name since then does the
+// newer one win. A client reading the file keeps reading it whole: on Unix
+// an open file lives on after its name is gone, and elsewhere the removal
+// fails and the file is left for a later run.
+func (d DirCacher) DeleteUnchanged(ctx context.Context, e CacheEntryInfo) (bool, error) {
+	root, err := d.openRoot(e.Name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer root.Close()
+	fi, err := root.Lstat(e.Name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() != e.Size || !fi.ModTime().Equal(e.ModTime) {
+		return false, nil
+	}
+	dir, base := path.Split(e.Name)
+	var suffix [8]byte
+	rand.Read(suffix[:])
+	aside := dir + "." + base + ".evict-" + hex.EncodeToString(suffix[:])
+	if err := root.Rename(e.Name, aside); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		return false, err
+	}
+	moved, err := root.Lstat(aside)
+	if err == nil && !os.SameFile(fi, moved) {
+		root.Link(aside, e.Name) // fails if the name was taken again: the newest wins
+		root.Remove(aside)
+		return false, nil
+	}
+	if err := root.Remove(aside); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, err
+	}
+	return true, nil
+}
+
+// indexJournal is where DirCacher keeps the index feed: a dot name, which
+// no entry has and Walk skips.
+const indexJournal = ".goproxy/index"
+
+// AppendIndex implements [CacheIndexLog] with a journal of JSON lines in
+// the directory, under a file lock so that processes sharing the
+// directory keep its timestamps increasing.
+func (d DirCacher) AppendIndex(ctx context.Context, entries []IndexEntry) error {
+	root, err := os.OpenRoot(string(d))
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	return appendIndexJournal(root, indexJournal, entries)
+}
+
+// ReadIndex implements [CacheIndexLog] by a binary search of the journal
+// for since, reading only the page from there: memory and time do not grow
+// with the size of the feed.
+func (d DirCacher) ReadIndex(ctx context.Context, since time.Time, limit int) ([]IndexEntry, error) {
+	root, err := os.OpenRoot(string(d))
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	return readIndexJournal(root, indexJournal, since, limit)
+}
+
+// CreateIndex implements [CacheIndexLog]. The journal is written aside and
+// linked into place, so it appears whole or not at all, and only the first
+// of several processes creating it at once succeeds.
+func (d DirCacher) CreateIndex(ctx context.Context, entries []IndexEntry) error {
+	if err := os.MkdirAll(string(d), 0o755); err != nil {
+		return err
+	}
+	root, err := os.OpenRoot(string(d))
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	return createIndexJournal(root, indexJournal, entries)
 }
 
 // openRoot opens the directory for an operation on name, once name is

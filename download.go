@@ -2,6 +2,7 @@ package goproxy
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -321,6 +322,14 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 		fe.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		fe.busy = code < 500
 		return nil, fe
+	case code == http.StatusRequestedRangeNotSatisfiable && header.Get("Range") != "":
+		// The range is ours, not the client's: a part past the end of
+		// the file (an upstream ignoring If-Range) means the file is no
+		// longer the one the parts were cut from.
+		if header.Get("If-Range") != "" {
+			return nil, errFileChanged
+		}
+		return nil, upstreamAnswered(rawURL, code, msg)
 	case code >= 400:
 		// A refusal (401, 403, 451, ...) is passed on as what it is.
 		fe := upstreamAnswered(rawURL, code, msg)
@@ -409,9 +418,12 @@ func isDiskError(err error) bool {
 // file's identity (size and validators) and how far each part has come.
 type partialState struct {
 	Size         int64
-	ETag         string
-	LastModified string
-	Parts        []partState
+	ETag         string // strong only: If-Range takes no other
+	LastModified string // only when a strong validator (see strongDate)
+	// WeakETag is the first answer's ETag when weak: useless for
+	// If-Range, but a part answered with another is of another version.
+	WeakETag string `json:",omitempty"`
+	Parts    []partState
 }
 
 type partState struct {
@@ -432,6 +444,9 @@ type fileDownload struct {
 	total  atomic.Int64   // bytes received, for Progress
 	sized  atomic.Int64   // total size once known, else -1
 	resume bool           // state came from disk
+	// resets counts reset calls, guarded by mu: a save that began before
+	// one must not put the state it took back on disk after it.
+	resets int
 
 	// unvalidated is set once the upstream sent a part of the file with
 	// nothing (no ETag, no Last-Modified) to tie other parts to its
@@ -458,7 +473,7 @@ func (d *downloader) getFile(ctx context.Context, rawURL string, t target) (*fet
 		return nil, d.diskFailed(t, err)
 	}
 	stopProgress := dl.reportProgress(ctx)
-	err = dl.download(ctx)
+	err = recovering(func() error { return dl.download(ctx) })
 	stopProgress()
 	if err != nil {
 		if dl.keepable(err) && dl.save() == nil {
@@ -559,6 +574,7 @@ func (s *partialState) valid(limit int64) bool {
 func (dl *fileDownload) reset() {
 	dl.resume = false
 	dl.mu.Lock()
+	dl.resets++
 	dl.state = partialState{}
 	dl.done = nil
 	dl.mu.Unlock()
@@ -604,6 +620,7 @@ func (dl *fileDownload) save() error {
 	st := dl.state
 	st.Parts = slices.Clone(dl.state.Parts)
 	done := dl.done
+	resets := dl.resets
 	dl.mu.Unlock()
 	if len(st.Parts) == 0 {
 		return errors.New("nothing to resume")
@@ -625,7 +642,16 @@ func (dl *fileDownload) save() error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp.Name(), dl.meta)
+		// A reset meanwhile (a restart, as the periodic save runs beside
+		// the download) emptied the file: the state taken would claim
+		// bytes it no longer has. A reset after the rename removes it.
+		dl.mu.Lock()
+		if dl.resets != resets {
+			err = errors.New("the download started over")
+		} else {
+			err = os.Rename(tmp.Name(), dl.meta)
+		}
+		dl.mu.Unlock()
 	}
 	if err != nil {
 		os.Remove(tmp.Name())
@@ -706,6 +732,23 @@ func strongETag(h http.Header) string {
 	return etag
 }
 
+// strongDate returns h's Last-Modified if it is a strong validator: at
+// least a second before the answer's Date (RFC 9110, 8.8.2.2). A file
+// changed twice within its second keeps its Last-Modified, so an If-Range
+// with it would match both versions.
+func strongDate(h http.Header) string {
+	lm := h.Get("Last-Modified")
+	modTime, err := http.ParseTime(lm)
+	if err != nil {
+		return ""
+	}
+	date, err := http.ParseTime(h.Get("Date"))
+	if err != nil || date.Sub(modTime) < time.Second {
+		return ""
+	}
+	return lm
+}
+
 // first makes the first request, or takes the whole-file answer a part
 // request got. It asks for the first RangeThreshold bytes (or, with one
 // connection, everything) as a range: a small file comes whole, a large
@@ -732,9 +775,12 @@ func (dl *fileDownload) first(ctx context.Context) error {
 		}
 	}
 	defer resp.Body.Close()
-	etag, lastModified := strongETag(resp.Header), resp.Header.Get("Last-Modified")
+	etag, lastModified := strongETag(resp.Header), strongDate(resp.Header)
 	validated := etag != "" || lastModified != ""
 	st := partialState{ETag: etag, LastModified: lastModified}
+	if etag == "" {
+		st.WeakETag = resp.Header.Get("ETag")
+	}
 	if resp.StatusCode == http.StatusOK {
 		if !validated || resp.ContentLength < 0 {
 			return dl.whole(resp)
@@ -876,7 +922,9 @@ func (dl *fileDownload) fetchParts(ctx context.Context) error {
 	for range min(dl.d.opts.Connections, len(todo)) {
 		wg.Go(func() {
 			for i := range todo {
-				err := dl.d.retry(pctx, dl.url, func() error { return dl.fetchPart(ctx, pctx, stop, i) })
+				err := recovering(func() error {
+					return dl.d.retry(pctx, dl.url, func() error { return dl.fetchPart(ctx, pctx, stop, i) })
+				})
 				if err != nil {
 					stop(err)
 					return
@@ -942,7 +990,7 @@ func (dl *fileDownload) fetchPart(ctx, pctx context.Context, stop context.Cancel
 // contradicts those the download started with. One without any is taken
 // at its word, since If-Range asked for this version or nothing.
 func (dl *fileDownload) sameVersion(h http.Header) bool {
-	if etag := h.Get("ETag"); etag != "" && dl.state.ETag != "" && etag != dl.state.ETag {
+	if etag, want := h.Get("ETag"), cmp.Or(dl.state.ETag, dl.state.WeakETag); etag != "" && want != "" && etag != want {
 		return false
 	}
 	if lm := h.Get("Last-Modified"); lm != "" && dl.state.LastModified != "" && lm != dl.state.LastModified {
@@ -986,6 +1034,19 @@ func (w *partWriter) Write(b []byte) (int, error) {
 	w.dl.total.Add(int64(n))
 	w.err = err
 	return n, err
+}
+
+// recovering runs fn, turning a panic into an error: a part runs on a
+// goroutine of its own, where a panic would end the whole process, and a
+// download that panics must still stop its progress ticker and give its
+// file back.
+func recovering(fn func() error) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = failed(failInternal, "internal error: %v", v)
+		}
+	}()
+	return fn()
 }
 
 // parseContentRange parses "bytes start-end/size"; size is -1 for "*".

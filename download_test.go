@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"archive/zip"
 	"bufio"
 	"bytes"
 	"context"
@@ -25,7 +26,7 @@ import (
 
 // largeModule is a valid module zip of a few MB, shared by the tests here.
 var largeModule = sync.OnceValues(func() (*moduletest.Version, error) {
-	dir, err := os.MkdirTemp("", "goproxy-large-")
+	dir, err := fixtureDir("goproxy-large-")
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +118,7 @@ func TestDownloadUnderFaults(t *testing.T) {
 // otherLargeModule is another zip of the module version largeModule is of:
 // the same file, as republished with other content.
 var otherLargeModule = sync.OnceValues(func() (*moduletest.Version, error) {
-	dir, err := os.MkdirTemp("", "goproxy-large-")
+	dir, err := fixtureDir("goproxy-large-")
 	if err != nil {
 		return nil, err
 	}
@@ -430,5 +431,195 @@ func TestFetchNobodyWaitsForFinishesWhileItProgresses(t *testing.T) {
 	defer cf.Close()
 	if got, _ := io.ReadAll(cf); !bytes.Equal(got, want) {
 		t.Errorf("cached %d bytes, want the %d of the zip", len(got), len(want))
+	}
+}
+
+// TestSaveRacingARestartLeavesNoStaleState runs the periodic save of a
+// download's progress across a restart (reset): the state it took before
+// must not land on disk after the file was emptied, where a process killed
+// then would resume from bytes the file no longer holds.
+func TestSaveRacingARestartLeavesNoStaleState(t *testing.T) {
+	p := newTestProxy(t, "http://127.0.0.1:1")
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
+	}
+	d := p.downloader
+	dl, err := d.openPartial("http://127.0.0.1:1/example.com/a/@v/v1.0.0.zip", target{toFile: true, limit: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dl.discard()
+	if dl.meta == "" {
+		t.Fatal("the download is not resumable")
+	}
+	dl.f.WriteAt([]byte("hello"), 0)
+	dl.state = partialState{Size: 10, ETag: `"a"`, Parts: []partState{{Start: 0, End: 10}}}
+	dl.done = make([]atomic.Int64, 1)
+	dl.done[0].Store(5)
+
+	writing, resumeWrite := make(chan struct{}), make(chan struct{})
+	d.writeAt = func(f *os.File, b []byte, off int64) (int, error) {
+		if strings.Contains(filepath.Base(f.Name()), stateSuffix) {
+			close(writing)
+			<-resumeWrite
+		}
+		return f.WriteAt(b, off)
+	}
+	saved := make(chan error)
+	go func() { saved <- dl.save() }()
+	<-writing
+	dl.reset() // the download starts over while the state is being written
+	close(resumeWrite)
+	err = <-saved
+	if b, rerr := os.ReadFile(dl.meta); rerr == nil {
+		t.Errorf("after the restart the saved state is %s (save: %v); want none", b, err)
+	}
+}
+
+// sameSizeZips returns two valid zips of example.com/large@v1.0.0, of the
+// same size but other content throughout, as a file republished.
+func sameSizeZips(t *testing.T, size int) (a, b []byte) {
+	t.Helper()
+	a, b = largeZip(t, size, 1), largeZip(t, size, 2)
+	if len(a) != len(b) || bytes.Equal(a, b) {
+		t.Fatal("the zips are not of one size and other content")
+	}
+	return a, b
+}
+
+// largeZip returns a valid zip of example.com/large@v1.0.0 holding size
+// bytes of data that depend on seed, stored.
+func largeZip(t *testing.T, size int, seed byte) []byte {
+	t.Helper()
+	build := func(seed byte) []byte {
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(i*7) ^ seed
+		}
+		var buf bytes.Buffer
+		zw := zip.NewWriter(&buf)
+		for _, f := range []struct {
+			name string
+			body []byte
+		}{{"go.mod", []byte("module example.com/large\n")}, {"data.txt", data}} {
+			w, err := zw.CreateHeader(&zip.FileHeader{Name: "example.com/large@v1.0.0/" + f.name, Method: zip.Store})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.Write(f.body)
+		}
+		if err := zw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	return build(seed)
+}
+
+// TestWeakValidatorsDoNotTieParts replaces the file right after the first
+// answer with one of the same size and the same Last-Modified, as a file
+// rewritten within its second: an If-Range date matches both, so only a
+// weak ETag, or the Date showing that the Last-Modified is within the
+// second, tells them apart. Parts of the old must not complete the new.
+func TestWeakValidatorsDoNotTieParts(t *testing.T) {
+	a, b := sameSizeZips(t, 2<<20)
+	modTime := time.Date(2024, 6, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name         string
+		etagA, etagB string
+		date         time.Time // of every answer
+	}{
+		{name: "weak ETags", etagA: `W/"a"`, etagB: `W/"b"`, date: modTime.Add(time.Hour)},
+		{name: "Last-Modified within the second of the Date", date: modTime},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var served atomic.Int32
+			upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				body, etag := a, tt.etagA
+				if served.Add(1) > 1 {
+					body, etag = b, tt.etagB
+				}
+				if etag != "" {
+					w.Header().Set("ETag", etag)
+				}
+				w.Header().Set("Date", tt.date.Format(http.TimeFormat))
+				http.ServeContent(w, r, "", modTime, bytes.NewReader(body))
+			}))
+			defer upstream.Close()
+			p := newTestProxy(t, upstream.URL)
+			w := do(p, "GET", largeZipPath)
+			if w.Code != 200 || !bytes.Equal(w.Body.Bytes(), b) {
+				t.Fatalf("%d, %d bytes %.200q: want the new file whole", w.Code, w.Body.Len(), w.Body)
+			}
+		})
+	}
+}
+
+// TestFileShrunkUnderTheDownloadStartsOver replaces the file, after the
+// first answer, with one shorter than where the parts start, on an
+// upstream that ignores If-Range (as object stores do): the parts get 416,
+// which says the file changed, not that the client's request is refused.
+func TestFileShrunkUnderTheDownloadStartsOver(t *testing.T) {
+	a, b := largeZip(t, 3<<20, 1), largeZip(t, 100<<10, 2)
+	var served atomic.Int32
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, etag := a, `"a"`
+		if served.Add(1) > 1 {
+			body, etag = b, `"b"`
+		}
+		w.Header().Set("ETag", etag)
+		r.Header.Del("If-Range")
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
+	}))
+	defer upstream.Close()
+	p := newTestProxy(t, upstream.URL)
+	for i := range 2 {
+		w := do(p, "GET", largeZipPath)
+		if w.Code != 200 || !bytes.Equal(w.Body.Bytes(), b) {
+			t.Fatalf("request %d: %d, %d bytes %.200q: want the new file whole", i, w.Code, w.Body.Len(), w.Body)
+		}
+	}
+}
+
+// TestPanicInADownloadFailsOnlyThatDownload panics in the download's
+// writes, in the first answer and in a part (which runs on a goroutine of
+// its own): the client gets a 500, the process lives on, and the
+// download's file goes.
+func TestPanicInADownloadFailsOnlyThatDownload(t *testing.T) {
+	v, want := largeFixture(t)
+	for _, tt := range []struct {
+		name string
+		at   func(off int64) bool
+		kept int // files kept for resuming: the part and its state
+	}{
+		{"in the first answer", func(off int64) bool { return off == 0 }, 0},
+		{"in a part", func(off int64) bool { return off >= 1<<20 }, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			up := moduletest.NewServer([]*moduletest.Version{v})
+			defer up.Close()
+			p := newTestProxy(t, up.URL)
+			if err := p.Init(); err != nil {
+				t.Fatal(err)
+			}
+			var panicked atomic.Bool
+			p.downloader.writeAt = func(f *os.File, b []byte, off int64) (int, error) {
+				if tt.at(off) && !panicked.Swap(true) {
+					panic("injected")
+				}
+				return f.WriteAt(b, off)
+			}
+			if w := do(p, "GET", largeZipPath); w.Code != http.StatusInternalServerError || !strings.Contains(w.Body.String(), "injected") {
+				t.Errorf("%d %.200q, want 500 naming the panic", w.Code, w.Body)
+			}
+			testwait.For(t, p.flights.idle)
+			if files := filesUnder(t, p.TempDir); len(files) > tt.kept {
+				t.Errorf("left behind: %v", files)
+			}
+			if w := do(p, "GET", largeZipPath); w.Code != 200 || !bytes.Equal(w.Body.Bytes(), want) {
+				t.Errorf("the next download: %d, %d bytes", w.Code, w.Body.Len())
+			}
+		})
 	}
 }

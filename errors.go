@@ -135,6 +135,10 @@ type failure struct {
 	status int
 	// allow is the Allow header of a failMethod.
 	allow string
+	// mayPass marks a lasting failure (a not-found, a refusal) chosen by
+	// a walk of the upstreams that also met a failure that may pass:
+	// neither the not-found memo nor shared caches may keep it.
+	mayPass bool
 
 	// For the download engine's retries:
 	retry      bool          // another attempt may succeed
@@ -253,7 +257,7 @@ func (p *Proxy) writeFailure(w http.ResponseWriter, err error) int {
 	status, msg := answerFor(err)
 	h := w.Header()
 	switch kind := kindOf(err); {
-	case (kind == failNotFound || kind == failGone) && p.conf.notFoundTTL > 0:
+	case (kind == failNotFound || kind == failGone) && p.conf.notFoundTTL > 0 && remembered(err):
 		h.Set("Cache-Control", p.cacheScope()+", max-age="+strconv.Itoa(int(p.conf.notFoundTTL.Seconds())))
 	case kind == failMethod:
 		if f := (*failure)(nil); errors.As(err, &f) && f.allow != "" {

@@ -31,6 +31,7 @@ var errProxyOff = failed(failRefused, "module lookup disabled by GOPROXY=off")
 func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched, error) {
 	var bestErr error
 	bestIsNotFound := true
+	passing := false // an upstream failed in a way that may soon pass
 	for _, g := range p.routeFor(req.modPath).groups {
 		n := uint32(len(g.members))
 		first := g.next.Add(1) - 1
@@ -44,6 +45,7 @@ func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched,
 			if ctx.Err() != nil {
 				return nil, err
 			}
+			passing = passing || !remembered(err)
 			missing := notFound(err)
 			if up.URL == "direct" || bestErr == nil || (bestIsNotFound && !missing) {
 				bestErr, bestIsNotFound = err, missing
@@ -55,6 +57,14 @@ func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched,
 		if !fallThrough {
 			break
 		}
+	}
+	var f *failure
+	if passing && remembered(bestErr) && errors.As(bestErr, &f) {
+		// The answer chosen holds, but the walk's outcome also rests on
+		// a failure that may pass: the next request must walk again.
+		c := *f
+		c.mayPass = true
+		return nil, &c
 	}
 	return nil, bestErr
 }
@@ -176,10 +186,12 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 var errStoredMeanwhile = errors.New("stored by an earlier fetch meanwhile")
 
 // remembered reports whether a failed fetch's answer holds for NotFoundTTL:
-// a not-found, or an upstream's refusal (a 4xx other than 408 and 429),
-// which the go command's probing of module path prefixes would repeat.
+// a not-found, or a refusal, which the go command's probing of module path
+// prefixes would repeat, unless the walk that chose it also met a failure
+// that may pass.
 func remembered(err error) bool {
-	return kindOf(err).lasting()
+	var f *failure
+	return kindOf(err).lasting() && !(errors.As(err, &f) && f.mayPass)
 }
 
 // store puts what was fetched into the cache, unless it is unverified.

@@ -186,6 +186,7 @@ func FuzzNormalizeVersionList(f *testing.F) {
 	f.Add("example.com/a", "v1.0.0\r\nv1.0.0\n\x1b[31mjunk\n../../etc/passwd\nv1.2\n")
 	f.Add("example.com/a/v2", "v2.0.0 2024-01-02T03:04:05Z\nv2.1.0+incompatible\nv1.0.0\n")
 	f.Add("gopkg.in/yaml.v2", "v2.4.0\nv3.0.0\n")
+	f.Add("example.com/a", "v1.0.0 9999-12-31T23:59:59-23:59\n")
 	f.Add("example.com/a", "")
 	f.Fuzz(func(t *testing.T, modPath, list string) {
 		if module.CheckPath(modPath) != nil {
@@ -293,6 +294,7 @@ func FuzzUpstreamMessage(f *testing.F) {
 	f.Add([]byte("\x1b[31mred\x1b[0m\r\nline\x07\x1b]0;t\x07\xff"), "text/plain")
 	f.Add([]byte("<html><title>502 Bad Gateway</title></html>"), "text/html")
 	f.Add([]byte("safe\u202etxt"), "")
+	f.Add([]byte("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff<title>x</title>"), "text/html")
 	f.Fuzz(func(t *testing.T, body []byte, contentType string) {
 		msg := upstreamMessage(body, contentType)
 		if len(msg) > maxMessage || !utf8.ValidString(msg) || strings.ContainsFunc(msg, func(r rune) bool { return !unicode.IsPrint(r) }) {

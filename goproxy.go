@@ -238,8 +238,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if strings.Contains(strings.ToLower(r.URL.EscapedPath()), "%2f") {
-		// Decoded, it would pass for a path separator.
+	if raw := r.URL.RawPath; raw != "" && (strings.Contains(raw, "%2F") || strings.Contains(raw, "%2f")) {
+		// Decoded, it would pass for a path separator. (RawPath is set
+		// whenever the path had escapes that its decoding would lose.)
 		p.writeFailure(w, failed(failBadRequest, "the path holds an encoded slash (%%2F), which the go command never sends"))
 		return
 	}

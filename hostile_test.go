@@ -277,8 +277,8 @@ func TestUpstreamVersionListsAreValidated(t *testing.T) {
 		{
 			name:    "times as the go command reads them",
 			modPath: "example.com/a",
-			list:    "v1.0.0 2024-01-02T03:04:05Z\nv1.1.0 not-a-time\n",
-			want:    "v1.0.0 2024-01-02T03:04:05Z\nv1.1.0\n",
+			list:    "v1.0.0 2024-01-02T03:04:05Z\nv1.1.0 not-a-time\nv1.2.0 9999-12-31T23:59:59-23:59\nv1.3.0 0000-01-01T00:00:00+01:00\n",
+			want:    "v1.0.0 2024-01-02T03:04:05Z\nv1.1.0\nv1.2.0\nv1.3.0\n",
 		},
 		{
 			name:    "major versions by the module path",
@@ -289,7 +289,7 @@ func TestUpstreamVersionListsAreValidated(t *testing.T) {
 		{
 			name:    "incompatible versions of a v0/v1 path",
 			modPath: "example.com/a",
-			list:    "v2.0.0+incompatible\nv1.0.0\n",
+			list:    "v2.0.0+incompatible\nv1.0.0\nv1.1.0+incompatible\nv0.1.0+incompatible\n",
 			want:    "v2.0.0+incompatible\nv1.0.0\n",
 		},
 		{name: "an empty list is a module without tags", modPath: "example.com/a", list: "\n", want: ""},
@@ -327,6 +327,10 @@ func TestUpstreamErrorBodiesAreReduced(t *testing.T) {
 		{"an HTML error page", "text/html", "<html><head><title>502 Bad\nGateway</title></head><body><script>x()</script></body></html>", 502, "502 Bad Gateway"},
 		{"an HTML page without a title", "text/html; charset=utf-8", "<!DOCTYPE html><p>hi</p>", 403, "(an HTML page)"},
 		{"bidirectional overrides", "text/plain", "safe\u202etxt.exe", 403, "safetxt.exe"},
+		// Lower-casing changes the length of these, so a title found in
+		// the lower-cased page is not at the same offsets in the page.
+		{"an HTML page with invalid UTF-8 before its title", "text/html", strings.Repeat("\xff", 40) + "<title>Gateway</title>", 502, "Gateway"},
+		{"an HTML page with Ⱥ before its title", "text/html", strings.Repeat("Ⱥ", 40) + "<title>Gateway</title>", 502, "Gateway"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -373,6 +377,36 @@ func TestUpstreamRefusalsArePassedOnAndRemembered(t *testing.T) {
 				t.Errorf("%d upstream requests, want 1: a refusal is not retried and is remembered", n)
 			}
 		})
+	}
+}
+
+// TestRefusalIsNotRememberedWhenALaterUpstreamFailedForNow walks A|B: A
+// refuses, B fails for the moment. The outcome rests on B's moment, so the
+// next request walks again and finds B healed.
+func TestRefusalIsNotRememberedWhenALaterUpstreamFailedForNow(t *testing.T) {
+	refusing := newUpstream(t, nil)
+	refusing.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		http.Error(w, "not for you", http.StatusForbidden)
+		return true
+	})
+	var healed atomic.Bool
+	flaky := newUpstream(t, testModuleFiles(t))
+	flaky.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if healed.Load() {
+			return false
+		}
+		http.Error(w, "overloaded", http.StatusServiceUnavailable)
+		return true
+	})
+	p := newTestProxy(t, refusing.URL+"|"+flaky.URL)
+	p.Download.Attempts = 1
+	mod := "/example.com/a/@v/v1.0.0.mod"
+	if w := do(p, "GET", mod); w.Code == http.StatusOK {
+		t.Fatalf("%d %q while the second upstream fails", w.Code, w.Body)
+	}
+	healed.Store(true)
+	if w := do(p, "GET", mod); w.Code != http.StatusOK {
+		t.Errorf("after the second upstream healed: %d %q, want 200", w.Code, w.Body)
 	}
 }
 

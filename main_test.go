@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -33,5 +34,29 @@ func TestMain(m *testing.M) {
 		}
 		return dialer.DialContext(ctx, network, addr)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	fixtureDirs.Lock()
+	for _, dir := range fixtureDirs.names {
+		os.RemoveAll(dir)
+	}
+	fixtureDirs.Unlock()
+	os.Exit(code)
+}
+
+// fixtureDirs are the directories of fixtures shared by several tests,
+// removed once they have all run.
+var fixtureDirs struct {
+	sync.Mutex
+	names []string
+}
+
+// fixtureDir makes a directory for a shared fixture.
+func fixtureDir(prefix string) (string, error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err == nil {
+		fixtureDirs.Lock()
+		fixtureDirs.names = append(fixtureDirs.names, dir)
+		fixtureDirs.Unlock()
+	}
+	return dir, err
 }

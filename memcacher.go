@@ -7,8 +7,10 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/goproxy-team/goproxy/internal/lru"
@@ -26,11 +28,13 @@ type MemCacher struct {
 
 	once    sync.Once
 	entries *lru.Cache[*memEntry]
+	index   memIndexLog
 }
 
 type memEntry struct {
 	data    []byte
 	modTime time.Time
+	lastUse atomic.Int64 // UnixNano of the latest recorded use
 }
 
 func (c *MemCacher) maxBytes() int64 {
@@ -77,11 +81,13 @@ func (c *MemCacher) Put(ctx context.Context, name string, content io.ReadSeeker)
 	if _, err := io.ReadFull(contextReader{ctx, content}, data); err != nil {
 		return err
 	}
-	modTime := time.Now()
+	now := time.Now()
+	e := &memEntry{data: data, modTime: now}
 	if t, ok := content.(interface{ ModTime() time.Time }); ok && !t.ModTime().IsZero() {
-		modTime = t.ModTime()
+		e.modTime = t.ModTime()
 	}
-	c.cache().Put(name, &memEntry{data: data, modTime: modTime})
+	e.lastUse.Store(now.UnixNano())
+	c.cache().Put(name, e)
 	return nil
 }
 
@@ -125,6 +131,63 @@ func (c *MemCacher) Walk(ctx context.Context, prefix string, fn func(name string
 		}
 	}
 	return nil
+}
+
+// RecordUses implements [CacheUsageRecorder], in memory: a MemCacher
+// lasts no longer than its process anyway.
+func (c *MemCacher) RecordUses(ctx context.Context, uses []CacheUse) error {
+	for _, u := range uses {
+		if e, ok := c.cache().Peek(u.Name); ok {
+			t := u.Time.UnixNano()
+			for old := e.lastUse.Load(); old < t && !e.lastUse.CompareAndSwap(old, t); old = e.lastUse.Load() {
+			}
+		}
+	}
+	return nil
+}
+
+// WalkInfo implements [CacheInfoWalker], in name order. Listing does not
+// count as using: the MemCacher's own order of eviction is left as it is.
+func (c *MemCacher) WalkInfo(ctx context.Context, prefix string, fn func(CacheEntryInfo) error) error {
+	names := c.cache().Keys()
+	slices.Sort(names)
+	for _, name := range names {
+		if !strings.HasPrefix(name, prefix) {
+			continue
+		}
+		e, ok := c.cache().Peek(name)
+		if !ok {
+			continue
+		}
+		info := CacheEntryInfo{Name: name, Size: int64(len(e.data)), ModTime: e.modTime, LastUse: time.Unix(0, e.lastUse.Load())}
+		if err := fn(info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DeleteUnchanged implements [CacheUnchangedDeleter]. Readers keep the
+// bytes they were given, so removal never breaks them.
+func (c *MemCacher) DeleteUnchanged(ctx context.Context, info CacheEntryInfo) (bool, error) {
+	return c.cache().DeleteIf(info.Name, func(e *memEntry) bool {
+		return e.modTime.Equal(info.ModTime) && int64(len(e.data)) == info.Size
+	}), nil
+}
+
+// AppendIndex implements [CacheIndexLog], in memory.
+func (c *MemCacher) AppendIndex(ctx context.Context, entries []IndexEntry) error {
+	return c.index.AppendIndex(ctx, entries)
+}
+
+// ReadIndex implements [CacheIndexLog].
+func (c *MemCacher) ReadIndex(ctx context.Context, since time.Time, limit int) ([]IndexEntry, error) {
+	return c.index.ReadIndex(ctx, since, limit)
+}
+
+// CreateIndex implements [CacheIndexLog].
+func (c *MemCacher) CreateIndex(ctx context.Context, entries []IndexEntry) error {
+	return c.index.CreateIndex(ctx, entries)
 }
 
 // memFile is a cached entry in memory. Each Get has its own reader over the

@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"bytes"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -89,11 +90,19 @@ func isHTML(contentType, text string) bool {
 // htmlTitle returns the text of an HTML page's title, or a word for a
 // page without one: its markup is no message.
 func htmlTitle(page string) string {
-	lower := strings.ToLower(page)
-	if i := strings.Index(lower, "<title"); i >= 0 {
-		if j := strings.IndexByte(lower[i:], '>'); j >= 0 {
+	// Lower-cased byte for byte, ASCII only: strings.ToLower changes the
+	// length of invalid UTF-8 and of some letters, and the offsets found
+	// in lower must hold in page.
+	lower := []byte(page)
+	for i, c := range lower {
+		if 'A' <= c && c <= 'Z' {
+			lower[i] = c + 'a' - 'A'
+		}
+	}
+	if i := bytes.Index(lower, []byte("<title")); i >= 0 {
+		if j := bytes.IndexByte(lower[i:], '>'); j >= 0 {
 			start := i + j + 1
-			if end := strings.Index(lower[start:], "</title"); end >= 0 {
+			if end := bytes.Index(lower[start:], []byte("</title")); end >= 0 {
 				return page[start : start+end]
 			}
 		}

@@ -20,7 +20,7 @@ import (
 // faultyGraph is a module graph with zips on both sides of the Range
 // threshold: Graph(10) and four modules whose zips are 0.6 to 3 MB.
 var faultyGraph = sync.OnceValues(func() ([]*moduletest.Version, error) {
-	dir, err := os.MkdirTemp("", "goproxy-faulty-graph-")
+	dir, err := fixtureDir("goproxy-faulty-graph-")
 	if err != nil {
 		return nil, err
 	}

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -67,7 +69,14 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 // min(maxDelay, base·2ⁿ), the "full jitter" that keeps clients failing
 // together from retrying together.
 func backoff(n int, base, maxDelay time.Duration) time.Duration {
-	return rand.N(min(maxDelay, base<<min(n, 30)) + 1)
+	// base·2ⁿ only where it cannot overflow: a BaseDelay above 8.6 s
+	// shifted 30 times, as a long probe does, would wrap negative and
+	// make rand.N panic.
+	d := maxDelay
+	if n < 63 && base <= maxDelay>>n {
+		d = base << n
+	}
+	return rand.N(min(max(d, 0), math.MaxInt64-1) + 1)
 }
 
 // retry calls attempt until it succeeds or fails for good, waiting between
@@ -94,7 +103,7 @@ func (d *downloader) retry(ctx context.Context, rawURL string, attempt func() er
 			return err
 		}
 		if !fe.busy {
-			d.noteFailure(h, fe)
+			d.noteFailure(h, fe, rawURL)
 		}
 		giveUp := ""
 		delay := min(cmpOr(fe.retryAfter, backoff(n, d.opts.BaseDelay, d.opts.MaxDelay)), d.opts.MaxDelay)
@@ -229,7 +238,7 @@ func (h *hostHealth) succeeded() {
 
 // noteFailure records a failure of the host, and marks it down (starting a
 // probe) when it has failed every request for DownAfter.
-func (d *downloader) noteFailure(h *hostHealth, fe *failure) {
+func (d *downloader) noteFailure(h *hostHealth, fe *failure, rawURL string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	now := time.Now()
@@ -237,7 +246,10 @@ func (d *downloader) noteFailure(h *hostHealth, fe *failure) {
 		h.since = now
 	}
 	h.failures++
-	h.lastErr = fe.msg
+	// Every request for the host is told this while it is down: the
+	// module path in the URL was asked by another client, who may be
+	// allowed to read modules this one may not even know of.
+	h.lastErr = strings.ReplaceAll(fe.msg, redactURL(rawURL), redactURL(h.name)+"/…")
 	if h.down || d.opts.DownAfter < 0 || h.failures < downFailures || now.Sub(h.since) < d.opts.DownAfter {
 		return
 	}

@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"math"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -11,14 +12,19 @@ import (
 )
 
 func TestHeaderNeverSentEndsWithinTheRetryBudget(t *testing.T) {
-	var asked atomic.Int32
 	up := newUpstream(t, testModuleFiles(t))
 	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
-		asked.Add(1)
 		<-r.Context().Done() // no header, ever
 		return true
 	})
 	p := newTestProxy(t, up.URL)
+	// Attempts are counted as sent: on a loaded machine one may time out
+	// before the upstream's handler sees it.
+	var asked atomic.Int32
+	p.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		asked.Add(1)
+		return http.DefaultTransport.RoundTrip(r)
+	})
 	p.Download.HeaderTimeout = 50 * time.Millisecond
 	p.Download.DownAfter = -1
 	start := time.Now()
@@ -110,3 +116,53 @@ func TestRandomFailuresNeverMarkAHostDown(t *testing.T) {
 		}
 	}
 }
+
+// TestBackoffNeverPanicsAndStaysWithinMaxDelay covers delays whose doubling
+// overflows: a probe keeps doubling for as long as its host is down.
+func TestBackoffNeverPanicsAndStaysWithinMaxDelay(t *testing.T) {
+	for _, base := range []time.Duration{time.Nanosecond, 5 * time.Millisecond, 10 * time.Second, time.Hour, math.MaxInt64 / 2} {
+		for _, maxDelay := range []time.Duration{time.Second, time.Minute, 24 * time.Hour, math.MaxInt64} {
+			for n := range 100 {
+				if d := backoff(n, base, maxDelay); d < 0 || d > maxDelay {
+					t.Fatalf("backoff(%d, %v, %v) = %v", n, base, maxDelay, d)
+				}
+			}
+		}
+	}
+}
+
+// TestDownHostTellsNoOtherClientsModule marks a host down through the
+// failures of one module's requests: the requests for another module are
+// told why, but not which module failed, which their client may not be
+// allowed to know of.
+func TestDownHostTellsNoOtherClientsModule(t *testing.T) {
+	var healed atomic.Bool
+	up := newUpstream(t, testModuleFiles(t))
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if healed.Load() {
+			return false
+		}
+		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+		return true
+	})
+	p := newTestProxy(t, up.URL)
+	p.Download.DownAfter = 20 * time.Millisecond
+	p.Download.RetryBudget = -1
+	p.NotFoundTTL = -1
+	mod := "/example.com/a/@v/v1.0.0.mod"
+	testwait.For(t, func() bool {
+		return strings.Contains(do(p, "GET", "/corp.example.com/secret-project/@v/list").Body.String(), "is down")
+	})
+	w := do(p, "GET", mod)
+	if !strings.Contains(w.Body.String(), "is down") || !strings.Contains(w.Body.String(), "down for maintenance") ||
+		strings.Contains(w.Body.String(), "secret-project") {
+		t.Errorf("%d %q: want the host down with its last error, without the other module's path", w.Code, w.Body)
+	}
+	// Healed, so that the probe ends with the test.
+	healed.Store(true)
+	testwait.For(t, func() bool { return do(p, "GET", mod).Code == http.StatusOK })
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

@@ -82,8 +82,9 @@ func normalizeVersionList(modPath string, data []byte) ([]byte, error) {
 	var out bytes.Buffer
 	seen := map[string]bool{}
 	text := false
-	// +incompatible marks a major version without its path suffix, so a
-	// path with one has none (the go command refuses them too).
+	// +incompatible marks a major version (v2 and up) without its path
+	// suffix, so a path with one has none, nor does v0 or v1 (the go
+	// command refuses them too; module.Check does not).
 	_, pathMajor, _ := module.SplitPathVersion(modPath)
 	for line := range strings.SplitSeq(string(data), "\n") {
 		f := strings.Fields(line)
@@ -93,13 +94,16 @@ func normalizeVersionList(modPath string, data []byte) ([]byte, error) {
 		text = true
 		v := f[0]
 		if seen[v] || module.CanonicalVersion(v) != v || module.Check(modPath, v) != nil ||
-			pathMajor != "" && semver.Build(v) == "+incompatible" {
+			semver.Build(v) == "+incompatible" && (pathMajor != "" || semver.Major(v) == "v0" || semver.Major(v) == "v1") {
 			continue
 		}
 		seen[v] = true
 		out.WriteString(v)
 		if len(f) > 1 {
-			if t, err := time.Parse(time.RFC3339, f[1]); err == nil {
+			// In UTC a time may leave the years RFC 3339 can write
+			// (9999-12-31T23:59:59-23:59), and the go command could not
+			// read it back.
+			if t, err := time.Parse(time.RFC3339, f[1]); err == nil && t.UTC().Year() >= 0 && t.UTC().Year() <= 9999 {
 				out.WriteString(" " + t.UTC().Format(time.RFC3339))
 			}
 		}

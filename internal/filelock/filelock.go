@@ -10,3 +10,10 @@ import "os"
 // with a nil error, when another holder has the lock. The lock lasts until
 // f is closed.
 func TryLock(f *os.File) (bool, error) { return tryLock(f) }
+
+// Lock takes an exclusive lock on f, waiting for other holders to let go.
+// The lock lasts until Unlock or until f is closed.
+func Lock(f *os.File) error { return lock(f) }
+
+// Unlock drops the lock taken by Lock or TryLock.
+func Unlock(f *os.File) error { return unlock(f) }

@@ -22,3 +22,25 @@ func TestTryLockExcludesSecondHolder(t *testing.T) {
 		t.Fatalf("TryLock after the holder closed = %v, %v", ok, err)
 	}
 }
+
+func TestLockWaitsForTheHolder(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "f")
+	a, _ := os.Create(name)
+	defer a.Close()
+	b, _ := os.Open(name)
+	defer b.Close()
+	if err := Lock(a); err != nil {
+		t.Fatal(err)
+	}
+	locked := make(chan error)
+	go func() { locked <- Lock(b) }()
+	if ok, _ := TryLock(b); ok {
+		t.Fatal("TryLock succeeded while Lock held")
+	}
+	if err := Unlock(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-locked; err != nil {
+		t.Fatalf("Lock after the holder unlocked: %v", err)
+	}
+}

@@ -22,3 +22,20 @@ func tryLock(f *os.File) (bool, error) {
 		return false, &os.PathError{Op: "flock", Path: f.Name(), Err: err}
 	}
 }
+
+func lock(f *os.File) error { return flock(f, syscall.LOCK_EX) }
+
+func unlock(f *os.File) error { return flock(f, syscall.LOCK_UN) }
+
+func flock(f *os.File, how int) error {
+	for {
+		err := syscall.Flock(int(f.Fd()), how)
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if err != nil {
+			return &os.PathError{Op: "flock", Path: f.Name(), Err: err}
+		}
+		return nil
+	}
+}

@@ -61,6 +61,33 @@ func (c *Cache[V]) Put(key string, val V) bool {
 	return true
 }
 
+// Peek returns the value for key without marking it used, for callers that
+// list entries rather than use them.
+func (c *Cache[V]) Peek(key string) (V, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.entries[key]
+	if !ok {
+		var zero V
+		return zero, false
+	}
+	return el.Value.(*entry[V]).val, true
+}
+
+// DeleteIf removes key if its value satisfies match, checked under the
+// lock so that a concurrent Put of a new value is never removed. It reports
+// whether it removed it.
+func (c *Cache[V]) DeleteIf(key string, match func(V) bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.entries[key]
+	if !ok || !match(el.Value.(*entry[V]).val) {
+		return false
+	}
+	c.removeLocked(key)
+	return true
+}
+
 // Delete removes key.
 func (c *Cache[V]) Delete(key string) {
 	c.mu.Lock()

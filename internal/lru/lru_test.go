@@ -29,3 +29,25 @@ func TestEvictsLeastRecentlyUsed(t *testing.T) {
 		t.Errorf("after Delete: size %d, keys %v", c.Size(), c.Keys())
 	}
 }
+
+func TestPeekDoesNotRefreshAndDeleteIfChecksTheValue(t *testing.T) {
+	c := New(2, func(int) int64 { return 1 })
+	c.Put("a", 1)
+	c.Put("b", 2)
+	if v, ok := c.Peek("a"); !ok || v != 1 {
+		t.Fatalf("Peek(a) = %v, %v", v, ok)
+	}
+	c.Put("c", 3) // a is still the least recently used: Peek did not use it
+	if _, ok := c.Peek("a"); ok {
+		t.Error("a survived: Peek marked it used")
+	}
+	if c.DeleteIf("b", func(v int) bool { return v == 99 }) {
+		t.Error("DeleteIf removed a value that did not match")
+	}
+	if !c.DeleteIf("b", func(v int) bool { return v == 2 }) {
+		t.Error("DeleteIf kept a value that matched")
+	}
+	if _, ok := c.Peek("b"); ok || c.Size() != 1 {
+		t.Errorf("after DeleteIf: b present %v, size %d", ok, c.Size())
+	}
+}

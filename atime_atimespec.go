@@ -1,0 +1,18 @@
+//go:build darwin || ios || freebsd || netbsd
+
+package goproxy
+
+import (
+	"io/fs"
+	"syscall"
+	"time"
+)
+
+// accessTime returns when fi's file was last read or given an access time,
+// which is how DirCacher keeps last uses.
+func accessTime(fi fs.FileInfo) time.Time {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return time.Unix(st.Atimespec.Unix())
+	}
+	return fi.ModTime()
+}

@@ -1,0 +1,88 @@
+package goproxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestLiveViewShowsDownloadsInFlightAndRecentFailures(t *testing.T) {
+	var inFlight, received atomic.Int64
+	tr := &downloadTracker{metrics: &Metrics{Download: func(m DownloadMetric) {
+		inFlight.Store(int64(m.InFlight))
+		received.Add(m.Bytes)
+	}}}
+	a := tr.start("example.com/a", "v1.0.0", RequestZip, "https://proxy.example.com", func() int { return 3 })
+	b := tr.start("example.com/b", "v1.0.0", RequestMod, "direct", nil)
+	a.setTotal(1000)
+	io.Copy(a, strings.NewReader(strings.Repeat("x", 400)))
+	if inFlight.Load() != 2 || received.Load() != 400 {
+		t.Errorf("metrics: %d in flight, %d bytes; want 2, 400", inFlight.Load(), received.Load())
+	}
+	v := tr.view()
+	if len(v.Downloads) != 2 || len(v.Failures) != 0 {
+		t.Fatalf("view: %+v", v)
+	}
+	d := v.Downloads[0]
+	if d.Module != "example.com/a" || d.Kind != RequestZip || d.Done != 400 || d.Total != 1000 || d.Waiting != 3 || d.Rate <= 0 {
+		t.Errorf("first download: %+v", d)
+	}
+	if v.Downloads[1].Total != -1 {
+		t.Errorf("unknown total: %d, want -1", v.Downloads[1].Total)
+	}
+	tr.finish(b, fmt.Errorf("b: %w", fs.ErrNotExist)) // not a failure
+	tr.finish(a, errors.New("upstream cut the body"))
+	v = tr.view()
+	if len(v.Downloads) != 0 || len(v.Failures) != 1 || v.Failures[0].Error != "upstream cut the body" || v.Failures[0].Time.IsZero() {
+		t.Errorf("after both ended: %+v", v)
+	}
+	if inFlight.Load() != 0 {
+		t.Errorf("metrics: %d in flight after both ended", inFlight.Load())
+	}
+}
+
+func TestLiveViewKeepsTheLatestFailuresNewestFirst(t *testing.T) {
+	tr := &downloadTracker{}
+	for i := range maxRecentFailures + 10 {
+		d := tr.start(fmt.Sprintf("example.com/m%d", i), "v1.0.0", RequestZip, "direct", nil)
+		tr.finish(d, errors.New("failed"))
+	}
+	v := tr.view()
+	if len(v.Failures) != maxRecentFailures {
+		t.Fatalf("%d failures kept, want %d", len(v.Failures), maxRecentFailures)
+	}
+	if v.Failures[0].Module != fmt.Sprintf("example.com/m%d", maxRecentFailures+9) || v.Failures[maxRecentFailures-1].Module != "example.com/m10" {
+		t.Errorf("failures from %s to %s", v.Failures[0].Module, v.Failures[maxRecentFailures-1].Module)
+	}
+}
+
+func TestLiveViewRateIsMeasuredBetweenLooks(t *testing.T) {
+	tr := &downloadTracker{}
+	d := tr.start("example.com/a", "v1.0.0", RequestZip, "direct", nil)
+	d.sampleAt = time.Now().Add(-4 * time.Second) // as if started 4 s ago
+	d.add(4000)
+	if r := tr.view().Downloads[0].Rate; r < 900 || r > 1100 {
+		t.Errorf("rate over the first 4 s: %v, want about 1000", r)
+	}
+	tr.mu.Lock()
+	d.sampleAt = d.sampleAt.Add(-2 * time.Second)
+	tr.mu.Unlock()
+	d.add(200)
+	if r := tr.view().Downloads[0].Rate; r < 90 || r > 110 {
+		t.Errorf("rate over the next 2 s: %v, want about 100", r)
+	}
+}
+
+func BenchmarkLiveViewProgress(b *testing.B) {
+	tr := &downloadTracker{metrics: &Metrics{}}
+	d := tr.start("example.com/a", "v1.0.0", RequestZip, "direct", nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		d.add(32 << 10)
+	}
+}

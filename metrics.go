@@ -1,0 +1,248 @@
+package goproxy
+
+import "time"
+
+// Metrics receives the proxy's measurements, for the embedder to export to
+// the monitoring system of its choice (Prometheus, OpenTelemetry, expvar):
+// the root module imports none. Each field is called as its event happens;
+// a nil field is not reported. Later versions add fields, so set them by
+// name.
+//
+// Calls are made on the serving path, from many goroutines at once: they
+// must be quick and must not block. What they are passed is a small value
+// whose strings are constants or strings the proxy already holds, so that
+// reporting costs no allocation; keep it that way by not retaining more
+// than the counts.
+type Metrics struct {
+	// Request reports every answered request, when its response is done.
+	Request func(RequestMetric)
+
+	// UpstreamFetch reports every fetch from one upstream (a module proxy,
+	// "direct" or a checksum database), retries included in its duration.
+	UpstreamFetch func(UpstreamFetchMetric)
+
+	// Retry reports every attempt that failed transiently and is tried
+	// again (a connection error, a cut body, a 5xx or 429 answer).
+	Retry func(RetryMetric)
+
+	// Verification reports every check of a .mod or .zip against a
+	// checksum database.
+	Verification func(VerificationMetric)
+
+	// Download reports downloads from upstreams as they start, make
+	// progress and end: how many are in flight and the bytes received.
+	Download func(DownloadMetric)
+
+	// SharedFetch reports a request served by a fetch another request
+	// started (the flight group's sharing).
+	SharedFetch func(SharedFetchMetric)
+
+	// CacheSize reports the cache's size after every eviction run.
+	CacheSize func(CacheSizeMetric)
+
+	// Eviction reports every removal by eviction: a module version's files
+	// together, or one other entry.
+	Eviction func(EvictionMetric)
+}
+
+// RequestKind is what a request asks for, as metrics and the live view name
+// it.
+type RequestKind string
+
+// The kinds of requests.
+const (
+	RequestList    RequestKind = "list"    // <module>/@v/list
+	RequestLatest  RequestKind = "latest"  // <module>/@latest
+	RequestInfo    RequestKind = "info"    // <module>/@v/<version>.info, queries included
+	RequestMod     RequestKind = "mod"     // <module>/@v/<version>.mod
+	RequestZip     RequestKind = "zip"     // <module>/@v/<version>.zip
+	RequestSumDB   RequestKind = "sumdb"   // /sumdb/<db>/...
+	RequestPublish RequestKind = "publish" // PUT of a .zip
+	RequestAdmin   RequestKind = "admin"   // /index, /-/cached/, DELETE
+)
+
+// CacheOutcome says where a request's answer came from.
+type CacheOutcome string
+
+// The cache outcomes. A request that did not reach the cache (refused,
+// malformed, publish, admin) has none: the empty string.
+const (
+	CacheHot          CacheOutcome = "hot"            // from the proxy's memory
+	CacheHit          CacheOutcome = "hit"            // from the Cacher, or a published version
+	CacheMiss         CacheOutcome = "miss"           // fetched from upstream
+	CacheStale        CacheOutcome = "stale"          // a cached answer past its time, upstreams failing
+	CacheNotFoundMemo CacheOutcome = "not-found-memo" // a remembered not-found answer
+)
+
+// RequestMetric describes an answered request.
+type RequestMetric struct {
+	Kind     RequestKind
+	Status   int
+	Cache    CacheOutcome
+	Bytes    int64         // body bytes written
+	Duration time.Duration // from arrival to the end of the response
+}
+
+// FetchOutcome is how a fetch from an upstream ended.
+type FetchOutcome string
+
+// The fetch outcomes.
+const (
+	FetchOK       FetchOutcome = "ok"
+	FetchNotFound FetchOutcome = "not-found" // 404 or 410: the walk of upstreams may go on
+	FetchInvalid  FetchOutcome = "invalid"   // an answer that failed validation or verification
+	FetchError    FetchOutcome = "error"     // any other failure, after retries
+	FetchCanceled FetchOutcome = "canceled"  // every waiting client left, or the timeout passed
+)
+
+// UpstreamFetchMetric describes one fetch from one upstream.
+type UpstreamFetchMetric struct {
+	// Upstream is the upstream's URL without credentials, "direct", or
+	// "sumdb/<name>" for a checksum database.
+	Upstream string
+	Kind     RequestKind
+	Outcome  FetchOutcome
+	Status   int // the last HTTP status, 0 without one
+	Bytes    int64
+	Duration time.Duration
+}
+
+// RetryMetric describes an attempt that is tried again.
+type RetryMetric struct {
+	Upstream string
+	Kind     RequestKind
+	Attempt  int // the attempt that failed, from 1
+	Status   int // its HTTP status, 0 for a connection error or a cut body
+}
+
+// VerificationOutcome is how a check against a checksum database ended.
+type VerificationOutcome string
+
+// The verification outcomes.
+const (
+	VerifyOK          VerificationOutcome = "ok"
+	VerifyMismatch    VerificationOutcome = "mismatch"    // the hashes differ: the file is refused
+	VerifyUnreachable VerificationOutcome = "unreachable" // the database could not be asked: refused
+	VerifyUnverified  VerificationOutcome = "unverified"  // could not be asked, let through by AllowUnverified
+)
+
+// VerificationMetric describes a check against a checksum database.
+type VerificationMetric struct {
+	DB      string // the database's name, such as "sum.golang.org"
+	Kind    RequestKind
+	Outcome VerificationOutcome
+}
+
+// DownloadEvent is what happened to a download.
+type DownloadEvent string
+
+// The download events.
+const (
+	DownloadStarted  DownloadEvent = "started"
+	DownloadProgress DownloadEvent = "progress"
+	DownloadEnded    DownloadEvent = "ended" // whether it succeeded or not
+)
+
+// DownloadMetric describes a download from an upstream starting, making
+// progress or ending.
+type DownloadMetric struct {
+	Upstream string
+	Event    DownloadEvent
+	InFlight int   // downloads running in the proxy after this event
+	Bytes    int64 // bytes received since this download's last report
+}
+
+// SharedFetchMetric describes a request that joined another's fetch.
+type SharedFetchMetric struct {
+	Kind RequestKind
+}
+
+// CacheSizeMetric describes the cache as an eviction run left it.
+type CacheSizeMetric struct {
+	Bytes   int64
+	Entries int
+}
+
+// EvictionReason says why eviction removed something.
+type EvictionReason string
+
+// The eviction reasons.
+const (
+	EvictedByAge  EvictionReason = "age"  // unused for longer than MaxAge
+	EvictedBySize EvictionReason = "size" // least recently used while over MaxBytes
+)
+
+// EvictionMetric describes one removal by eviction.
+type EvictionMetric struct {
+	Reason EvictionReason
+	Files  int
+	Bytes  int64
+}
+
+// The report methods check for nil, so that call sites stay one line; they
+// are small enough to be inlined, so an unset hook costs a comparison.
+
+func (m *Metrics) request(r RequestMetric) {
+	if m != nil && m.Request != nil {
+		m.Request(r)
+	}
+}
+
+func (m *Metrics) upstreamFetch(r UpstreamFetchMetric) {
+	if m != nil && m.UpstreamFetch != nil {
+		m.UpstreamFetch(r)
+	}
+}
+
+func (m *Metrics) retry(r RetryMetric) {
+	if m != nil && m.Retry != nil {
+		m.Retry(r)
+	}
+}
+
+func (m *Metrics) verification(r VerificationMetric) {
+	if m != nil && m.Verification != nil {
+		m.Verification(r)
+	}
+}
+
+func (m *Metrics) download(r DownloadMetric) {
+	if m != nil && m.Download != nil {
+		m.Download(r)
+	}
+}
+
+func (m *Metrics) sharedFetch(r SharedFetchMetric) {
+	if m != nil && m.SharedFetch != nil {
+		m.SharedFetch(r)
+	}
+}
+
+func (m *Metrics) cacheSize(r CacheSizeMetric) {
+	if m != nil && m.CacheSize != nil {
+		m.CacheSize(r)
+	}
+}
+
+func (m *Metrics) eviction(r EvictionMetric) {
+	if m != nil && m.Eviction != nil {
+		m.Eviction(r)
+	}
+}
+
+// metricKind names a request's kind for metrics.
+func (req *request) metricKind() RequestKind {
+	switch req.kind {
+	case kindList:
+		return RequestList
+	case kindLatest:
+		return RequestLatest
+	case kindInfo:
+		return RequestInfo
+	case kindMod:
+		return RequestMod
+	case kindZip:
+		return RequestZip
+	}
+	return RequestSumDB
+}
