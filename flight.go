@@ -82,17 +82,6 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 	}
 }
 
-// callRecovering runs fn, turning a panic into an error: fn runs on a
-// goroutine of its own, where a panic would end the whole process.
-func callRecovering(ctx context.Context, fn func(context.Context) (*fetched, error)) (res *fetched, err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			res, err = nil, failed(failInternal, "internal error: %v", v)
-		}
-	}()
-	return fn(ctx)
-}
-
 // release drops one user of fl, closing the result after the last, or
 // watching the download when the last leaves before it ends.
 func (g *flightGroup) release(fl *flight) {
@@ -137,7 +126,13 @@ func (g *flightGroup) watch(fl *flight) {
 }
 
 func (g *flightGroup) run(ctx context.Context, key string, fl *flight, fn func(context.Context) (*fetched, error), background func(context.Context, *fetched)) {
-	res, err := callRecovering(ctx, fn)
+	// fn runs on a goroutine of its own, where a panic would end the
+	// whole process.
+	var res *fetched
+	err := recovering(func() (err error) {
+		res, err = fn(ctx)
+		return err
+	})
 	fl.cancel(nil)
 	ctx = context.WithoutCancel(ctx)
 	g.mu.Lock()
