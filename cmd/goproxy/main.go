@@ -79,12 +79,20 @@ func run(ctx context.Context, args, env []string, stdin io.Reader, stdout, stder
 		return nil
 	}
 
-	logs, err := newLogs(cfg, stderr)
+	// Downloads in flight are shown while the server runs: as bars below
+	// the log on a terminal, else as log lines now and then.
+	tracker := newProgressTracker()
+	display := newProgressDisplay(cfg.Progress, stderr, lookupIn(env), tracker)
+	logs, err := newLogs(cfg, display.logWriter())
 	if err != nil {
 		return err
 	}
 	defer logs.close()
-	s := &server{opts: opts, env: env, logs: logs, started: time.Now(), stopping: make(chan struct{})}
+	display.setLogger(logs.main)
+	display.start()
+	defer display.stop()
+	s := &server{opts: opts, env: env, logs: logs, started: time.Now(), stopping: make(chan struct{}),
+		progress: tracker, downloads: tracker}
 	if s.directBase = cfg.DirectDir; s.directBase == "" {
 		if s.directBase, err = os.MkdirTemp(cfg.TempDir, "goproxy-direct-"); err != nil {
 			return fmt.Errorf("a directory for direct fetches: %w", err)

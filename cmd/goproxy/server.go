@@ -33,6 +33,12 @@ type server struct {
 	directBase       string
 	removeDirectBase bool
 
+	// progress receives the download progress of every repository's
+	// Proxy; downloads lists the downloads in flight, for the progress
+	// display and the status page.
+	progress  *progressTracker
+	downloads downloadSource
+
 	state atomic.Pointer[serverState]
 
 	reloadMu sync.Mutex // serializes reloads; guards what follows
@@ -100,7 +106,7 @@ func (s *server) apply(pl *plan) error {
 			authorize := func(r *http.Request, op goproxy.Operation, modulePath string) error {
 				return holder.Load().Authorize(r, op, modulePath)
 			}
-			proxy, err := newProxy(&rp.spec, dir, s.logs.main.With("repository", rp.Name), authorize)
+			proxy, err := newProxy(&rp.spec, dir, s.logs.main.With("repository", rp.Name), authorize, s.progress.hook(rp.Name))
 			if err != nil {
 				return fmt.Errorf("%s: %w", cmpKeyOr(rp.key), err)
 			}
@@ -246,6 +252,7 @@ var restartOnly = []struct {
 	{"access_log", func(c *Config) any { return c.AccessLog }},
 	{"audit_log", func(c *Config) any { return c.AuditLog }},
 	{"direct_dir", func(c *Config) any { return c.DirectDir }},
+	{"progress", func(c *Config) any { return c.Progress }},
 }
 
 // reload reads the configuration again and applies it. A configuration
