@@ -414,6 +414,67 @@ func TestStatusPageShowsWhatTheViewerMayRead(t *testing.T) {
 	}
 }
 
+// TestStatusPageShowsErrorsToThoseWhoMayReadTheirModule breaks a
+// repository's cache (a file where its directory should be), so that
+// serving a module logs errors: the overview shows them to a viewer who
+// may read that module, not to others.
+func TestStatusPageShowsErrorsToThoseWhoMayReadTheirModule(t *testing.T) {
+	buildServer(t)
+	dir := t.TempDir()
+	upstream := slowUpstream(t, "example.com/large", "v1.0.0", 1<<20, 1<<20)
+	broken := writeFile(t, filepath.Join(dir, "broken"), "not a directory\n")
+	config := writeFile(t, filepath.Join(dir, "goproxy.yaml"), `addr: 127.0.0.1:0
+log: {format: json}
+progress: {mode: "off"}
+users:
+  alice: {password_env: ALICE_PASSWORD}
+  bob: {password_env: BOB_PASSWORD}
+repositories:
+  - name: private
+    prefix: /private
+    cache: `+broken+`
+    goproxy: `+upstream+`
+    gosumdb: "off"
+    access:
+      anonymous_read: ""
+      grants:
+        alice: {read: "*"}
+        bob: {read: example.com/mod001}
+`)
+	srv := startServer(t, []string{"-config", config}, serverEnv(t, "ALICE_PASSWORD=alice-pw", "BOB_PASSWORD=bob-pw"))
+	get := func(path, user string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", srv.URL+path, nil)
+		if user != "" {
+			req.SetBasicAuth(user, user+"-pw")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode, readAll(t, resp.Body)
+	}
+	mod := moduletest.GraphPath(0)
+	// Served all the same: a broken cache costs caching, not serving.
+	if code, _ := get("/private/"+mod+"/@v/v1.0.0.info", "alice"); code != 200 {
+		t.Fatalf("GET as alice: %d", code)
+	}
+	srv.waitLog(t, 10*time.Second, func(m map[string]any) bool { return m["msg"] == "cache put failed" })
+	for _, tc := range []struct {
+		user  string
+		shown bool
+	}{{"alice", true}, {"bob", false}, {"", false}} {
+		_, page := get("/", tc.user)
+		if got := strings.Contains(page, "cache put failed"); got != tc.shown {
+			t.Errorf("%q sees the error: %v, want %v", tc.user, got, tc.shown)
+		}
+		if tc.shown && !strings.Contains(page, mod) {
+			t.Errorf("the error does not name %s", mod)
+		}
+	}
+}
+
 // moduleZip is a module zip of path@version with one file.
 func moduleZip(t *testing.T, path, version string) []byte {
 	t.Helper()
