@@ -367,11 +367,19 @@ func (s *server) serveStatusAction(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := s.forms.check(r); err != nil {
 		status := http.StatusForbidden
-		repoName := ""
+		// What the audit line names comes from the refused form: only
+		// what is valid.
+		repoName, auditMod, auditVersion := "", "", ""
 		if repo != nil {
 			repoName = repo.Name
 		}
-		s.audit(r.Context(), "delete", repoName, modPath, version, status, err.Error())
+		if module.CheckPath(modPath) == nil {
+			auditMod = modPath
+			if module.Check(modPath, version) == nil {
+				auditVersion = version
+			}
+		}
+		s.audit(r.Context(), "delete", repoName, auditMod, auditVersion, status, err.Error())
 		s.logs.main.WarnContext(r.Context(), "status page action refused", "action", action, "error", err)
 		s.actionResult(w, r, status, "Refused: "+err.Error(), back)
 		return
