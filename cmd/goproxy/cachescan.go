@@ -307,6 +307,7 @@ func moduleVersions(ctx context.Context, p *goproxy.Proxy, modPath string) (vers
 	}
 	for _, v := range byVersion {
 		slices.Sort(v.Files)
+		v.Files = slices.Compact(v.Files) // in the cache and the hosted store
 		versions = append(versions, *v)
 	}
 	slices.SortFunc(versions, func(a, b versionFiles) int { return semver.Compare(b.Version, a.Version) })
