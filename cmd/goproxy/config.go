@@ -34,6 +34,8 @@ type Config struct {
 	AccessLog AccessLogConfig `yaml:"access_log" json:"access_log"`
 	AuditLog  AuditLogConfig  `yaml:"audit_log" json:"audit_log"`
 	Readyz    ReadyzConfig    `yaml:"readyz" json:"readyz"`
+	Progress  ProgressConfig  `yaml:"progress" json:"progress"`
+	Status    StatusConfig    `yaml:"status_page" json:"status_page"`
 	Dialer    DialerConfig    `yaml:"dialer" json:"dialer"`
 	// Metrics is reserved for the Prometheus endpoint, which needs the
 	// library's metrics hook (not there yet).
@@ -116,6 +118,36 @@ type ReadyzConfig struct {
 	CheckUpstreams bool `yaml:"check_upstreams" json:"check_upstreams"`
 	// Timeout bounds each check.
 	Timeout Duration `yaml:"timeout" json:"timeout"`
+}
+
+// ProgressConfig is how downloads in flight are shown while the server
+// runs.
+type ProgressConfig struct {
+	// Mode is auto (bars on a terminal, lines elsewhere), bars (even
+	// where no terminal is detected), lines or off. Flag -progress,
+	// GOPROXY_PROGRESS.
+	Mode string `yaml:"mode" json:"mode"`
+	// Interval is the least time between two progress lines of one
+	// download.
+	Interval Duration `yaml:"interval" json:"interval"`
+	// MinSize and MinDuration choose the downloads that get progress
+	// lines: those of at least MinSize bytes, and those that have lasted
+	// MinDuration.
+	MinSize     ByteSize `yaml:"min_size" json:"min_size"`
+	MinDuration Duration `yaml:"min_duration" json:"min_duration"`
+}
+
+// StatusConfig is the status page at the server's root.
+type StatusConfig struct {
+	// Disabled turns the status page off: / then lists the repositories
+	// as text, unless a repository is served there.
+	Disabled bool `yaml:"disabled" json:"disabled"`
+	// ScanInterval is how often each repository's cache and hosted store
+	// are walked for their size and modules. A walk stats every file, so
+	// large caches want a longer interval.
+	ScanInterval Duration `yaml:"scan_interval" json:"scan_interval"`
+	// PageSize is how many modules a page lists.
+	PageSize int `yaml:"page_size" json:"page_size"`
 }
 
 // MetricsConfig is reserved for /metrics (issue 14): no key is accepted yet.
@@ -309,6 +341,9 @@ func defaultConfig() *Config {
 		},
 		Log:    LogConfig{Level: "info", Format: "text"},
 		Readyz: ReadyzConfig{Timeout: Duration(5 * time.Second)},
+		Progress: ProgressConfig{Mode: progressAuto, Interval: Duration(10 * time.Second),
+			MinSize: 16 << 20, MinDuration: Duration(10 * time.Second)},
+		Status: StatusConfig{ScanInterval: Duration(5 * time.Minute), PageSize: 100},
 	}
 }
 

@@ -38,6 +38,7 @@ var flagKeys = []struct{ flag, key, usage string }{
 	{"tls-key", "tls.key_file", "TLS key file (PEM)"},
 	{"log-level", "log.level", "log level: debug, info, warn or error (default info)"},
 	{"log-format", "log.format", "log format: text or json (default text)"},
+	{"progress", "progress.mode", "progress of downloads: auto (bars on a terminal, else log lines), bars, lines or off (default auto)"},
 }
 
 // envKeys are the environment variables that set config keys over the
@@ -52,6 +53,7 @@ var envKeys = []struct{ env, key string }{
 	{"GOPROXY_LOG_FILE", "log.file"},
 	{"GOPROXY_ACCESS_LOG", "access_log.file"},
 	{"GOPROXY_AUDIT_LOG", "audit_log.file"},
+	{"GOPROXY_PROGRESS", "progress.mode"},
 }
 
 // parseFlags reads the command line. An error is a usage error, already
@@ -220,6 +222,8 @@ func setKey(c *Config, key, v string) {
 		c.AccessLog.File = v
 	case "audit_log.file":
 		c.AuditLog.File = v
+	case "progress.mode":
+		c.Progress.Mode = v
 	default:
 		panic("setKey: unknown key " + key)
 	}

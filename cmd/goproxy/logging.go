@@ -26,13 +26,16 @@ type logs struct {
 	main   *slog.Logger
 	access *slog.Logger // nil when the access log is off
 	audit  *slog.Logger
+	// errors keeps the latest error-level records of main, for the
+	// status page.
+	errors *errorRing
 
 	files []*logFile
 }
 
 // newLogs opens the logs of cfg. stderr is where a log without a file goes.
 func newLogs(cfg *Config, stderr io.Writer) (*logs, error) {
-	l := &logs{}
+	l := &logs{errors: newErrorRing()}
 	lvl, _ := parseLevel(cfg.Log.Level)
 	l.level.Set(lvl)
 	out := func(file string) (io.Writer, error) {
@@ -58,7 +61,7 @@ func newLogs(cfg *Config, stderr io.Writer) (*logs, error) {
 		l.close()
 		return nil, fmt.Errorf("log.file: %w", err)
 	}
-	l.main = slog.New(handler(w, &l.level))
+	l.main = slog.New(&errorRingHandler{Handler: handler(w, &l.level), ring: l.errors})
 	if !cfg.AccessLog.Disabled {
 		if cfg.AccessLog.File == "" {
 			l.access = l.main.With("log", "access")

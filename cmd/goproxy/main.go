@@ -79,12 +79,22 @@ func run(ctx context.Context, args, env []string, stdin io.Reader, stdout, stder
 		return nil
 	}
 
-	logs, err := newLogs(cfg, stderr)
+	// Downloads in flight are shown while the server runs: as bars below
+	// the log on a terminal, else as log lines now and then.
+	tracker := newProgressTracker()
+	display := newProgressDisplay(cfg.Progress, stderr, lookupIn(env), tracker)
+	logs, err := newLogs(cfg, display.logWriter())
 	if err != nil {
 		return err
 	}
 	defer logs.close()
-	s := &server{opts: opts, env: env, logs: logs, started: time.Now(), stopping: make(chan struct{})}
+	display.setLogger(logs.main)
+	display.start()
+	defer display.stop()
+	s := &server{opts: opts, env: env, logs: logs, started: time.Now(), stopping: make(chan struct{}),
+		progress: tracker, downloads: tracker, requests: newRequestCounters(), errors: logs.errors,
+		scanner: newCacheScanner(logs.main), forms: newFormGuard()}
+	s.stats, s.caches = s.requests, s.scanner
 	if s.directBase = cfg.DirectDir; s.directBase == "" {
 		if s.directBase, err = os.MkdirTemp(cfg.TempDir, "goproxy-direct-"); err != nil {
 			return fmt.Errorf("a directory for direct fetches: %w", err)
@@ -103,6 +113,18 @@ func run(ctx context.Context, args, env []string, stdin io.Reader, stdout, stder
 	if err := s.apply(pl); err != nil {
 		return err
 	}
+	// The stores are walked for the status page in the background, until
+	// the server stops.
+	scanCtx, stopScanning := context.WithCancel(context.Background())
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		s.scanner.run(scanCtx, s.state.Load)
+	}()
+	defer func() {
+		stopScanning()
+		<-scanned
+	}()
 
 	srv := &http.Server{
 		Handler:           s,

@@ -120,6 +120,23 @@ func newPlan(cfg *Config, src *configSources, env []string) (*plan, error) {
 	if cfg.Log.Format != "text" && cfg.Log.Format != "json" {
 		p.add("log.format", "%q is not text or json", cfg.Log.Format)
 	}
+	switch cfg.Progress.Mode {
+	case progressAuto, progressBars, progressLines, progressOff:
+	default:
+		p.add("progress.mode", "%q is not auto, bars, lines or off", cfg.Progress.Mode)
+	}
+	if cfg.Progress.Interval <= 0 {
+		p.add("progress.interval", "must be positive")
+	}
+	if cfg.Progress.MinSize < 0 || cfg.Progress.MinDuration < 0 {
+		p.add("progress", "min_size and min_duration must not be negative")
+	}
+	if cfg.Status.ScanInterval <= 0 {
+		p.add("status_page.scan_interval", "must be positive")
+	}
+	if cfg.Status.PageSize <= 0 {
+		p.add("status_page.page_size", "must be positive")
+	}
 	pl.identities = resolveIdentities(cfg, getenv, p)
 	dialer := resolveDialer(cfg.Dialer, getenv, p)
 
@@ -429,7 +446,7 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	}
 	// The library has the last word on what it is given.
 	// (Init makes nothing on disk and starts nothing.)
-	if _, err := newProxy(s, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil); err != nil {
+	if _, err := newProxy(s, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, nil); err != nil {
 		p.add(cmpKeyOr(key), "%v", err)
 	}
 	return rp
@@ -522,8 +539,11 @@ func resolveAccess(a AccessConfig, key string, ids *identities, p *problems) *go
 	return auth
 }
 
-// newProxy makes and initializes a repository's Proxy.
-func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize func(*http.Request, goproxy.Operation, string) error) (*goproxy.Proxy, error) {
+// newProxy makes and initializes a repository's Proxy. progress, if not
+// nil, receives its download progress. (It is not in the spec: funcs do
+// not compare, and a kept Proxy keeps the hook it was made with.)
+func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize func(*http.Request, goproxy.Operation, string) error,
+	progress func(module, version string, done, total int64)) (*goproxy.Proxy, error) {
 	dialer, err := s.Dialer.dialer(s.Env)
 	if err != nil {
 		return nil, err
@@ -534,6 +554,8 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 	}
 	direct := s.Direct
 	direct.Dir = directDir
+	download := s.Download
+	download.Progress = progress
 	p := &goproxy.Proxy{
 		Cacher:          goproxy.DirCacher(s.Cache),
 		Hosted:          hosted,
@@ -548,7 +570,7 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 		AllowUnverified: s.AllowUnverified,
 		HotCacheBytes:   s.HotCacheBytes,
 		Direct:          direct,
-		Download:        s.Download,
+		Download:        download,
 		Authorize:       authorize,
 		Logger:          logger,
 	}

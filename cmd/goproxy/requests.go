@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/mod/module"
@@ -26,6 +27,9 @@ type requestInfo struct {
 	// cache is the cache outcome (hit, miss, ...), which the library will
 	// report through a hook; until then it stays empty and is not logged.
 	cache string
+	// fetched is set when the Proxy logs an upstream fetch or a go
+	// command run in the request's context (see fetchObserver).
+	fetched atomic.Bool
 }
 
 type requestInfoKey struct{}

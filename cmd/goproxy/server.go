@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -32,6 +33,21 @@ type server struct {
 	// exit.
 	directBase       string
 	removeDirectBase bool
+
+	// progress receives the download progress of every repository's
+	// Proxy; downloads lists the downloads in flight, for the progress
+	// display and the status page.
+	progress  *progressTracker
+	downloads downloadSource
+
+	// What the status page shows, each behind the interface the
+	// library's metrics hook and live view will implement.
+	requests *requestCounters
+	stats    requestStatsSource
+	scanner  *cacheScanner
+	caches   cacheStatsSource
+	errors   errorSource
+	forms    *formGuard
 
 	state atomic.Pointer[serverState]
 
@@ -100,7 +116,8 @@ func (s *server) apply(pl *plan) error {
 			authorize := func(r *http.Request, op goproxy.Operation, modulePath string) error {
 				return holder.Load().Authorize(r, op, modulePath)
 			}
-			proxy, err := newProxy(&rp.spec, dir, s.logs.main.With("repository", rp.Name), authorize)
+			logger := slog.New(fetchObserver{s.logs.main.Handler()}).With("repository", rp.Name)
+			proxy, err := newProxy(&rp.spec, dir, logger, authorize, s.progress.hook(rp.Name))
 			if err != nil {
 				return fmt.Errorf("%s: %w", cmpKeyOr(rp.key), err)
 			}
@@ -146,8 +163,8 @@ func (s *server) retire(inst *proxyInstance) {
 	}()
 }
 
-// routes sets up the state's mux: the server's own endpoints and each
-// repository under its prefix. /metrics and the status page at / will be
+// routes sets up the state's mux: the server's own endpoints, the
+// status page, and each repository under its prefix. /metrics will be
 // registered here.
 func (s *server) routes(st *serverState) {
 	st.mux.HandleFunc("/healthz", s.serveHealthz)
@@ -163,7 +180,13 @@ func (s *server) routes(st *serverState) {
 		}
 		st.mux.Handle(r.Prefix+"/", http.StripPrefix(r.Prefix, h))
 	}
-	if !root {
+	switch {
+	case !st.plan.cfg.Status.Disabled:
+		// Its paths are no module's: / is none, and no module path
+		// element starts with "-". So it is there even when a
+		// repository is served at /.
+		s.statusRoutes(st.mux)
+	case !root:
 		st.mux.HandleFunc("/{$}", s.serveIndex)
 	}
 }
@@ -174,9 +197,11 @@ func (s *server) repositoryHandler(r *repository) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.inst.inflight.Add(1)
 		defer r.inst.inflight.Add(-1)
-		infoFrom(req.Context()).repo = r.Name
+		info := infoFrom(req.Context())
+		info.repo = r.Name
 		action := auditAction(req)
-		if action == "" {
+		counted := isModuleFileRequest(req)
+		if action == "" && !counted {
 			r.inst.proxy.ServeHTTP(w, req)
 			return
 		}
@@ -184,10 +209,15 @@ func (s *server) repositoryHandler(r *repository) http.Handler {
 		if !ok {
 			rec = &responseRecorder{ResponseWriter: w}
 		}
-		mod, version := moduleOf(req.URL.Path)
-		defer func() {
-			s.audit(req.Context(), action, r.Name, mod, version, rec.status, rec.reasonText())
-		}()
+		if counted {
+			defer func() { s.requests.count(r.Name, rec.status, info.fetched.Load()) }()
+		}
+		if action != "" {
+			mod, version := moduleOf(req.URL.Path)
+			defer func() {
+				s.audit(req.Context(), action, r.Name, mod, version, rec.status, rec.reasonText())
+			}()
+		}
 		r.inst.proxy.ServeHTTP(rec, req)
 	})
 }
@@ -246,6 +276,7 @@ var restartOnly = []struct {
 	{"access_log", func(c *Config) any { return c.AccessLog }},
 	{"audit_log", func(c *Config) any { return c.AuditLog }},
 	{"direct_dir", func(c *Config) any { return c.DirectDir }},
+	{"progress", func(c *Config) any { return c.Progress }},
 }
 
 // reload reads the configuration again and applies it. A configuration

@@ -131,3 +131,17 @@ func readSecret(getenv func(string) string, env, file string) (string, error) {
 	}
 	return "", nil
 }
+
+// formatBytes writes n bytes for people: 512 B, 1.5 KiB, 6.0 MiB.
+func formatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return strconv.FormatFloat(float64(n)/float64(div), 'f', 1, 64) + " " + "KMGTPE"[exp:exp+1] + "iB"
+}
