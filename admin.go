@@ -77,7 +77,7 @@ func (p *Proxy) loadIndex(ctx context.Context) error {
 	// index unloaded and empty, for the next request to try again.
 	seen := map[string]bool{}
 	var entries []indexEntry
-	for _, c := range []Cacher{p.cacher, p.Hosted} {
+	for _, c := range []Cacher{p.conf.cacher, p.conf.hosted} {
 		walker, ok := c.(CacheWalker)
 		if !ok {
 			continue
@@ -149,7 +149,7 @@ func (p *Proxy) serveIndex(w http.ResponseWriter, r *http.Request) {
 	if s := r.URL.Query().Get("since"); s != "" {
 		var err error
 		if since, err = time.Parse(time.RFC3339, s); err != nil {
-			writeError(w, http.StatusBadRequest, "since must be an RFC 3339 time: "+err.Error())
+			p.writeFailure(w, failed(failBadRequest, "since must be an RFC 3339 time: %w", err))
 			return
 		}
 	}
@@ -157,13 +157,13 @@ func (p *Proxy) serveIndex(w http.ResponseWriter, r *http.Request) {
 	if s := r.URL.Query().Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
-			writeError(w, http.StatusBadRequest, "limit must be a positive number")
+			p.writeFailure(w, failed(failBadRequest, "limit must be a positive number"))
 			return
 		}
 		limit = min(n, maxIndexLimit)
 	}
 	if err := p.loadIndex(r.Context()); err != nil {
-		writeError(w, http.StatusInternalServerError, "reading the cache for the index: "+err.Error())
+		p.writeFailure(w, failed(failInternal, "reading the cache for the index: %w", err))
 		return
 	}
 	p.index.mu.Lock()
@@ -184,10 +184,10 @@ func (p *Proxy) serveIndex(w http.ResponseWriter, r *http.Request) {
 // isPublished reports whether the version whose names start with base
 // ("<module>/@v/<version>") is published.
 func (p *Proxy) isPublished(ctx context.Context, base string) bool {
-	if p.Hosted == nil {
+	if p.conf.hosted == nil {
 		return false
 	}
-	cf, err := p.Hosted.Get(ctx, base+".info")
+	cf, err := p.conf.hosted.Get(ctx, base+".info")
 	if err != nil {
 		return false
 	}
@@ -213,15 +213,15 @@ func (p *Proxy) serveCached(w http.ResponseWriter, r *http.Request, modPath, esc
 		slices.Sort(names)
 		return names, err
 	}
-	cached, err := list(p.cacher)
+	cached, err := list(p.conf.cacher)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, err.Error())
+		p.writeFailure(w, failed(failInternal, "%w", err))
 		return
 	}
 	var published []string
-	if p.Hosted != nil {
-		if published, err = list(p.Hosted); err != nil {
-			writeError(w, http.StatusInternalServerError, err.Error())
+	if p.conf.hosted != nil {
+		if published, err = list(p.conf.hosted); err != nil {
+			p.writeFailure(w, failed(failInternal, "%w", err))
 			return
 		}
 	}
@@ -243,9 +243,9 @@ func (p *Proxy) serveCached(w http.ResponseWriter, r *http.Request, modPath, esc
 // @latest, query answers). Published versions never change and are not
 // removed.
 func (p *Proxy) serveDelete(w http.ResponseWriter, r *http.Request, req *request) {
-	deleter, ok := p.cacher.(CacheDeleter)
+	deleter, ok := p.conf.cacher.(CacheDeleter)
 	if !ok || req.kind == kindSumDB {
-		writeError(w, http.StatusNotImplemented, "this cache cannot remove entries")
+		p.writeFailure(w, failed(failNotImplemented, "this cache cannot remove entries"))
 		return
 	}
 	ctx := r.Context()
@@ -254,7 +254,7 @@ func (p *Proxy) serveDelete(w http.ResponseWriter, r *http.Request, req *request
 	switch {
 	case req.kind == kindList || req.kind == kindLatest:
 		names = append(names, escPath+"/@v/list", escPath+"/@latest")
-		if walker, ok := p.cacher.(CacheWalker); ok {
+		if walker, ok := p.conf.cacher.(CacheWalker); ok {
 			walker.Walk(ctx, escPath+"/@v/", func(name string) error {
 				if _, _, canonical := versionInfoName(name); !canonical && strings.HasSuffix(name, ".info") {
 					names = append(names, name)
@@ -271,12 +271,12 @@ func (p *Proxy) serveDelete(w http.ResponseWriter, r *http.Request, req *request
 			p.index.remove(req.modPath, req.version)
 		}
 	default:
-		writeError(w, http.StatusBadRequest, "only canonical versions, lists and @latest can be removed")
+		p.writeFailure(w, failed(failBadRequest, "only canonical versions, lists and @latest can be removed"))
 		return
 	}
 	for _, name := range names {
 		if err := deleter.Delete(ctx, name); err != nil {
-			writeError(w, http.StatusInternalServerError, fmt.Sprintf("removing %s: %v", name, err))
+			p.writeFailure(w, failed(failInternal, "removing %s: %w", name, err))
 			return
 		}
 		if p.hot != nil {
@@ -285,5 +285,5 @@ func (p *Proxy) serveDelete(w http.ResponseWriter, r *http.Request, req *request
 		p.notFound.forget(name)
 	}
 	p.logger().Info("removed from the cache", "module", req.modPath, "version", req.version, "files", len(names))
-	writeError(w, http.StatusOK, fmt.Sprintf("removed %d cached files of %s", len(names), req))
+	writeMessage(w, http.StatusOK, fmt.Sprintf("removed %d cached files of %s", len(names), req))
 }

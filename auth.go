@@ -39,17 +39,12 @@ func (op Operation) String() string {
 	return "unknown operation"
 }
 
-// ErrUnauthenticated is what an authorization hook returns (or wraps) when
-// a request carries no valid credentials: the proxy answers 401 with a
-// WWW-Authenticate challenge. Any other error from the hook answers 403.
-var ErrUnauthenticated = errors.New("authentication required")
-
 // authorize applies the Authorize hook, writing the refusal if any.
 func (p *Proxy) authorize(w http.ResponseWriter, r *http.Request, op Operation, modulePath string) bool {
-	if p.Authorize == nil {
+	if p.conf.authorize == nil {
 		return true
 	}
-	err := p.Authorize(r, op, modulePath)
+	err := p.conf.authorize(r, op, modulePath)
 	if err == nil {
 		return true
 	}
@@ -58,12 +53,10 @@ func (p *Proxy) authorize(w http.ResponseWriter, r *http.Request, op Operation, 
 		what += " " + modulePath
 	}
 	if errors.Is(err, ErrUnauthenticated) {
-		w.Header().Set("WWW-Authenticate", `Basic realm="goproxy"`)
-		w.Header().Add("WWW-Authenticate", `Bearer realm="goproxy"`)
-		writeError(w, http.StatusUnauthorized, "authentication required to "+what)
+		p.writeFailure(w, failed(failUnauthenticated, "authentication required to %s", what))
 		return false
 	}
-	writeError(w, http.StatusForbidden, "not allowed to "+what+": "+err.Error())
+	p.writeFailure(w, failed(failForbidden, "not allowed to %s: %w", what, err))
 	return false
 }
 

@@ -32,17 +32,26 @@ type Cacher interface {
 	// Put stores content under name, replacing what was there. It must be
 	// atomic: a concurrent or later Get sees either the old content or all of
 	// the new, never a part, even if the process dies during Put.
+	//
+	// When content has a ModTime() time.Time method, as what the proxy
+	// stores after a fetch has, Put should keep that time as the entry's
+	// ModTime ([DirCacher] and [MemCacher] do): it is when the file was
+	// fetched, and the Last-Modified and entity tag of the answer that
+	// fetched it then hold for the answers from the cache.
 	Put(ctx context.Context, name string, content io.ReadSeeker) error
 }
 
 // CachedFile is what [Cacher.Get] returns. It seeks so that the proxy can
 // answer Range and conditional requests with http.ServeContent and learn the
 // size without reading the content; ModTime reports when the content was
-// stored, which is what mutable entries (version lists, @latest) expire by.
+// stored (or fetched, see Cacher.Put), which is what mutable entries
+// (version lists, @latest) expire by.
 //
 // A CachedFile may also have an ETag() string method returning a strong
-// entity tag, quoted as in the ETag header; without one the proxy derives a
-// tag from the size and modification time.
+// entity tag, quoted as in the ETag header, which the proxy sends for a
+// zip; without one it derives a tag from the size and modification time.
+// Other files, which the proxy reads whole, are tagged by a digest of
+// their content, the same whichever store holds them.
 type CachedFile interface {
 	io.ReadSeekCloser
 	ModTime() time.Time

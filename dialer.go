@@ -80,7 +80,8 @@ type Dialer struct {
 	TLSConfig *tls.Config
 
 	// Env holds the proxy variables, in the form of [os.Environ]. If nil,
-	// the process environment is read when the Dialer is first used.
+	// the process environment is read when the Dialer is first used; a
+	// [Proxy] gives a Dialer without one its own Env instead.
 	Env []string
 
 	initOnce sync.Once
@@ -321,10 +322,7 @@ func (d *Dialer) dialConnect(ctx context.Context, p *url.URL, network, addr stri
 		return nil, wrap(err)
 	}
 	if p.Scheme == "https" {
-		conf := &tls.Config{}
-		if d.TLSConfig != nil {
-			conf = d.TLSConfig.Clone()
-		}
+		conf := clientTLSConfig(d.TLSConfig)
 		conf.ServerName = p.Hostname()
 		conf.NextProtos = nil // CONNECT is HTTP/1.1's
 		hctx, cancel := context.WithTimeout(ctx, orDefault(d.TLSHandshakeTimeout, defaultTLSHandshakeTimeout))
@@ -545,24 +543,16 @@ func (d *Dialer) dialSOCKS(ctx context.Context, p *url.URL, network, addr string
 	if err != nil {
 		return nil, wrap(err)
 	}
-	var first error
-	for _, a := range addrs {
-		var c net.Conn
-		err := d.checkAddr(ctx, host, a, port)
-		if err == nil {
-			c, err = cd.DialContext(ctx, network, net.JoinHostPort(a.String(), port))
+	c, err := firstSuccess(ctx, len(addrs), func(i int) (net.Conn, error) {
+		if err := d.checkAddr(ctx, host, addrs[i], port); err != nil {
+			return nil, err
 		}
-		if err == nil {
-			return c, nil
-		}
-		if first == nil {
-			first = err
-		}
-		if ctx.Err() != nil {
-			break
-		}
+		return cd.DialContext(ctx, network, net.JoinHostPort(addrs[i].String(), port))
+	})
+	if err != nil {
+		return nil, wrap(err)
 	}
-	return nil, wrap(first)
+	return c, nil
 }
 
 // Transport returns a new [http.Transport] that connects with the Dialer,
@@ -636,10 +626,7 @@ func (d *Dialer) dialTLS(ctx context.Context, network, addr string) (net.Conn, e
 		c.Close()
 		return nil, err
 	}
-	conf := &tls.Config{}
-	if d.TLSConfig != nil {
-		conf = d.TLSConfig.Clone()
-	}
+	conf := clientTLSConfig(d.TLSConfig)
 	if conf.ServerName == "" {
 		conf.ServerName = host
 	}
@@ -772,25 +759,46 @@ func dialParallel(ctx context.Context, nd *net.Dialer, network string, addrs []n
 // answer leaves time for the others.
 func dialSerial(ctx context.Context, nd *net.Dialer, network string, addrs []netip.Addr, port string) (net.Conn, error) {
 	const minDialShare = 2 * time.Second
-	var firstErr error
-	for i, a := range addrs {
+	return firstSuccess(ctx, len(addrs), func(i int) (net.Conn, error) {
 		actx := ctx
 		if dl, ok := ctx.Deadline(); ok && i < len(addrs)-1 {
 			share := max(time.Until(dl)/time.Duration(len(addrs)-i), minDialShare)
 			var cancel context.CancelFunc
 			actx, cancel = context.WithTimeout(ctx, share)
+			// A connection made outlives its dial's context.
 			defer cancel()
 		}
-		c, err := nd.DialContext(actx, network, net.JoinHostPort(a.String(), port))
+		return nd.DialContext(actx, network, net.JoinHostPort(addrs[i].String(), port))
+	})
+}
+
+// firstSuccess tries n candidates (addresses, mostly) in turn until one
+// succeeds, and returns its result, or the first candidate's error when
+// every one fails: the first is the preferred one, whose failure tells
+// most. It stops early when ctx ends.
+func firstSuccess[T any](ctx context.Context, n int, try func(i int) (T, error)) (T, error) {
+	var first error
+	for i := range n {
+		v, err := try(i)
 		if err == nil {
-			return c, nil
+			return v, nil
 		}
-		if firstErr == nil {
-			firstErr = err
+		if first == nil {
+			first = err
 		}
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	return nil, firstErr
+	var zero T
+	return zero, first
+}
+
+// clientTLSConfig returns a copy of conf to change, or a new one if conf is
+// nil.
+func clientTLSConfig(conf *tls.Config) *tls.Config {
+	if conf == nil {
+		return &tls.Config{}
+	}
+	return conf.Clone()
 }

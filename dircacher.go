@@ -92,6 +92,11 @@ func (d DirCacher) Put(ctx context.Context, name string, content io.ReadSeeker) 
 	if err := f.Close(); err != nil {
 		return err
 	}
+	if t, ok := content.(interface{ ModTime() time.Time }); ok && !t.ModTime().IsZero() {
+		if err := root.Chtimes(tmp, time.Time{}, t.ModTime()); err != nil {
+			return err
+		}
+	}
 	return root.Rename(tmp, name)
 }
 
@@ -346,9 +351,9 @@ type dirFile struct {
 func (f *dirFile) ModTime() time.Time { return f.modTime }
 
 // ETag derives a tag from size and modification time, as static file servers
-// do: a rename-into-place always changes the modification time.
+// do: every Put sets the modification time anew.
 func (f *dirFile) ETag() string {
-	return fmt.Sprintf(`"%x-%x"`, f.modTime.UnixNano(), f.size)
+	return storedETag(f.modTime, f.size)
 }
 
 // checkCacheName rejects names a Cacher must never be asked for, so that even
@@ -363,17 +368,4 @@ func checkCacheName(name string) error {
 		}
 	}
 	return nil
-}
-
-// contextReader stops a long copy when its context ends.
-type contextReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r contextReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
 }

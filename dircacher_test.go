@@ -113,11 +113,11 @@ func TestDirCacherKilledMidWrite(t *testing.T) {
 	}
 
 	// The proxy, over the same directory, fetches the file afresh.
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	p := newTestProxy(t, up.URL)
 	p.Cacher = c
-	if w := do(p, "GET", "/"+name); w.Code != 200 || up.count("/"+name) != 1 {
-		t.Errorf("proxy after a killed write: %d, upstream asked %d times", w.Code, up.count("/"+name))
+	if w := do(p, "GET", "/"+name); w.Code != 200 || up.Requests("/"+name) != 1 {
+		t.Errorf("proxy after a killed write: %d, upstream asked %d times", w.Code, up.Requests("/"+name))
 	}
 }
 

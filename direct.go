@@ -46,8 +46,9 @@ import (
 // that each run gets for itself, on 127.0.0.1 with a credential of its own
 // (their HTTPS_PROXY, HTTP_PROXY and ALL_PROXY, and git's http.proxy). It
 // applies the Proxy's EgressPolicy to every destination, and leaves
-// through the Dialer's egress proxy or, without a Dialer, through the one
-// the proxy variables of the go command's environment name. git may fetch
+// through the egress proxy of the Proxy's Dialer, as the proxy's own
+// requests do (a Dialer without an Env of its own, or no Dialer, follows
+// the proxy variables of Proxy.Env, else of the process). git may fetch
 // over https and http only (git's protocol.allow settings), and ssh with
 // EgressPolicy.AllowSSH; GOVCS is git only unless the environment sets it.
 // Proxy.Transport does not apply.
@@ -132,63 +133,30 @@ type directRunner struct {
 // that never fetches directly does not depend on it; it creates nothing
 // on disk until the first fetch.
 func newDirectRunner(p *Proxy) (*directRunner, error) {
-	o := p.Direct
+	o := p.conf.direct
 	r := &directRunner{
 		p:        p,
 		timeout:  o.Timeout,
-		maxCache: o.MaxCacheBytes,
-		tempDir:  p.TempDir,
+		maxCache: max(o.MaxCacheBytes, 0),
+		tempDir:  p.conf.tempDir,
+		slots:    make(chan struct{}, o.MaxConcurrent),
+		dir:      o.Dir,
+		work:     filepath.Join(o.Dir, "work"),
+		modCache: filepath.Join(o.Dir, "mod"),
 	}
-	if r.tempDir == "" {
-		r.tempDir = os.TempDir()
-	}
-	if r.timeout <= 0 {
-		r.timeout = 5 * time.Minute
-	}
-	switch {
-	case r.maxCache == 0:
-		r.maxCache = 1 << 30
-	case r.maxCache < 0:
-		r.maxCache = 0
-	}
-	n := o.MaxConcurrent
-	if n <= 0 {
-		n = 4
-	}
-	r.slots = make(chan struct{}, n)
-
-	dir := o.Dir
-	if dir == "" {
-		dir = filepath.Join(r.tempDir, "goproxy-direct")
-	}
-	var err error
-	if r.dir, err = filepath.Abs(dir); err != nil {
-		return nil, fmt.Errorf("direct: DirectOptions.Dir: %w", err)
-	}
-	r.work = filepath.Join(r.dir, "work")
-	r.modCache = filepath.Join(r.dir, "mod")
 	if p.usesDirect() {
 		if mod := enclosingGoMod(r.work); mod != "" {
 			return nil, fmt.Errorf("direct: DirectOptions.Dir %s is inside the module of %s, which the go command would use as its own: choose a directory outside any module", r.dir, mod)
 		}
 	}
-
-	goBin := o.GoBin
-	if goBin == "" {
-		goBin = "go"
-	}
 	// A proxy may well run where no go command is installed and never
 	// need one, so a failed look-up is reported by the fetches that do.
-	r.goBin, r.goBinErr = exec.LookPath(goBin)
-	r.env = r.baseEnv(p.Env)
+	r.goBin, r.goBinErr = exec.LookPath(o.GoBin)
+	r.env = r.baseEnv(p.conf.proxyEnv)
 
-	// The go command leaves as the Proxy does: through the Dialer's egress
-	// proxy or, without a Dialer, through the one its own environment
-	// names; either way checked by the egress policy.
-	r.dialer = p.Dialer.withPolicy(p.directEgress)
-	if p.Dialer == nil {
-		r.dialer = (&Dialer{Env: r.env}).withPolicy(p.directEgress)
-	}
+	// The go command leaves as the Proxy does, through the Dialer's egress
+	// proxy, checked by the egress policy.
+	r.dialer = p.conf.dialer.withPolicy(p.directEgress)
 	if r.transport, r.egressErr = r.dialer.Transport(); r.egressErr == nil {
 		r.transport.DisableCompression = true // bodies pass as they come
 	}
@@ -244,7 +212,7 @@ func (r *directRunner) baseEnv(proxyEnv []string) []string {
 		}
 		env = append(env, proxyEnv...)
 	}
-	s := r.p.settings
+	s := r.p.conf.goEnv
 	// git may fetch over https and http, both through the egress proxy;
 	// over ssh only when allowed, since it connects by itself; never over
 	// git://, file://, ext:: and the like, which go-import tags or
@@ -254,7 +222,7 @@ func (r *directRunner) baseEnv(proxyEnv []string) []string {
 	// https:// fails for a path ending in ".git", GOINSECURE or not.
 	env = slices.DeleteFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "GIT_ALLOW_PROTOCOL=") })
 	ssh := "never"
-	if r.p.Egress.AllowSSH {
+	if r.p.conf.egress.AllowSSH {
 		ssh = "always"
 	}
 	env = addGitConfig(env,
@@ -357,7 +325,7 @@ func (r *directRunner) envFor(modPath string) []string {
 		return r.env
 	}
 	noSumDB := modPath
-	if s := r.p.settings.noSumDB; s != "" {
+	if s := r.p.conf.goEnv.noSumDB; s != "" {
 		noSumDB = s + "," + modPath
 	}
 	return setEnv(slices.Clone(r.env), "GONOSUMDB", noSumDB)
@@ -367,7 +335,7 @@ func (r *directRunner) envFor(modPath string) []string {
 // running the go command.
 func (p *Proxy) fetchDirect(ctx context.Context, req *request) (*fetched, error) {
 	if p.direct == nil {
-		return nil, &fetchError{status: http.StatusBadGateway, msg: "direct fetching is not initialized: call Proxy.Init"}
+		return nil, failed(failUnavailable, "direct fetching is not initialized: call Proxy.Init")
 	}
 	return p.direct.fetch(ctx, req)
 }
@@ -376,17 +344,17 @@ func (p *Proxy) fetchDirect(ctx context.Context, req *request) (*fetched, error)
 // module proxy would serve it.
 func (r *directRunner) fetch(ctx context.Context, req *request) (*fetched, error) {
 	if err := checkDirectArgs(req.modPath, req.version); err != nil {
-		return nil, &fetchError{status: http.StatusBadRequest, msg: err.Error(), err: err}
+		return nil, failed(failBadRequest, "%w", err)
 	}
 	if r.goBinErr != nil {
-		return nil, &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("%s: direct fetching needs the go command: %v", req, r.goBinErr), err: r.goBinErr}
+		return nil, failed(failUnavailable, "%s: direct fetching needs the go command: %w", req, r.goBinErr)
 	}
 	if r.egressErr != nil {
-		return nil, &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("%s: direct fetching: %v", req, r.egressErr), err: r.egressErr}
+		return nil, failed(failUnavailable, "%s: direct fetching: %w", req, r.egressErr)
 	}
 	ctx = withEgressModule(ctx, req.modPath)
 	if err := r.checkOrigin(ctx, req.modPath); err != nil {
-		return nil, &fetchError{status: http.StatusForbidden, msg: fmt.Sprintf("%s: %v", req, err), err: err}
+		return nil, failed(failRefused, "%s: %w", req, err)
 	}
 	// "--" ends the flags, so that no argument is ever taken for one; both
 	// subcommands accept it.
@@ -487,7 +455,7 @@ func (r *directRunner) run(ctx context.Context, req *request, args []string) (*g
 	defer cancel()
 	egress, err := startEgressProxy(ctx, r.dialer, r.transport)
 	if err != nil {
-		return nil, &fetchError{status: http.StatusInternalServerError, msg: fmt.Sprintf("%s: starting the go command's egress proxy: %v", req, err), err: err}
+		return nil, failed(failInternal, "%s: starting the go command's egress proxy: %w", req, err)
 	}
 	defer egress.close()
 	cmd := exec.CommandContext(runCtx, r.goBin, args...)
@@ -508,20 +476,20 @@ func (r *directRunner) run(ctx context.Context, req *request, args []string) (*g
 	var res goModule
 	decodeErr := json.NewDecoder(bytes.NewReader(stdout.Bytes())).Decode(&res)
 	var exitErr *exec.ExitError
-	failed := runErr != nil || decodeErr == nil && res.errorText() != ""
+	unsuccessful := runErr != nil || decodeErr == nil && res.errorText() != ""
 	switch refused := egress.refusal(); {
 	case runErr != nil && ctx.Err() != nil:
 		err = fmt.Errorf("go %s %s: %w", subcommand, target, ctx.Err())
-	case failed && refused != nil:
+	case unsuccessful && refused != nil:
 		// Whatever the go command made of it, the policy's refusal is
 		// the reason, and no reason for a client to try elsewhere.
-		err = &fetchError{status: http.StatusForbidden, msg: fmt.Sprintf("%s: %v", target, refused), err: refused}
+		err = failed(failRefused, "%s: %w", target, refused)
 	case runErr != nil && runCtx.Err() != nil:
-		err = &fetchError{status: http.StatusGatewayTimeout, msg: fmt.Sprintf("%s: the go command timed out after %v", target, r.timeout), err: runCtx.Err()}
+		err = &failure{kind: failTimedOut, msg: fmt.Sprintf("%s: the go command timed out after %v", target, r.timeout), err: runCtx.Err()}
 	case runErr != nil && !errors.As(runErr, &exitErr):
-		err = &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("%s: running the go command: %v", target, runErr), err: runErr}
+		err = failed(failUnavailable, "%s: running the go command: %w", target, runErr)
 	case stdout.truncated:
-		err = &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("%s: the go command's output exceeds %d bytes", target, maxGoStdout)}
+		err = failed(failTooLarge, "%s: the go command's output exceeds %d bytes", target, maxGoStdout)
 	case decodeErr == nil && res.errorText() != "":
 		err = r.goError(req, target, res.errorText())
 	case runErr != nil:
@@ -531,7 +499,7 @@ func (r *directRunner) run(ctx context.Context, req *request, args []string) (*g
 		}
 		err = r.goError(req, target, msg)
 	case decodeErr != nil:
-		err = &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("%s: unreadable output from the go command: %v", target, decodeErr), err: decodeErr}
+		err = failed(failInvalidContent, "%s: unreadable output from the go command: %w", target, decodeErr)
 	}
 	outcome := "ok"
 	if err != nil {
@@ -559,8 +527,8 @@ func (r *directRunner) prepareDirs() error {
 }
 
 // goError turns a failure the go command reported into the client's error:
-// not found (404, or 410 when an origin said gone) or 502, with the go
-// command's message.
+// not found (or gone, when an origin said so), a refusal of the egress
+// policy, or the origin's failure, with the go command's message.
 func (r *directRunner) goError(req *request, target, msg string) error {
 	msg = r.cleanMessage(msg)
 	if !strings.Contains(msg, req.modPath) {
@@ -575,10 +543,9 @@ func (r *directRunner) goError(req *request, target, msg string) error {
 		}
 	}
 	if refusal := gitRefusal(words); refusal != nil {
-		return &fetchError{status: http.StatusForbidden, msg: target + ": " + refusal.Error() + "\n" + msg, err: refusal}
+		return &failure{kind: failRefused, msg: target + ": " + refusal.Error() + "\n" + msg, err: refusal}
 	}
-	status := directStatus(words)
-	return &fetchError{status: status, msg: msg}
+	return &failure{kind: directFailKind(words), msg: msg}
 }
 
 // gitRefusal returns the egress policy's reason when a failure comes from
@@ -631,21 +598,21 @@ var (
 	directGone = []string{"410 gone", "returned error: 410"}
 )
 
-// directStatus classifies a go command failure by its message.
-func directStatus(msg string) int {
+// directFailKind classifies a go command failure by its message.
+func directFailKind(msg string) failKind {
 	m := strings.ToLower(msg)
 	has := func(phrases []string) bool {
 		return slices.ContainsFunc(phrases, func(s string) bool { return strings.Contains(m, s) })
 	}
 	switch {
 	case has(directFailures):
-		return http.StatusBadGateway
+		return failUnavailable
 	case has(directGone):
-		return http.StatusGone
+		return failGone
 	case has(directNotFound):
-		return http.StatusNotFound
+		return failNotFound
 	}
-	return http.StatusBadGateway
+	return failUnavailable
 }
 
 // cleanMessage readies a go command message for clients and logs: without
@@ -669,36 +636,10 @@ func (r *directRunner) cleanMessage(msg string) string {
 	return msg
 }
 
-// redactURLsIn hides the user information of every URL in s: git prints
-// the remote URLs it fails to reach, which may carry tokens that a
-// url.<base>.insteadOf setting put there.
-func redactURLsIn(s string) string {
-	var b strings.Builder
-	for {
-		i := strings.Index(s, "://")
-		if i < 0 {
-			b.WriteString(s)
-			return b.String()
-		}
-		b.WriteString(s[:i+3])
-		s = s[i+3:]
-		end := strings.IndexFunc(s, func(r rune) bool {
-			return r == '/' || r == '\'' || r == '"' || r == '`' || unicode.IsSpace(r)
-		})
-		if end < 0 {
-			end = len(s)
-		}
-		if at := strings.LastIndexByte(s[:end], '@'); at >= 0 {
-			b.WriteString("xxxxx")
-			s = s[at:]
-		}
-	}
-}
-
 // collect builds the file req asks for from what the go command reported.
 func (r *directRunner) collect(req *request, res *goModule) (*fetched, error) {
 	bad := func(format string, args ...any) error {
-		return &fetchError{status: http.StatusBadGateway, msg: req.String() + ": " + fmt.Sprintf(format, args...)}
+		return &failure{kind: failInvalidContent, msg: req.String() + ": " + fmt.Sprintf(format, args...)}
 	}
 	if res.Path != req.modPath {
 		return nil, bad("the go command reported module %q", res.Path)
@@ -1038,64 +979,4 @@ func checkArg(s, also string) error {
 		}
 	}
 	return nil
-}
-
-// cappedBuffer keeps what is written up to max bytes and drops the rest,
-// so a go command's output cannot take unbounded memory.
-type cappedBuffer struct {
-	buf       bytes.Buffer
-	max       int
-	truncated bool
-}
-
-func (b *cappedBuffer) Write(p []byte) (int, error) {
-	n := len(p)
-	if room := b.max - b.buf.Len(); len(p) > room {
-		p = p[:max(room, 0)]
-		b.truncated = true
-	}
-	b.buf.Write(p)
-	return n, nil
-}
-
-func (b *cappedBuffer) Bytes() []byte { return b.buf.Bytes() }
-
-// keyedMutex is a mutex per key whose Lock gives up when a context ends.
-type keyedMutex struct {
-	mu    sync.Mutex
-	locks map[string]*keyedLock
-}
-
-type keyedLock struct {
-	token chan struct{} // holds one value while locked
-	refs  int           // holders and waiters; guarded by keyedMutex.mu
-}
-
-// lock locks key, waiting until it is free or ctx ends.
-func (k *keyedMutex) lock(ctx context.Context, key string) (unlock func(), err error) {
-	k.mu.Lock()
-	if k.locks == nil {
-		k.locks = make(map[string]*keyedLock)
-	}
-	l := k.locks[key]
-	if l == nil {
-		l = &keyedLock{token: make(chan struct{}, 1)}
-		k.locks[key] = l
-	}
-	l.refs++
-	k.mu.Unlock()
-	drop := func() {
-		k.mu.Lock()
-		defer k.mu.Unlock()
-		if l.refs--; l.refs == 0 {
-			delete(k.locks, key)
-		}
-	}
-	select {
-	case l.token <- struct{}{}:
-		return func() { <-l.token; drop() }, nil
-	case <-ctx.Done():
-		drop()
-		return nil, ctx.Err()
-	}
 }

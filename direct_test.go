@@ -23,6 +23,7 @@ import (
 
 	"github.com/goproxy-team/goproxy/internal/gitrepotest"
 	"github.com/goproxy-team/goproxy/internal/gocmdtest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // directMod is a module path the go command fetches with git from
@@ -144,13 +145,7 @@ func TestDirectEndToEnd(t *testing.T) {
 	if w := do(p, "GET", listPath); time.Since(listed) < p.MutableTTL/2 && w.Body.String() != "v1.0.0\n" {
 		t.Errorf("list within its cache time: %q, want the cached v1.0.0", w.Body)
 	}
-	waitFor(t, func() bool {
-		if strings.Contains(do(p, "GET", listPath).Body.String(), "v1.1.0") {
-			return true
-		}
-		time.Sleep(50 * time.Millisecond)
-		return false
-	})
+	testwait.For(t, func() bool { return strings.Contains(do(p, "GET", listPath).Body.String(), "v1.1.0") }, "the new version to be listed")
 	if got := versions(); got != directMod+" v1.0.0 v1.1.0" {
 		t.Errorf("go list -m -versions after tagging v1.1.0: %q", got)
 	}
@@ -435,7 +430,7 @@ echo end >> "$RUNS"`)
 	for i := range n {
 		wg.Go(func() { do(p, "GET", fmt.Sprintf("/example.com/m%d/@v/list", i)) })
 	}
-	waitFor(t, func() bool { return countLines(runs, "start") == 2 && p.direct.waiting.Load() == n-2 })
+	testwait.For(t, func() bool { return countLines(runs, "start") == 2 && p.direct.waiting.Load() == n-2 })
 	if err := os.WriteFile(release, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -476,7 +471,7 @@ while [ ! -e '`+release+`' ] && [ -e "$RUNS" ]; do sleep 0.01; done`)
 		os.WriteFile(release, nil, 0o644)
 		<-busy
 	}()
-	waitFor(t, func() bool { return countLines(runs, "start") == 1 })
+	testwait.For(t, func() bool { return countLines(runs, "start") == 1 })
 
 	// Waiting for a slot ends with the fetch's context; nothing runs.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -485,7 +480,7 @@ while [ ! -e '`+release+`' ] && [ -e "$RUNS" ]; do sleep 0.01; done`)
 		_, err := p.direct.fetch(ctx, &request{modPath: "example.com/other", kind: kindList})
 		done <- err
 	}()
-	waitFor(t, func() bool { return p.direct.waiting.Load() == 1 })
+	testwait.For(t, func() bool { return p.direct.waiting.Load() == 1 })
 	cancel()
 	if err := <-done; err == nil || !strings.Contains(err.Error(), "context canceled") {
 		t.Errorf("fetch after its context ended: %v", err)
@@ -681,8 +676,8 @@ func TestDirectErrorStatus(t *testing.T) {
 		{"signal: killed", 502},
 	}
 	for _, tt := range tests {
-		if got := directStatus(tt.msg); got != tt.want {
-			t.Errorf("directStatus(%q) = %d, want %d", tt.msg, got, tt.want)
+		if got, _ := answerFor(&failure{kind: directFailKind(tt.msg)}); got != tt.want {
+			t.Errorf("directFailKind(%q) answers %d, want %d", tt.msg, got, tt.want)
 		}
 	}
 }
@@ -700,15 +695,13 @@ func TestDirectToolRefusalsAreForbidden(t *testing.T) {
 		"example.com/m@v1.0.0: GOVCS disallows using hg for public example.com/m; see 'go help vcs'": "GOVCS in Proxy.Env",
 	} {
 		err := r.goError(req, "example.com/m@v1.0.0", msg)
-		var fe *fetchError
-		if !errors.As(err, &fe) || fe.status != http.StatusForbidden || !strings.Contains(fe.msg, want) {
+		if status, msg := answerFor(err); status != http.StatusForbidden || !strings.Contains(msg, want) {
 			t.Errorf("goError(%q) = %v, want 403 saying %q", msg, err, want)
 		}
 	}
 	// A module path cannot make a refusal of an ordinary failure.
 	err := r.goError(&request{modPath: "example.com/transport", version: "v1.0.0"}, "example.com/transport@v1.0.0", "example.com/transport@v1.0.0: invalid version: unknown revision v1.0.0")
-	var fe *fetchError
-	if !errors.As(err, &fe) || fe.status != http.StatusNotFound {
+	if status, _ := answerFor(err); status != http.StatusNotFound {
 		t.Errorf("an unknown revision: %v", err)
 	}
 }
@@ -723,7 +716,7 @@ func TestDirectMessagesHideCredentials(t *testing.T) {
 			t.Errorf("message shows %q: %s", secret, msg)
 		}
 	}
-	if !strings.HasPrefix(msg, "git.internal/r@v1.0.0: invalid version") || !strings.Contains(msg, "https://xxxxx@git.internal/r/") {
+	if !strings.HasPrefix(msg, "git.internal/r@v1.0.0: invalid version") || !strings.Contains(msg, "https://oauth2:xxxxx@git.internal/r/") || !strings.Contains(msg, "ssh://deploy:xxxxx@git.internal/r and https://xxxxx@git.internal") {
 		t.Errorf("message: %s", msg)
 	}
 }

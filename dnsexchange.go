@@ -50,20 +50,9 @@ func (r *Resolver) exchange(ctx context.Context, s *dnsServer, msg []byte) ([]by
 		}
 		// The transport dials a single address: try each in turn, as a
 		// name may have addresses of a family this host cannot reach.
-		var first error
-		for _, addr := range addrs {
-			resp, err := r.QUIC.Exchange(ctx, addr, r.tlsConfig(s.host), msg)
-			if err == nil {
-				return resp, nil
-			}
-			if first == nil {
-				first = err
-			}
-			if ctx.Err() != nil {
-				break
-			}
-		}
-		return nil, first
+		return firstSuccess(ctx, len(addrs), func(i int) ([]byte, error) {
+			return r.QUIC.Exchange(ctx, addrs[i], r.tlsConfig(s.host), msg)
+		})
 	}
 	return nil, fmt.Errorf("unknown DNS transport %q", s.scheme)
 }
@@ -103,10 +92,7 @@ func (r *Resolver) serverAddrs(ctx context.Context, host, port string) ([]string
 }
 
 func (r *Resolver) tlsConfig(serverName string) *tls.Config {
-	conf := &tls.Config{}
-	if r.TLSConfig != nil {
-		conf = r.TLSConfig.Clone()
-	}
+	conf := clientTLSConfig(r.TLSConfig)
 	conf.ServerName = serverName
 	return conf
 }

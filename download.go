@@ -114,53 +114,6 @@ type DownloadOptions struct {
 	Progress func(module, version string, done, total int64)
 }
 
-// withDefaults returns o with every zero field set to its default.
-func (o DownloadOptions) withDefaults(tempDir string) DownloadOptions {
-	if o.Connections <= 0 {
-		o.Connections = 4
-	}
-	if o.RangeThreshold <= 0 {
-		o.RangeThreshold = 512 << 10
-	}
-	if o.MaxConcurrent <= 0 {
-		o.MaxConcurrent = 16
-	}
-	if o.Attempts <= 0 {
-		o.Attempts = 30
-	}
-	if o.RetryBudget == 0 {
-		o.RetryBudget = 2
-	}
-	if o.DownAfter == 0 {
-		o.DownAfter = 10 * time.Second
-	}
-	if o.BaseDelay <= 0 {
-		o.BaseDelay = 5 * time.Millisecond
-	}
-	if o.MaxDelay <= 0 {
-		o.MaxDelay = 10 * time.Second
-	}
-	if o.HeaderTimeout <= 0 {
-		o.HeaderTimeout = 30 * time.Second
-	}
-	if o.BodyIdleTimeout <= 0 {
-		o.BodyIdleTimeout = 30 * time.Second
-	}
-	if o.Timeout <= 0 {
-		o.Timeout = 10 * time.Minute
-	}
-	if o.PartialDir == "" {
-		if tempDir == "" {
-			tempDir = os.TempDir()
-		}
-		o.PartialDir = filepath.Join(tempDir, "goproxy-partial")
-	}
-	if o.PartialBytes == 0 {
-		o.PartialBytes = 1 << 30
-	}
-	return o
-}
-
 // maxErrorBody caps how much of an upstream's error answer is read.
 const maxErrorBody = 4 << 10
 
@@ -310,7 +263,7 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 	req, err := http.NewRequestWithContext(actx, http.MethodGet, rawURL, nil)
 	if err != nil {
 		cancel(nil)
-		return nil, &fetchError{status: http.StatusBadGateway, msg: "invalid upstream URL " + redactURL(rawURL), err: err}
+		return nil, &failure{kind: failUnavailable, msg: "invalid upstream URL " + redactURL(rawURL), err: err}
 	}
 	for k, v := range header {
 		req.Header[k] = v
@@ -327,13 +280,13 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 	if err != nil {
 		cancel(nil)
 		if errors.Is(context.Cause(actx), errNoHeader) && ctx.Err() == nil {
-			return nil, retryable(&fetchError{status: http.StatusGatewayTimeout, err: errNoHeader,
+			return nil, retryable(&failure{kind: failTimedOut, err: errNoHeader,
 				msg: fmt.Sprintf("upstream %s sent no answer within %v", redactURL(rawURL), d.opts.HeaderTimeout)})
 		}
 		// net/http strips passwords from the URLs in its errors.
-		fe := &fetchError{status: http.StatusBadGateway, msg: err.Error(), err: err}
+		fe := &failure{kind: failUnavailable, msg: err.Error(), err: err}
 		if egressRefusal(err) != nil {
-			fe.status = http.StatusForbidden // and final: the policy will not change its mind
+			fe.kind = failRefused // and final: the policy will not change its mind
 			return nil, fe
 		}
 		var dnsErr *net.DNSError
@@ -359,7 +312,11 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 		if msg == "" {
 			msg = "not found: " + redactURL(rawURL)
 		}
-		return nil, &fetchError{status: code, msg: msg}
+		kind := failNotFound
+		if code == http.StatusGone {
+			kind = failGone
+		}
+		return nil, &failure{kind: kind, msg: msg}
 	case code == http.StatusTooManyRequests || code == http.StatusRequestTimeout || code >= 500:
 		fe := retryable(upstreamAnswered(rawURL, code, msg))
 		fe.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
@@ -376,7 +333,7 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 	case code >= 400:
 		// A refusal (401, 403, 451, ...) is passed on as what it is.
 		fe := upstreamAnswered(rawURL, code, msg)
-		fe.status = code
+		fe.kind, fe.status = failUpstreamRefused, code
 		return nil, fe
 	}
 	return nil, upstreamAnswered(rawURL, resp.StatusCode, msg)
@@ -412,25 +369,25 @@ func (b *watchedBody) Close() error {
 	return err
 }
 
-func upstreamAnswered(rawURL string, code int, msg string) *fetchError {
+func upstreamAnswered(rawURL string, code int, msg string) *failure {
 	if msg != "" {
 		msg = ": " + msg
 	}
-	return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("upstream %s answered %d %s%s", redactURL(rawURL), code, http.StatusText(code), msg)}
+	return failed(failUnavailable, "upstream %s answered %d %s%s", redactURL(rawURL), code, http.StatusText(code), msg)
 }
 
-func tooLarge(rawURL string, limit int64) *fetchError {
-	return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("upstream %s sent more than the limit of %d bytes", redactURL(rawURL), limit)}
+func tooLarge(rawURL string, limit int64) *failure {
+	return failed(failTooLarge, "upstream %s sent more than the limit of %d bytes", redactURL(rawURL), limit)
 }
 
-func readFailed(rawURL string, err error) *fetchError {
-	return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("reading %s: %v", redactURL(rawURL), err), err: err}
+func readFailed(rawURL string, err error) *failure {
+	return failed(failUnavailable, "reading %s: %w", redactURL(rawURL), err)
 }
 
 // errFileChanged stops a download whose parts turned out to be of different
 // versions of the file, or whose upstream answered a part with the whole
 // file: it starts over, since stitching two versions would corrupt it.
-var errFileChanged = &fetchError{status: http.StatusBadGateway, msg: "the upstream file changed during the download"}
+var errFileChanged = failed(failUnavailable, "the upstream file changed during the download")
 
 // diskError is a failed write to the temporary directory.
 type diskError struct {
@@ -443,12 +400,12 @@ func (e *diskError) Unwrap() error { return e.err }
 
 // diskFailed describes a failed write for the client: a full disk is 507,
 // and names the directory that lacks the space.
-func (d *downloader) diskFailed(t target, err error) *fetchError {
-	status, what := http.StatusInternalServerError, "cannot write"
+func (d *downloader) diskFailed(t target, err error) *failure {
+	kind, what := failInternal, "cannot write"
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		status, what = http.StatusInsufficientStorage, "no space left"
+		kind, what = failNoSpace, "no space left"
 	}
-	return &fetchError{status: status, err: &diskError{dir: d.opts.PartialDir, err: err},
+	return &failure{kind: kind, err: &diskError{dir: d.opts.PartialDir, err: err},
 		msg: fmt.Sprintf("%s@%s: %s in the proxy's temporary directory %s for the download: %v", t.module, t.version, what, d.opts.PartialDir, err)}
 }
 
@@ -742,7 +699,7 @@ func (dl *fileDownload) download(ctx context.Context) error {
 			return err
 		}
 		if restarts == maxRestarts {
-			return &fetchError{status: http.StatusBadGateway, err: errFileChanged, msg: fmt.Sprintf(
+			return &failure{kind: failUnavailable, err: errFileChanged, msg: fmt.Sprintf(
 				"the upstream file %s changed under each of %d downloads (its size or its ETag or Last-Modified moved); try again later",
 				redactURL(dl.url), maxRestarts+1)}
 		}
@@ -836,7 +793,7 @@ func (dl *fileDownload) first(ctx context.Context) error {
 	} else {
 		start, end, size, ok := parseContentRange(resp.Header.Get("Content-Range"))
 		if dl.unvalidated || !ok || start != 0 || size <= 0 {
-			return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("upstream %s sent an unusable Content-Range %q", redactURL(dl.url), resp.Header.Get("Content-Range"))}
+			return failed(failInvalidContent, "upstream %s sent an unusable Content-Range %q", redactURL(dl.url), resp.Header.Get("Content-Range"))
 		}
 		if size > dl.t.limit {
 			return tooLarge(dl.url, dl.t.limit)
@@ -1086,7 +1043,7 @@ func (w *partWriter) Write(b []byte) (int, error) {
 func recovering(fn func() error) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			err = &fetchError{status: http.StatusInternalServerError, msg: fmt.Sprintf("internal error: %v", v)}
+			err = failed(failInternal, "internal error: %v", v)
 		}
 	}()
 	return fn()
@@ -1124,210 +1081,4 @@ func parseContentRange(v string) (start, end, size int64, ok bool) {
 func parseDigits(s string) (int64, bool) {
 	n, err := strconv.ParseUint(s, 10, 63)
 	return int64(n), err == nil
-}
-
-// flightGroup makes concurrent requests for one file share one download.
-// Unlike golang.org/x/sync/singleflight it counts the callers still using
-// the result, because a zip result is an open file that must stay open until
-// the last of them has served it, and it runs the download detached from any
-// one caller, so a client that goes away does not fail the others.
-type flightGroup struct {
-	// abandonAfter, if positive, is the window over which a download that
-	// every caller has left must make progress (abandonedMinBytes, or a
-	// step) to go on.
-	abandonAfter time.Duration
-
-	mu      sync.Mutex
-	flights map[string]*flight
-}
-
-// abandonedMinBytes is the least a download nobody waits for must bring
-// in per abandonAfter to go on: a large file still gets cached, a stalling
-// one ends.
-const abandonedMinBytes = 64 << 10
-
-// errAbandoned ends a download that nobody waits for and that stopped
-// making progress.
-var errAbandoned = errors.New("every client left and the download stopped making progress")
-
-type flight struct {
-	done    chan struct{}
-	res     *fetched
-	err     error
-	users   int // callers holding or waiting for res; guarded by flightGroup.mu
-	ended   bool
-	watched bool // a watch runs; guarded by flightGroup.mu
-	meter   *progressMeter
-	cancel  context.CancelCauseFunc
-}
-
-// do returns the result of fn for key, starting fn unless a call for key is
-// already running. fn runs with a context detached from ctx; waiting stops
-// when ctx ends. The caller must call release once done with the result.
-//
-// background, if not nil, runs after a successful fn while callers are
-// served, typically to store the result: until it ends, the result stays
-// open and new callers for key join the finished call instead of starting
-// another.
-func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Context) (*fetched, error), background func(context.Context, *fetched)) (*fetched, func(), error) {
-	g.mu.Lock()
-	if g.flights == nil {
-		g.flights = make(map[string]*flight)
-	}
-	fl, ok := g.flights[key]
-	if !ok {
-		fl = &flight{done: make(chan struct{})}
-		g.flights[key] = fl
-		fctx, meter := withProgressMeter(context.WithoutCancel(ctx))
-		fctx, fl.cancel = context.WithCancelCause(fctx)
-		fl.meter = meter
-		go g.run(fctx, key, fl, fn, background)
-	}
-	fl.users++
-	g.mu.Unlock()
-
-	release := func() { g.release(fl) }
-	select {
-	case <-fl.done:
-		if fl.err != nil {
-			release()
-			return nil, func() {}, fl.err
-		}
-		return fl.res, release, nil
-	case <-ctx.Done():
-		release()
-		return nil, func() {}, ctx.Err()
-	}
-}
-
-// callRecovering runs fn, turning a panic into an error: fn runs on a
-// goroutine of its own, where a panic would end the whole process.
-func callRecovering(ctx context.Context, fn func(context.Context) (*fetched, error)) (res *fetched, err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			res, err = nil, &fetchError{status: http.StatusInternalServerError, msg: fmt.Sprintf("internal error: %v", v)}
-		}
-	}()
-	return fn(ctx)
-}
-
-// release drops one user of fl, closing the result after the last, or
-// watching the download when the last leaves before it ends.
-func (g *flightGroup) release(fl *flight) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	fl.users--
-	if fl.users == 0 && fl.ended && fl.res != nil {
-		fl.res.close()
-	}
-	if fl.users == 0 && !fl.ended && !fl.watched && g.abandonAfter > 0 {
-		fl.watched = true
-		go g.watch(fl)
-	}
-}
-
-// watch ends fl's download if, while nobody waits for it, it makes no
-// progress over a window of abandonAfter.
-func (g *flightGroup) watch(fl *flight) {
-	bytes, steps := fl.meter.bytes.Load(), fl.meter.steps.Load()
-	t := time.NewTicker(g.abandonAfter)
-	defer t.Stop()
-	for {
-		select {
-		case <-fl.done:
-			return
-		case <-t.C:
-		}
-		g.mu.Lock()
-		if fl.users > 0 {
-			fl.watched = false
-			g.mu.Unlock()
-			return
-		}
-		g.mu.Unlock()
-		b, s := fl.meter.bytes.Load(), fl.meter.steps.Load()
-		if b-bytes < abandonedMinBytes && s == steps {
-			fl.cancel(errAbandoned)
-			return
-		}
-		bytes, steps = b, s
-	}
-}
-
-func (g *flightGroup) run(ctx context.Context, key string, fl *flight, fn func(context.Context) (*fetched, error), background func(context.Context, *fetched)) {
-	res, err := callRecovering(ctx, fn)
-	fl.cancel(nil)
-	ctx = context.WithoutCancel(ctx)
-	g.mu.Lock()
-	fl.res, fl.err, fl.ended = res, err, true
-	if err == nil && background != nil {
-		fl.users++ // held by the background work
-		go func() {
-			background(ctx, res)
-			g.mu.Lock()
-			delete(g.flights, key)
-			g.mu.Unlock()
-			g.release(fl)
-		}()
-	} else {
-		delete(g.flights, key)
-		if fl.users == 0 && res != nil {
-			res.close()
-		}
-	}
-	g.mu.Unlock()
-	close(fl.done)
-}
-
-// users reports how many callers share the running flight for key; tests
-// use it to wait for callers without sleeping.
-func (g *flightGroup) users(key string) int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if fl, ok := g.flights[key]; ok {
-		return fl.users
-	}
-	return 0
-}
-
-// idle reports whether no call is running, background work included.
-func (g *flightGroup) idle() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.flights) == 0
-}
-
-// progressMeter counts what a fetch has done: bytes received, and steps
-// (such as validation) that take time without bringing any. A meter adds
-// to its parent's too, so that the fetches one fetch starts (a checksum
-// database lookup for a zip) count as its progress.
-type progressMeter struct {
-	bytes, steps atomic.Int64
-	parent       *progressMeter
-}
-
-type progressMeterKey struct{}
-
-// withProgressMeter returns a context carrying a new meter, child of ctx's.
-func withProgressMeter(ctx context.Context) (context.Context, *progressMeter) {
-	m := &progressMeter{parent: meterFrom(ctx)}
-	return context.WithValue(ctx, progressMeterKey{}, m), m
-}
-
-// meterFrom returns ctx's meter, or nil; a nil meter counts nothing.
-func meterFrom(ctx context.Context) *progressMeter {
-	m, _ := ctx.Value(progressMeterKey{}).(*progressMeter)
-	return m
-}
-
-func (m *progressMeter) add(n int64) {
-	for ; m != nil; m = m.parent {
-		m.bytes.Add(n)
-	}
-}
-
-func (m *progressMeter) step() {
-	for ; m != nil; m = m.parent {
-		m.steps.Add(1)
-	}
 }

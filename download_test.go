@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // largeModule is a valid module zip of a few MB, shared by the tests here.
@@ -109,7 +110,7 @@ func TestDownloadUnderFaults(t *testing.T) {
 			}
 			// The download is removed once it is stored in the cache,
 			// which happens while the client is served.
-			waitFor(t, func() bool { return len(filesUnder(t, p.TempDir)) == 0 })
+			testwait.For(t, func() bool { return len(filesUnder(t, p.TempDir)) == 0 })
 		})
 	}
 }
@@ -202,9 +203,9 @@ func TestDownloadRetries(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			up := newFakeUpstream(t, testModuleFiles(t))
+			up := newUpstream(t, testModuleFiles(t))
 			var n atomic.Int32
-			up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+			up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 				i := int(n.Add(1)) - 1
 				if i < len(tt.answers) {
 					if tt.retryAfer != "" {
@@ -242,7 +243,7 @@ func TestDownloadConcurrencyIsBounded(t *testing.T) {
 		})
 	}
 	// Three downloads reach the upstream and wait there; the rest queue.
-	waitFor(t, func() bool { return up.TotalRequests() == 3 })
+	testwait.For(t, func() bool { return up.TotalRequests() == 3 })
 	close(release)
 	wg.Wait()
 	if m := up.MaxInFlight(); m > 3 {
@@ -298,7 +299,7 @@ func TestDownloadResumesAfterKill(t *testing.T) {
 	bufio.NewReader(stdout).ReadString('\n')
 	// Kill once a third has arrived and the progress has been saved.
 	var saved partialState
-	waitFor(t, func() bool {
+	testwait.For(t, func() bool {
 		matches, _ := filepath.Glob(filepath.Join(tempDir, "goproxy-partial", "*.json"))
 		if len(matches) != 1 || faults.BodyBytes() < int64(len(want))/3 {
 			return false
@@ -370,7 +371,7 @@ func leaveWhen(t *testing.T, p *Proxy, path string, ready func() bool) {
 		defer close(done)
 		p.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", path, nil).WithContext(ctx))
 	}()
-	waitFor(t, ready)
+	testwait.For(t, ready)
 	cancel()
 	<-done
 }
@@ -379,8 +380,8 @@ func TestFetchNobodyWaitsForEndsWhenItStalls(t *testing.T) {
 	_, want := largeFixture(t)
 	var sent atomic.Int64
 	ended := make(chan struct{})
-	up := newFakeUpstream(t, nil)
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	up := newUpstream(t, nil)
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		defer close(ended)
 		w.Header().Set("Content-Length", strconv.Itoa(len(want)))
 		w.Header().Set("ETag", `"slow"`)
@@ -406,7 +407,7 @@ func TestFetchNobodyWaitsForEndsWhenItStalls(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("the upstream still sends, %d bytes so far, to a fetch nobody waits for", sent.Load())
 	}
-	waitFor(t, p.flights.idle)
+	testwait.For(t, p.flights.idle)
 	if files := filesUnder(t, p.TempDir); len(files) > 2 {
 		t.Errorf("left behind: %v", files)
 	}
@@ -422,7 +423,7 @@ func TestFetchNobodyWaitsForFinishesWhileItProgresses(t *testing.T) {
 	p := newTestProxy(t, srv.URL)
 	p.Download.BodyIdleTimeout = 100 * time.Millisecond
 	leaveWhen(t, p, largeZipPath, func() bool { return faults.BodyBytes() > 0 })
-	waitFor(t, p.flights.idle)
+	testwait.For(t, p.flights.idle)
 	cf, err := p.Cacher.Get(context.Background(), strings.TrimPrefix(largeZipPath, "/"))
 	if err != nil {
 		t.Fatalf("the download nobody waited for was not cached: %v", err)
@@ -612,7 +613,7 @@ func TestPanicInADownloadFailsOnlyThatDownload(t *testing.T) {
 			if w := do(p, "GET", largeZipPath); w.Code != http.StatusInternalServerError || !strings.Contains(w.Body.String(), "injected") {
 				t.Errorf("%d %.200q, want 500 naming the panic", w.Code, w.Body)
 			}
-			waitFor(t, p.flights.idle)
+			testwait.For(t, p.flights.idle)
 			if files := filesUnder(t, p.TempDir); len(files) > tt.kept {
 				t.Errorf("left behind: %v", files)
 			}

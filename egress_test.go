@@ -29,6 +29,7 @@ import (
 	"github.com/goproxy-team/goproxy/internal/gitrepotest"
 	"github.com/goproxy-team/goproxy/internal/gocmdtest"
 	"github.com/goproxy-team/goproxy/internal/testcert"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 func TestEgressPolicyDecidesByAddress(t *testing.T) {
@@ -295,8 +296,8 @@ func TestUpstreamRedirectsAreChecked(t *testing.T) {
 		"/unspecified-ip/":  "http://0.0.0.0:" + otherPort + "/x",
 		"/same-upstream/ok": "",
 	}
-	up := newFakeUpstream(t, testModuleFiles(t))
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	up := newUpstream(t, testModuleFiles(t))
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		for prefix, target := range targets {
 			if strings.HasPrefix(r.URL.Path, prefix) && target != "" {
 				http.Redirect(w, r, target, http.StatusFound)
@@ -330,7 +331,7 @@ func TestUpstreamRedirectsAreChecked(t *testing.T) {
 					}
 					log := watchEgress(t, p)
 					redirecting := strings.TrimSuffix(prefix, "/") + "/example.com/a/@v/v1.0.0.mod"
-					before := up.count(redirecting)
+					before := up.Requests(redirecting)
 					w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod")
 					if prefix == "/same-upstream/ok" {
 						if w.Code != http.StatusOK {
@@ -342,7 +343,7 @@ func TestUpstreamRedirectsAreChecked(t *testing.T) {
 						t.Errorf("redirect to %s: %d %q, want 403 from the egress policy", targets[prefix], w.Code, w.Body)
 					}
 					// The policy will not change its mind: no retry.
-					if n := up.count(redirecting) - before; n != 1 {
+					if n := up.Requests(redirecting) - before; n != 1 {
 						t.Errorf("the upstream was asked %d times, want once", n)
 					}
 					switch prefix {
@@ -361,7 +362,7 @@ func TestUpstreamRedirectsAreChecked(t *testing.T) {
 }
 
 func TestUpstreamOnLoopbackStillWorks(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	p := newTestProxy(t, up.URL)
 	p.Transport = nil
 	p.Dialer = &Dialer{Proxy: "direct"}
@@ -416,7 +417,7 @@ func TestDialerRebindingCannotPass(t *testing.T) {
 		}
 		t.Fatalf("after the answer changed to loopback: %v, want a refusal", err)
 	}
-	waitFor(t, func() bool { return allowedHits() == 1 })
+	testwait.For(t, func() bool { return allowedHits() == 1 })
 	select {
 	case <-hit:
 		t.Error("the loopback listener was reached")

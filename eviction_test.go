@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // evictionCachers are the Cachers every eviction test runs on.
@@ -377,7 +379,7 @@ func TestEvictionRunsWhenWritesCrossMaxBytes(t *testing.T) {
 	e.minGap = 0
 	e.start()
 	defer e.stop()
-	waitFor(t, func() bool { return e.total.Load() == 0 }) // the run at start
+	testwait.For(t, func() bool { return e.total.Load() == 0 }) // the run at start
 	for i := range 3 {
 		files := testVersionFiles(fmt.Sprintf("example.com/m%d", i), "v1.0.0", 1000)
 		putAll(t, c, files)
@@ -385,7 +387,7 @@ func TestEvictionRunsWhenWritesCrossMaxBytes(t *testing.T) {
 			e.noteStored(int64(len(content)))
 		}
 	}
-	waitFor(t, func() bool { t := e.total.Load(); return t > 0 && t <= 1800 })
+	testwait.For(t, func() bool { t := e.total.Load(); return t > 0 && t <= 1800 })
 }
 
 func TestEvictionNeedsACacherThatListsRecordsAndRemoves(t *testing.T) {

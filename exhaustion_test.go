@@ -18,6 +18,7 @@ import (
 
 	"github.com/goproxy-team/goproxy/internal/gocmdtest"
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // smallDisk makes the download engine's writes fail with ENOSPC once the
@@ -212,7 +213,7 @@ func TestFullCacheCostsCachingNotServing(t *testing.T) {
 	gocmd.Set("GOPROXY", srv.URL)
 	gocmd.WriteGoMod(moduletest.RootGoMod(vs))
 	checkDownloaded(t, gocmd.MustRun(t, "mod", "download", "-json"), want)
-	waitFor(t, p.flights.idle)
+	testwait.For(t, p.flights.idle)
 	// Nothing half written stays behind in the cache.
 	filepath.WalkDir(cacheDir, func(path string, d fs.DirEntry, err error) error {
 		if err == nil && strings.HasPrefix(d.Name(), ".") {

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/goproxy-team/goproxy/internal/moduletest"
 )
 
 func TestGoproxyWalk(t *testing.T) {
@@ -58,11 +60,11 @@ func TestGoproxyWalk(t *testing.T) {
 	goBin, _ := fakeGo(t, `echo '{"Path":"example.com/a","Version":"v1.0.0","Error":"example.com/a@v1.0.0: invalid version: unknown revision v1.0.0"}'; exit 1`)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var ups [2]*fakeUpstream
+			var ups [2]*moduletest.Server
 			for i, b := range []string{tt.a, tt.b} {
-				u := newFakeUpstream(t, nil)
+				u := newUpstream(t, nil)
 				if h := behaviours[b]; h != nil {
-					u.setHook(func(w http.ResponseWriter, r *http.Request) bool { h(w, r); return true })
+					u.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool { h(w, r); return true })
 				}
 				ups[i] = u
 			}
@@ -75,7 +77,7 @@ func TestGoproxyWalk(t *testing.T) {
 			if w.Code != tt.wantStatus || !strings.Contains(w.Body.String(), tt.wantBody) {
 				t.Errorf("got %d %q, want %d containing %q", w.Code, w.Body, tt.wantStatus, tt.wantBody)
 			}
-			if n := ups[1].count(mod); n != tt.wantB {
+			if n := ups[1].Requests(mod); n != tt.wantB {
 				t.Errorf("second upstream got %d requests, want %d", n, tt.wantB)
 			}
 		})
@@ -111,8 +113,8 @@ func TestParseUpstreams(t *testing.T) {
 }
 
 func TestCredentialsStayOutOfMessages(t *testing.T) {
-	up := newFakeUpstream(t, nil)
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool { http.Error(w, "boom", 500); return true })
+	up := newUpstream(t, nil)
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool { http.Error(w, "boom", 500); return true })
 	var logs strings.Builder
 	p := newTestProxy(t, strings.Replace(up.URL, "http://", "http://user:s3cret@", 1))
 	p.Logger = newBufferLogger(&logs)
@@ -124,9 +126,9 @@ func TestCredentialsStayOutOfMessages(t *testing.T) {
 
 // authUpstream serves testModuleFiles only to requests that pass check,
 // answering 401 otherwise, and records the Authorization headers it saw.
-func authUpstream(t *testing.T, check func(r *http.Request) bool) *fakeUpstream {
-	up := newFakeUpstream(t, testModuleFiles(t))
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+func authUpstream(t *testing.T, check func(r *http.Request) bool) *moduletest.Server {
+	up := newUpstream(t, testModuleFiles(t))
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		if !check(r) {
 			w.Header().Set("WWW-Authenticate", `Basic realm="modules"`)
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
@@ -204,8 +206,8 @@ func TestRouteCredentials(t *testing.T) {
 		}
 		// As with the go command, never over plain http.
 		var sent atomic.Bool
-		plain := newFakeUpstream(t, testModuleFiles(t))
-		plain.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		plain := newUpstream(t, testModuleFiles(t))
+		plain.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 			sent.Store(r.Header.Get("Authorization") != "")
 			return false
 		})
@@ -217,17 +219,17 @@ func TestRouteCredentials(t *testing.T) {
 }
 
 func TestCredentialsDoNotFollowRedirects(t *testing.T) {
-	other := newFakeUpstream(t, testModuleFiles(t))
+	other := newUpstream(t, testModuleFiles(t))
 	var seen []string
 	var mu sync.Mutex
-	other.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	other.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		mu.Lock()
 		seen = append(seen, r.Header.Get("Authorization")+"|"+r.Header.Get("X-Api-Key"))
 		mu.Unlock()
 		return false
 	})
-	redirector := newFakeUpstream(t, nil)
-	redirector.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	redirector := newUpstream(t, nil)
+	redirector.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		http.Redirect(w, r, other.URL+r.URL.Path, http.StatusFound)
 		return true
 	})
@@ -257,8 +259,8 @@ func TestCredentialsDoNotFollowRedirects(t *testing.T) {
 }
 
 func TestPrivateRouteStaysPrivate(t *testing.T) {
-	public := newFakeUpstream(t, testModuleFiles(t))
-	private := newFakeUpstream(t, testModuleFiles(t))
+	public := newUpstream(t, testModuleFiles(t))
+	private := newUpstream(t, testModuleFiles(t))
 	db := newTestSumDB(t, nil)
 	p := newVerifyingProxy(t, public.URL, db)
 	p.Routes = []Route{{Pattern: "example.com/a", Private: true, Upstreams: []Upstream{{URL: private.URL}}}}
@@ -267,10 +269,7 @@ func TestPrivateRouteStaysPrivate(t *testing.T) {
 			t.Errorf("%s: %d %s", f, w.Code, w.Body)
 		}
 	}
-	public.mu.Lock()
-	asked := len(public.counts)
-	public.mu.Unlock()
-	if asked != 0 {
+	if asked := public.TotalRequests(); asked != 0 {
 		t.Errorf("the public upstream was asked %d times about a private module", asked)
 	}
 	if n := db.total(); n != 0 {
@@ -286,8 +285,8 @@ func TestPrivateRouteStaysPrivate(t *testing.T) {
 }
 
 func TestEqualPrioritiesShareLoadAndFailOver(t *testing.T) {
-	a := newFakeUpstream(t, testModuleFiles(t))
-	b := newFakeUpstream(t, testModuleFiles(t))
+	a := newUpstream(t, testModuleFiles(t))
+	b := newUpstream(t, testModuleFiles(t))
 	p := newTestProxy(t, "off")
 	p.NotFoundTTL = -1
 	p.MutableTTL = -1 // every list request goes upstream
@@ -298,7 +297,7 @@ func TestEqualPrioritiesShareLoadAndFailOver(t *testing.T) {
 			t.Fatalf("%d %s", w.Code, w.Body)
 		}
 	}
-	if na, nb := a.count(list), b.count(list); na != 5 || nb != 5 {
+	if na, nb := a.Requests(list), b.Requests(list); na != 5 || nb != 5 {
 		t.Errorf("requests split %d/%d, want 5/5", na, nb)
 	}
 	b.Close() // one upstream dies: every request still succeeds
@@ -310,14 +309,14 @@ func TestEqualPrioritiesShareLoadAndFailOver(t *testing.T) {
 }
 
 func TestPrioritiesFallThrough(t *testing.T) {
-	high := newFakeUpstream(t, nil) // has nothing
-	low := newFakeUpstream(t, testModuleFiles(t))
+	high := newUpstream(t, nil) // has nothing
+	low := newUpstream(t, testModuleFiles(t))
 	p := newTestProxy(t, "off")
 	p.Routes = []Route{{Pattern: "example.com", Upstreams: []Upstream{{URL: low.URL, Priority: 1}, {URL: high.URL, Priority: 10}}}}
 	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code != 200 {
 		t.Errorf("%d %s", w.Code, w.Body)
 	}
-	if high.count("/example.com/a/@v/v1.0.0.mod") != 1 || low.count("/example.com/a/@v/v1.0.0.mod") != 1 {
+	if high.Requests("/example.com/a/@v/v1.0.0.mod") != 1 || low.Requests("/example.com/a/@v/v1.0.0.mod") != 1 {
 		t.Error("the higher priority was not tried first")
 	}
 }
@@ -325,8 +324,8 @@ func TestPrioritiesFallThrough(t *testing.T) {
 func TestUpstreamPathsAreEscaped(t *testing.T) {
 	var got []string
 	var mu sync.Mutex
-	up := newFakeUpstream(t, nil)
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	up := newUpstream(t, nil)
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		mu.Lock()
 		got = append(got, r.URL.EscapedPath())
 		mu.Unlock()
@@ -353,7 +352,7 @@ func TestUpstreamPathsAreEscaped(t *testing.T) {
 }
 
 func TestRedirectFromHTTPSToHTTPRefused(t *testing.T) {
-	plain := newFakeUpstream(t, testModuleFiles(t))
+	plain := newUpstream(t, testModuleFiles(t))
 	secure := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, plain.URL+r.URL.Path, http.StatusFound)
 	}))
@@ -363,7 +362,7 @@ func TestRedirectFromHTTPSToHTTPRefused(t *testing.T) {
 	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code == 200 || !strings.Contains(w.Body.String(), "insecure") {
 		t.Errorf("downgrade redirect: %d %s", w.Code, w.Body)
 	}
-	if plain.count("/example.com/a/@v/v1.0.0.mod") != 0 {
+	if plain.Requests("/example.com/a/@v/v1.0.0.mod") != 0 {
 		t.Error("the insecure target was reached")
 	}
 }

@@ -3,7 +3,6 @@ package goproxy
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -119,8 +118,7 @@ func FuzzParseRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, path string) {
 		req, err := p.parseRequest(path)
 		if err != nil {
-			var fe *fetchError
-			if !errors.As(err, &fe) || fe.status < 400 || fe.status > 499 {
+			if status, _ := answerFor(err); status < 400 || status > 499 {
 				t.Fatalf("parseRequest(%q): %v, want a 4xx", path, err)
 			}
 			return

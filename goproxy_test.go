@@ -13,12 +13,16 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // newTestProxy returns a Proxy with a fresh MemCacher whose upstream list is
@@ -38,7 +42,7 @@ func newTestProxy(t *testing.T, goproxy string, env ...string) *Proxy {
 	}
 	// Files are stored in the background while clients are served: let
 	// that finish before the test's directories are removed.
-	t.Cleanup(func() { waitFor(t, p.flights.idle) })
+	t.Cleanup(func() { testwait.For(t, p.flights.idle) })
 	return p
 }
 
@@ -84,53 +88,15 @@ func makeZip(t *testing.T, files ...string) []byte {
 	return buf.Bytes()
 }
 
-// fakeUpstream is a module proxy serving fixed bodies by path, counting
-// requests; paths it lacks get 404.
-type fakeUpstream struct {
-	*httptest.Server
-	mu     sync.Mutex
-	files  map[string][]byte
-	counts map[string]int
-	hook   func(w http.ResponseWriter, r *http.Request) bool
-}
-
-func newFakeUpstream(t *testing.T, files map[string][]byte) *fakeUpstream {
-	u := &fakeUpstream{files: files, counts: map[string]int{}}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.mu.Lock()
-		u.counts[r.URL.Path]++
-		body, ok := u.files[r.URL.Path]
-		hook := u.hook
-		u.mu.Unlock()
-		if hook != nil && hook(w, r) {
-			return
-		}
-		if !ok {
-			http.Error(w, "not found: "+r.URL.Path, http.StatusNotFound)
-			return
-		}
-		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
-	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
-func (u *fakeUpstream) count(path string) int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.counts[path]
-}
-
-func (u *fakeUpstream) set(path string, body []byte) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.files[path] = body
-}
-
-func (u *fakeUpstream) setHook(hook func(w http.ResponseWriter, r *http.Request) bool) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.hook = hook
+// newUpstream starts an upstream serving files verbatim by URL path (see
+// moduletest.Server.SetFile), closed when the test ends.
+func newUpstream(t *testing.T, files map[string][]byte) *moduletest.Server {
+	up := moduletest.NewServer(nil)
+	for path, body := range files {
+		up.SetFile(path, body)
+	}
+	t.Cleanup(up.Close)
+	return up
 }
 
 const testInfo = `{"Version":"v1.0.0","Time":"2024-01-02T03:04:05Z"}`
@@ -148,7 +114,8 @@ func testModuleFiles(t *testing.T) map[string][]byte {
 }
 
 func TestServesAndCachesEachKind(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	files := testModuleFiles(t)
+	up := newUpstream(t, files)
 	p := newTestProxy(t, up.URL)
 	for _, path := range []string{"/example.com/a/@v/list", "/example.com/a/@latest", "/example.com/a/@v/v1.0.0.info", "/example.com/a/@v/v1.0.0.mod", "/example.com/a/@v/v1.0.0.zip"} {
 		for range 2 {
@@ -156,14 +123,14 @@ func TestServesAndCachesEachKind(t *testing.T) {
 			if w.Code != 200 {
 				t.Fatalf("GET %s: %d %s", path, w.Code, w.Body)
 			}
-			if !bytes.Equal(w.Body.Bytes(), up.files[path]) {
+			if !bytes.Equal(w.Body.Bytes(), files[path]) {
 				t.Errorf("GET %s: body differs from upstream's", path)
 			}
 			if w.Header().Get("Content-Length") == "" {
 				t.Errorf("GET %s: no Content-Length", path)
 			}
 		}
-		if n := up.count(path); n != 1 {
+		if n := up.Requests(path); n != 1 {
 			t.Errorf("%s reached the upstream %d times, want 1", path, n)
 		}
 	}
@@ -180,19 +147,20 @@ func TestServesAndCachesEachKind(t *testing.T) {
 }
 
 func TestInfoAndModDoNotFetchZip(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	p := newTestProxy(t, up.URL)
 	do(p, "GET", "/example.com/a/@v/v1.0.0.info")
 	do(p, "GET", "/example.com/a/@v/v1.0.0.mod")
-	if n := up.count("/example.com/a/@v/v1.0.0.zip"); n != 0 {
+	if n := up.Requests("/example.com/a/@v/v1.0.0.zip"); n != 0 {
 		t.Errorf("zip fetched %d times for .info and .mod requests", n)
 	}
 }
 
 func TestRangeAndConditionalRequests(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	files := testModuleFiles(t)
+	up := newUpstream(t, files)
 	p := newTestProxy(t, up.URL)
-	zipBody := up.files["/example.com/a/@v/v1.0.0.zip"]
+	zipBody := files["/example.com/a/@v/v1.0.0.zip"]
 	do(p, "GET", "/example.com/a/@v/v1.0.0.zip") // fill the cache
 	w := do(p, "GET", "/example.com/a/@v/v1.0.0.zip", "Range", "bytes=10-19")
 	if w.Code != http.StatusPartialContent || !bytes.Equal(w.Body.Bytes(), zipBody[10:20]) {
@@ -212,7 +180,7 @@ func TestGzipsLargeTextWithContentLength(t *testing.T) {
 	for i := range 300 {
 		list.WriteString("v1.0." + strconv.Itoa(i) + "\n")
 	}
-	up := newFakeUpstream(t, map[string][]byte{"/example.com/a/@v/list": []byte(list.String())})
+	up := newUpstream(t, map[string][]byte{"/example.com/a/@v/list": []byte(list.String())})
 	p := newTestProxy(t, up.URL)
 	w := do(p, "GET", "/example.com/a/@v/list", "Accept-Encoding", "gzip")
 	if w.Header().Get("Content-Encoding") != "gzip" || w.Header().Get("Content-Length") != strconv.Itoa(w.Body.Len()) {
@@ -232,7 +200,7 @@ func TestGzipsLargeTextWithContentLength(t *testing.T) {
 }
 
 func TestMountedUnderPrefix(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	mux := http.NewServeMux()
 	mux.Handle("/go/", http.StripPrefix("/go", newTestProxy(t, up.URL)))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
@@ -253,15 +221,15 @@ func TestMethodNotAllowed(t *testing.T) {
 }
 
 func TestMutableEntriesExpireAndServeStale(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	p := newTestProxy(t, up.URL)
 	p.MutableTTL = -1 // always refetch
 	do(p, "GET", "/example.com/a/@v/list")
-	up.set("/example.com/a/@v/list", []byte("v1.0.0\nv1.1.0\n"))
+	up.SetFile("/example.com/a/@v/list", []byte("v1.0.0\nv1.1.0\n"))
 	if w := do(p, "GET", "/example.com/a/@v/list"); w.Body.String() != "v1.0.0\nv1.1.0\n" {
 		t.Errorf("list after expiry: %q", w.Body)
 	}
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		http.Error(w, "upstream down", http.StatusServiceUnavailable)
 		return true
 	})
@@ -276,44 +244,44 @@ func TestMutableEntriesExpireAndServeStale(t *testing.T) {
 }
 
 func TestMutableEntriesFreshWithinTTL(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	p := newTestProxy(t, up.URL)
 	p.MutableTTL = time.Hour
 	do(p, "GET", "/example.com/a/@v/list")
 	do(p, "GET", "/example.com/a/@v/list")
-	if n := up.count("/example.com/a/@v/list"); n != 1 {
+	if n := up.Requests("/example.com/a/@v/list"); n != 1 {
 		t.Errorf("list fetched %d times within its TTL", n)
 	}
 }
 
 func TestNotFoundRemembered(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	p := newTestProxy(t, up.URL)
 	for range 3 {
 		w := do(p, "GET", "/example.com/missing/@v/list")
-		if w.Code != http.StatusNotFound || !strings.Contains(w.Body.String(), "not found: /example.com/missing/@v/list") {
+		if w.Code != http.StatusNotFound || !strings.Contains(w.Body.String(), "not found: example.com/missing") {
 			t.Fatalf("missing module: %d %q", w.Code, w.Body)
 		}
 	}
-	if n := up.count("/example.com/missing/@v/list"); n != 1 {
+	if n := up.Requests("/example.com/missing/@v/list"); n != 1 {
 		t.Errorf("not-found asked upstream %d times, want 1", n)
 	}
 	p2 := newTestProxy(t, up.URL)
 	p2.NotFoundTTL = -1
 	do(p2, "GET", "/example.com/missing/@v/list")
 	do(p2, "GET", "/example.com/missing/@v/list")
-	if n := up.count("/example.com/missing/@v/list"); n != 3 {
+	if n := up.Requests("/example.com/missing/@v/list"); n != 3 {
 		t.Errorf("with the memo off, upstream asked %d times in all, want 3", n)
 	}
 }
 
 func TestDisableModuleFetch(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	p := newTestProxy(t, up.URL)
 	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod", "Disable-Module-Fetch", "true"); w.Code != http.StatusNotFound {
 		t.Errorf("uncached with Disable-Module-Fetch: %d", w.Code)
 	}
-	if up.count("/example.com/a/@v/v1.0.0.mod") != 0 {
+	if up.Requests("/example.com/a/@v/v1.0.0.mod") != 0 {
 		t.Error("Disable-Module-Fetch still fetched")
 	}
 	do(p, "GET", "/example.com/a/@v/v1.0.0.mod")
@@ -324,10 +292,10 @@ func TestDisableModuleFetch(t *testing.T) {
 
 func TestConcurrentMissesShareOneFetch(t *testing.T) {
 	files := testModuleFiles(t)
-	up := newFakeUpstream(t, files)
+	up := newUpstream(t, files)
 	release := make(chan struct{})
 	var arrived atomic.Int32
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		arrived.Add(1)
 		<-release // hold the upstream until every client is waiting
 		return false
@@ -355,7 +323,7 @@ func TestConcurrentMissesShareOneFetch(t *testing.T) {
 	}
 	// Every client is inside the proxy once it has counted 50 waiters on
 	// the flight; poll the flight's user count rather than sleeping.
-	waitFor(t, func() bool { return p.flights.users("example.com/a/@v/v1.0.0.zip") == clients })
+	testwait.For(t, func() bool { return p.flights.users("example.com/a/@v/v1.0.0.zip") == clients })
 	close(release)
 	wg.Wait()
 	close(errs)
@@ -368,9 +336,9 @@ func TestConcurrentMissesShareOneFetch(t *testing.T) {
 }
 
 func TestClientGoingAwayDoesNotCancelSharedFetch(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	release := make(chan struct{})
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool { <-release; return false })
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool { <-release; return false })
 	p := newTestProxy(t, up.URL)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -381,10 +349,10 @@ func TestClientGoingAwayDoesNotCancelSharedFetch(t *testing.T) {
 		p.ServeHTTP(w, r)
 		quitter <- w.Code
 	}()
-	waitFor(t, func() bool { return p.flights.users("example.com/a/@v/v1.0.0.zip") == 1 })
+	testwait.For(t, func() bool { return p.flights.users("example.com/a/@v/v1.0.0.zip") == 1 })
 	stayer := make(chan *httptest.ResponseRecorder)
 	go func() { stayer <- do(p, "GET", "/example.com/a/@v/v1.0.0.zip") }()
-	waitFor(t, func() bool { return p.flights.users("example.com/a/@v/v1.0.0.zip") == 2 })
+	testwait.For(t, func() bool { return p.flights.users("example.com/a/@v/v1.0.0.zip") == 2 })
 	cancel()
 	<-quitter
 	close(release)
@@ -393,20 +361,8 @@ func TestClientGoingAwayDoesNotCancelSharedFetch(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds, failing the test after ten seconds.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached in 10s")
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func TestCacheFailureFallsBackToUpstream(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	p := newTestProxy(t, up.URL)
 	p.Cacher = brokenCacher{}
 	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code != 200 {
@@ -422,7 +378,7 @@ func (brokenCacher) Get(context.Context, string) (CachedFile, error) {
 func (brokenCacher) Put(context.Context, string, io.ReadSeeker) error { return fs.ErrPermission }
 
 func TestZeroValueUsesEnvironment(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	t.Setenv("GOPROXY", up.URL)
 	t.Setenv("GOSUMDB", "off")
 	cacheHome := t.TempDir()
@@ -432,7 +388,7 @@ func TestZeroValueUsesEnvironment(t *testing.T) {
 		t.Fatalf("zero Proxy: %d %q", w.Code, w.Body)
 	}
 	// The immutable .mod is stored while the client is served.
-	waitFor(t, func() bool {
+	testwait.For(t, func() bool {
 		_, err := os.Stat(filepath.Join(cacheHome, "goproxy", "example.com/a/@v/v1.0.0.mod"))
 		return err == nil
 	})
@@ -509,5 +465,65 @@ func TestReadErrorAbortsTheResponse(t *testing.T) {
 	body, err := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 || len(body) == 0 || err == nil {
 		t.Errorf("%s, %d bytes, %v: want a started response that then fails", resp.Status, len(body), err)
+	}
+}
+
+// Init takes its own copy of the configuration: fields changed afterwards,
+// slices and maps included, change nothing.
+func TestFieldsChangedAfterInitAreNotSeen(t *testing.T) {
+	up := newUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, up.URL)
+	p.MutableTTL = time.Hour
+	p.Routes = []Route{{Pattern: "example.com/routed", Upstreams: []Upstream{{URL: up.URL}}}}
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
+	}
+	p.MutableTTL = -1
+	p.Routes[0].Upstreams[0].URL = "off"
+	p.Hosted = &MemCacher{}
+	p.Authorize = func(*http.Request, Operation, string) error { return errors.New("no") }
+	do(p, "GET", "/example.com/a/@v/list")
+	if w := do(p, "GET", "/example.com/a/@v/list"); w.Code != 200 || up.Requests("/example.com/a/@v/list") != 1 {
+		t.Errorf("list: %d, fetched %d times; want 200, fetched once within the TTL Init saw", w.Code, up.Requests("/example.com/a/@v/list"))
+	}
+	if w := do(p, "PUT", "/example.com/a/@v/v1.1.0.zip"); w.Code != http.StatusMethodNotAllowed {
+		t.Errorf("PUT with Hosted set after Init: %d, want 405 (publishing disabled)", w.Code)
+	}
+}
+
+// Env holds the egress proxy variables for a Dialer without an Env of its
+// own; a Dialer's own Env wins, and without either the process's are read.
+func TestEnvCoversEgressProxyVariables(t *testing.T) {
+	t.Setenv("HTTPS_PROXY", "http://from-process.test:1")
+	proxyOf := func(p *Proxy) string {
+		t.Helper()
+		if err := p.Init(); err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range p.dialer.Environ() {
+			if v, ok := strings.CutPrefix(kv, "HTTPS_PROXY="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	env := []string{"GOPROXY=off", "GOSUMDB=off", "HTTPS_PROXY=http://from-env.test:2"}
+	if got := proxyOf(&Proxy{Cacher: &MemCacher{}, Env: env}); got != "http://from-env.test:2" {
+		t.Errorf("with Env: HTTPS_PROXY %q, want Env's", got)
+	}
+	if got := proxyOf(&Proxy{Cacher: &MemCacher{}, Env: []string{"GOPROXY=off", "GOSUMDB=off"}}); got != "" {
+		t.Errorf("with an Env without proxy variables: HTTPS_PROXY %q, want none (the process's is not read)", got)
+	}
+	if got := proxyOf(&Proxy{Cacher: &MemCacher{}, Env: env, Dialer: &Dialer{Env: []string{"HTTPS_PROXY=http://from-dialer.test:3"}}}); got != "http://from-dialer.test:3" {
+		t.Errorf("with the Dialer's own Env: HTTPS_PROXY %q, want the Dialer's", got)
+	}
+	t.Setenv("GOPROXY", "off")
+	if got := proxyOf(&Proxy{Cacher: &MemCacher{}}); got != "http://from-process.test:1" {
+		t.Errorf("without Env: HTTPS_PROXY %q, want the process's", got)
+	}
+	p := &Proxy{Cacher: &MemCacher{}, Env: append(env, "GOPROXY=direct"), TempDir: t.TempDir()}
+	proxyOf(p)
+	if got := p.direct.dialer.Environ(); !slices.Contains(got, "HTTPS_PROXY=http://from-env.test:2") {
+		t.Errorf("the go command's way out: %q, want Env's HTTPS_PROXY", got)
 	}
 }

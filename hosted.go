@@ -1,273 +1,26 @@
 package goproxy
 
 import (
-	"archive/zip"
-	"bytes"
 	"cmp"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
-	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"golang.org/x/mod/modfile"
 	"golang.org/x/mod/module"
 	"golang.org/x/mod/semver"
-	modzip "golang.org/x/mod/zip"
 )
-
-// ErrVersionConflict is returned (wrapped) by [Proxy.Publish] when the
-// version was published before with different content: published
-// versions never change. Over HTTP it answers 409 Conflict.
-var ErrVersionConflict = errors.New("version already published with different content")
-
-// ErrInvalidModule is returned (wrapped) by [Proxy.Publish] for a zip,
-// path or version that is not a valid module version. Over HTTP it answers
-// 400 with the reason.
-var ErrInvalidModule = errors.New("invalid module")
-
-// errPublishingDisabled answers PUT when there is no Hosted store.
-var errPublishingDisabled = &fetchError{status: http.StatusMethodNotAllowed,
-	msg: "publishing is not enabled on this proxy (no Hosted store)"}
-
-// Publish stores a module version given its zip, as PUT
-// $module/@v/$version.zip does. The zip is checked with
-// golang.org/x/mod/zip (paths under the module@version prefix, sizes,
-// file names), its go.mod must declare modulePath (without one, a go.mod
-// naming the path is synthesized, as for modules that predate modules), and
-// the version must be canonical and agree with the path's major version.
-// The .mod is taken from the zip, the .info records the publishing time.
-//
-// Publishing the same content again succeeds and changes nothing; other
-// content for a published version fails with ErrVersionConflict. The zip is
-// streamed to a temporary file, never held in memory.
-func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipContent io.Reader) error {
-	if err := p.Init(); err != nil {
-		return err
-	}
-	if p.Hosted == nil {
-		return errPublishingDisabled
-	}
-	if err := checkPublishable(modulePath, version); err != nil {
-		return err
-	}
-	m := module.Version{Path: modulePath, Version: version}
-	tmp, err := os.CreateTemp(p.TempDir, "goproxy-publish-*.zip")
-	if err != nil {
-		return fmt.Errorf("publishing %s: %w", m, err)
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	n, err := io.Copy(tmp, io.LimitReader(contextReader{ctx, zipContent}, maxZipSize+1))
-	if err != nil {
-		return fmt.Errorf("publishing %s: reading the upload: %w", m, err)
-	}
-	if n > maxZipSize {
-		return fmt.Errorf("publishing %s: %w: the zip is larger than the %d-byte limit for module zips", m, ErrInvalidModule, maxZipSize)
-	}
-	cf, err := modzip.CheckZip(m, tmp.Name())
-	if err == nil {
-		err = cf.Err()
-	}
-	if err == nil {
-		err = checkZipContents(tmp, n)
-	}
-	if err != nil {
-		return fmt.Errorf("publishing %s: %w: %v", m, ErrInvalidModule, err)
-	}
-	mod, err := goModOfZip(tmp, n, m)
-	if err != nil {
-		return fmt.Errorf("publishing %s: %w: %v", m, ErrInvalidModule, err)
-	}
-
-	escPath, _ := module.EscapePath(modulePath)
-	escVersion, _ := module.EscapeVersion(version)
-	base := escPath + "/@v/" + escVersion
-	unlock, err := p.publishing.lock(ctx, escPath)
-	if err != nil {
-		return fmt.Errorf("publishing %s: %w", m, err)
-	}
-	defer unlock()
-	same, err := p.samePublished(ctx, base+".zip", tmp)
-	if err != nil {
-		return fmt.Errorf("publishing %s: %w", m, err)
-	}
-	if same && p.isPublished(ctx, base) {
-		return nil // published before: nothing to do
-	}
-	// Otherwise new, or an earlier publish stopped before the end: finish it.
-	info, _ := json.Marshal(struct {
-		Version string
-		Time    time.Time
-	}{version, time.Now().UTC().Truncate(time.Second)})
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("publishing %s: %w", m, err)
-	}
-	// The .info goes last: its presence is what makes the version listed.
-	for _, f := range []struct {
-		name string
-		r    io.ReadSeeker
-	}{{base + ".zip", tmp}, {base + ".mod", bytes.NewReader(mod)}, {base + ".info", bytes.NewReader(info)}} {
-		if err := p.Hosted.Put(ctx, f.name, f.r); err != nil {
-			return fmt.Errorf("publishing %s: storing %s: %w", m, f.name, err)
-		}
-	}
-	// An upstream copy of the same version may be in memory.
-	p.hotForget(base+".info", base+".mod")
-	p.index.add(modulePath, version, time.Now())
-	p.logger().Info("published", "module", modulePath, "version", version, "bytes", n)
-	return nil
-}
-
-func checkPublishable(modulePath, version string) error {
-	if err := module.CheckPath(modulePath); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidModule, err)
-	}
-	if err := module.Check(modulePath, version); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidModule, err)
-	}
-	if module.CanonicalVersion(version) != version {
-		return fmt.Errorf("%w: %s@%s: version is not canonical", ErrInvalidModule, modulePath, version)
-	}
-	return nil
-}
-
-// goModOfZip returns the go.mod in the zip, checked against the module
-// path, or the synthesized one when there is none.
-func goModOfZip(f *os.File, size int64, m module.Version) ([]byte, error) {
-	zr, err := zip.NewReader(f, size)
-	if err != nil {
-		return nil, err
-	}
-	name := m.Path + "@" + m.Version + "/go.mod"
-	for _, zf := range zr.File {
-		if zf.Name != name {
-			continue
-		}
-		if strings.HasSuffix(m.Version, "+incompatible") {
-			return nil, errors.New("a +incompatible version must not have a go.mod file")
-		}
-		rc, err := zf.Open()
-		if err != nil {
-			return nil, err
-		}
-		data, err := io.ReadAll(io.LimitReader(rc, maxModSize+1))
-		rc.Close()
-		if err != nil {
-			return nil, err
-		}
-		if len(data) > maxModSize {
-			return nil, errors.New("go.mod is too large")
-		}
-		mf, err := modfile.ParseLax("go.mod", data, nil)
-		if err != nil {
-			return nil, err
-		}
-		if mf.Module == nil || mf.Module.Mod.Path != m.Path {
-			declared := "no module path"
-			if mf.Module != nil {
-				declared = mf.Module.Mod.Path
-			}
-			return nil, fmt.Errorf("go.mod declares %s, not %s", declared, m.Path)
-		}
-		return data, nil
-	}
-	return []byte("module " + m.Path + "\n"), nil
-}
-
-// samePublished reports whether name is published already with the same
-// content as f, failing with ErrVersionConflict if it is published with
-// other content.
-func (p *Proxy) samePublished(ctx context.Context, name string, f *os.File) (bool, error) {
-	cf, err := p.Hosted.Get(ctx, name)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	defer cf.Close()
-	old, err := digest(cf)
-	if err != nil {
-		return false, err
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return false, err
-	}
-	updated, err := digest(f)
-	if err != nil {
-		return false, err
-	}
-	if old != updated {
-		return false, ErrVersionConflict
-	}
-	return true, nil
-}
-
-func digest(r io.Reader) ([sha256.Size]byte, error) {
-	h := sha256.New()
-	_, err := io.Copy(h, r)
-	var sum [sha256.Size]byte
-	h.Sum(sum[:0])
-	return sum, err
-}
-
-// servePublish answers PUT $module/@v/$version.zip.
-func (p *Proxy) servePublish(w http.ResponseWriter, r *http.Request, req *request) {
-	if p.Hosted == nil {
-		p.writeFetchError(w, errPublishingDisabled)
-		return
-	}
-	if req.kind != kindZip {
-		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, http.StatusMethodNotAllowed, "only a version's .zip is published; its .mod and .info are derived from it")
-		return
-	}
-	if r.ContentLength > maxZipSize {
-		// Refused before a byte is read, with 400 like every other invalid
-		// upload.
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s@%s: the zip is larger than the %d-byte limit for module zips", req.modPath, req.version, maxZipSize))
-		return
-	}
-	err := p.Publish(r.Context(), req.modPath, req.version, r.Body)
-	switch {
-	case err == nil:
-		writeError(w, http.StatusCreated, "published "+req.modPath+"@"+req.version)
-	case errors.Is(err, ErrVersionConflict):
-		writeError(w, http.StatusConflict, err.Error())
-	case errors.Is(err, ErrInvalidModule):
-		writeError(w, http.StatusBadRequest, err.Error())
-	case errors.Is(err, io.ErrUnexpectedEOF), r.Context().Err() != nil:
-		writeError(w, http.StatusBadRequest, err.Error())
-	default:
-		var fe *fetchError
-		if errors.As(err, &fe) {
-			writeError(w, fe.status, fe.msg)
-			return
-		}
-		// A read error of the body is the client's; storage errors are ours.
-		var maxErr *http.MaxBytesError
-		if errors.As(err, &maxErr) || strings.Contains(err.Error(), "reading the upload") {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		writeError(w, http.StatusInternalServerError, err.Error())
-	}
-}
 
 // hostedVersions lists the published versions of a module.
 func (p *Proxy) hostedVersions(ctx context.Context, escPath string) ([]string, error) {
-	if p.Hosted == nil {
+	if p.conf.hosted == nil {
 		return nil, nil
 	}
-	walker, ok := p.Hosted.(CacheWalker)
+	walker, ok := p.conf.hosted.(CacheWalker)
 	if !ok {
 		return nil, nil
 	}
@@ -285,12 +38,12 @@ func (p *Proxy) hostedVersions(ctx context.Context, escPath string) ([]string, e
 	return versions, err
 }
 
-// openHosted returns a published file, if req asks for one. A version
+// openPublished returns a published file, if req asks for one. A version
 // counts as published once its .info is stored, which Publish does last.
 // A Hosted store that fails is an error, not a miss: falling through
 // would send a private module's path upstream.
-func (p *Proxy) openHosted(ctx context.Context, req *request) (*content, bool, error) {
-	if p.Hosted == nil || req.kind == kindSumDB || req.mutable() {
+func (p *Proxy) openPublished(ctx context.Context, req *request) (*content, bool, error) {
+	if p.conf.hosted == nil || req.kind == kindSumDB || req.mutable() {
 		return nil, false, nil
 	}
 	gen := p.hotGen()
@@ -298,67 +51,76 @@ func (p *Proxy) openHosted(ctx context.Context, req *request) (*content, bool, e
 	if req.kind != kindInfo {
 		name = strings.TrimSuffix(strings.TrimSuffix(name, ".zip"), ".mod") + ".info"
 	}
-	info, err := p.Hosted.Get(ctx, name)
+	info, err := p.conf.hosted.Get(ctx, name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, false, nil
 	}
 	if err != nil {
-		return nil, false, &fetchError{status: http.StatusBadGateway, msg: "reading the published versions: " + err.Error(), err: err}
+		return nil, false, failed(failUnavailable, "reading the published versions: %w", err)
 	}
 	cf := info
 	if req.kind != kindInfo {
 		info.Close()
-		if cf, err = p.Hosted.Get(ctx, req.name); err != nil {
-			return nil, false, &fetchError{status: http.StatusBadGateway, msg: "reading the published " + req.String() + ": " + err.Error(), err: err}
+		if cf, err = p.conf.hosted.Get(ctx, req.name); err != nil {
+			return nil, false, failed(failUnavailable, "reading the published %s: %w", req, err)
 		}
 	}
-	if h, ok := p.hotPut(req, cf, cf.ModTime(), etagOf(cf), gen); ok {
-		cf.Close()
-		return h.content(), true, nil
+	c, err := storedContent(req, cf, fromPublished)
+	if err != nil {
+		return nil, false, failed(failUnavailable, "reading the published %s: %w", req, err)
 	}
-	return &content{ReadSeeker: cf, modTime: cf.ModTime(), etag: etagOf(cf), close: func() { cf.Close() }}, true, nil
+	return p.keepHot(req, c, gen), true, nil
 }
 
-// openMerged answers list, @latest and version queries (".info" of
-// "latest", "v1" or "v1.2") for a module with published versions: the
-// published ones merged with the upstreams' by the go command's rules, a
-// published version winning over an upstream one. The upstreams failing
-// does not hide the published versions.
-func (p *Proxy) openMerged(ctx context.Context, req *request, mayFetch bool) (*content, bool, error) {
-	if p.Hosted == nil {
-		return nil, false, nil
-	}
-	query := ""
+// mergeQuery reports whether req's answer merges published versions with
+// the upstreams' (a list, @latest, or a version query: the .info of
+// "latest", "v1" or "v1.2"), and the query of an .info.
+func mergeQuery(req *request) (query string, ok bool) {
 	switch {
 	case req.kind == kindList, req.kind == kindLatest:
+		return "", true
 	case req.kind == kindInfo && !req.canonical && (req.version == "latest" || isVersionPrefix(req.version)):
-		query = req.version
-	default:
-		return nil, false, nil
+		return req.version, true
+	}
+	return "", false
+}
+
+// publishedVersions lists the published versions that req's answer must
+// take into account: none unless it is a list, @latest or version query.
+func (p *Proxy) publishedVersions(ctx context.Context, req *request) ([]string, error) {
+	if _, ok := mergeQuery(req); !ok || p.conf.hosted == nil {
+		return nil, nil
 	}
 	escPath, _ := module.EscapePath(req.modPath)
-	hosted, err := p.hostedVersions(ctx, escPath)
-	if err != nil || len(hosted) == 0 {
-		return nil, false, err
+	versions, err := p.hostedVersions(ctx, escPath)
+	if err != nil {
+		return nil, failed(failUnavailable, "listing the published versions of %s: %w", req.modPath, err)
 	}
-	upstream, _ := p.openUpstream(ctx, req, mayFetch)
+	return versions, nil
+}
+
+// mergePublished answers a list, @latest or version query for a module
+// with published versions: the published ones merged with the upstreams'
+// answer (upstream, which may be nil when they failed) by the go command's
+// rules, a published version winning over an upstream one.
+func (p *Proxy) mergePublished(ctx context.Context, req *request, published []string, upstream *content) (*content, error) {
+	query, _ := mergeQuery(req)
 	var body []byte
 	if upstream != nil {
-		body, _ = io.ReadAll(io.LimitReader(upstream, maxListSize))
+		body, _ = io.ReadAll(io.LimitReader(upstream.body, maxListSize))
 		upstream.close()
 	}
 	if req.kind == kindList {
 		seen := map[string]bool{}
 		var all []string
-		for _, v := range append(strings.Fields(string(body)), hosted...) {
+		for _, v := range append(strings.Fields(string(body)), published...) {
 			if !seen[v] && semver.IsValid(v) {
 				seen[v] = true
 				all = append(all, v)
 			}
 		}
 		semver.Sort(all)
-		body = []byte(strings.Join(all, "\n") + "\n")
-		return &content{ReadSeeker: bytes.NewReader(body), modTime: time.Now(), close: func() {}}, true, nil
+		return memContent([]byte(strings.Join(all, "\n")+"\n"), time.Now(), fromMerged), nil
 	}
 
 	best := ""
@@ -367,27 +129,28 @@ func (p *Proxy) openMerged(ctx context.Context, req *request, mayFetch bool) (*c
 		best = upInfo.Version
 	}
 	fromUpstream := best != ""
-	for _, v := range hosted {
+	for _, v := range published {
 		if matchesQuery(v, query) && (best == "" || preferLatest(v, best)) {
 			best, fromUpstream = v, false
 		}
 	}
 	switch {
 	case best == "":
-		return nil, true, &fetchError{status: http.StatusNotFound, msg: fmt.Sprintf("%s: no matching versions for query %q", req.modPath, cmp.Or(query, "latest"))}
+		return nil, failed(failNotFound, "%s: no matching versions for query %q", req.modPath, cmp.Or(query, "latest"))
 	case !fromUpstream:
+		escPath, _ := module.EscapePath(req.modPath)
 		escVersion, _ := module.EscapeVersion(best)
-		cf, err := p.Hosted.Get(ctx, escPath+"/@v/"+escVersion+".info")
+		cf, err := p.conf.hosted.Get(ctx, escPath+"/@v/"+escVersion+".info")
 		if err != nil {
-			return nil, true, err
+			return nil, failed(failUnavailable, "reading the published %s@%s.info: %w", req.modPath, best, err)
 		}
 		body, err = io.ReadAll(io.LimitReader(cf, maxInfoSize))
 		cf.Close()
 		if err != nil {
-			return nil, true, err
+			return nil, failed(failUnavailable, "reading the published %s@%s.info: %w", req.modPath, best, err)
 		}
 	}
-	return &content{ReadSeeker: bytes.NewReader(body), modTime: time.Now(), close: func() {}}, true, nil
+	return memContent(body, time.Now(), fromMerged), nil
 }
 
 // isVersionPrefix reports whether q is a query for the newest version with

@@ -21,6 +21,7 @@ import (
 
 	"github.com/goproxy-team/goproxy/internal/gocmdtest"
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // corpZip is a valid zip of corp.example.com/lib at version.
@@ -329,7 +330,7 @@ func assertNothingHosted(t *testing.T, p *Proxy) {
 }
 
 func TestCacheAdministration(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	p := newHostingProxy(t, up.URL)
 	const zip = "/example.com/a/@v/v1.0.0.zip"
 	for _, f := range []string{"/example.com/a/@v/v1.0.0.info", "/example.com/a/@v/v1.0.0.mod", zip, "/example.com/a/@v/list"} {
@@ -337,7 +338,7 @@ func TestCacheAdministration(t *testing.T) {
 			t.Fatalf("%s: %d %s", f, w.Code, w.Body)
 		}
 	}
-	waitFor(t, p.flights.idle)
+	testwait.For(t, p.flights.idle)
 	if err := p.Publish(context.Background(), "corp.example.com/lib", "v1.0.0", bytes.NewReader(corpZip(t, "v1.0.0", "x"))); err != nil {
 		t.Fatal(err)
 	}
@@ -374,9 +375,9 @@ func TestCacheAdministration(t *testing.T) {
 	if rec.Code != 200 {
 		t.Fatalf("DELETE: %d %s", rec.Code, rec.Body)
 	}
-	before := up.count(zip)
+	before := up.Requests(zip)
 	getAs(p, zip, "reader", "reader-pw")
-	if up.count(zip) != before+1 {
+	if up.Requests(zip) != before+1 {
 		t.Error("the removed version was not fetched again")
 	}
 	del = httptest.NewRequest("DELETE", zip, nil)
@@ -415,13 +416,13 @@ func (failingStore) Get(context.Context, string) (CachedFile, error) {
 }
 
 func TestHostedStoreFailureFailsClosed(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	p := newHostingProxy(t, up.URL)
 	p.Hosted = failingStore{DirCacher(t.TempDir())}
 	if w := getAs(p, "/example.com/a/@v/v1.0.0.mod", "reader", "reader-pw"); w.Code != http.StatusBadGateway {
 		t.Errorf("with the hosted store failing: %d %s", w.Code, w.Body)
 	}
-	if up.count("/example.com/a/@v/v1.0.0.mod") != 0 {
+	if up.Requests("/example.com/a/@v/v1.0.0.mod") != 0 {
 		t.Error("the module's path went upstream while the hosted store failed")
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"unicode"
 
+	"github.com/goproxy-team/goproxy/internal/testwait"
 	"golang.org/x/mod/module"
 )
 
@@ -61,7 +62,7 @@ func TestHostileRequests(t *testing.T) {
 	root := t.TempDir()
 	cacheDir := filepath.Join(root, "cache")
 	os.WriteFile(filepath.Join(root, "secret"), []byte("do not serve"), 0o644)
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	p := newTestProxy(t, up.URL)
 	p.Cacher = DirCacher(cacheDir)
 	for _, tt := range tests {
@@ -75,11 +76,9 @@ func TestHostileRequests(t *testing.T) {
 			}
 		})
 	}
-	up.mu.Lock()
-	if len(up.counts) != 0 {
-		t.Errorf("hostile requests reached the upstream: %v", up.counts)
+	if n := up.TotalRequests(); n != 0 {
+		t.Errorf("%d hostile requests reached the upstream", n)
 	}
-	up.mu.Unlock()
 	entries, _ := os.ReadDir(root)
 	if len(entries) != 1 || entries[0].Name() != "secret" {
 		t.Errorf("files appeared beside the cache: %v", entries)
@@ -90,7 +89,7 @@ func TestHostileRequests(t *testing.T) {
 // would never send, through a real server, so that nothing between the
 // socket and the handler cleans them first.
 func TestHostileRawRequests(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	p := newTestProxy(t, up.URL)
 	srv := httptest.NewServer(p)
 	defer srv.Close()
@@ -164,9 +163,9 @@ func TestHostileUpstreams(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			up := newFakeUpstream(t, map[string][]byte{tt.path: []byte(tt.body)})
+			up := newUpstream(t, map[string][]byte{tt.path: []byte(tt.body)})
 			if tt.hook != nil {
-				up.setHook(tt.hook)
+				up.SetHandlerHook(tt.hook)
 			}
 			p := newTestProxy(t, up.URL)
 			w := do(p, "GET", tt.path)
@@ -209,7 +208,7 @@ func TestDamagedZipContentRefused(t *testing.T) {
 	damaged := buf.Bytes()
 	i := bytes.Index(damaged, []byte("some text"))
 	damaged[i] ^= 0xff
-	up := newFakeUpstream(t, map[string][]byte{"/example.com/a/@v/v1.0.0.zip": damaged})
+	up := newUpstream(t, map[string][]byte{"/example.com/a/@v/v1.0.0.zip": damaged})
 	p := newTestProxy(t, up.URL)
 	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.zip"); w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "checksum") {
 		t.Errorf("damaged zip: %d %q", w.Code, w.Body)
@@ -229,7 +228,7 @@ func TestLongPathElementsAreStoredOrRefused(t *testing.T) {
 			elem := strings.Repeat("a", n)
 			modPath := "example.com/" + elem
 			info := "/" + modPath + "/@v/v1.0.0.info"
-			up := newFakeUpstream(t, map[string][]byte{
+			up := newUpstream(t, map[string][]byte{
 				"/" + modPath + "/@v/list": []byte("v1.0.0\n"),
 				info:                       []byte(testInfo),
 			})
@@ -247,14 +246,14 @@ func TestLongPathElementsAreStoredOrRefused(t *testing.T) {
 					case !fits && w.Code != http.StatusBadRequest && w.Code != http.StatusRequestURITooLong:
 						t.Errorf("%T: GET %.60s…: %d, want 400 (or 414 for a path over 1024 bytes)", c, path, w.Code)
 					}
-					waitFor(t, p.flights.idle)
+					testwait.For(t, p.flights.idle)
 					if _, err := c.Get(context.Background(), strings.TrimPrefix(path, "/")); fits && err != nil {
 						t.Errorf("%T: %.60s… not cached: %v", c, path, err)
 					}
 				}
 			}
-			if n > 255 && len(up.counts) != 0 {
-				t.Errorf("refused requests reached the upstream: %d paths", len(up.counts))
+			if n > 255 && up.TotalRequests() != 0 {
+				t.Errorf("refused requests reached the upstream: %d requests", up.TotalRequests())
 			}
 			if strings.Contains(logs.String(), "level=ERROR") {
 				t.Errorf("errors logged:\n%s", logs.String())
@@ -300,7 +299,7 @@ func TestUpstreamVersionListsAreValidated(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			esc, _ := module.EscapePath(tt.modPath)
 			path := "/" + esc + "/@v/list"
-			up := newFakeUpstream(t, map[string][]byte{path: []byte(tt.list)})
+			up := newUpstream(t, map[string][]byte{path: []byte(tt.list)})
 			p := newTestProxy(t, up.URL)
 			w := do(p, "GET", path)
 			if tt.name == "nothing valid" {
@@ -335,8 +334,8 @@ func TestUpstreamErrorBodiesAreReduced(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			up := newFakeUpstream(t, nil)
-			up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+			up := newUpstream(t, nil)
+			up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 				w.Header().Set("Content-Type", tt.contentType)
 				w.WriteHeader(tt.status)
 				io.WriteString(w, tt.body)
@@ -362,8 +361,8 @@ func TestUpstreamErrorBodiesAreReduced(t *testing.T) {
 func TestUpstreamRefusalsArePassedOnAndRemembered(t *testing.T) {
 	for _, status := range []int{http.StatusUnauthorized, http.StatusForbidden, http.StatusUnavailableForLegalReasons} {
 		t.Run(http.StatusText(status), func(t *testing.T) {
-			up := newFakeUpstream(t, nil)
-			up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+			up := newUpstream(t, nil)
+			up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 				http.Error(w, "the prefix example.com/private is not yours", status)
 				return true
 			})
@@ -374,7 +373,7 @@ func TestUpstreamRefusalsArePassedOnAndRemembered(t *testing.T) {
 					t.Errorf("%d %q, want %d with the upstream's message", w.Code, w.Body, status)
 				}
 			}
-			if n := up.count("/example.com/private/@v/list"); n != 1 {
+			if n := up.Requests("/example.com/private/@v/list"); n != 1 {
 				t.Errorf("%d upstream requests, want 1: a refusal is not retried and is remembered", n)
 			}
 		})
@@ -385,14 +384,14 @@ func TestUpstreamRefusalsArePassedOnAndRemembered(t *testing.T) {
 // refuses, B fails for the moment. The outcome rests on B's moment, so the
 // next request walks again and finds B healed.
 func TestRefusalIsNotRememberedWhenALaterUpstreamFailedForNow(t *testing.T) {
-	refusing := newFakeUpstream(t, nil)
-	refusing.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	refusing := newUpstream(t, nil)
+	refusing.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		http.Error(w, "not for you", http.StatusForbidden)
 		return true
 	})
 	var healed atomic.Bool
-	flaky := newFakeUpstream(t, testModuleFiles(t))
-	flaky.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	flaky := newUpstream(t, testModuleFiles(t))
+	flaky.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		if healed.Load() {
 			return false
 		}
@@ -412,7 +411,7 @@ func TestRefusalIsNotRememberedWhenALaterUpstreamFailedForNow(t *testing.T) {
 }
 
 func TestRefusedRedirectIsNotRetried(t *testing.T) {
-	plain := newFakeUpstream(t, testModuleFiles(t))
+	plain := newUpstream(t, testModuleFiles(t))
 	var asked atomic.Int32
 	secure := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		asked.Add(1)
@@ -428,7 +427,7 @@ func TestRefusedRedirectIsNotRetried(t *testing.T) {
 	if n := asked.Load(); n != 1 {
 		t.Errorf("the redirecting upstream was asked %d times; a refusal is final", n)
 	}
-	if n := plain.count("/example.com/a/@v/v1.0.0.mod"); n != 0 {
+	if n := plain.Requests("/example.com/a/@v/v1.0.0.mod"); n != 0 {
 		t.Errorf("the insecure target was asked %d times", n)
 	}
 }
@@ -438,7 +437,7 @@ func TestRefusedRedirectIsNotRetried(t *testing.T) {
 func TestLongVersionElementIsCached(t *testing.T) {
 	version := "v1.0.0-" + strings.Repeat("a", maxElemLen-len("v1.0.0-.info"))
 	name := "example.com/a/@v/" + version + ".info"
-	up := newFakeUpstream(t, map[string][]byte{"/" + name: fmt.Appendf(nil, `{"Version":%q}`, version)})
+	up := newUpstream(t, map[string][]byte{"/" + name: fmt.Appendf(nil, `{"Version":%q}`, version)})
 	var logs strings.Builder
 	p := newTestProxy(t, up.URL)
 	c := DirCacher(t.TempDir())
@@ -447,7 +446,7 @@ func TestLongVersionElementIsCached(t *testing.T) {
 	if w := do(p, "GET", "/"+name); w.Code != 200 {
 		t.Fatalf("%d %s", w.Code, w.Body)
 	}
-	waitFor(t, p.flights.idle)
+	testwait.For(t, p.flights.idle)
 	if _, err := c.Get(context.Background(), name); err != nil || strings.Contains(logs.String(), "level=ERROR") {
 		t.Errorf("not cached (%v):\n%s", err, logs.String())
 	}

@@ -2,8 +2,6 @@ package goproxy
 
 import (
 	"bytes"
-	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -17,8 +15,7 @@ const hotFileMax = 64 << 10
 
 // hotFile is a small immutable file held in memory, its headers and
 // compressed form worked out once, so that the most frequent requests are
-// answered without the Cacher (a disk or an object store) or
-// http.ServeContent.
+// answered without the Cacher (a disk or an object store).
 type hotFile struct {
 	data         []byte
 	gz           []byte // gzip-compressed data, nil when not worth it
@@ -29,17 +26,14 @@ type hotFile struct {
 	gzLength     string
 }
 
-func newHotFile(req *request, data []byte, modTime time.Time, etag string) *hotFile {
-	if etag == "" {
-		etag = fmt.Sprintf(`"%x-%x"`, modTime.UnixNano(), len(data))
-	}
+func newHotFile(req *request, c *content) *hotFile {
 	h := &hotFile{
-		data: data, etag: etag, modTime: modTime,
-		lastModified: modTime.UTC().Format(http.TimeFormat),
-		length:       strconv.Itoa(len(data)),
+		data: c.data, etag: c.etag, modTime: c.modTime,
+		lastModified: c.modTime.UTC().Format(http.TimeFormat),
+		length:       strconv.Itoa(len(c.data)),
 	}
-	if req.compressible() && len(data) >= gzipMinSize {
-		if gz, err := gzipBytes(bytes.NewReader(data)); err == nil && len(gz) < len(data) {
+	if req.compressible() {
+		if gz := gzipped(c.data); gz != nil {
 			h.gz, h.gzLength = gz, strconv.Itoa(len(gz))
 		}
 	}
@@ -48,14 +42,10 @@ func newHotFile(req *request, data []byte, modTime time.Time, etag string) *hotF
 
 // initHotCache sizes the hot cache from HotCacheBytes.
 func (p *Proxy) initHotCache() {
-	size := p.HotCacheBytes
-	switch {
-	case size < 0:
+	if p.conf.hotCacheBytes == 0 {
 		return
-	case size == 0:
-		size = 64 << 20
 	}
-	p.hot = lru.New(size, func(h *hotFile) int64 { return int64(len(h.data) + len(h.gz) + 128) })
+	p.hot = lru.New(p.conf.hotCacheBytes, func(h *hotFile) int64 { return int64(len(h.data) + len(h.gz) + 128) })
 }
 
 // hotEligible reports whether req's file may live in the hot cache:
@@ -92,68 +82,25 @@ func (p *Proxy) hotGet(req *request) (*hotFile, bool) {
 	return p.hot.Get(req.name)
 }
 
-// hotPut keeps a small immutable file in memory, reading it from r, unless
-// the generation moved on since gen.
-func (p *Proxy) hotPut(req *request, r io.ReadSeeker, modTime time.Time, etag string, gen uint64) (*hotFile, bool) {
-	if p.hot == nil || !hotEligible(req) {
-		return nil, false
+// keepHot keeps c in the hot tier if it may live there (a small
+// immutable file), unless the generation moved on since gen, and returns
+// what to serve: the hot file, or c itself.
+func (p *Proxy) keepHot(req *request, c *content, gen uint64) *content {
+	if p.hot == nil || !hotEligible(req) || c.data == nil || len(c.data) > hotFileMax {
+		return c
 	}
-	size, err := r.Seek(0, io.SeekEnd)
-	if err != nil || size > hotFileMax {
-		r.Seek(0, io.SeekStart)
-		return nil, false
-	}
-	data := make([]byte, size)
-	if _, err := r.Seek(0, io.SeekStart); err != nil {
-		return nil, false
-	}
-	if _, err := io.ReadFull(r, data); err != nil {
-		r.Seek(0, io.SeekStart)
-		return nil, false
-	}
-	h := newHotFile(req, data, modTime, etag)
+	h := newHotFile(req, c)
+	hc := h.content(c.from)
+	c.close()
 	p.hotMu.Lock()
 	defer p.hotMu.Unlock()
-	if p.hotGeneration != gen {
-		return h, true // serve it, but do not keep it
+	if p.hotGeneration == gen {
+		p.hot.Put(req.name, h)
 	}
-	p.hot.Put(req.name, h)
-	return h, true
+	return hc
 }
 
-// content returns a hot file as servable content.
-func (h *hotFile) content() *content {
-	return &content{ReadSeeker: bytes.NewReader(h.data), modTime: h.modTime, etag: h.etag, hot: h, close: func() {}}
-}
-
-// serveHot writes a hot file with its prepared headers, unless the request
-// has conditions or ranges, which http.ServeContent is left to answer.
-func serveHot(w http.ResponseWriter, r *http.Request, req *request, h *hotFile, cacheControl string) bool {
-	hdr := r.Header
-	if hdr.Get("Range") != "" || hdr.Get("If-None-Match") != "" || hdr.Get("If-Modified-Since") != "" ||
-		hdr.Get("If-Match") != "" || hdr.Get("If-Unmodified-Since") != "" {
-		return false
-	}
-	out := w.Header()
-	out["Content-Type"] = []string{req.contentType()}
-	out["Cache-Control"] = []string{cacheControl}
-	out["Last-Modified"] = []string{h.lastModified}
-	body, length := h.data, h.length
-	if req.compressible() {
-		out["Vary"] = []string{"Accept-Encoding"}
-		if h.gz != nil && acceptsGzip(r) {
-			body, length = h.gz, h.gzLength
-			out["Content-Encoding"] = []string{"gzip"}
-		} else {
-			out["Etag"] = []string{h.etag}
-		}
-	} else {
-		out["Etag"] = []string{h.etag}
-	}
-	out["Content-Length"] = []string{length}
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		w.Write(body)
-	}
-	return true
+// content returns a hot file as servable content from o.
+func (h *hotFile) content(o provenance) *content {
+	return &content{body: bytes.NewReader(h.data), data: h.data, modTime: h.modTime, etag: h.etag, from: o, hot: h, close: func() {}}
 }

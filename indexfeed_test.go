@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -174,12 +176,12 @@ func TestIndexFeedFailsWhenItCannotBeReadForTenPolls(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv.add("example.com/m", "v1.0.0", time.Now().Add(-time.Hour))
-	waitFor(t, func() bool {
+	testwait.For(t, func() bool {
 		seen, err := f.FirstSeen(context.Background(), "example.com/m", "v1.0.0")
 		return err == nil && time.Since(seen) < 2*time.Hour
 	})
 	srv.setStatus(http.StatusInternalServerError)
-	waitFor(t, func() bool {
+	testwait.For(t, func() bool {
 		_, err := f.FirstSeen(context.Background(), "example.com/unknown", "v1.0.0")
 		return err != nil && strings.Contains(err.Error(), "has not been read since")
 	})

@@ -81,8 +81,12 @@ func (c *MemCacher) Put(ctx context.Context, name string, content io.ReadSeeker)
 	if _, err := io.ReadFull(contextReader{ctx, content}, data); err != nil {
 		return err
 	}
-	e := &memEntry{data: data, modTime: time.Now()}
-	e.lastUse.Store(e.modTime.UnixNano())
+	now := time.Now()
+	e := &memEntry{data: data, modTime: now}
+	if t, ok := content.(interface{ ModTime() time.Time }); ok && !t.ModTime().IsZero() {
+		e.modTime = t.ModTime()
+	}
+	e.lastUse.Store(now.UnixNano())
 	c.cache().Put(name, e)
 	return nil
 }

@@ -1,8 +1,6 @@
 package goproxy
 
 import (
-	"fmt"
-	"net/http"
 	"strings"
 
 	"golang.org/x/mod/module"
@@ -49,7 +47,7 @@ const maxElemLen = 255
 func checkElemLen(name string) error {
 	for elem := range strings.SplitSeq(name, "/") {
 		if len(elem) > maxElemLen {
-			return badRequest(http.StatusBadRequest, "a path element of %d bytes: file systems hold at most %d, so no module cache could store it", len(elem), maxElemLen)
+			return failed(failBadRequest, "a path element of %d bytes: file systems hold at most %d, so no module cache could store it", len(elem), maxElemLen)
 		}
 	}
 	return nil
@@ -61,7 +59,7 @@ func checkElemLen(name string) error {
 func (p *Proxy) parseRequest(urlPath string) (*request, error) {
 	path := strings.TrimPrefix(urlPath, "/")
 	if len(path) > maxPathLen {
-		return nil, badRequest(http.StatusRequestURITooLong, "request path is longer than %d bytes", maxPathLen)
+		return nil, failed(failPathTooLong, "request path is longer than %d bytes", maxPathLen)
 	}
 	if err := checkElemLen(path); err != nil {
 		return nil, err
@@ -69,7 +67,6 @@ func (p *Proxy) parseRequest(urlPath string) (*request, error) {
 	if rest, ok := strings.CutPrefix(path, "sumdb/"); ok {
 		return p.parseSumDBRequest(rest)
 	}
-	bad := badRequest
 	req := &request{}
 	var escPath, file string
 	if esc, ok := strings.CutSuffix(path, "/@latest"); ok {
@@ -86,14 +83,14 @@ func (p *Proxy) parseRequest(urlPath string) (*request, error) {
 		case strings.HasSuffix(file, ".zip"):
 			req.kind = kindZip
 		default:
-			return nil, bad(http.StatusNotFound, "unknown file %q: a module proxy serves list, .info, .mod and .zip", file)
+			return nil, failed(failNotFound, "unknown file %q: a module proxy serves list, .info, .mod and .zip", file)
 		}
 	} else {
-		return nil, bad(http.StatusNotFound, "not a module proxy path: %q", path)
+		return nil, failed(failNotFound, "not a module proxy path: %q", path)
 	}
 	var err error
 	if req.modPath, err = module.UnescapePath(escPath); err != nil {
-		return nil, bad(http.StatusBadRequest, "%v", err)
+		return nil, failed(failBadRequest, "%w", err)
 	}
 	if req.kind == kindList || req.kind == kindLatest {
 		req.name = path
@@ -101,15 +98,15 @@ func (p *Proxy) parseRequest(urlPath string) (*request, error) {
 	}
 	escVersion := file[:strings.LastIndexByte(file, '.')]
 	if req.version, err = module.UnescapeVersion(escVersion); err != nil {
-		return nil, bad(http.StatusBadRequest, "%v", err)
+		return nil, failed(failBadRequest, "%w", err)
 	}
 	req.canonical = module.CanonicalVersion(req.version) == req.version
 	if req.canonical || req.kind != kindInfo {
 		if err := module.Check(req.modPath, req.version); err != nil {
-			return nil, bad(http.StatusBadRequest, "%v", err)
+			return nil, failed(failBadRequest, "%w", err)
 		}
 		if !req.canonical {
-			return nil, bad(http.StatusBadRequest, "%s@%s: version is not canonical (want %s)", req.modPath, req.version, module.CanonicalVersion(req.version))
+			return nil, failed(failBadRequest, "%s@%s: version is not canonical (want %s)", req.modPath, req.version, module.CanonicalVersion(req.version))
 		}
 	}
 	req.name = path
@@ -121,13 +118,9 @@ func (p *Proxy) parseRequest(urlPath string) (*request, error) {
 // branch): it could be neither cached nor told apart from a temporary file.
 func (req *request) checkName() (*request, error) {
 	if err := checkCacheName(req.name); err != nil {
-		return nil, badRequest(http.StatusBadRequest, "%q cannot be stored: an element starts with a dot, or holds a backslash or NUL", req.name)
+		return nil, failed(failBadRequest, "%q cannot be stored: an element starts with a dot, or holds a backslash or NUL", req.name)
 	}
 	return req, nil
-}
-
-func badRequest(status int, format string, args ...any) error {
-	return &fetchError{status: status, msg: fmt.Sprintf(format, args...)}
 }
 
 // parseSumDBRequest validates a checksum database path, below /sumdb/:
@@ -140,7 +133,7 @@ func (p *Proxy) parseSumDBRequest(path string) (*request, error) {
 	name, rest, _ := strings.Cut(path, "/")
 	db := p.sumdbs[name]
 	if db == nil {
-		return nil, badRequest(http.StatusNotFound, "checksum database %q is not served by this proxy", name)
+		return nil, failed(failNotFound, "checksum database %q is not served by this proxy", name)
 	}
 	req := &request{kind: kindSumDB, db: db, dbPath: rest, name: "sumdb/" + name + "/" + rest}
 	switch {
@@ -150,37 +143,37 @@ func (p *Proxy) parseSumDBRequest(path string) (*request, error) {
 	case strings.HasPrefix(rest, "lookup/"):
 		escPath, escVersion, ok := strings.Cut(strings.TrimPrefix(rest, "lookup/"), "@")
 		if !ok {
-			return nil, badRequest(http.StatusBadRequest, "checksum database lookup %q is not module@version", rest)
+			return nil, failed(failBadRequest, "checksum database lookup %q is not module@version", rest)
 		}
 		var err error
 		if req.modPath, err = module.UnescapePath(escPath); err != nil {
-			return nil, badRequest(http.StatusBadRequest, "%v", err)
+			return nil, failed(failBadRequest, "%w", err)
 		}
 		if req.version, err = module.UnescapeVersion(escVersion); err != nil {
-			return nil, badRequest(http.StatusBadRequest, "%v", err)
+			return nil, failed(failBadRequest, "%w", err)
 		}
 		if err := module.Check(req.modPath, req.version); err != nil {
-			return nil, badRequest(http.StatusBadRequest, "%v", err)
+			return nil, failed(failBadRequest, "%w", err)
 		}
 		if module.CanonicalVersion(req.version) != req.version {
-			return nil, badRequest(http.StatusBadRequest, "%s@%s: version is not canonical", req.modPath, req.version)
+			return nil, failed(failBadRequest, "%s@%s: version is not canonical", req.modPath, req.version)
 		}
-		if module.MatchPrefixPatterns(p.settings.noSumDB, req.modPath) || p.routeFor(req.modPath).private {
+		if module.MatchPrefixPatterns(p.conf.goEnv.noSumDB, req.modPath) || p.routeFor(req.modPath).private {
 			// A private module's path must not reach a public database,
 			// even when a client that was not told so asks.
-			return nil, badRequest(http.StatusNotFound, "%s is private (GONOSUMDB): it is not looked up in checksum databases", req.modPath)
+			return nil, failed(failNotFound, "%s is private (GONOSUMDB): it is not looked up in checksum databases", req.modPath)
 		}
 		req.immutable = true
 	case strings.HasPrefix(rest, "tile/"):
 		tile, err := tlog.ParseTilePath(rest)
 		if err != nil {
-			return nil, badRequest(http.StatusBadRequest, "invalid tile path %q", rest)
+			return nil, failed(failBadRequest, "invalid tile path %q", rest)
 		}
 		// A full tile never changes; a partial one is replaced by a
 		// wider one as the log grows.
 		req.immutable = tile.W == 1<<tile.H
 	default:
-		return nil, badRequest(http.StatusNotFound, "unknown checksum database path %q", rest)
+		return nil, failed(failNotFound, "unknown checksum database path %q", rest)
 	}
 	return req.checkName()
 }

@@ -566,18 +566,6 @@ func (c *dnsCache) put(key dnsKey, ans dnsAnswer, now time.Time) {
 	if c.entries == nil {
 		c.entries = make(map[dnsKey]dnsEntry)
 	}
-	if len(c.entries) >= maxDNSCache {
-		for k, e := range c.entries {
-			if !now.Before(e.expires) {
-				delete(c.entries, k)
-			}
-		}
-		for k := range c.entries {
-			if len(c.entries) < maxDNSCache {
-				break
-			}
-			delete(c.entries, k)
-		}
-	}
+	makeRoom(c.entries, maxDNSCache, func(e dnsEntry) bool { return !now.Before(e.expires) })
 	c.entries[key] = dnsEntry{addrs: ans.addrs, notFound: ans.notFound, expires: now.Add(ans.ttl)}
 }

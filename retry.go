@@ -40,7 +40,7 @@ const (
 )
 
 // retryable marks a copy of err as worth another attempt.
-func retryable(err *fetchError) *fetchError {
+func retryable(err *failure) *failure {
 	c := *err
 	c.retry = true
 	return &c
@@ -92,7 +92,7 @@ func (d *downloader) retry(ctx context.Context, rawURL string, attempt func() er
 			h.deposit(d.opts.RetryBudget)
 		}
 		err := attempt()
-		var fe *fetchError
+		var fe *failure
 		if err == nil || !errors.As(err, &fe) || !fe.retry {
 			if err == nil || fe != nil {
 				h.succeeded() // the host answered, if only to refuse
@@ -103,7 +103,7 @@ func (d *downloader) retry(ctx context.Context, rawURL string, attempt func() er
 			return err
 		}
 		if !fe.busy {
-			d.failed(h, fe, rawURL)
+			d.noteFailure(h, fe, rawURL)
 		}
 		giveUp := ""
 		delay := min(cmpOr(fe.retryAfter, backoff(n, d.opts.BaseDelay, d.opts.MaxDelay)), d.opts.MaxDelay)
@@ -201,9 +201,9 @@ func (h *hostHealth) checkUp() error {
 	if !h.down {
 		return nil
 	}
-	return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf(
+	return failed(failUnavailable,
 		"upstream %s is down: %d requests in a row failed since %s, the last with: %s (it is probed in the background; try again later)",
-		redactURL(h.name), h.failures, h.since.UTC().Format(time.RFC3339), h.lastErr)}
+		redactURL(h.name), h.failures, h.since.UTC().Format(time.RFC3339), h.lastErr)
 }
 
 // deposit earns the retries a new request brings to the budget.
@@ -236,9 +236,9 @@ func (h *hostHealth) succeeded() {
 	h.mu.Unlock()
 }
 
-// failed records a failure of the host, and marks it down (starting a
+// noteFailure records a failure of the host, and marks it down (starting a
 // probe) when it has failed every request for DownAfter.
-func (d *downloader) failed(h *hostHealth, fe *fetchError, rawURL string) {
+func (d *downloader) noteFailure(h *hostHealth, fe *failure, rawURL string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	now := time.Now()

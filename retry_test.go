@@ -7,11 +7,13 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 func TestHeaderNeverSentEndsWithinTheRetryBudget(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	up := newUpstream(t, testModuleFiles(t))
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		<-r.Context().Done() // no header, ever
 		return true
 	})
@@ -39,8 +41,8 @@ func TestHeaderNeverSentEndsWithinTheRetryBudget(t *testing.T) {
 }
 
 func TestRetryBudgetBoundsTheLoadOnAFailingHost(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	up := newUpstream(t, testModuleFiles(t))
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		http.Error(w, "broken", http.StatusBadGateway)
 		return true
 	})
@@ -49,13 +51,13 @@ func TestRetryBudgetBoundsTheLoadOnAFailingHost(t *testing.T) {
 	p.NotFoundTTL = -1
 	mod := "/example.com/a/@v/v1.0.0.mod"
 	for i, want := range []int{1 + retryReserve + 2, 3, 3} {
-		before := up.count(mod)
+		before := up.Requests(mod)
 		w := do(p, "GET", mod)
 		if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "retry budget") {
 			t.Errorf("request %d: %d %q", i, w.Code, w.Body)
 		}
 		// Once the reserve is spent, each request earns two retries.
-		if n := up.count(mod) - before; n != want {
+		if n := up.Requests(mod) - before; n != want {
 			t.Errorf("request %d made %d attempts, want %d", i, n, want)
 		}
 	}
@@ -66,8 +68,8 @@ func TestRetryBudgetBoundsTheLoadOnAFailingHost(t *testing.T) {
 // it and waits for the probe to bring it back.
 func TestFailingHostIsMarkedDownAndProbed(t *testing.T) {
 	var healed atomic.Bool
-	up := newFakeUpstream(t, testModuleFiles(t))
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	up := newUpstream(t, testModuleFiles(t))
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		if healed.Load() {
 			return false
 		}
@@ -79,32 +81,25 @@ func TestFailingHostIsMarkedDownAndProbed(t *testing.T) {
 	p.Download.RetryBudget = -1
 	p.NotFoundTTL = -1
 	mod := "/example.com/a/@v/v1.0.0.mod"
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		w := do(p, "GET", mod)
-		if strings.Contains(w.Body.String(), "is down") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not marked down after %d failed attempts: %d %q", up.count(mod), w.Code, w.Body)
-		}
-	}
-	before := up.count(mod)
+	testwait.For(t, func() bool {
+		return strings.Contains(do(p, "GET", mod).Body.String(), "is down")
+	}, "the upstream to be marked down")
+	before := up.Requests(mod)
 	w := do(p, "GET", mod)
-	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "down for maintenance") || up.count(mod) != before {
-		t.Errorf("while down: %d %q after %d more upstream requests; want 502 at once, with the last error", w.Code, w.Body, up.count(mod)-before)
+	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "down for maintenance") || up.Requests(mod) != before {
+		t.Errorf("while down: %d %q after %d more upstream requests; want 502 at once, with the last error", w.Code, w.Body, up.Requests(mod)-before)
 	}
 	healed.Store(true)
-	waitFor(t, func() bool { return do(p, "GET", mod).Code == http.StatusOK })
+	testwait.For(t, func() bool { return do(p, "GET", mod).Code == http.StatusOK })
 }
 
 // TestRandomFailuresNeverMarkAHostDown sends requests one at a time to an
 // upstream failing 30% of them at random, with DownAfter so short that
 // only the count of failures in a row protects the host.
 func TestRandomFailuresNeverMarkAHostDown(t *testing.T) {
-	up := newFakeUpstream(t, testModuleFiles(t))
+	up := newUpstream(t, testModuleFiles(t))
 	var n atomic.Int32
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		// A fixed pattern with 30% failures, at most 3 in a row.
 		if i := n.Add(1); i%10 == 1 || i%10 == 4 || i%10 == 7 {
 			http.Error(w, "flaky", http.StatusBadGateway)
@@ -142,8 +137,8 @@ func TestBackoffNeverPanicsAndStaysWithinMaxDelay(t *testing.T) {
 // allowed to know of.
 func TestDownHostTellsNoOtherClientsModule(t *testing.T) {
 	var healed atomic.Bool
-	up := newFakeUpstream(t, testModuleFiles(t))
-	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	up := newUpstream(t, testModuleFiles(t))
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		if healed.Load() {
 			return false
 		}
@@ -155,7 +150,7 @@ func TestDownHostTellsNoOtherClientsModule(t *testing.T) {
 	p.Download.RetryBudget = -1
 	p.NotFoundTTL = -1
 	mod := "/example.com/a/@v/v1.0.0.mod"
-	waitFor(t, func() bool {
+	testwait.For(t, func() bool {
 		return strings.Contains(do(p, "GET", "/corp.example.com/secret-project/@v/list").Body.String(), "is down")
 	})
 	w := do(p, "GET", mod)
@@ -165,7 +160,7 @@ func TestDownHostTellsNoOtherClientsModule(t *testing.T) {
 	}
 	// Healed, so that the probe ends with the test.
 	healed.Store(true)
-	waitFor(t, func() bool { return do(p, "GET", mod).Code == http.StatusOK })
+	testwait.For(t, func() bool { return do(p, "GET", mod).Code == http.StatusOK })
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)

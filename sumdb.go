@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
-	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -115,7 +113,7 @@ func sumDBURL(raw string) (string, error) {
 // initSumDBs sets up the served checksum databases and the verifier.
 func (p *Proxy) initSumDBs() error {
 	p.sumdbs = map[string]*sumDB{}
-	verifier, err := parseGOSUMDB(p.settings.sumDB)
+	verifier, err := parseGOSUMDB(p.conf.goEnv.sumDB)
 	if err != nil {
 		return err
 	}
@@ -128,7 +126,7 @@ func (p *Proxy) initSumDBs() error {
 	if p.sumdbs["sum.golang.org"] == nil {
 		p.sumdbs["sum.golang.org"] = &sumDB{name: "sum.golang.org", url: "https://sum.golang.org"}
 	}
-	for _, entry := range p.SumDBs {
+	for _, entry := range p.conf.sumDBs {
 		db, err := parseSumDBEntry(entry)
 		if err != nil {
 			return err
@@ -190,7 +188,7 @@ walk:
 				base = up.URL + "/sumdb/" + db.name
 				break walk
 			}
-			if !errors.Is(err, fs.ErrNotExist) && !up.FallBackOnError {
+			if !notFound(err) && !up.FallBackOnError {
 				return "", err
 			}
 		}
@@ -209,7 +207,7 @@ var errUnverified = errors.New("not verified: the checksum database could not be
 // database before it is cached.
 func (p *Proxy) verifies(req *request) bool {
 	return p.verifier != nil && (req.kind == kindMod || req.kind == kindZip) &&
-		!module.MatchPrefixPatterns(p.settings.noSumDB, req.modPath) && !p.routeFor(req.modPath).private
+		!module.MatchPrefixPatterns(p.conf.goEnv.noSumDB, req.modPath) && !p.routeFor(req.modPath).private
 }
 
 // recordPath is the database path of the record for req's module version.
@@ -226,11 +224,7 @@ func (p *Proxy) prefetchSumDBRecord(ctx context.Context, req *request) {
 	if !p.verifies(req) || p.verifier.broken.Load() != nil {
 		return
 	}
-	go func() {
-		if f, err := p.sumDBFile(ctx, p.verifier, recordPath(req)); err == nil {
-			f.close()
-		}
-	}()
+	go p.sumDBFile(ctx, p.verifier, recordPath(req))
 }
 
 // verify checks a downloaded .mod or .zip against the checksum database
@@ -242,27 +236,26 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 	}
 	db := p.verifier
 	if report := db.broken.Load(); report != nil {
-		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf(
+		return failed(failUnverifiable,
 			"SECURITY ERROR: checksum database %s served inconsistent data earlier, so nothing is verified against it any more; %s@%s cannot be verified:\n%s",
-			db.name, req.modPath, req.version, *report)}
+			db.name, req.modPath, req.version, *report)
 	}
 
 	// Fetch the record through the proxy's own cache first: a failure
 	// here says whether the database is unreachable or lacks the module,
 	// which the client's flattened errors no longer tell apart.
-	rec, err := p.sumDBFile(ctx, db, recordPath(req))
-	if err != nil {
-		if !errors.Is(err, fs.ErrNotExist) && p.AllowUnverified {
+	if _, err := p.sumDBFile(ctx, db, recordPath(req)); err != nil {
+		if !notFound(err) && p.conf.allowUnverified {
 			p.logger().LogAttrs(ctx, slog.LevelWarn, "serving unverified", slog.String("module", req.modPath),
 				slog.String("version", req.version), slog.String("error", err.Error()))
 			return errUnverified
 		}
 		// No err: a database's 404 must not pass for the module's.
-		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("verifying %s@%s: checksum database %s: %v", req.modPath, req.version, db.name, err)}
+		return failed(failUnverifiable, "verifying %s@%s: checksum database %s: %v", req.modPath, req.version, db.name, err)
 	}
-	rec.close()
 
 	var got, lookup string
+	var err error
 	switch req.kind {
 	case kindZip:
 		got, err = dirhash.HashZip(f.file.Name(), dirhash.Hash1)
@@ -274,14 +267,14 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 		lookup = req.version + "/go.mod"
 	}
 	if err != nil {
-		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("hashing %s: %v", req, err), err: err}
+		return failed(failInvalidContent, "hashing %s: %w", req, err)
 	}
 	lines, err := db.lookup(req.modPath, lookup)
 	if err != nil {
 		if report := db.broken.Load(); report != nil {
-			return &fetchError{status: http.StatusBadGateway, msg: "SECURITY ERROR: " + *report}
+			return failed(failUnverifiable, "SECURITY ERROR: %s", *report)
 		}
-		return &fetchError{status: http.StatusBadGateway, msg: fmt.Sprintf("verifying %s: %v", req, err), err: err}
+		return failed(failUnverifiable, "verifying %s: %w", req, err)
 	}
 	want := req.modPath + " " + lookup + " " + got
 	for _, line := range lines {
@@ -298,7 +291,7 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 		req.modPath, lookup, got, db.name, expected)
 	p.logger().LogAttrs(ctx, slog.LevelError, "checksum mismatch", slog.String("module", req.modPath),
 		slog.String("version", lookup), slog.String("downloaded", got), slog.String("expected", expected), slog.String("db", db.name))
-	return &fetchError{status: http.StatusBadGateway, msg: msg}
+	return &failure{kind: failChecksumMismatch, msg: msg}
 }
 
 // lookup asks the database's client for the go.sum lines of path@version.
@@ -323,23 +316,24 @@ func (db *sumDB) lookup(path, version string) ([]string, error) {
 	return lines, err
 }
 
-// sumDBFile returns a checksum database file through the proxy's cache,
-// exactly as a client asking /sumdb/<name>/<path> would get it.
-func (p *Proxy) sumDBFile(ctx context.Context, db *sumDB, path string) (*fetched, error) {
+// sumDBFile is the verifier's way to a checksum database file: through
+// the hot tier and the cache, else from the database (sharing the fetch
+// with clients asking for the same file), as a client asking
+// /sumdb/<name>/<path> would get it, but never through open: nothing
+// published or merged is a database's.
+func (p *Proxy) sumDBFile(ctx context.Context, db *sumDB, path string) ([]byte, error) {
 	req, err := p.parseSumDBRequest(db.name + "/" + path)
 	if err != nil {
 		return nil, err
 	}
-	c, err := p.open(ctx, req, true)
-	if err != nil {
-		return nil, err
+	c, ok := p.openHot(req)
+	if !ok {
+		if c, err = p.openStored(ctx, req, true); err != nil {
+			return nil, err
+		}
 	}
-	defer c.close()
-	data, err := io.ReadAll(io.LimitReader(c, maxSumDBSize+1))
-	if err != nil {
-		return nil, err
-	}
-	return &fetched{data: data, size: int64(len(data))}, nil
+	c.close()
+	return c.data, nil // never a zip: in memory
 }
 
 // sumDBOps gives the checksum database client the proxy's cache for tiles
@@ -351,11 +345,7 @@ type sumDBOps struct {
 
 func (o *sumDBOps) ReadRemote(path string) ([]byte, error) {
 	// The client's paths start with a slash and match the served layout.
-	f, err := o.p.sumDBFile(context.Background(), o.db, strings.TrimPrefix(path, "/"))
-	if err != nil {
-		return nil, err
-	}
-	return f.data, nil
+	return o.p.sumDBFile(context.Background(), o.db, strings.TrimPrefix(path, "/"))
 }
 
 func (o *sumDBOps) ReadConfig(file string) ([]byte, error) {
@@ -370,7 +360,7 @@ func (o *sumDBOps) ReadConfig(file string) ([]byte, error) {
 	if o.db.latest == nil {
 		// A restarted proxy resumes from the tree it verified before, so
 		// that a database cannot roll back or fork across restarts.
-		if cf, err := o.p.cacher.Get(context.Background(), o.latestName()); err == nil {
+		if cf, err := o.p.conf.cacher.Get(context.Background(), o.latestName()); err == nil {
 			o.db.latest, _ = io.ReadAll(io.LimitReader(cf, maxSumDBSize))
 			cf.Close()
 		}
@@ -388,7 +378,7 @@ func (o *sumDBOps) WriteConfig(file string, old, new []byte) error {
 		return sumdb.ErrWriteConflict
 	}
 	o.db.latest = bytes.Clone(new)
-	if err := o.p.cacher.Put(context.Background(), o.latestName(), bytes.NewReader(new)); err != nil {
+	if err := o.p.conf.cacher.Put(context.Background(), o.latestName(), bytes.NewReader(new)); err != nil {
 		o.p.logger().Warn("storing the verified checksum tree failed", "db", o.db.name, "error", err)
 	}
 	return nil
@@ -401,7 +391,7 @@ func (o *sumDBOps) latestName() string { return "sumdb/" + o.db.name + "/verifie
 // ReadCache serves the client's records and tiles from the proxy's cache,
 // where sumDBFile stored them; the client checks them before use.
 func (o *sumDBOps) ReadCache(file string) ([]byte, error) {
-	cf, err := o.p.cacher.Get(context.Background(), "sumdb/"+file)
+	cf, err := o.p.conf.cacher.Get(context.Background(), "sumdb/"+file)
 	if err != nil {
 		return nil, err
 	}

@@ -266,6 +266,9 @@ func TestSumDBServing(t *testing.T) {
 	ct := &countingTransport{}
 	p := newTestProxy(t, "off", "GOSUMDB="+db.vkey+" "+db.URL)
 	p.Transport = ct
+	// The latest tree is fetched again at every request: past its time
+	// when the database goes away below.
+	p.SumDBTTL = -1
 
 	if w := do(p, "GET", "/sumdb/other.example/latest"); w.Code != 404 || ct.n.Load() != 0 {
 		t.Errorf("unconfigured database: %d, %d outbound requests; want 404 and none", w.Code, ct.n.Load())
@@ -292,7 +295,6 @@ func TestSumDBServing(t *testing.T) {
 
 	// With the database gone, cached answers are still served.
 	db.Close()
-	p.SumDBTTL = -1
 	if w := do(p, "GET", lookup); w.Code != 200 {
 		t.Errorf("cached lookup with the database down: %d", w.Code)
 	}
@@ -371,12 +373,12 @@ func TestSumDBThroughUpstreamProxy(t *testing.T) {
 
 	// An upstream that does not serve the database (404 for supported)
 	// leaves the database's own address, which fails here: fail closed.
-	plain := newFakeUpstream(t, testModuleFiles(t))
+	plain := newUpstream(t, testModuleFiles(t))
 	p := newTestProxy(t, plain.URL, "GOSUMDB="+db.vkey)
 	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "sumdb.test") {
 		t.Errorf("without a proxied database: %d %s", w.Code, w.Body)
 	}
-	if plain.count("/sumdb/sumdb.test/supported") != 1 {
+	if plain.Requests("/sumdb/sumdb.test/supported") != 1 {
 		t.Error("the upstream was not asked whether it serves the database")
 	}
 }

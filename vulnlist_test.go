@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // decide asks d about path@version.
@@ -245,13 +247,7 @@ func TestVulnerabilityListNoticesChangesWhenDeciding(t *testing.T) {
 	}
 	entry, _ := os.ReadFile(filepath.Join(dir, "ID", "GO-2099-0006.json"))
 	rewrite(t, filepath.Join(dir, "ID", "GO-2099-0006.json"), strings.Replace(string(entry), `"fixed": "1.6.0"`, `"fixed": "1.7.0"`, 1), 1)
-	deadline := time.Now().Add(10 * time.Second)
-	for !decide(vl, "example.com/vulnerable@v1.6.0").Refused() {
-		if time.Now().After(deadline) {
-			t.Fatal("the change was not noticed in 10s")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testwait.For(t, func() bool { return decide(vl, "example.com/vulnerable@v1.6.0").Refused() }, "the change to be noticed")
 }
 
 func TestVulnerabilityListRefusesUntilItCanBeRead(t *testing.T) {

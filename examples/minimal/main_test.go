@@ -14,6 +14,7 @@ import (
 
 	"github.com/goproxy-team/goproxy/internal/gocmdtest"
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // TestExampleServer builds the example as the README runs it, starts it
@@ -56,18 +57,13 @@ func TestExampleServer(t *testing.T) {
 		}
 	}()
 	// Wait until the server accepts connections.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testwait.Within(t, 30*time.Second, func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
-			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the example server did not start: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return err == nil
+	}, "the example server to start")
 
 	gocmd := gocmdtest.New(t)
 	gocmd.Set("GOPROXY", "http://"+addr)
@@ -77,13 +73,10 @@ func TestExampleServer(t *testing.T) {
 		t.Errorf("go list -m -versions: %q", out)
 	}
 	// Immutable files are stored while they are served: wait for the write.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, err := os.Stat(filepath.Join(cache, moduletest.GraphPath(1), "@v", "v1.2.0.mod")); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("nothing cached in -cache: %v", err)
-		}
-	}
+	testwait.For(t, func() bool {
+		_, err := os.Stat(filepath.Join(cache, moduletest.GraphPath(1), "@v", "v1.2.0.mod"))
+		return err == nil
+	}, "the module to be cached in -cache")
 
 	// A client cannot make the server connect to its own host.
 	resp, err := http.Get("http://" + addr + "/127.0.0.1/x/@v/list")

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 const bigPath = "example.com/big"
@@ -94,6 +95,8 @@ func TestFaultsZeroValueIsTransparent(t *testing.T) {
 }
 
 func TestFaultsBandwidth(t *testing.T) {
+	// Speed is never asserted in unit tests: load only slows a transfer,
+	// so only lower bounds hold, and they are taken with a margin.
 	t.Parallel()
 	const size, rate = 2 << 20, 4 << 20
 	v := bigVersion(size, 2)
@@ -107,19 +110,20 @@ func TestFaultsBandwidth(t *testing.T) {
 		t.Fatalf("GET: %v, %d bytes", r.err, len(r.body))
 	}
 	want := time.Duration(float64(size) / rate * float64(time.Second))
-	t.Logf("%d bytes at %d B/s took %v, want about %v", size, rate, d, want)
-	if d < want*7/10 || d > want*3/2 {
-		t.Errorf("took %v, want %v", d, want)
+	t.Logf("%d bytes at %d B/s took %v, at least %v", size, rate, d, want)
+	if d < want*7/10 {
+		t.Errorf("took %v, faster than the cap allows (%v)", d, want)
 	}
 
-	// The cap is per response: four quarter ranges in parallel take a
-	// quarter of the time, not the whole.
+	// The cap is per response: each of four ranges fetched in parallel
+	// is paced, its own length at the whole rate.
 	const parts = 4
-	start = time.Now()
 	var wg sync.WaitGroup
 	got := make([][]byte, parts)
+	took := make([]time.Duration, parts)
 	for i := range parts {
 		wg.Go(func() {
+			start := time.Now()
 			req, _ := http.NewRequest("GET", url+bigZip, nil)
 			req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", i*size/parts, (i+1)*size/parts-1))
 			resp, err := http.DefaultClient.Do(req)
@@ -129,22 +133,20 @@ func TestFaultsBandwidth(t *testing.T) {
 			}
 			defer resp.Body.Close()
 			got[i], err = io.ReadAll(resp.Body)
+			took[i] = time.Since(start)
 			if err != nil || resp.StatusCode != 206 {
 				t.Errorf("part %d: %d %v", i, resp.StatusCode, err)
 			}
 		})
 	}
 	wg.Wait()
-	d = time.Since(start)
 	if !bytes.Equal(bytes.Join(got, nil), v.Zip) {
 		t.Error("parts do not add up to the zip")
 	}
-	t.Logf("%d parallel ranges took %v, want about %v", parts, d, want/parts)
-	// Short transfers make connection setup weigh more, so the upper
-	// bound only has to tell a per-response cap (want/4) from a shared
-	// one (want).
-	if d < want/parts*7/10 || d > want/2 {
-		t.Errorf("parallel ranges took %v, want %v", d, want/parts)
+	for i, d := range took {
+		if d < want/parts*7/10 {
+			t.Errorf("part %d took %v, faster than the cap allows (%v)", i, d, want/parts)
+		}
 	}
 }
 
@@ -161,13 +163,7 @@ func TestFaultsPacingStopsOnCancel(t *testing.T) {
 	time.AfterFunc(100*time.Millisecond, cancel)
 	n, _ := io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for len(f.Log()) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("handler still pacing 5s after the client went away")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testwait.Within(t, 5*time.Second, func() bool { return len(f.Log()) != 0 }, "the handler to stop pacing once the client went away")
 	if n >= 1<<20 || f.BodyBytes() >= 1<<20 {
 		t.Errorf("client read %d, server wrote %d of 1 MB in 100ms at 64 KB/s", n, f.BodyBytes())
 	}

@@ -34,6 +34,8 @@ type Server struct {
 
 	mu   sync.RWMutex
 	mods map[string]map[string]*Version // path -> version -> Version
+	// files are served verbatim by URL path; see SetFile.
+	files map[string][]byte
 	// zipTime overrides Version.Time as a zip's Last-Modified once Add
 	// has replaced a zip; see Add.
 	zipTime map[*Version]time.Time
@@ -55,6 +57,7 @@ func NewServer(vs []*Version) *Server {
 		done:    make(chan struct{}),
 		mods:    make(map[string]map[string]*Version),
 		zipTime: make(map[*Version]time.Time),
+		files:   make(map[string][]byte),
 		counts:  make(map[string]int),
 	}
 	for _, v := range vs {
@@ -118,6 +121,21 @@ func (s *Server) zipModTimeLocked(v *Version) time.Time {
 		return t
 	}
 	return v.Time
+}
+
+// SetFile serves body at the URL path (such as "/example.com/a/@v/list"),
+// ahead of the versions Add published, verbatim and without validators
+// (no ETag, no Last-Modified), as the plainest static upstream would: for
+// content the protocol would not produce (invalid, damaged, hostile), or
+// paths outside it. A nil body removes the file.
+func (s *Server) SetFile(path string, body []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if body == nil {
+		delete(s.files, path)
+		return
+	}
+	s.files[path] = body
 }
 
 // SetLatency delays every later request by d before it is handled, to
@@ -210,6 +228,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if h := s.hook.Load(); h != nil && (*h)(cw, r) {
+		return
+	}
+	s.mu.RLock()
+	body, ok := s.files[r.URL.Path]
+	s.mu.RUnlock()
+	if ok {
+		http.ServeContent(cw, r, "", time.Time{}, bytes.NewReader(body))
 		return
 	}
 	s.serveProxy(cw, r)

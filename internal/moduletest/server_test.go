@@ -3,6 +3,7 @@ package moduletest_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 type response struct {
@@ -220,9 +222,7 @@ func TestServerCloseCutsStalledRequests(t *testing.T) {
 		}
 		errc <- err
 	}()
-	for s.TotalRequests() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	testwait.For(t, func() bool { return s.TotalRequests() != 0 }, "the request to arrive")
 	start := time.Now()
 	s.Close()
 	if d := time.Since(start); d > 5*time.Second {
@@ -233,5 +233,36 @@ func TestServerCloseCutsStalledRequests(t *testing.T) {
 	}
 	if _, err := http.Get(s.URL + "/example.com/mod000/@v/list"); err == nil {
 		t.Error("request after Close succeeded")
+	}
+}
+
+// A file set by path is served verbatim, without validators, ahead of the
+// modules, and counted like any request.
+func TestSetFileServesVerbatim(t *testing.T) {
+	s := moduletest.NewServer(moduletest.Graph(10))
+	defer s.Close()
+	list := "/" + moduletest.GraphPath(0) + "/@v/list"
+	s.SetFile(list, []byte("not a version\n"))
+	resp, err := http.Get(s.URL + list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "not a version\n" || resp.Header.Get("ETag") != "" || resp.Header.Get("Last-Modified") != "" {
+		t.Errorf("got %q, ETag %q, Last-Modified %q", body, resp.Header.Get("ETag"), resp.Header.Get("Last-Modified"))
+	}
+	s.SetFile(list, nil)
+	resp, err = http.Get(s.URL + list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.HasPrefix(string(body), "v1.0.0") {
+		t.Errorf("after removing the file: %q, want the module's list", body)
+	}
+	if n := s.Requests(list); n != 2 {
+		t.Errorf("Requests = %d, want 2", n)
 	}
 }

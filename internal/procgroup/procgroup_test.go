@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/goproxy-team/goproxy/internal/procgroup"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // TestCancelStopsChildren cancels a command whose child holds its output
@@ -28,16 +29,10 @@ func TestCancelStopsChildren(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(started); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the command did not start its child")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testwait.For(t, func() bool {
+		_, err := os.Stat(started)
+		return err == nil
+	}, "the command to start its child")
 	cancel()
 	start := time.Now()
 	if err := cmd.Wait(); err == nil {

@@ -1,0 +1,210 @@
+package goproxy
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// flightGroup makes concurrent requests for one file share one download.
+// Unlike golang.org/x/sync/singleflight it counts the callers still using
+// the result, because a zip result is an open file that must stay open until
+// the last of them has served it, and it runs the download detached from any
+// one caller, so a client that goes away does not fail the others.
+type flightGroup struct {
+	// abandonAfter, if positive, is the window over which a download that
+	// every caller has left must make progress (abandonedMinBytes, or a
+	// step) to go on.
+	abandonAfter time.Duration
+
+	mu      sync.Mutex
+	flights map[string]*flight
+}
+
+// abandonedMinBytes is the least a download nobody waits for must bring
+// in per abandonAfter to go on: a large file still gets cached, a stalling
+// one ends.
+const abandonedMinBytes = 64 << 10
+
+// errAbandoned ends a download that nobody waits for and that stopped
+// making progress.
+var errAbandoned = errors.New("every client left and the download stopped making progress")
+
+type flight struct {
+	done    chan struct{}
+	res     *fetched
+	err     error
+	users   int // callers holding or waiting for res; guarded by flightGroup.mu
+	ended   bool
+	watched bool // a watch runs; guarded by flightGroup.mu
+	meter   *progressMeter
+	cancel  context.CancelCauseFunc
+}
+
+// do returns the result of fn for key, starting fn unless a call for key is
+// already running. fn runs with a context detached from ctx; waiting stops
+// when ctx ends. The caller must call release once done with the result.
+//
+// background, if not nil, runs after a successful fn while callers are
+// served, typically to store the result: until it ends, the result stays
+// open and new callers for key join the finished call instead of starting
+// another.
+func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Context) (*fetched, error), background func(context.Context, *fetched)) (*fetched, func(), error) {
+	g.mu.Lock()
+	if g.flights == nil {
+		g.flights = make(map[string]*flight)
+	}
+	fl, ok := g.flights[key]
+	if !ok {
+		fl = &flight{done: make(chan struct{})}
+		g.flights[key] = fl
+		fctx, meter := withProgressMeter(context.WithoutCancel(ctx))
+		fctx, fl.cancel = context.WithCancelCause(fctx)
+		fl.meter = meter
+		go g.run(fctx, key, fl, fn, background)
+	}
+	fl.users++
+	g.mu.Unlock()
+
+	release := func() { g.release(fl) }
+	select {
+	case <-fl.done:
+		if fl.err != nil {
+			release()
+			return nil, func() {}, fl.err
+		}
+		return fl.res, release, nil
+	case <-ctx.Done():
+		release()
+		return nil, func() {}, ctx.Err()
+	}
+}
+
+// release drops one user of fl, closing the result after the last, or
+// watching the download when the last leaves before it ends.
+func (g *flightGroup) release(fl *flight) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	fl.users--
+	if fl.users == 0 && fl.ended && fl.res != nil {
+		fl.res.close()
+	}
+	if fl.users == 0 && !fl.ended && !fl.watched && g.abandonAfter > 0 {
+		fl.watched = true
+		go g.watch(fl)
+	}
+}
+
+// watch ends fl's download if, while nobody waits for it, it makes no
+// progress over a window of abandonAfter.
+func (g *flightGroup) watch(fl *flight) {
+	bytes, steps := fl.meter.bytes.Load(), fl.meter.steps.Load()
+	t := time.NewTicker(g.abandonAfter)
+	defer t.Stop()
+	for {
+		select {
+		case <-fl.done:
+			return
+		case <-t.C:
+		}
+		g.mu.Lock()
+		if fl.users > 0 {
+			fl.watched = false
+			g.mu.Unlock()
+			return
+		}
+		g.mu.Unlock()
+		b, s := fl.meter.bytes.Load(), fl.meter.steps.Load()
+		if b-bytes < abandonedMinBytes && s == steps {
+			fl.cancel(errAbandoned)
+			return
+		}
+		bytes, steps = b, s
+	}
+}
+
+func (g *flightGroup) run(ctx context.Context, key string, fl *flight, fn func(context.Context) (*fetched, error), background func(context.Context, *fetched)) {
+	// fn runs on a goroutine of its own, where a panic would end the
+	// whole process.
+	var res *fetched
+	err := recovering(func() (err error) {
+		res, err = fn(ctx)
+		return err
+	})
+	fl.cancel(nil)
+	ctx = context.WithoutCancel(ctx)
+	g.mu.Lock()
+	fl.res, fl.err, fl.ended = res, err, true
+	if err == nil && background != nil {
+		fl.users++ // held by the background work
+		go func() {
+			background(ctx, res)
+			g.mu.Lock()
+			delete(g.flights, key)
+			g.mu.Unlock()
+			g.release(fl)
+		}()
+	} else {
+		delete(g.flights, key)
+		if fl.users == 0 && res != nil {
+			res.close()
+		}
+	}
+	g.mu.Unlock()
+	close(fl.done)
+}
+
+// users reports how many callers share the running flight for key; tests
+// use it to wait for callers without sleeping.
+func (g *flightGroup) users(key string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if fl, ok := g.flights[key]; ok {
+		return fl.users
+	}
+	return 0
+}
+
+// idle reports whether no call is running, background work included.
+func (g *flightGroup) idle() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.flights) == 0
+}
+
+// progressMeter counts what a fetch has done: bytes received, and steps
+// (such as validation) that take time without bringing any. A meter adds
+// to its parent's too, so that the fetches one fetch starts (a checksum
+// database lookup for a zip) count as its progress.
+type progressMeter struct {
+	bytes, steps atomic.Int64
+	parent       *progressMeter
+}
+
+type progressMeterKey struct{}
+
+// withProgressMeter returns a context carrying a new meter, child of ctx's.
+func withProgressMeter(ctx context.Context) (context.Context, *progressMeter) {
+	m := &progressMeter{parent: meterFrom(ctx)}
+	return context.WithValue(ctx, progressMeterKey{}, m), m
+}
+
+// meterFrom returns ctx's meter, or nil; a nil meter counts nothing.
+func meterFrom(ctx context.Context) *progressMeter {
+	m, _ := ctx.Value(progressMeterKey{}).(*progressMeter)
+	return m
+}
+
+func (m *progressMeter) add(n int64) {
+	for ; m != nil; m = m.parent {
+		m.bytes.Add(n)
+	}
+}
+
+func (m *progressMeter) step() {
+	for ; m != nil; m = m.parent {
+		m.steps.Add(1)
+	}
+}

@@ -1,0 +1,213 @@
+package goproxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/klauspost/compress/gzip"
+)
+
+// writeMessage answers with a plain-text message, which the go command
+// shows its user.
+func writeMessage(w http.ResponseWriter, status int, msg string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(len(msg)+1))
+	h.Set("X-Content-Type-Options", "nosniff")
+	if h.Get("Cache-Control") == "" {
+		h.Set("Cache-Control", "no-store")
+	}
+	w.WriteHeader(status)
+	io.WriteString(w, msg+"\n")
+}
+
+// gzipMinSize is the smallest text response worth compressing.
+const gzipMinSize = 1 << 10
+
+// serve writes c to the client with the headers of req's kind, and
+// returns the status it answered: the one place where a file is served.
+//
+// Every answer goes through http.ServeContent, which answers conditional
+// and Range requests (304, 412, 206, 416) for the content as stored,
+// whichever source had it. A text file the client takes gzip-compressed is
+// compressed whole in memory (they are size-capped), so that the answer
+// still has a Content-Length: ServeContent decides the status, and a full
+// 200 carries the compressed body, tagged with the weak form of the
+// content's tag; ranges are of the uncompressed content. A hot file asked
+// without conditions is answered with its prepared headers, as
+// ServeContent would answer it.
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, req *request, c *content) int {
+	// Header keys are written in canonical form: this is the path of
+	// every answer.
+	h := w.Header()
+	h["Content-Type"] = []string{req.contentType()}
+	h["Cache-Control"] = []string{p.cacheControl(req, c)}
+	if c.from == fromStale {
+		h["Warning"] = []string{`110 - "Response is Stale"`}
+	}
+	var gz []byte
+	if req.compressible() {
+		h["Vary"] = []string{"Accept-Encoding"}
+		if acceptsGzip(r) {
+			if c.hot != nil {
+				gz = c.hot.gz
+			} else {
+				gz = gzipped(c.data)
+			}
+		}
+	}
+	if c.etag != "" {
+		h["Etag"] = []string{c.etag}
+	}
+	if c.hot != nil && !conditional(r) {
+		return writeHot(w, r, c.hot, gz)
+	}
+	gw := &gzipOnFull{ResponseWriter: w, gz: gz, head: r.Method == http.MethodHead}
+	http.ServeContent(gw, r, "", c.modTime, abortOnError{c.body})
+	return gw.status
+}
+
+// conditional reports whether r has a precondition or a range, which
+// http.ServeContent is left to answer.
+func conditional(r *http.Request) bool {
+	for _, k := range []string{"Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since"} {
+		if r.Header.Get(k) != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// writeHot answers an unconditional request for a hot file with its
+// prepared headers: those http.ServeContent would send for a full answer.
+func writeHot(w http.ResponseWriter, r *http.Request, hf *hotFile, gz []byte) int {
+	out := w.Header()
+	out["Last-Modified"] = []string{hf.lastModified}
+	body, length := hf.data, hf.length
+	if gz != nil {
+		body, length = gz, hf.gzLength
+		out["Content-Encoding"] = []string{"gzip"}
+		out["Etag"] = []string{weakETag(hf.etag)}
+	} else {
+		out["Accept-Ranges"] = []string{"bytes"}
+	}
+	out["Content-Length"] = []string{length}
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		w.Write(body)
+	}
+	return http.StatusOK
+}
+
+// gzipOnFull passes http.ServeContent's answer on, except that a full 200
+// carries gz, when set, in place of the content: ServeContent has decided
+// the status as for the content as stored, and its copy of the content
+// stops at the first write.
+type gzipOnFull struct {
+	http.ResponseWriter
+	gz      []byte
+	head    bool
+	status  int
+	swapped bool
+}
+
+// errGzipSent stops http.ServeContent's copy of the uncompressed content
+// once the compressed one is written.
+var errGzipSent = errors.New("the compressed content was sent")
+
+func (g *gzipOnFull) WriteHeader(status int) {
+	if g.status != 0 {
+		return
+	}
+	g.status = status
+	if status != http.StatusOK || g.gz == nil {
+		g.ResponseWriter.WriteHeader(status)
+		return
+	}
+	h := g.Header()
+	h.Set("Content-Encoding", "gzip")
+	h.Set("Content-Length", strconv.Itoa(len(g.gz)))
+	h.Del("Accept-Ranges") // ranges are of the uncompressed content
+	if etag := h.Get("Etag"); etag != "" {
+		h.Set("Etag", weakETag(etag))
+	}
+	g.ResponseWriter.WriteHeader(status)
+	if !g.head {
+		g.ResponseWriter.Write(g.gz)
+	}
+	g.swapped = true
+}
+
+func (g *gzipOnFull) Write(b []byte) (int, error) {
+	if g.status == 0 {
+		g.WriteHeader(http.StatusOK)
+	}
+	if g.swapped {
+		return 0, errGzipSent
+	}
+	return g.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (g *gzipOnFull) Unwrap() http.ResponseWriter { return g.ResponseWriter }
+
+// abortOnError makes a read error in the middle of a response abort the
+// connection, so that the client sees a failure rather than a body that
+// ends early yet looks complete to a careless reader.
+type abortOnError struct{ io.ReadSeeker }
+
+func (a abortOnError) Read(p []byte) (int, error) {
+	n, err := a.ReadSeeker.Read(p)
+	if err != nil && err != io.EOF {
+		panic(http.ErrAbortHandler)
+	}
+	return n, err
+}
+
+var gzipWriters = sync.Pool{New: func() any {
+	zw, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed)
+	return zw
+}}
+
+// gzipped returns data gzip-compressed, or nil when that does not pay: data
+// too short, or no shorter compressed.
+func gzipped(data []byte) []byte {
+	if len(data) < gzipMinSize {
+		return nil
+	}
+	var buf bytes.Buffer
+	zw := gzipWriters.Get().(*gzip.Writer)
+	defer gzipWriters.Put(zw)
+	zw.Reset(&buf)
+	if _, err := zw.Write(data); err != nil {
+		return nil
+	}
+	if err := zw.Close(); err != nil || buf.Len() >= len(data) {
+		return nil
+	}
+	return buf.Bytes()
+}
+
+func acceptsGzip(r *http.Request) bool {
+	for _, v := range r.Header.Values("Accept-Encoding") {
+		for coding := range strings.SplitSeq(v, ",") {
+			name, params, _ := strings.Cut(coding, ";")
+			if !strings.EqualFold(strings.TrimSpace(name), "gzip") {
+				continue
+			}
+			q := 1.0
+			for param := range strings.SplitSeq(params, ";") {
+				if k, v, _ := strings.Cut(strings.TrimSpace(param), "="); k == "q" {
+					q, _ = strconv.ParseFloat(v, 64)
+				}
+			}
+			return q > 0
+		}
+	}
+	return false
+}

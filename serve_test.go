@@ -1,0 +1,176 @@
+package goproxy
+
+import (
+	"bytes"
+	"compress/gzip"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/goproxy-team/goproxy/internal/testwait"
+)
+
+// conditionalFiles are an upstream's files large enough to be gzipped: a
+// version list (mutable) and a .mod (immutable, kept in the hot tier).
+func conditionalFiles(t *testing.T) map[string][]byte {
+	files := testModuleFiles(t)
+	var list, mod strings.Builder
+	for i := range 300 {
+		list.WriteString("v1.0." + strconv.Itoa(i) + "\n")
+	}
+	mod.WriteString("module example.com/a\n")
+	for range 100 {
+		mod.WriteString("// a comment long enough to make the file worth compressing\n")
+	}
+	files["/example.com/a/@v/list"] = []byte(list.String())
+	files["/example.com/a/@v/v1.0.0.mod"] = []byte(mod.String())
+	return files
+}
+
+// Every precondition, and Range, gets the answer http.ServeContent gives
+// for the content as stored, from every source, when the client takes
+// gzip: 304 and 412 as for the uncompressed content, ranges of the
+// uncompressed content, and a full answer compressed, tagged with the weak
+// form of the content's tag.
+func TestConditionalRequestsThroughGzip(t *testing.T) {
+	files := conditionalFiles(t)
+	const (
+		list = "/example.com/a/@v/list"
+		mod  = "/example.com/a/@v/v1.0.0.mod"
+	)
+	// The content's tag, as any proxy answers it.
+	etagOf := func(path string) string {
+		up := newUpstream(t, files)
+		return do(newTestProxy(t, up.URL), "GET", path).Header().Get("ETag")
+	}
+	past := time.Now().Add(-48 * time.Hour).UTC().Format(http.TimeFormat)
+	future := time.Now().Add(48 * time.Hour).UTC().Format(http.TimeFormat)
+
+	tiers := []struct {
+		name, path, from string
+		hotBytes         int64
+		warm             bool // asked once before, to fill the cache or the hot tier
+	}{
+		{"fetched list", list, "miss", 0, false},
+		{"cached list", list, "hit", 0, true},
+		{"fetched mod", mod, "miss", 0, false},
+		{"hot mod", mod, "hot", 0, true},
+		{"cached mod", mod, "hit", -1, true},
+	}
+	for _, tier := range tiers {
+		etag := etagOf(tier.path)
+		body := files[tier.path]
+		cases := []struct {
+			name   string
+			header []string
+			status int
+			gzip   bool
+		}{
+			{"If-Match of the content", []string{"If-Match", etag}, 200, true},
+			{"If-Match of other content", []string{"If-Match", `"other"`}, 412, false},
+			{"If-None-Match of the content", []string{"If-None-Match", etag}, 304, false},
+			{"If-None-Match of its compressed form", []string{"If-None-Match", weakETag(etag)}, 304, false},
+			{"If-None-Match of other content", []string{"If-None-Match", `"other"`}, 200, true},
+			{"If-Modified-Since a later time", []string{"If-Modified-Since", future}, 304, false},
+			{"If-Modified-Since an earlier time", []string{"If-Modified-Since", past}, 200, true},
+			{"If-Unmodified-Since an earlier time", []string{"If-Unmodified-Since", past}, 412, false},
+			{"If-Unmodified-Since a later time", []string{"If-Unmodified-Since", future}, 200, true},
+			{"Range", []string{"Range", "bytes=10-19"}, 206, false},
+			{"If-Range of the content", []string{"Range", "bytes=10-19", "If-Range", etag}, 206, false},
+			{"If-Range of other content", []string{"Range", "bytes=10-19", "If-Range", `"other"`}, 200, true},
+			{"no condition", nil, 200, true},
+		}
+		for _, tt := range cases {
+			t.Run(tier.name+"/"+tt.name, func(t *testing.T) {
+				up := newUpstream(t, files)
+				var logs bytes.Buffer
+				p := newTestProxy(t, up.URL)
+				p.Logger = newBufferLogger(&logs)
+				p.HotCacheBytes = tier.hotBytes
+				if tier.warm {
+					do(p, "GET", tier.path)
+					testwait.For(t, p.flights.idle) // stored
+				}
+				w := do(p, "GET", tier.path, append([]string{"Accept-Encoding", "gzip"}, tt.header...)...)
+				if w.Code != tt.status {
+					t.Fatalf("status %d, want %d; headers %v", w.Code, tt.status, w.Header())
+				}
+				if want := "outcome=" + tier.from + " status=" + strconv.Itoa(tt.status); !strings.Contains(logs.String(), want) {
+					t.Errorf("answered from elsewhere than %s:\n%s", tier.from, logs.String())
+				}
+				gzipped := w.Header().Get("Content-Encoding") == "gzip"
+				if gzipped != tt.gzip {
+					t.Errorf("Content-Encoding %q, want gzip %v", w.Header().Get("Content-Encoding"), tt.gzip)
+				}
+				switch {
+				case gzipped:
+					zr, err := gzip.NewReader(w.Body)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if got, _ := io.ReadAll(zr); !bytes.Equal(got, body) {
+						t.Error("the compressed body is not the content")
+					}
+					if got := w.Header().Get("ETag"); got != weakETag(etag) {
+						t.Errorf("ETag %q, want %q", got, weakETag(etag))
+					}
+					if w.Header().Get("Content-Length") != strconv.Itoa(len(w.Body.Bytes())) && w.Body.Len() != 0 {
+						t.Errorf("Content-Length %q", w.Header().Get("Content-Length"))
+					}
+				case tt.status == 206:
+					if !bytes.Equal(w.Body.Bytes(), body[10:20]) {
+						t.Errorf("range %q, want %q", w.Body, body[10:20])
+					}
+				case tt.status == 304 || tt.status == 412:
+					if w.Body.Len() != 0 && tt.status == 304 {
+						t.Errorf("a 304 with a body: %q", w.Body)
+					}
+				}
+				if tt.status != 412 && w.Header().Get("Vary") != "Accept-Encoding" {
+					t.Errorf("Vary %q", w.Header().Get("Vary"))
+				}
+			})
+		}
+	}
+}
+
+// A file keeps its entity tag and Last-Modified from the answer that
+// fetched it to the answers from the cache, so that a client revalidating
+// with the first answer's tag gets 304.
+func TestValidatorsHoldFromFetchToCache(t *testing.T) {
+	for _, cacher := range []struct {
+		name string
+		new  func(t *testing.T) Cacher
+	}{
+		{"MemCacher", func(t *testing.T) Cacher { return &MemCacher{} }},
+		{"DirCacher", func(t *testing.T) Cacher { return DirCacher(t.TempDir()) }},
+	} {
+		for _, path := range []string{"/example.com/a/@v/list", "/example.com/a/@latest", "/example.com/a/@v/v1.0.0.mod", "/example.com/a/@v/v1.0.0.zip"} {
+			t.Run(cacher.name+path, func(t *testing.T) {
+				up := newUpstream(t, testModuleFiles(t))
+				p := newTestProxy(t, up.URL)
+				p.Cacher = cacher.new(t)
+				p.HotCacheBytes = -1
+				first := do(p, "GET", path)
+				testwait.For(t, p.flights.idle) // stored
+				etag, lastModified := first.Header().Get("ETag"), first.Header().Get("Last-Modified")
+				if etag == "" || lastModified == "" {
+					t.Fatalf("the first answer has ETag %q, Last-Modified %q", etag, lastModified)
+				}
+				if w := do(p, "GET", path, "If-None-Match", etag); w.Code != http.StatusNotModified {
+					t.Errorf("If-None-Match of the first answer's tag: %d, want 304", w.Code)
+				}
+				if w := do(p, "GET", path); w.Header().Get("Last-Modified") != lastModified || w.Header().Get("ETag") != etag {
+					t.Errorf("from the cache: ETag %q, Last-Modified %q; the first answer had %q, %q",
+						w.Header().Get("ETag"), w.Header().Get("Last-Modified"), etag, lastModified)
+				}
+				if n := up.Requests(path); n != 1 {
+					t.Errorf("fetched %d times, want 1", n)
+				}
+			})
+		}
+	}
+}
