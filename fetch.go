@@ -25,12 +25,19 @@ var errProxyOff = failed(failRefused, "module lookup disabled by GOPROXY=off")
 // for GOPROXY: after ',' fall through only when the upstream says the file
 // does not exist, after '|' on any error. Within a group of equal
 // priority, each request starts with the next upstream in turn and falls
-// through to the others on any failure. The error returned is the most
-// telling one, ranked as the go command ranks them: direct's over a
-// proxy's, a real failure over a not-found.
+// through to the others on any failure. The error returned is the one the
+// go command would report (cmd/go/internal/modfetch.TryProxies), of the
+// upstreams in the order they were asked: direct's, else the last proxy
+// failure other than a not-found, else the last not-found ("off" counts
+// as one).
 func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched, error) {
+	const (
+		notFoundRank = iota
+		proxyRank
+		directRank
+	)
 	var bestErr error
-	bestIsNotFound := true
+	bestRank := notFoundRank
 	passing := false // an upstream failed in a way that may soon pass
 	for _, g := range p.routeFor(req.modPath).groups {
 		n := uint32(len(g.members))
@@ -47,8 +54,13 @@ func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched,
 			}
 			passing = passing || !remembered(err)
 			missing := notFound(err)
-			if up.URL == "direct" || bestErr == nil || (bestIsNotFound && !missing) {
-				bestErr, bestIsNotFound = err, missing
+			switch {
+			case up.URL == "direct":
+				bestErr, bestRank = err, directRank
+			case bestRank <= proxyRank && !missing && up.URL != "off":
+				bestErr, bestRank = err, proxyRank
+			case bestRank == notFoundRank:
+				bestErr = err
 			}
 			if !missing && !up.FallBackOnError {
 				fallThrough = false
