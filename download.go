@@ -317,6 +317,11 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 			kind = failGone
 		}
 		return nil, &failure{kind: kind, msg: msg}
+	case code == http.StatusProxyAuthRequired:
+		// From an egress proxy (HTTP_PROXY), about the proxy's own
+		// credentials: the client can do nothing about it, another
+		// attempt neither.
+		return nil, upstreamAnswered(rawURL, code, "the egress proxy in front of this proxy refused its credentials")
 	case code == http.StatusTooManyRequests || code == http.StatusRequestTimeout || code >= 500:
 		fe := retryable(upstreamAnswered(rawURL, code, msg))
 		fe.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
@@ -373,7 +378,9 @@ func upstreamAnswered(rawURL string, code int, msg string) *failure {
 	if msg != "" {
 		msg = ": " + msg
 	}
-	return failed(failUnavailable, "upstream %s answered %d %s%s", redactURL(rawURL), code, http.StatusText(code), msg)
+	f := failed(failUnavailable, "upstream %s answered %d %s%s", redactURL(rawURL), code, http.StatusText(code), msg)
+	f.status = code
+	return f
 }
 
 func tooLarge(rawURL string, limit int64) *failure {

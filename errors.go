@@ -131,7 +131,8 @@ type failure struct {
 	msg  string // what the client reads
 	err  error  // the cause, if any
 
-	// status is the upstream's status of a failUpstreamRefused.
+	// status is the upstream's HTTP status, when it answered one: the
+	// status a failUpstreamRefused answers with, and what metrics report.
 	status int
 	// allow is the Allow header of a failMethod.
 	allow string
