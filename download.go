@@ -170,6 +170,12 @@ type downloader struct {
 	// tidied is set once PartialDir has been rid of what killed
 	// processes left.
 	tidied atomic.Bool
+
+	// Probes of hosts that are down (retry.go) run until stopProbes is
+	// closed, by close.
+	probing    sync.Mutex // orders starting probes with close
+	probes     sync.WaitGroup
+	stopProbes chan struct{}
 }
 
 func newDownloader(opts DownloadOptions, client *http.Client, logger *slog.Logger, via string) *downloader {
@@ -186,7 +192,7 @@ func newDownloader(opts DownloadOptions, client *http.Client, logger *slog.Logge
 		client = &c
 	}
 	return &downloader{opts: opts, client: client, sem: semaphore.NewWeighted(int64(opts.MaxConcurrent)), logger: logger, via: via,
-		writeAt: (*os.File).WriteAt}
+		writeAt: (*os.File).WriteAt, stopProbes: make(chan struct{})}
 }
 
 // redirectRefused is a redirect the client's policy refused.
@@ -200,10 +206,16 @@ type target struct {
 	module, version string
 	toFile          bool  // zips go to a file, the rest to memory
 	limit           int64 // most bytes accepted
+	// probe is a cheap URL of the same upstream, which is asked while
+	// the upstream's host is down; empty means the host's root.
+	probe string
 }
 
 // get downloads rawURL: a zip into a file, anything else into memory.
 func (d *downloader) get(ctx context.Context, rawURL string, t target) (*fetched, error) {
+	if t.probe != "" {
+		d.hosts.get(rawURL).probeWith(t.probe)
+	}
 	if err := d.sem.Acquire(ctx, 1); err != nil {
 		return nil, err
 	}
@@ -229,6 +241,7 @@ func (d *downloader) getSmall(ctx context.Context, rawURL string, t target) (*fe
 		if resp.ContentLength > t.limit {
 			return tooLarge(rawURL, t.limit)
 		}
+		trackedFrom(ctx).setTotal(resp.ContentLength)
 		var buf bytes.Buffer
 		if resp.ContentLength > 0 {
 			buf.Grow(int(resp.ContentLength))
@@ -299,7 +312,7 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 		return nil, retryable(fe)
 	}
 	resp.Body = &watchedBody{ReadCloser: resp.Body, ctx: actx, cancel: cancel, idle: d.opts.BodyIdleTimeout, meter: meterFrom(ctx),
-		timer: time.AfterFunc(d.opts.BodyIdleTimeout, func() { cancel(errBodyStalled) })}
+		tracked: trackedFrom(ctx), timer: time.AfterFunc(d.opts.BodyIdleTimeout, func() { cancel(errBodyStalled) })}
 	switch resp.StatusCode {
 	case http.StatusOK, http.StatusPartialContent:
 		return resp, nil
@@ -345,14 +358,16 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 }
 
 // watchedBody is an answer's body, cut when it sends nothing for its idle
-// time, counting what arrives into the fetch's progress.
+// time, counting what arrives into the fetch's progress and into its
+// download in the live view.
 type watchedBody struct {
 	io.ReadCloser
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	timer  *time.Timer
-	idle   time.Duration
-	meter  *progressMeter
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	timer   *time.Timer
+	idle    time.Duration
+	meter   *progressMeter
+	tracked *trackedDownload
 }
 
 func (b *watchedBody) Read(p []byte) (int, error) {
@@ -360,6 +375,7 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 	if n > 0 {
 		b.timer.Reset(b.idle)
 		b.meter.add(int64(n))
+		b.tracked.add(int64(n))
 	}
 	if err != nil && err != io.EOF && errors.Is(context.Cause(b.ctx), errBodyStalled) {
 		err = fmt.Errorf("%w: nothing arrived for %v", errBodyStalled, b.idle)
@@ -451,6 +467,8 @@ type fileDownload struct {
 	total  atomic.Int64   // bytes received, for Progress
 	sized  atomic.Int64   // total size once known, else -1
 	resume bool           // state came from disk
+	// tracked is the download in the live view, told the size.
+	tracked *trackedDownload
 	// resets counts reset calls, guarded by mu: a save that began before
 	// one must not put the state it took back on disk after it.
 	resets int
@@ -479,6 +497,7 @@ func (d *downloader) getFile(ctx context.Context, rawURL string, t target) (*fet
 		}
 		return nil, d.diskFailed(t, err)
 	}
+	dl.tracked = trackedFrom(ctx)
 	stopProgress := dl.reportProgress(ctx)
 	err = recovering(func() error { return dl.download(ctx) })
 	stopProgress()
@@ -692,6 +711,7 @@ func (dl *fileDownload) reportProgress(ctx context.Context) (stop func()) {
 }
 
 func (dl *fileDownload) progress() {
+	dl.tracked.setTotal(dl.sized.Load())
 	if hook := dl.d.opts.Progress; hook != nil {
 		hook(dl.t.module, dl.t.version, dl.total.Load(), dl.sized.Load())
 	}

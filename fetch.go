@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"sync/atomic"
 	"time"
 )
 
@@ -89,6 +90,8 @@ func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (*fetc
 	}
 	start := time.Now()
 	p.prefetchSumDBRecord(ctx, req)
+	upstream := redactURL(up.URL)
+	ctx, tracked := p.trackFetch(ctx, req, upstream)
 	var f *fetched
 	var err error
 	if up.URL == "direct" {
@@ -96,6 +99,7 @@ func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (*fetc
 	} else {
 		f, err = p.downloader.get(ctx, up.URL+"/"+escapeURLPath(req.name), target{
 			module: req.modPath, version: req.version, toFile: req.kind == kindZip, limit: req.maxSize(),
+			probe: up.URL + "/",
 		})
 	}
 	if err == nil {
@@ -116,6 +120,7 @@ func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (*fetc
 			f = nil
 		}
 	}
+	tracked(f, err)
 	outcome := "ok"
 	var size int64
 	if f != nil {
@@ -125,7 +130,7 @@ func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (*fetc
 	}
 	p.logger().LogAttrs(ctx, levelFor(err), "upstream fetch",
 		slog.String("module", req.modPath), slog.String("version", req.version), slog.String("file", req.name),
-		slog.String("upstream", redactURL(up.URL)), slog.Int64("bytes", size),
+		slog.String("upstream", upstream), slog.Int64("bytes", size),
 		slog.Duration("duration", time.Since(start)), slog.String("outcome", outcome))
 	return f, err
 }
@@ -161,7 +166,9 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 			p.store(ctx, req, f)
 		}
 	}
+	var started atomic.Bool // this caller's fetch ran: it shared none
 	f, release, err = p.flights.do(ctx, req.name, func(ctx context.Context) (*fetched, error) {
+		started.Store(true)
 		ctx = withEgressModule(ctx, req.modPath)
 		ctx, cancel := context.WithTimeout(ctx, p.conf.download.Timeout)
 		defer cancel()
@@ -190,6 +197,9 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 		}
 		return f, err
 	}, storeLater)
+	if !started.Load() && ctx.Err() == nil {
+		p.conf.metrics.sharedFetch(SharedFetchMetric{Kind: req.metricKind()})
+	}
 	return f, release, err
 }
 
@@ -216,8 +226,9 @@ func (p *Proxy) store(ctx context.Context, req *request, f *fetched) {
 		p.logger().LogAttrs(ctx, slog.LevelError, "cache put failed", slog.String("file", req.name), slog.String("error", err.Error()))
 		return
 	}
+	p.evictor.noteStored(f.size)
 	if req.kind == kindInfo && req.canonical {
-		p.index.add(req.modPath, req.version, time.Now())
+		p.feed.add(ctx, req.modPath, req.version, time.Now())
 	}
 }
 

@@ -112,7 +112,7 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 	}
 	// An upstream copy of the same version may be in memory.
 	p.hotForget(base+".info", base+".mod")
-	p.index.add(modulePath, version, time.Now())
+	p.feed.add(ctx, modulePath, version, time.Now())
 	p.logger().Info("published", "module", modulePath, "version", version, "bytes", n)
 	return nil
 }
