@@ -46,7 +46,7 @@ type Eviction struct {
 	MaxBytes int64
 
 	// Interval is the time between runs, the first of which starts with
-	// the proxy. A run also starts when what was stored since the last one
+	// the proxy's first request. A run also starts when what was stored since the last one
 	// takes the total over MaxBytes, at most once a minute. Zero means an
 	// hour.
 	Interval time.Duration

@@ -141,8 +141,8 @@ type Proxy struct {
 	// MaxAge or MaxBytes set, the Cacher must list its entries with their
 	// times ([CacheInfoWalker]), keep last uses ([CacheUsageRecorder]) and
 	// remove entries ([CacheUnchangedDeleter], or [CacheDeleter]), as
-	// DirCacher and MemCacher do, or Init fails. Runs start with Init and
-	// end with Close.
+	// DirCacher and MemCacher do, or Init fails. Runs start with the
+	// Proxy's first request (or Publish) and end with Close.
 	Eviction Eviction
 
 	// Metrics receives the proxy's measurements: requests, upstream
@@ -180,12 +180,15 @@ type Proxy struct {
 	usage   *usageRecorder
 	serving servingSet
 
-	// Close's: background work other than the flight group's runs under
+	// The background work starts with the first use (see start) and ends
+	// with Close; what the flight group does not count runs under
 	// stopWork and is counted in working.
-	closeOnce sync.Once
-	closed    atomic.Bool
-	stopWork  context.CancelFunc
-	working   sync.WaitGroup
+	lifeMu       sync.Mutex // orders start and Close
+	startOnce    sync.Once
+	closed       atomic.Bool
+	stopWork     context.CancelFunc
+	working      sync.WaitGroup
+	ownTransport *http.Transport // built by Init, its connections closed by Close
 
 	egress *egressPolicy
 	dialer *Dialer // Dialer, checking every connection with egress
@@ -217,13 +220,12 @@ func (p *Proxy) init() error {
 	p.dialer = conf.dialer.withPolicy(p.egress)
 	p.directEgress = p.egress.forDirect()
 	transport := conf.transport
-	var ownTransport *http.Transport // closed by Close
 	if transport == nil {
 		t, err := p.dialer.Transport()
 		if err != nil {
 			return fmt.Errorf("goproxy: %w", err)
 		}
-		transport, ownTransport = t, t
+		transport, p.ownTransport = t, t
 	}
 	if err := p.initRoutes(); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
@@ -253,32 +255,35 @@ func (p *Proxy) init() error {
 	if err := p.initEviction(); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
 	}
-	p.startWork(ownTransport)
 	return nil
 }
 
-// startWork starts the background work Close ends: eviction, and the
-// index feed's creation, so that a feed kept on the store is ready before
-// anyone asks for it.
-func (p *Proxy) startWork(ownTransport *http.Transport) {
-	ctx, cancel := context.WithCancel(context.Background())
-	p.stopWork = func() {
-		cancel()
-		if ownTransport != nil {
-			ownTransport.CloseIdleConnections()
+// start starts the background work, once, at the Proxy's first use (a
+// request or a Publish), rather than in Init, which a configuration check
+// may call alone: eviction, and the index feed's creation from the cache
+// when it has none yet (once ever, for caches that predate it), so that
+// the feed is ready before anyone asks for it. Close ends it.
+func (p *Proxy) start() {
+	p.startOnce.Do(func() {
+		p.lifeMu.Lock()
+		defer p.lifeMu.Unlock()
+		if p.closed.Load() {
+			return
 		}
-	}
-	if p.evictor != nil {
-		p.usage.start()
-		p.evictor.start()
-	}
-	if p.feed.persistent() {
-		p.working.Go(func() {
-			if err := p.feed.prepare(ctx); err != nil && ctx.Err() == nil {
-				p.logger().LogAttrs(ctx, slog.LevelError, "preparing the index feed", slog.String("error", err.Error()))
-			}
-		})
-	}
+		ctx, cancel := context.WithCancel(context.Background())
+		p.stopWork = cancel
+		if p.evictor != nil {
+			p.usage.start()
+			p.evictor.start()
+		}
+		if p.feed.persistent() {
+			p.working.Go(func() {
+				if err := p.feed.prepare(ctx); err != nil && ctx.Err() == nil {
+					p.logger().LogAttrs(ctx, slog.LevelError, "preparing the index feed", slog.String("error", err.Error()))
+				}
+			})
+		}
+	})
 }
 
 // Close stops what the Proxy does in the background, for a server that is
@@ -286,29 +291,38 @@ func (p *Proxy) startWork(ownTransport *http.Transport) {
 // way stops where it is), hands the uses of cached files recorded since
 // the last flush to the Cacher, ends the probes of upstream hosts that are
 // down, cancels the fetches no client waits for any more (a large
-// download keeps what it got for the next start), and waits for files
-// being stored. Call it once the Proxy serves no more requests, after
+// download keeps what it got for the next start), waits for files being
+// stored, and closes the idle connections of the Transport Init built.
+//
+// Call it once the Proxy serves no more requests, after
 // [http.Server.Shutdown]: requests that arrive after Close answer 503
 // Service Unavailable, and fetches started after it fail. Close returns
-// when the background work has ended; calling it again does nothing, and
-// closing a Proxy that was never initialized only keeps it from starting.
-// The error is for future use: it is always nil today.
+// when the background work has ended. Calling it again does nothing;
+// closing a Proxy that was never initialized only keeps it from
+// starting. The error is for future use: it is always nil today.
 func (p *Proxy) Close() error {
-	p.closeOnce.Do(func() {
-		p.closed.Store(true)
-		p.initOnce.Do(func() { p.initErr = errClosed })
-		if p.initErr != nil {
-			return
-		}
+	p.lifeMu.Lock()
+	defer p.lifeMu.Unlock()
+	if p.closed.Swap(true) {
+		return nil
+	}
+	p.initOnce.Do(func() { p.initErr = errClosed })
+	if p.initErr != nil {
+		return nil
+	}
+	if p.stopWork != nil {
 		p.stopWork()
-		if p.evictor != nil {
-			p.evictor.stop()
-			p.usage.close()
-		}
-		p.downloader.close()
-		p.flights.close()
-		p.working.Wait()
-	})
+	}
+	if p.evictor != nil {
+		p.evictor.stop()
+		p.usage.close()
+	}
+	p.downloader.close()
+	p.flights.close()
+	p.working.Wait()
+	if p.ownTransport != nil {
+		p.ownTransport.CloseIdleConnections()
+	}
 	return nil
 }
 
@@ -336,6 +350,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.writeFailure(w, errClosed)
 		return
 	}
+	p.start()
 	for _, via := range r.Header.Values("Via") {
 		if strings.Contains(via, p.via) {
 			// Waiting for our own fetch would only end at its timeout.

@@ -35,6 +35,10 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 	if err := p.Init(); err != nil {
 		return err
 	}
+	if p.closed.Load() {
+		return errClosed
+	}
+	p.start()
 	if p.conf.hosted == nil {
 		return ErrPublishingDisabled
 	}
