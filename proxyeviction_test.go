@@ -269,14 +269,12 @@ func TestProxyEvictionLastUseSurvivesARestart(t *testing.T) {
 // slowWriter is a client that reads the first write, then nothing until
 // released.
 type slowWriter struct {
-	h        http.Header
-	status   int
-	body     bytes.Buffer
-	started  chan struct{}
-	release  chan struct{}
-	once     sync.Once
-	mu       sync.Mutex
-	released bool
+	h       http.Header
+	status  int
+	body    bytes.Buffer
+	started chan struct{}
+	release chan struct{}
+	once    sync.Once
 }
 
 func newSlowWriter() *slowWriter {
