@@ -101,12 +101,12 @@
 //     to a restarted Proxy against the walk /index made before the feed
 //     was kept on the store.
 //
-// Run a full measurement (about six minutes on two cores) from the
+// Run a full measurement (about eight minutes on two cores) from the
 // module root with
 //
 //	go run ./internal/bench
 //
-// and a quick one (about two and a half minutes) with
+// and a quick one (about three and a half minutes) with
 //
 //	go run ./internal/bench -short
 //
