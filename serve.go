@@ -52,7 +52,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, req *request, c *c
 	}
 	var gz []byte
 	if req.compressible() {
-		h["Vary"] = []string{"Accept-Encoding"}
+		h["Vary"] = append(h["Vary"], "Accept-Encoding")
 		if acceptsGzip(r) {
 			if c.hot != nil {
 				gz = c.hot.gz

@@ -209,3 +209,22 @@ func TestNotModifiedCarriesTheTagOfTheAnswerItStandsFor(t *testing.T) {
 		})
 	}
 }
+
+// The proxy adds Accept-Encoding to a Vary header that a handler around it
+// (CORS, for one) has set, rather than replacing it: a shared cache would
+// otherwise hand one origin's answer to another.
+func TestVaryKeepsWhatAnOuterHandlerSet(t *testing.T) {
+	up := newUpstream(t, conditionalFiles(t))
+	p := newTestProxy(t, up.URL)
+	outer := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Vary", "Origin")
+		p.ServeHTTP(w, r)
+	})
+	for _, path := range []string{"/example.com/a/@v/list", "/example.com/a/@v/v1.0.0.mod", "/example.com/a/@v/v1.0.0.mod"} {
+		w := do(outer, "GET", path, "Accept-Encoding", "gzip")
+		testwait.For(t, p.flights.idle) // stored: the second .mod is hot
+		if got := w.Header().Values("Vary"); strings.Join(got, ", ") != "Origin, Accept-Encoding" {
+			t.Errorf("GET %s: Vary %q, want Origin and Accept-Encoding", path, got)
+		}
+	}
+}
