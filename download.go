@@ -67,8 +67,9 @@ type DownloadOptions struct {
 	// DownAfter is how long an upstream host must fail every request, at
 	// least 20 in a row, before it is marked down: its requests then fail
 	// at once (the walk moving on where GOPROXY allows), while a probe in
-	// the background asks the host's root, with the backoff below, until
-	// it answers anything but 5xx. One success resets the count, so random
+	// the background asks the upstream's own URL (a checksum database's
+	// latest tree), with the backoff below, until it answers anything but
+	// 5xx; Proxy.Close ends it. One success resets the count, so random
 	// failures do not mark a host down. Zero means 10 s; negative never
 	// marks a host down.
 	DownAfter time.Duration
