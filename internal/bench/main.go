@@ -106,7 +106,7 @@
 //
 //	go run ./internal/bench
 //
-// and a quick one (about three and a half minutes) with
+// and a quick one (about two and a half minutes) with
 //
 //	go run ./internal/bench -short
 //
