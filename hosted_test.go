@@ -359,7 +359,7 @@ func TestCacheAdministration(t *testing.T) {
 	if w := getAs(p, "/index?limit=1", "admin", "admin-pw"); strings.Count(w.Body.String(), "\n") != 1 {
 		t.Errorf("index with limit=1: %q", w.Body)
 	}
-	var first indexEntry
+	var first IndexEntry
 	json.Unmarshal([]byte(lines[1]), &first)
 	since := first.Timestamp.Format(time.RFC3339Nano)
 	if w := getAs(p, "/index?since="+since, "admin", "admin-pw"); !strings.Contains(w.Body.String(), "corp.example.com/lib") || strings.Contains(w.Body.String(), `"example.com/a"`) {

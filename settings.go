@@ -93,6 +93,8 @@ type config struct {
 	tempDir                           string
 	download                          DownloadOptions
 	direct                            DirectOptions
+	eviction                          Eviction
+	metrics                           *Metrics // never nil
 }
 
 // configure copies the exported fields into a config, applying the
@@ -113,6 +115,8 @@ func (p *Proxy) configure() (*config, error) {
 		hotCacheBytes:   p.HotCacheBytes,
 		allowUnverified: p.AllowUnverified,
 		tempDir:         p.TempDir,
+		eviction:        p.Eviction,
+		metrics:         new(p.Metrics),
 	}
 	c.env = c.proxyEnv
 	if c.env == nil {
