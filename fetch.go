@@ -152,6 +152,11 @@ func refuseDowngrade(req *http.Request, via []*http.Request) error {
 // with concurrent requests for the same file. Not-found answers are
 // remembered for NotFoundTTL. The caller must call release when done.
 func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release func(), err error) {
+	if p.conf.offline {
+		// Every fetch comes here, whoever asks (a client, a fill, the
+		// checksum verifier, a prefetch): offline, none may leave.
+		return nil, nil, errOffline(req)
+	}
 	if err := p.notFound.get(req.name); err != nil {
 		return nil, nil, err
 	}

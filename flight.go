@@ -43,6 +43,9 @@ type flight struct {
 	watched bool // a watch runs; guarded by flightGroup.mu
 	meter   *progressMeter
 	cancel  context.CancelCauseFunc
+	// settled is closed once the flight has left the group, its
+	// background work (storing the result) done.
+	settled chan struct{}
 }
 
 // do returns the result of fn for key, starting fn unless a call for key is
@@ -65,7 +68,7 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 	}
 	if !ok {
 		g.running.Add(1)
-		fl = &flight{done: make(chan struct{})}
+		fl = &flight{done: make(chan struct{}), settled: make(chan struct{})}
 		g.flights[key] = fl
 		fctx, meter := withProgressMeter(context.WithoutCancel(ctx))
 		fctx, fl.cancel = context.WithCancelCause(fctx)
@@ -153,11 +156,13 @@ func (g *flightGroup) run(ctx context.Context, key string, fl *flight, fn func(c
 			background(ctx, res)
 			g.mu.Lock()
 			delete(g.flights, key)
+			close(fl.settled)
 			g.mu.Unlock()
 			g.release(fl)
 		}()
 	} else {
 		delete(g.flights, key)
+		close(fl.settled)
 		if fl.users == 0 && res != nil {
 			res.close()
 		}
@@ -176,6 +181,24 @@ func (g *flightGroup) close() {
 	}
 	g.mu.Unlock()
 	g.running.Wait()
+}
+
+// settle returns once no flight for key is running, its background work
+// included, or when ctx ends: a fill waits so, after a fetch, for the
+// file to be stored before it counts it as done.
+func (g *flightGroup) settle(ctx context.Context, key string) error {
+	g.mu.Lock()
+	fl := g.flights[key]
+	g.mu.Unlock()
+	if fl == nil {
+		return nil
+	}
+	select {
+	case <-fl.settled:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // users reports how many callers share the running flight for key; tests

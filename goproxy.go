@@ -151,6 +151,30 @@ type Proxy struct {
 	// the zero value reports nothing.
 	Metrics Metrics
 
+	// Offline makes the proxy serve only what it has: the cache and the
+	// published versions. It never contacts an upstream or a checksum
+	// database: version lists, @latest and query answers are served from
+	// the cache however old, a version list the cache lacks is made of the
+	// versions cached (for a Cacher that is a [CacheWalker]), and what is
+	// not cached answers 404 saying that the proxy is offline. For a proxy
+	// filled in advance ([Proxy.Fill]) or from a bundle
+	// ([Proxy.ImportBundle]) where there is no network. The zero value
+	// fetches what is missing, as usual.
+	Offline bool
+
+	// StaleWhileRevalidate is how long past MutableTTL a cached version
+	// list, @latest or query answer is still answered at once, marked
+	// stale, while one fetch in the background refreshes it for the
+	// next client. Zero waits for the upstreams as soon as the entry is
+	// past its time (and serves the stale copy only when they fail).
+	StaleWhileRevalidate time.Duration
+
+	// Scrub re-checks the cached .mod and .zip files against the checksum
+	// database and golang.org/x/mod/zip.CheckZip, removing those that no
+	// longer pass; see [ScrubOptions] and [Proxy.ScrubNow]. The zero value
+	// never scrubs on its own.
+	Scrub ScrubOptions
+
 	// Logger receives one line per upstream fetch, and one per answer at
 	// debug level, saying where the file came from. If nil,
 	// [slog.Default] is used.
@@ -173,6 +197,8 @@ type Proxy struct {
 	publishing    keyedMutex
 	feed          *indexLog // the /index feed
 	downloads     downloadTracker
+	revalidating  sync.Map   // names of stale entries being fetched again in the background
+	scrubbing     sync.Mutex // held by the scrub running
 
 	// With eviction on: the evictor, the uses gathered for it, and the
 	// cache entries being read by clients, which it leaves alone.
@@ -276,6 +302,9 @@ func (p *Proxy) start() {
 			p.usage.start()
 			p.evictor.start()
 		}
+		if p.conf.scrub.Interval > 0 {
+			p.working.Go(func() { p.scrubOnSchedule(ctx) })
+		}
 		if p.feed.persistent() {
 			p.working.Go(func() {
 				if err := p.feed.prepare(ctx); err != nil && ctx.Err() == nil {
@@ -339,6 +368,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		m := measureResponse(w)
 		defer p.reportRequest(m)
 		w = m
+	}
+	if isOperationPath(r.URL.Path) {
+		noteRequestKind(w, RequestAdmin)
+		p.serveOperation(w, r)
+		return
 	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete:

@@ -50,6 +50,10 @@ type Metrics struct {
 	// Eviction reports every removal by eviction: a module version's files
 	// together, or one other entry.
 	Eviction func(EvictionMetric)
+
+	// Scrub reports every .mod and .zip a scrub checked (see
+	// [ScrubOptions]).
+	Scrub func(ScrubMetric)
 }
 
 // RequestKind is what a request asks for, as metrics and the live view name
@@ -189,6 +193,35 @@ type EvictionMetric struct {
 	Bytes  int64
 }
 
+// ScrubOutcome is what a scrub found of a file.
+type ScrubOutcome string
+
+// The scrub outcomes.
+const (
+	ScrubOK ScrubOutcome = "ok"
+	// ScrubMismatch: the file does not hash to what the checksum database
+	// recorded.
+	ScrubMismatch ScrubOutcome = "mismatch"
+	// ScrubInvalid: the file is damaged: a zip that fails CheckZip or a
+	// CRC, a go.mod that does not parse.
+	ScrubInvalid ScrubOutcome = "invalid"
+	// ScrubUnverifiable: the checksum database could not be asked, or
+	// has no record of the version: the file is kept.
+	ScrubUnverifiable ScrubOutcome = "unverifiable"
+)
+
+// ScrubMetric describes one file a scrub checked.
+type ScrubMetric struct {
+	Kind    RequestKind // RequestMod or RequestZip
+	Outcome ScrubOutcome
+	// Published is set for a file of the published store, which a
+	// scrub never removes.
+	Published bool
+	// Removed is set when the scrub removed the file from the cache.
+	Removed bool
+	Bytes   int64
+}
+
 // The report methods check for nil, so that call sites stay one line; they
 // are small enough to be inlined, so an unset hook costs a comparison.
 
@@ -237,6 +270,12 @@ func (m *Metrics) cacheSize(r CacheSizeMetric) {
 func (m *Metrics) eviction(r EvictionMetric) {
 	if m != nil && m.Eviction != nil {
 		m.Eviction(r)
+	}
+}
+
+func (m *Metrics) scrub(r ScrubMetric) {
+	if m != nil && m.Scrub != nil {
+		m.Scrub(r)
 	}
 }
 

@@ -95,6 +95,9 @@ type config struct {
 	direct                            DirectOptions
 	eviction                          Eviction
 	metrics                           *Metrics // never nil
+	offline                           bool
+	staleGrace                        time.Duration // zero: no stale-while-revalidate
+	scrub                             ScrubOptions  // defaults applied
 }
 
 // configure copies the exported fields into a config, applying the
@@ -117,6 +120,9 @@ func (p *Proxy) configure() (*config, error) {
 		tempDir:         p.TempDir,
 		eviction:        p.Eviction,
 		metrics:         new(p.Metrics),
+		offline:         p.Offline,
+		staleGrace:      max(p.StaleWhileRevalidate, 0),
+		scrub:           p.Scrub.withDefaults(),
 	}
 	c.env = c.proxyEnv
 	if c.env == nil {

@@ -144,9 +144,19 @@ func (p *Proxy) openHot(req *request) (*content, bool) {
 // the hot tier only if its generation is still gen (see hotGen): a version
 // published since must not be shadowed by the upstream copy.
 func (p *Proxy) openStored(ctx context.Context, req *request, mayFetch bool, gen uint64) (*content, error) {
+	mayFetch = mayFetch && !p.conf.offline
 	cached := p.cacheGet(ctx, req)
+	if p.conf.offline && req.kind == kindList {
+		cached = p.offlineList(ctx, req, cached)
+	}
 	if cached != nil {
-		fresh := !req.mutable() || time.Since(cached.modTime) < p.ttl(req)
+		age := time.Since(cached.modTime)
+		fresh := !req.mutable() || age < p.ttl(req)
+		if !fresh && mayFetch && p.revalidates(req, age) {
+			// Answered now; the next client gets the refreshed copy.
+			p.revalidate(req)
+			mayFetch = false
+		}
 		if fresh || !mayFetch {
 			if !fresh {
 				cached.from = fromStale
@@ -154,6 +164,9 @@ func (p *Proxy) openStored(ctx context.Context, req *request, mayFetch bool, gen
 			return p.keepHot(req, cached, gen), nil
 		}
 	} else if !mayFetch {
+		if p.conf.offline {
+			return nil, errOffline(req)
+		}
 		// Not to be kept by shared caches: other clients may fetch.
 		return nil, failed(failNotCached, "%s is not cached and Disable-Module-Fetch is set", req)
 	}
