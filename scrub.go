@@ -143,7 +143,7 @@ func (p *Proxy) scrub(ctx context.Context) (*ScrubReport, error) {
 		stores = append(stores, scrubStore{scrubPublished, p.conf.hosted, true})
 	}
 	start := time.Now()
-	s := &scrubber{p: p, report: &ScrubReport{}, pace: &pacer{rate: p.conf.scrub.BytesPerSecond, start: start}}
+	s := &scrubber{p: p, report: &ScrubReport{}, pace: &pacer{rate: p.conf.scrub.BytesPerSecond, start: start}, saved: start}
 	which, after := p.readScrubCursor(ctx)
 	s.report.Resumed = which != ""
 	p.logger().LogAttrs(ctx, slog.LevelInfo, "scrub started", slog.Bool("resumed", s.report.Resumed))
@@ -204,7 +204,7 @@ func (s *scrubber) store(ctx context.Context, st scrubStore, after string) error
 			s.last = name
 			if time.Since(s.saved) >= scrubCursorEvery {
 				s.saved = time.Now()
-				s.p.writeScrubCursor(ctx, s.which, s.last)
+				s.p.writeScrubCursor(context.WithoutCancel(ctx), s.which, s.last)
 			}
 		}
 		after = names[len(names)-1]
