@@ -27,13 +27,14 @@ func post(h http.Handler, target string, body []byte) *httptest.ResponseRecorder
 	return w
 }
 
-// newOfflineProxy returns a Proxy that is offline, with its own transport
-// (so that its egress policy sees every connection it would make) allowed
-// to reach loopback, and a record of that policy's decisions.
-func newOfflineProxy(t *testing.T, goproxy string, env ...string) (*Proxy, *egressLog) {
+// newOfflineProxy returns a Proxy over cache that is offline, with its
+// own transport
+// (so that its egress policy sees every connection it would make)
+// allowed to reach loopback, and a record of that policy's decisions.
+func newOfflineProxy(t *testing.T, cache Cacher, goproxy string, env ...string) (*Proxy, *egressLog) {
 	t.Helper()
 	p := newTestProxy(t, goproxy, env...)
-	p.Cacher = DirCacher(t.TempDir())
+	p.Cacher = cache
 	p.Offline = true
 	p.Transport = nil
 	p.Egress.Allow = []string{"127.0.0.0/8"}
@@ -68,7 +69,7 @@ func TestBundleCarriesAGraphToAnOfflineProxyAndTheGoCommandVerifiesThroughIt(t *
 	db.Close()
 
 	// The air-gapped side knows the database's key, and no URL that works.
-	dst, egress := newOfflineProxy(t, up.URL, env...)
+	dst, egress := newOfflineProxy(t, DirCacher(t.TempDir()), up.URL, env...)
 	w = post(dst, "/-/import", bundle)
 	if w.Code != http.StatusOK {
 		t.Fatalf("import: %d %s", w.Code, w.Body)
@@ -95,7 +96,7 @@ func TestBundleCarriesAGraphToAnOfflineProxyAndTheGoCommandVerifiesThroughIt(t *
 		if err != nil {
 			t.Fatal(err)
 		}
-		other, _ := newOfflineProxy(t, "off", "GOSUMDB="+otherKey, "GONOSUMDB="+moduletest.PseudoPath)
+		other, _ := newOfflineProxy(t, DirCacher(t.TempDir()), "off", "GOSUMDB="+otherKey, "GONOSUMDB="+moduletest.PseudoPath)
 		w := post(other, "/-/import", bundle)
 		if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), "refused") {
 			t.Errorf("import: %d %s", w.Code, w.Body)
