@@ -244,6 +244,19 @@ type Repository struct {
 	NotFoundTTL     Duration `yaml:"not_found_ttl" json:"not_found_ttl"`
 	HotCacheBytes   ByteSize `yaml:"hot_cache_bytes" json:"hot_cache_bytes"`
 
+	// Offline serves only what the cache and the hosted store hold: no
+	// upstream and no checksum database is ever contacted, and what is
+	// not cached answers 404 saying so. For a repository filled in
+	// advance (goproxy fill, goproxy import) where there is no network.
+	Offline bool `yaml:"offline" json:"offline"`
+	// StaleWhileRevalidate is how long past mutable_ttl a version list,
+	// @latest or query answer is still answered at once from the cache
+	// while it is refreshed in the background. Zero (the default) waits
+	// for the upstreams once the answer is past mutable_ttl.
+	StaleWhileRevalidate Duration `yaml:"stale_while_revalidate" json:"stale_while_revalidate"`
+	// Scrub re-checks the cached .mod and .zip files on a schedule.
+	Scrub ScrubConfig `yaml:"scrub" json:"scrub"`
+
 	Direct   DirectConfig   `yaml:"direct" json:"direct"`
 	Download DownloadConfig `yaml:"download" json:"download"`
 	Access   AccessConfig   `yaml:"access" json:"access"`
@@ -300,6 +313,22 @@ type DownloadConfig struct {
 	MaxDelay       Duration `yaml:"max_delay" json:"max_delay"`
 	Timeout        Duration `yaml:"timeout" json:"timeout"`
 	PartialDir     string   `yaml:"partial_dir" json:"partial_dir"`
+}
+
+// ScrubConfig is goproxy.ScrubOptions: scrubs of the cache, which
+// re-check every cached .mod and .zip against the checksum database and
+// golang.org/x/mod/zip.CheckZip and remove those that no longer pass.
+// goproxy scrub and POST <prefix>/-/scrub run one at any time.
+type ScrubConfig struct {
+	// Interval is how often a scrub starts while the server runs; zero
+	// (the default) never starts one on its own.
+	Interval Duration `yaml:"interval" json:"interval"`
+	// Rate caps how fast a scrub reads the cache, per second. Zero means
+	// 32MiB.
+	Rate ByteSize `yaml:"rate" json:"rate"`
+	// Quarantine is a directory that receives a copy of every file a
+	// scrub removes, for inspection. Empty: removed files are gone.
+	Quarantine string `yaml:"quarantine" json:"quarantine"`
 }
 
 // AccessConfig is who may do what in a repository.

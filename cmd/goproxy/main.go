@@ -51,8 +51,14 @@ var errUsage = errors.New("usage")
 
 // run is the whole server: it reads its configuration from args and env,
 // serves until ctx ends, then shuts down gracefully. SIGHUP reloads the
-// configuration.
+// configuration. A first argument naming a subcommand (fill, export,
+// import, scrub) runs that instead, on the same configuration.
 func run(ctx context.Context, args, env []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		if _, ok := cacheOps[args[0]]; ok {
+			return runCacheOp(ctx, args[0], args[1:], env, stdin, stdout, stderr)
+		}
+	}
 	opts, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil

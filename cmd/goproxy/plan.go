@@ -56,9 +56,19 @@ type proxySpec struct {
 	NotFoundTTL            time.Duration
 	AllowUnverified        bool
 	HotCacheBytes          int64
+	Offline                bool
+	StaleWhileRevalidate   time.Duration
+	Scrub                  scrubSpec
 	Direct                 goproxy.DirectOptions
 	Download               goproxy.DownloadOptions
 	Dialer                 dialerSpec
+}
+
+// scrubSpec is goproxy.ScrubOptions, its quarantine a directory.
+type scrubSpec struct {
+	Interval       time.Duration
+	BytesPerSecond int64
+	Quarantine     string
 }
 
 // dialerSpec is a goproxy.Dialer and its Resolver, comparable.
@@ -212,7 +222,8 @@ func isZeroRepository(r Repository) bool {
 		r.GOPROXY == nil && r.GONOPROXY == nil && r.GOPRIVATE == nil && r.GOSUMDB == nil &&
 		r.GONOSUMDB == nil && r.GOINSECURE == nil && r.NETRC == nil && len(r.Routes) == 0 &&
 		len(r.SumDBs) == 0 && r.SumDBTTL == 0 && !r.AllowUnverified && r.MutableTTL == 0 &&
-		r.NotFoundTTL == 0 && r.HotCacheBytes == 0 && r.Direct == (DirectConfig{}) &&
+		r.NotFoundTTL == 0 && r.HotCacheBytes == 0 && !r.Offline && r.StaleWhileRevalidate == 0 && r.Scrub == (ScrubConfig{}) &&
+		r.Direct == (DirectConfig{}) &&
 		r.Download == (DownloadConfig{}) && r.Access.AnonymousRead == nil && len(r.Access.Grants) == 0
 }
 
@@ -423,6 +434,13 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	s.SumDBs = r.SumDBs
 	s.SumDBTTL, s.MutableTTL, s.NotFoundTTL = time.Duration(r.SumDBTTL), time.Duration(r.MutableTTL), time.Duration(r.NotFoundTTL)
 	s.AllowUnverified, s.HotCacheBytes = r.AllowUnverified, int64(r.HotCacheBytes)
+	s.Offline, s.StaleWhileRevalidate = r.Offline, time.Duration(r.StaleWhileRevalidate)
+	s.Scrub = scrubSpec{Interval: time.Duration(r.Scrub.Interval), BytesPerSecond: int64(r.Scrub.Rate), Quarantine: r.Scrub.Quarantine}
+	for _, dir := range []string{rp.Cache, r.Hosted} {
+		if sameDir(r.Scrub.Quarantine, dir) {
+			p.add(join(key, "scrub.quarantine"), "%s is also the cache or the hosted store: give the quarantine a directory of its own", dir)
+		}
+	}
 	s.Direct = goproxy.DirectOptions{GoBin: r.Direct.GoBin, Timeout: time.Duration(r.Direct.Timeout),
 		MaxConcurrent: r.Direct.MaxConcurrent, MaxCacheBytes: int64(r.Direct.MaxCacheBytes)}
 	d := r.Download
@@ -433,7 +451,8 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	for k, v := range map[string]int64{"direct.max_concurrent": int64(r.Direct.MaxConcurrent), "download.connections": int64(d.Connections),
 		"download.max_concurrent": int64(d.MaxConcurrent), "download.attempts": int64(d.Attempts), "download.range_threshold": int64(d.RangeThreshold),
 		"direct.timeout": int64(r.Direct.Timeout), "download.timeout": int64(d.Timeout), "download.base_delay": int64(d.BaseDelay),
-		"download.max_delay": int64(d.MaxDelay), "sumdb_ttl": int64(r.SumDBTTL)} {
+		"download.max_delay": int64(d.MaxDelay), "sumdb_ttl": int64(r.SumDBTTL),
+		"stale_while_revalidate": int64(r.StaleWhileRevalidate), "scrub.interval": int64(r.Scrub.Interval), "scrub.rate": int64(r.Scrub.Rate)} {
 		if v < 0 {
 			p.add(join(key, k), "must not be negative")
 		}
@@ -572,10 +591,17 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 		NotFoundTTL:     s.NotFoundTTL,
 		AllowUnverified: s.AllowUnverified,
 		HotCacheBytes:   s.HotCacheBytes,
+		Offline:         s.Offline,
 		Direct:          direct,
 		Download:        download,
 		Authorize:       authorize,
 		Logger:          logger,
+
+		StaleWhileRevalidate: s.StaleWhileRevalidate,
+		Scrub:                goproxy.ScrubOptions{Interval: s.Scrub.Interval, BytesPerSecond: s.Scrub.BytesPerSecond},
+	}
+	if s.Scrub.Quarantine != "" {
+		p.Scrub.Quarantine = goproxy.DirCacher(s.Scrub.Quarantine)
 	}
 	if err := p.Init(); err != nil {
 		return nil, err

@@ -206,6 +206,10 @@ func auditAction(r *http.Request) string {
 		return "read-index"
 	case strings.HasPrefix(r.URL.Path, "/-/cached/"):
 		return "list-cached"
+	case r.URL.Path == "/-/fill" || r.URL.Path == "/-/export" || r.URL.Path == "/-/import" || r.URL.Path == "/-/scrub":
+		// The cache's operations (POST; anything else is refused, and
+		// audited as refused).
+		return strings.TrimPrefix(r.URL.Path, "/-/")
 	}
 	return ""
 }
