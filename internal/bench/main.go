@@ -100,6 +100,12 @@
 //     eviction run against a walk of the cache; the first /index request
 //     to a restarted Proxy against the walk /index made before the feed
 //     was kept on the store.
+//  9. Fill: Proxy.Fill of the graph's go.mod (the plan, which reads the
+//     graph's .mod files through the proxy, then the fill at the default
+//     concurrency, every file stored before it counts) into a fresh proxy
+//     and cache, against "go mod download all" in the same main module
+//     through a fresh proxy and cache; both cold, GOSUMDB=off, -reps runs
+//     each, taking turns; the medians are compared. Target: at most 1.0x.
 //
 // Run a full measurement (about eight minutes on two cores) from the
 // module root with
@@ -741,6 +747,12 @@ func main() {
 	rows = append(rows, opRows...)
 	raw = append(raw, opRaw...)
 
+	// 9. Fill of the graph's go.mod against go mod download all through
+	// the proxy.
+	fillRows, fillRaw := fillFigure(up.URL, goMod, len(paths), godir, *reps, newProxy)
+	rows = append(rows, fillRows...)
+	raw = append(raw, fillRaw...)
+
 	// The table.
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "figure\tproxy\tbaseline\tratio\ttarget\tmet")
@@ -770,6 +782,7 @@ func main() {
 	fmt.Println("- eviction run: DirCacher.Walk of the same cache (the run finds it within its limits: it lists, removes nothing)")
 	fmt.Println("- first /index: a walk of the cache that stats every .info and sorts in memory, what /index did before the feed")
 	fmt.Println("- warm hit: the same Proxy.ServeHTTP call with eviction off, sides alternating in batches, in this process")
+	fmt.Println("- fill: go mod download all through a fresh proxy (GOSUMDB=off), the same graph and upstream")
 	fmt.Println("\nraw:")
 	for _, l := range raw {
 		fmt.Println("  " + l)
