@@ -64,6 +64,18 @@
 //     listed again when it is fetched again. It is kept on the Cacher when
 //     the Cacher is a [CacheIndexLog] (DirCacher keeps a journal), so that
 //     a page is read from there whatever the size of the feed.
+//   - POST /-/fill fills the cache from its body, a go.mod, go.sum, list
+//     of module versions or SBOM (?input= says which, else its name is
+//     guessed from its content), as [Proxy.Fill] does, answering the
+//     report as JSON: fetched, cached, failed with reasons, skipped.
+//   - POST /-/export answers a bundle (application/gzip, see
+//     [Proxy.ExportBundle]) of what its body names, like a fill's, or of
+//     everything cached with ?all=1.
+//   - POST /-/import imports the bundle in its body ([Proxy.ImportBundle]),
+//     answering what it stored as JSON, or 400 with every problem when the
+//     bundle is refused.
+//   - POST /-/scrub runs a scrub now ([Proxy.ScrubNow]) and answers its
+//     report as JSON; 409 if one is running.
 //
 // # Operations
 //
@@ -71,8 +83,19 @@
 // [Eviction]. [Proxy.Metrics] reports what the proxy does to hooks of the
 // embedder's, and [Proxy.LiveView] shows the downloads in flight. A Proxy
 // works in the background from its first request (eviction, the probes of
-// upstreams that are down, fetches that clients left): [Proxy.Close] ends
-// that work once the server has stopped serving.
+// upstreams that are down, fetches that clients left, scheduled scrubs,
+// stale lists being refreshed): [Proxy.Close] ends that work once the
+// server has stopped serving.
+//
+// [Proxy.Fill] brings into the cache what a build needs, planned by
+// [Proxy.PlanFill] from a go.mod, a go.sum, a list or an SBOM.
+// [Proxy.ExportBundle] carries module versions with the checksum database
+// tiles proving them across an air gap, where [Proxy.ImportBundle] checks
+// and stores them; [Proxy.ImportModuleDir] imports a module cache.
+// [Proxy.ScrubNow] (and [Proxy.Scrub], on a schedule) re-checks what is
+// cached. With [Proxy.Offline] set, the proxy serves what it has and
+// connects nowhere; [Proxy.StaleWhileRevalidate] answers lists and
+// @latest slightly past their time at once while refreshing them.
 //
 // # Access control
 //
