@@ -592,3 +592,28 @@ func (s *recordingStore) RecordUses(ctx context.Context, uses []CacheUse) error 
 	s.batches = append(s.batches, uses)
 	return nil
 }
+
+// TestDirCacherEvictsAFileWhoseNameIsAsLongAsAllowed: a name element may
+// be maxElemLen bytes, and DirCacher stores it; moving it aside under a
+// longer name must not make it impossible to evict.
+func TestDirCacherEvictsAFileWhoseNameIsAsLongAsAllowed(t *testing.T) {
+	ctx := context.Background()
+	c := DirCacher(filepath.Join(t.TempDir(), "cache"))
+	version := "v1.0.0-" + strings.Repeat("a", maxElemLen-len("v1.0.0-")-len(".info"))
+	name := "example.com/a/@v/" + version + ".info"
+	if err := checkElemLen(name); err != nil {
+		t.Fatal(err)
+	}
+	putAll(t, c, map[string]string{name: `{"Version":"` + version + `"}`})
+	var listed CacheEntryInfo
+	if err := c.WalkInfo(ctx, "", func(e CacheEntryInfo) error { listed = e; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := c.DeleteUnchanged(ctx, listed)
+	if err != nil || !removed {
+		t.Fatalf("DeleteUnchanged(%d-byte element) = %v, %v; want true, nil", len(version)+len(".info"), removed, err)
+	}
+	if _, err := c.Stat(ctx, name); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("after DeleteUnchanged: Stat = %v, want not found", err)
+	}
+}
