@@ -222,6 +222,9 @@ func (s importStore) Stat(ctx context.Context, name string) (fs.FileInfo, error)
 func (s importStore) Put(ctx context.Context, name string, content io.ReadSeeker) error {
 	p := s.p
 	size, err := content.Seek(0, io.SeekEnd)
+	if err == nil {
+		_, err = content.Seek(0, io.SeekStart)
+	}
 	if err != nil {
 		return err
 	}
