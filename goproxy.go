@@ -320,7 +320,8 @@ func (p *Proxy) start() {
 
 // Close stops what the Proxy does in the background, for a server that is
 // shutting down or a Proxy no longer used: it ends eviction (a run under
-// way stops where it is), hands the uses of cached files recorded since
+// way stops where it is) and scheduled scrubs (one under way keeps its
+// place for the next), hands the uses of cached files recorded since
 // the last flush to the Cacher, ends the probes of upstream hosts that are
 // down, cancels the fetches no client waits for any more (a large
 // download keeps what it got for the next start), waits for files being

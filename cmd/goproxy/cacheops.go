@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/goproxy-team/goproxy"
@@ -61,6 +62,9 @@ type cacheOp struct {
 // runCacheOp runs the subcommand name with its arguments.
 func runCacheOp(ctx context.Context, name string, args, env []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	desc := cacheOps[name]
+	// The log and the progress lines share standard error, written from
+	// the fill's goroutines and the Proxy's.
+	stderr = &lockedWriter{w: stderr}
 	op := &cacheOp{name: name, stdin: stdin, stdout: stdout, stderr: stderr}
 	fs := flag.NewFlagSet("goproxy "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -130,6 +134,18 @@ func runCacheOp(ctx context.Context, name string, args, env []string, stdin io.R
 	defer p.Close()
 	op.proxy = p
 	return desc.run(ctx, op)
+}
+
+// lockedWriter writes to w one write at a time.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
 
 // chooseRepository finds the repository a subcommand acts on.
