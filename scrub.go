@@ -253,7 +253,13 @@ func (s *scrubber) file(ctx context.Context, st scrubStore, name string) error {
 	p := s.p
 	path, version, ext, _ := parseModuleFileName(name)
 	m := module.Version{Path: path, Version: version}
-	cf, err := st.store.Get(ctx, name)
+	var cf CachedFile
+	var err error
+	if q, ok := st.store.(quietReader); ok {
+		cf, err = q.getQuietly(ctx, name) // a scrub is no use
+	} else {
+		cf, err = st.store.Get(ctx, name)
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // removed since the walk
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/goproxy-team/goproxy/internal/moduletest"
 	"github.com/goproxy-team/goproxy/internal/testwait"
@@ -237,5 +238,36 @@ func TestScrubQuarantinesWhatItRemoves(t *testing.T) {
 	got.ReadFrom(cf)
 	if !bytes.Equal(got.Bytes(), bad) {
 		t.Errorf("quarantined %q", got.Bytes())
+	}
+}
+
+// TestScrubIsNoUseForEviction scrubs a DirCacher whose files were last
+// used days ago: their last uses (access times) are what they were, even
+// though reading a file moves its access time on most file systems.
+func TestScrubIsNoUseForEviction(t *testing.T) {
+	vs := moduletest.Graph(10)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	dir := t.TempDir()
+	p.Cacher = DirCacher(dir)
+	name := "example.com/mod000/@v/v1.0.0.zip"
+	if w := do(p, "GET", "/"+name); w.Code != http.StatusOK {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	testwait.For(t, p.flights.idle)
+	lastUse := time.Now().Add(-10 * 24 * time.Hour).Truncate(time.Second)
+	if err := os.Chtimes(filepath.Join(dir, name), lastUse, lastUse.Add(-24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := p.ScrubNow(context.Background()); err != nil || rep.Checked == 0 {
+		t.Fatalf("%+v, %v", rep, err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := accessTime(fi); !got.Equal(lastUse) {
+		t.Errorf("last use %v after the scrub, was %v", got, lastUse)
 	}
 }
