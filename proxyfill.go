@@ -76,7 +76,7 @@ func (p *Proxy) readMod(ctx context.Context, path, version string) ([]byte, erro
 // whether it fetched any. A file fetched counts once it is stored: the
 // journal may then record the item as done.
 func (p *Proxy) fillItem(ctx context.Context, it FillItem) (fillOutcome, error) {
-	if err := p.admitFill(ctx, it.Path, it.Version); err != nil {
+	if err := p.admitIntoCache(ctx, it.Path, it.Version); err != nil {
 		return 0, err
 	}
 	outcome := fillCached
@@ -115,12 +115,13 @@ func (p *Proxy) fillItem(ctx context.Context, it FillItem) (fillOutcome, error) 
 	return outcome, nil
 }
 
-// admitFill is where the admission policy decides whether a fill may
-// bring a module version in: a version it refuses fails the fill's item
-// with the policy's reason, and is not fetched. (Issue 19 wires the
-// admission policy into the Proxy: its decision for fetches belongs
-// here; until then every version is admitted.)
-func (p *Proxy) admitFill(ctx context.Context, path, version string) error {
+// admitIntoCache is where the admission policy decides whether a module
+// version may be brought into the cache by a fill or an import: a version
+// it refuses fails the fill's item, or is refused by the import, with the
+// policy's reason, and is neither fetched nor stored. (Issue 19 wires the
+// admission policy into the Proxy: its decision for versions entering the
+// cache belongs here. Until then every version is admitted.)
+func (p *Proxy) admitIntoCache(ctx context.Context, path, version string) error {
 	return nil
 }
 
