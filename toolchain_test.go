@@ -9,6 +9,7 @@ import (
 	"runtime/metrics"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -126,4 +127,72 @@ func TestGOTOOLCHAINSwitchesThroughTheProxy(t *testing.T) {
 			t.Errorf("the tampered zip: %d %q", w.Code, w.Body)
 		}
 	})
+}
+
+func TestToolchainsAreAlwaysVerified(t *testing.T) {
+	tc, err := moduletest.ToolchainVersion(t.TempDir(), "go1.99.3", "linux", "amd64", toolchainScript("go1.99.3"), 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tampered := makeZip(t, moduletest.ToolchainPath+"@"+tc.Version+"/bin/go", "#!/bin/sh\necho pwned\n")
+	up := moduletest.NewServer([]*moduletest.Version{tc})
+	defer up.Close()
+	var tamper atomic.Bool
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if tamper.Load() && strings.HasSuffix(r.URL.Path, ".zip") {
+			w.Write(tampered)
+			return true
+		}
+		return false
+	})
+	db := newTestSumDB(t, []*moduletest.Version{tc})
+	zip := "/" + moduletest.ToolchainPath + "/@v/" + tc.Version + ".zip"
+	lookup := "/sumdb/" + db.name + "/lookup/" + moduletest.ToolchainPath + "@" + tc.Version
+	for _, tt := range []struct {
+		name  string
+		env   []string
+		setup func(p *Proxy)
+	}{
+		{"GONOSUMDB", []string{"GONOSUMDB=golang.org"}, nil},
+		{"GOPRIVATE", []string{"GOPRIVATE=golang.org/toolchain", "GONOPROXY=none.invalid"}, nil},
+		{"a private route", nil, func(p *Proxy) {
+			p.Routes = []Route{{Pattern: "golang.org", Upstreams: []Upstream{{URL: up.URL}}, Private: true}}
+		}},
+		{"AllowUnverified", []string{"GONOSUMDB=golang.org"}, func(p *Proxy) { p.AllowUnverified = true }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newVerifyingProxy(t, up.URL, db, tt.env...)
+			if tt.setup != nil {
+				tt.setup(p)
+			}
+			tamper.Store(true)
+			if w := do(p, "GET", zip); w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "SECURITY ERROR") {
+				t.Errorf("tampered: %d %q; want 502 SECURITY ERROR", w.Code, w.Body)
+			}
+			tamper.Store(false)
+			if w := do(p, "GET", zip); w.Code != http.StatusOK {
+				t.Errorf("genuine: %d %q", w.Code, w.Body)
+			}
+			// The go command looks toolchains up whatever GONOSUMDB says:
+			// the proxy serves the lookup.
+			if w := do(p, "GET", lookup); w.Code != http.StatusOK {
+				t.Errorf("the toolchain's lookup: %d %q", w.Code, w.Body)
+			}
+		})
+	}
+	t.Run("GOSUMDB=off", func(t *testing.T) {
+		p := newTestProxy(t, up.URL, "GOSUMDB=off")
+		p.AllowUnverified = true
+		if w := do(p, "GET", zip); w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "always verified") {
+			t.Errorf("a toolchain with no checksum database: %d %q", w.Code, w.Body)
+		}
+	})
+	// An unreachable database lets no toolchain through, AllowUnverified
+	// or not.
+	db.Close()
+	p := newVerifyingProxy(t, up.URL, db)
+	p.AllowUnverified = true
+	if w := do(p, "GET", zip); w.Code != http.StatusBadGateway {
+		t.Errorf("with the database down: %d %q", w.Code, w.Body)
+	}
 }
