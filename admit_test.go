@@ -400,3 +400,26 @@ func TestIndexFeedTakesAVersionSeenAfterItsNewestEntryForNew(t *testing.T) {
 		}
 	}
 }
+
+func TestAnIndexFeedReadThroughTheProxysClientMeetsItsEgressPolicy(t *testing.T) {
+	fs := newFeedServer(t)
+	fs.add("example.com/m", "v1.0.0", time.Now().Add(-time.Hour))
+	for _, tt := range []struct {
+		name    string
+		allow   []string
+		refused bool
+	}{
+		{"loopback refused by default", nil, true},
+		{"allowed", []string{strings.TrimPrefix(fs.URL, "http://")}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &Proxy{Cacher: &MemCacher{}, Env: []string{"GOPROXY=off"}, TempDir: t.TempDir(), Egress: EgressPolicy{Allow: tt.allow}, Logger: testLogger(t)}
+			defer p.Close()
+			feed := &IndexFeed{URL: fs.URL + "/index", Client: p.Client(), Logger: testLogger(t)}
+			err := feed.Update(context.Background())
+			if tt.refused != (err != nil) || tt.refused && !strings.Contains(err.Error(), "loopback") {
+				t.Errorf("Update: %v", err)
+			}
+		})
+	}
+}
