@@ -65,12 +65,17 @@ type IndexFeed struct {
 	// Local, if set, is this proxy's own record of when it first saw each
 	// version (a [Proxy] is one: give the Proxy whose Admission the
 	// cooldown decides), asked about the versions the feed does not list.
-	// One that the proxy first saw less than FeedLag before the newest
-	// entry the feed has read, or after it, may not have reached the feed
-	// yet: it is taken for first seen when the proxy saw it, not for
-	// older than the Window. A version the feed lists is first seen at
-	// the earlier of the two times. If nil, a version the feed does not
-	// list is taken for older than the Window.
+	// One that the proxy first saw after the newest entry the feed has
+	// read, less FeedLag, may be new and not in the feed yet: it cannot
+	// be dated (FirstSeen fails, and the cooldown holds it back, saying
+	// so) until the feed has moved FeedLag past that sighting, a few
+	// minutes; then, still unlisted, it is taken for older than the
+	// Window. A version the feed lists is first seen at the earlier of
+	// the two times. If nil, a version the feed does not list is taken
+	// for older than the Window at once. The feed dates what the proxy
+	// it indexes serves: with other upstreams (direct, a private proxy),
+	// a version it never lists passes after that delay, and a cooldown
+	// over the Proxy's own record alone is the one to use.
 	Local FirstSeenSource
 
 	// Logger receives read failures, and each read at debug level. If
@@ -164,8 +169,8 @@ func (f *IndexFeed) Status() IndexFeedStatus {
 const FeedLag = 10 * time.Minute
 
 // FirstSeen implements [FirstSeenSource]: when path@version appeared in the
-// feed, or, for a version it does not remember, the start of its Window
-// (unless Local saw it after the feed's newest entries, less FeedLag).
+// feed, or, for a version it does not remember, the start of its Window;
+// it fails for a version Local saw too recently to tell (see Local).
 func (f *IndexFeed) FirstSeen(ctx context.Context, path, version string) (time.Time, error) {
 	f.init()
 	f.refreshInBackground()
@@ -197,8 +202,10 @@ func (f *IndexFeed) FirstSeen(ctx context.Context, path, version string) (time.T
 		seen = local
 	case !listed && local.After(newest.Add(-FeedLag)):
 		// Seen here after the feed's newest entries (less the feed's
-		// lag): not in the feed yet rather than older than it.
-		seen = local
+		// lag): new and not in the feed yet, or older than the feed
+		// remembers; the feed tells once it has moved past.
+		return time.Time{}, fmt.Errorf("first seen here %s ago and not in the index feed yet, whose newest entry is from %s; the feed tells by %s whether it is new",
+			roughDuration(time.Since(local)), newest.UTC().Format("2006-01-02 15:04 MST"), local.Add(FeedLag).UTC().Format("15:04 MST"))
 	}
 	return seen, nil
 }
