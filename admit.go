@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -22,24 +23,59 @@ import (
 // admitFile decides a request for a canonical version's .info, .mod or
 // .zip: a refusal is an error that answers 403. A version hidden is
 // served: it is asked for by name.
-func (p *Proxy) admitFile(ctx context.Context, req *request) error {
+//
+// The go command asks for a version under every prefix of a package
+// path (example.com/m/pkg@v1.0.0 and example.com/m@v1.0.0), and takes a
+// 403 for one that is no module as the answer, where a 404 lets it go on:
+// so a refusal stands only for a module that exists, one published or
+// with a version list upstream. A version of a module no upstream has is
+// not found: there is nothing to refuse.
+func (p *Proxy) admitFile(ctx context.Context, req *request, mayFetch bool) error {
 	if p.conf.admission == nil || !req.canonical || (req.kind != kindInfo && req.kind != kindMod && req.kind != kindZip) {
 		return nil
 	}
 	p.firstSeen.record(ctx, req.modPath, []string{req.version})
 	d := p.decide(ctx, req.modPath, req.version, false)
-	if d.Refused() && p.conf.hosted != nil {
-		// Only a refusal makes it worth asking the published store:
-		// being published exempts from the cooldown, nothing else.
-		if p.isPublished(ctx, req.name[:strings.LastIndexByte(req.name, '.')]) {
-			d = p.decide(ctx, req.modPath, req.version, true)
-		}
+	if !d.Refused() {
+		p.noteAdmission(ctx, req.modPath, req.version, d, AdmissionRequest)
+		return nil
+	}
+	// Only a refusal makes it worth asking the published store: being
+	// published exempts from the cooldown, nothing else.
+	published := p.conf.hosted != nil && p.isPublished(ctx, req.name[:strings.LastIndexByte(req.name, '.')])
+	if published {
+		d = p.decide(ctx, req.modPath, req.version, true)
+	} else if err := p.moduleMissing(ctx, req, mayFetch); err != nil {
+		return err
 	}
 	p.noteAdmission(ctx, req.modPath, req.version, d, AdmissionRequest)
 	if d.Refused() {
 		return admissionFailure(req.modPath, req.version, d)
 	}
 	return nil
+}
+
+// moduleMissing returns the upstreams' not-found answer for req's module
+// version list, when they have no such module and nothing of it is
+// published; nil otherwise, also when the list cannot be had.
+func (p *Proxy) moduleMissing(ctx context.Context, req *request, mayFetch bool) error {
+	escPath, _ := module.EscapePath(req.modPath)
+	listReq, err := p.parseRequest(escPath + "/@v/list")
+	if err != nil {
+		return nil
+	}
+	c, err := p.openStored(ctx, listReq, mayFetch, p.hotGen())
+	if err == nil {
+		c.close()
+		return nil
+	}
+	if !notFound(err) || kindOf(err) == failNotCached {
+		return nil
+	}
+	if published, perr := p.hostedVersions(ctx, escPath); perr != nil || len(published) > 0 {
+		return nil
+	}
+	return &failure{kind: failNotFound, msg: fmt.Sprintf("%s@%s: no upstream has the module: %v", req.modPath, req.version, err), err: err}
 }
 
 // admitFetch decides whether the proxy may fetch path@version for itself

@@ -79,6 +79,13 @@ func TestTheGoCommandMeetsTheAdmissionPolicy(t *testing.T) {
 		if err == nil || !strings.Contains(stderr, "first seen less than a minute ago") {
 			t.Errorf("go get of the version in its cooldown: %v\n%s", err, stderr)
 		}
+		// The go command asks for example.com/mod005/sub@v1.1.0 too,
+		// first seen now, but no module: not found, so that it goes on
+		// to example.com/mod005.
+		_, stderr, err = gocmd.Run("get", "example.com/mod005/sub@v1.1.0")
+		if err == nil || !strings.Contains(stderr, "does not contain package example.com/mod005/sub") {
+			t.Errorf("go get of a package path: %v\n%s", err, stderr)
+		}
 	})
 	t.Run("a denied version fails with the configured reason", func(t *testing.T) {
 		_, stderr, err := gocmd.Run("get", "example.com/mod003@v1.2.0")

@@ -78,8 +78,14 @@ func TestARefusedVersionAnswers403WithTheReasonAndIsNeverFetched(t *testing.T) {
 			}
 		}
 	}
-	if n := up.TotalRequests(); n != 0 {
-		t.Errorf("the upstream was asked %d times about a refused version", n)
+	for _, ext := range []string{".info", ".mod", ".zip"} {
+		if n := up.Requests("/example.com/mod003/@v/v1.2.0" + ext); n != 0 {
+			t.Errorf("the refused version's %s was fetched %d times", ext, n)
+		}
+	}
+	// A refusal stands for a module that exists: its list says so.
+	if n := up.Requests("/example.com/mod003/@v/list"); n != 1 {
+		t.Errorf("the module's list was asked %d times, want 1 (then cached)", n)
 	}
 	if n := counts.get(AdmissionMetric{Rule: "deny", Verdict: Refuse, Use: AdmissionRequest}); n != 6 {
 		t.Errorf("counted %d refusals, want 6", n)
@@ -87,6 +93,27 @@ func TestARefusedVersionAnswers403WithTheReasonAndIsNeverFetched(t *testing.T) {
 	// Its neighbours are served.
 	if w := do(p, "GET", "/example.com/mod003/@v/v1.1.0.zip"); w.Code != http.StatusOK {
 		t.Errorf("an admitted version: %d %s", w.Code, w.Body)
+	}
+}
+
+func TestAVersionOfNoModuleIsNotFoundRatherThanRefused(t *testing.T) {
+	// The go command asks for example.com/mod001/pkg@v1.2.0 and
+	// example.com@v1.2.0 too when it looks for a package of
+	// example.com/mod001: a 403 for those would end its search.
+	p, _, _ := newAdmissionProxy(t, func(ctx context.Context, c AdmissionCandidate) AdmissionDecision {
+		return AdmissionDecision{Verdict: Refuse, Rule: "cooldown", Reason: "too new"}
+	})
+	for _, path := range []string{"/example.com/mod001/pkg/@v/v1.2.0.info", "/example.com/@v/v1.2.0.info"} {
+		if w := do(p, "GET", path); w.Code != http.StatusNotFound {
+			t.Errorf("%s: %d %q; want 404", path, w.Code, w.Body)
+		}
+	}
+	if w := do(p, "GET", "/example.com/mod001/@v/v1.2.0.info"); w.Code != http.StatusForbidden {
+		t.Errorf("the module's version: %d %q; want 403", w.Code, w.Body)
+	}
+	// Without fetching, an uncached list says nothing: refused.
+	if w := do(p, "GET", "/example.com/mod002/@v/v1.0.0.info", "Disable-Module-Fetch", "true"); w.Code != http.StatusForbidden {
+		t.Errorf("with Disable-Module-Fetch: %d %q; want 403", w.Code, w.Body)
 	}
 }
 

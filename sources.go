@@ -109,7 +109,7 @@ func fetchedContent(f *fetched, release func()) *content {
 func (p *Proxy) open(ctx context.Context, req *request, mayFetch bool) (*content, error) {
 	// The admission policy first: a refused version is not served from
 	// anywhere.
-	if err := p.admitFile(ctx, req); err != nil {
+	if err := p.admitFile(ctx, req, mayFetch); err != nil {
 		return nil, err
 	}
 	if c, ok := p.openHot(req); ok {
