@@ -454,3 +454,37 @@ func TestAnIndexFeedReadThroughTheProxysClientMeetsItsEgressPolicy(t *testing.T)
 		})
 	}
 }
+
+// failingGetCacher fails every Get of the names with a prefix while fail
+// is set.
+type failingGetCacher struct {
+	*MemCacher
+	prefix string
+	fail   atomic.Bool
+}
+
+func (c *failingGetCacher) Get(ctx context.Context, name string) (CachedFile, error) {
+	if c.fail.Load() && strings.HasPrefix(name, c.prefix) {
+		return nil, errors.New("the store is down")
+	}
+	return c.MemCacher.Get(ctx, name)
+}
+
+func TestAFirstSeenRecordThatCannotBeReadIsNotOverwritten(t *testing.T) {
+	cache := &failingGetCacher{MemCacher: &MemCacher{}, prefix: firstSeenPrefix}
+	monthAgo := time.Now().Add(-30 * 24 * time.Hour)
+	seedFirstSeen(t, cache, moduletest.Graph(10), monthAgo)
+	p, _, _ := newAdmissionProxy(t, nil)
+	p.Cacher = cache
+	policy := &AdmissionPolicy{Cooldown: Cooldown{Age: 72 * time.Hour, FirstSeen: p}}
+	p.Admission = policy.Decide
+	cache.fail.Store(true)
+	if w := do(p, "GET", "/example.com/mod001/@v/list"); w.Code != http.StatusOK || w.Body.String() != "" {
+		t.Errorf("list with the record unreadable: %d %q; want every version held back", w.Code, w.Body)
+	}
+	cache.fail.Store(false)
+	seen, err := p.FirstSeen(context.Background(), "example.com/mod001", "v1.0.0")
+	if err != nil || !seen.Equal(monthAgo) {
+		t.Errorf("first seen %v, %v; want the stored %v, not overwritten", seen, err, monthAgo)
+	}
+}

@@ -154,11 +154,14 @@ func (r *firstSeenRecord) read(ctx context.Context, path string) (*seenVersions,
 }
 
 // record notes the versions of path not recorded yet as first seen now.
-// A record that cannot be read or written is logged: the versions are then
-// kept in memory only.
+// A record that cannot be read is logged and left alone; one that cannot
+// be written is logged, the versions kept in memory.
 func (r *firstSeenRecord) record(ctx context.Context, path string, versions []string) {
 	if r == nil || len(versions) == 0 {
 		return
+	}
+	if s, ok := r.mem.Get(path); ok && !r.hasNew(s, versions) {
+		return // the usual case: nothing new, nothing allocated
 	}
 	// Not the request's context: a client leaving must not lose the
 	// record of what it made the proxy see.
@@ -178,11 +181,14 @@ func (r *firstSeenRecord) record(ctx context.Context, path string, versions []st
 	defer unlock()
 	now := time.Now().UnixNano()
 	// Read again: another process sharing the cache may have recorded
-	// some of them, earlier.
+	// some of them, earlier. If the entry cannot be read, nothing is
+	// recorded: writing would replace what it holds, and remembering
+	// would shadow it. The versions are recorded once it can be read
+	// (meanwhile FirstSeen fails, and the cooldown holds them back).
 	merged, err := r.read(ctx, path)
 	if err != nil {
 		r.logger.LogAttrs(ctx, slog.LevelError, "reading the first-seen record failed", slog.String("module", path), slog.String("error", err.Error()))
-		merged = &seenVersions{times: map[string]int64{}}
+		return
 	}
 	if cur, ok := r.mem.Peek(path); ok {
 		for v, t := range cur.times {
