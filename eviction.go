@@ -32,8 +32,9 @@ import (
 // listed version whose other files are fetched again when asked for, never
 // a listed version that cannot be. Version lists, @latest and query answers
 // and checksum database files are entries of their own; the checksum
-// databases' verified trees (sumdb/<db>/verified/) are never removed, nor
-// are published versions, which live in the Hosted store.
+// databases' verified trees (sumdb/<db>/verified/) and the record of when
+// versions were first seen (firstseen/, see Proxy.Admission) are never
+// removed, nor are published versions, which live in the Hosted store.
 type Eviction struct {
 	// MaxAge removes what has not been used for this long. Zero means no
 	// limit by age.
@@ -369,8 +370,14 @@ func (u *evictionUnit) add(info CacheEntryInfo, rank int) {
 // evictionKey returns what unit name belongs to: a canonical version's
 // file belongs to its version ("<module>/@v/<version>", with rank giving
 // the order of removal), anything else is a unit of its own (rank -1).
-// Files of the checksum databases' verified trees are protected.
+// Files of the checksum databases' verified trees and the first-seen
+// record of the admission policy are protected.
 func evictionKey(name string) (key string, rank int, protected bool) {
+	if strings.HasPrefix(name, firstSeenPrefix) {
+		// The admission record of first sightings: lost, its versions
+		// would be taken for new again.
+		return name, -1, true
+	}
 	if rest, ok := strings.CutPrefix(name, "sumdb/"); ok {
 		_, rest, _ = strings.Cut(rest, "/")
 		return name, -1, strings.HasPrefix(rest, "verified/")

@@ -52,6 +52,12 @@ type Metrics struct {
 	// Eviction reports every removal by eviction: a module version's files
 	// together, or one other entry.
 	Eviction func(EvictionMetric)
+
+	// Admission reports every decision of the Proxy's Admission hook
+	// other than the zero one (an admission without a rule): refusals,
+	// versions hidden, reports, and exceptions that admitted what a rule
+	// would have refused.
+	Admission func(AdmissionMetric)
 }
 
 // RequestKind is what a request asks for, as metrics and the live view name
@@ -191,6 +197,33 @@ type EvictionMetric struct {
 	Bytes  int64
 }
 
+// AdmissionUse says what an admission decision was made for.
+type AdmissionUse string
+
+// The uses of admission decisions.
+const (
+	// AdmissionRequest: a client asked for the version's .info, .mod or
+	// .zip, or a query or @latest resolved to it.
+	AdmissionRequest AdmissionUse = "request"
+	// AdmissionList: the version is in a version list being served, or is
+	// a candidate for @latest. Every version of every list served is
+	// decided: these count list entries, not versions.
+	AdmissionList AdmissionUse = "list"
+	// AdmissionFetch: the proxy is about to fetch the version for itself:
+	// a prefetch, a fill or an import.
+	AdmissionFetch AdmissionUse = "fetch"
+)
+
+// AdmissionMetric describes one admission decision.
+type AdmissionMetric struct {
+	// Rule is the decision's Rule, as the hook gave it ("deny",
+	// "vulnerable", "cooldown", "allow", "policy" for AdmissionPolicy).
+	Rule       string
+	Verdict    AdmissionVerdict
+	ReportOnly bool
+	Use        AdmissionUse
+}
+
 // The report methods check for nil, so that call sites stay one line; they
 // are small enough to be inlined, so an unset hook costs a comparison.
 
@@ -239,6 +272,12 @@ func (m *Metrics) cacheSize(r CacheSizeMetric) {
 func (m *Metrics) eviction(r EvictionMetric) {
 	if m != nil && m.Eviction != nil {
 		m.Eviction(r)
+	}
+}
+
+func (m *Metrics) admission(r AdmissionMetric) {
+	if m != nil && m.Admission != nil {
+		m.Admission(r)
 	}
 }
 

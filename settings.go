@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -95,6 +96,7 @@ type config struct {
 	direct                            DirectOptions
 	eviction                          Eviction
 	metrics                           *Metrics // never nil
+	admission                         func(context.Context, AdmissionCandidate) AdmissionDecision
 }
 
 // configure copies the exported fields into a config, applying the
@@ -117,6 +119,7 @@ func (p *Proxy) configure() (*config, error) {
 		tempDir:         p.TempDir,
 		eviction:        p.Eviction,
 		metrics:         new(p.Metrics),
+		admission:       p.Admission,
 	}
 	c.env = c.proxyEnv
 	if c.env == nil {

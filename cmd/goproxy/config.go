@@ -247,6 +247,9 @@ type Repository struct {
 	Direct   DirectConfig   `yaml:"direct" json:"direct"`
 	Download DownloadConfig `yaml:"download" json:"download"`
 	Access   AccessConfig   `yaml:"access" json:"access"`
+	// Admission decides which module versions the repository serves,
+	// lists and fetches.
+	Admission AdmissionConfig `yaml:"admission" json:"admission"`
 	// Eviction is reserved for bounding the cache (issue 14): no key is
 	// accepted yet.
 	Eviction EvictionConfig `yaml:"eviction,omitempty" json:"eviction,omitempty"`

@@ -92,7 +92,7 @@ func run(ctx context.Context, args, env []string, stdin io.Reader, stdout, stder
 	display.start()
 	defer display.stop()
 	s := &server{opts: opts, env: env, logs: logs, started: time.Now(), stopping: make(chan struct{}),
-		progress: tracker, downloads: tracker, requests: newRequestCounters(), errors: logs.errors,
+		progress: tracker, downloads: tracker, requests: newRequestCounters(), admissions: newAdmissionCounters(), errors: logs.errors,
 		scanner: newCacheScanner(logs.main), forms: newFormGuard()}
 	s.stats, s.caches = s.requests, s.scanner
 	if s.directBase = cfg.DirectDir; s.directBase == "" {
@@ -193,6 +193,7 @@ wait:
 	// (eviction, probes, fetches nobody waits for) ends, and what they
 	// were storing is stored.
 	for _, r := range s.state.Load().repos {
+		r.inst.admission.close()
 		r.inst.proxy.Close()
 	}
 	logs.main.Info("stopped")

@@ -59,6 +59,7 @@ type proxySpec struct {
 	Direct                 goproxy.DirectOptions
 	Download               goproxy.DownloadOptions
 	Dialer                 dialerSpec
+	Admission              AdmissionConfig
 }
 
 // dialerSpec is a goproxy.Dialer and its Resolver, comparable.
@@ -213,7 +214,8 @@ func isZeroRepository(r Repository) bool {
 		r.GONOSUMDB == nil && r.GOINSECURE == nil && r.NETRC == nil && len(r.Routes) == 0 &&
 		len(r.SumDBs) == 0 && r.SumDBTTL == 0 && !r.AllowUnverified && r.MutableTTL == 0 &&
 		r.NotFoundTTL == 0 && r.HotCacheBytes == 0 && r.Direct == (DirectConfig{}) &&
-		r.Download == (DownloadConfig{}) && r.Access.AnonymousRead == nil && len(r.Access.Grants) == 0
+		r.Download == (DownloadConfig{}) && r.Access.AnonymousRead == nil && len(r.Access.Grants) == 0 &&
+		r.Admission.isZero()
 }
 
 func checkTLS(t TLSConfig, p *problems) {
@@ -439,6 +441,8 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 		}
 	}
 	rp.auth = resolveAccess(r.Access, key, ids, p)
+	s.Admission = r.Admission
+	checkAdmission(&s.Admission, key, p)
 
 	if sameDir(rp.Cache, r.Hosted) {
 		p.add(join(key, "hosted"), "%s is also the cache: published versions must be kept apart from cached ones, which may be removed", r.Hosted)
@@ -447,7 +451,11 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	// The library has the last word on what it is given. (Init makes
 	// nothing on disk and starts nothing: that waits for the first
 	// request.)
-	if check, err := newProxy(s, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, nil); err != nil {
+	// (The admission policy is checked above: its vulnerability database
+	// need not be read twice.)
+	checked := *s
+	checked.Admission = AdmissionConfig{}
+	if check, _, err := newProxy(&checked, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, nil, nil); err != nil {
 		p.add(cmpKeyOr(key), "%v", err)
 	} else {
 		check.Close()
@@ -542,14 +550,15 @@ func resolveAccess(a AccessConfig, key string, ids *identities, p *problems) *go
 	return auth
 }
 
-// newProxy makes and initializes a repository's Proxy. progress, if not
-// nil, receives its download progress. (It is not in the spec: funcs do
-// not compare, and a kept Proxy keeps the hook it was made with.)
+// newProxy makes and initializes a repository's Proxy, and its admission
+// policy. progress, if not nil, receives its download progress, and
+// admitted its admission decisions. (They are not in the spec: funcs do
+// not compare, and a kept Proxy keeps the hooks it was made with.)
 func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize func(*http.Request, goproxy.Operation, string) error,
-	progress func(module, version string, done, total int64)) (*goproxy.Proxy, error) {
+	progress func(module, version string, done, total int64), admitted func(goproxy.AdmissionMetric)) (*goproxy.Proxy, *admission, error) {
 	dialer, err := s.Dialer.dialer(s.Env)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var hosted goproxy.Cacher
 	if s.Hosted != "" {
@@ -577,10 +586,16 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 		Authorize:       authorize,
 		Logger:          logger,
 	}
+	p.Metrics.Admission = admitted
+	adm := newAdmission(s.Admission, p, logger)
 	if err := p.Init(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return p, nil
+	if err := adm.connect(p); err != nil {
+		p.Close()
+		return nil, nil, err
+	}
+	return p, adm, nil
 }
 
 // dialer makes the Dialer of the spec. env gives the proxy variables

@@ -49,6 +49,9 @@ type server struct {
 	errors   errorSource
 	forms    *formGuard
 
+	// admissions counts each repository's admission decisions.
+	admissions *admissionCounters
+
 	state atomic.Pointer[serverState]
 
 	reloadMu sync.Mutex // serializes reloads; guards what follows
@@ -76,6 +79,7 @@ type repository struct {
 // reloads while the repository's spec is unchanged.
 type proxyInstance struct {
 	proxy     *goproxy.Proxy
+	admission *admission // nil without an admission policy
 	spec      proxySpec
 	directDir string
 	inflight  atomic.Int64
@@ -98,6 +102,7 @@ func (s *server) apply(pl *plan) error {
 	st := &serverState{plan: pl, mux: http.NewServeMux()}
 	kept := map[*proxyInstance]bool{}
 	var made []*goproxy.Proxy
+	var started []*admission
 	defer func() {
 		for _, p := range made { // nil once switched to
 			p.Close()
@@ -123,12 +128,13 @@ func (s *server) apply(pl *plan) error {
 				return holder.Load().Authorize(r, op, modulePath)
 			}
 			logger := slog.New(fetchObserver{s.logs.main.Handler()}).With("repository", rp.Name)
-			proxy, err := newProxy(&rp.spec, dir, logger, authorize, s.progress.hook(rp.Name))
+			proxy, adm, err := newProxy(&rp.spec, dir, logger, authorize, s.progress.hook(rp.Name), s.admissions.hook(rp.Name))
 			if err != nil {
 				return fmt.Errorf("%s: %w", cmpKeyOr(rp.key), err)
 			}
 			made = append(made, proxy)
-			inst = &proxyInstance{proxy: proxy, spec: rp.spec, directDir: dir}
+			inst = &proxyInstance{proxy: proxy, admission: adm, spec: rp.spec, directDir: dir}
+			started = append(started, adm)
 		}
 		st.repos = append(st.repos, &repository{repoPlan: rp, inst: inst})
 	}
@@ -142,6 +148,9 @@ func (s *server) apply(pl *plan) error {
 	s.auths = holders
 	s.routes(st)
 	s.state.Store(st)
+	for _, a := range started {
+		a.start()
+	}
 	if old != nil {
 		for _, r := range old.repos {
 			if !kept[r.inst] {
@@ -159,6 +168,7 @@ func (s *server) retire(inst *proxyInstance) {
 	go func() {
 		defer s.retiring.Done()
 		defer inst.proxy.Close()
+		defer inst.admission.close()
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for inst.inflight.Load() > 0 {

@@ -81,7 +81,8 @@ type repoStatus struct {
 	Name, Prefix, Type string
 	Link               string
 	Stats              requestStats
-	Snapshot           *cacheSnapshot // nil before the first walk
+	Snapshot           *cacheSnapshot   // nil before the first walk
+	Admission          *admissionStatus // nil without an admission policy
 }
 
 // statusPage is what the templates are given.
@@ -183,7 +184,8 @@ func repositoryLink(name string) string { return "/-/status/repositories/" + nam
 
 func (s *server) repoStatus(repo *repository) repoStatus {
 	return repoStatus{Name: repo.Name, Prefix: repo.Prefix, Type: repo.Type, Link: repositoryLink(repo.Name),
-		Stats: s.stats.requestStats(repo.Name), Snapshot: s.caches.cacheSnapshot(repo.Name)}
+		Stats: s.stats.requestStats(repo.Name), Snapshot: s.caches.cacheSnapshot(repo.Name),
+		Admission: repo.inst.admission.status(s.admissions.of(repo.Name))}
 }
 
 // serveStatus serves the overview at /, and signing in at /?signin.
@@ -294,6 +296,8 @@ func (s *server) serveRepositoryStatus(w http.ResponseWriter, r *http.Request) {
 	page := s.newPage(r, repo.Name)
 	page.Repo = &rs
 	page.Query = r.URL.Query().Get("q")
+	// What fails may name files of the server's: for its administrators.
+	page.CanAdminister = repo.auth.Authorize(r, goproxy.OpAdminister, "") == nil
 	if rs.Snapshot != nil {
 		mods := readableModules(r, repo, rs.Snapshot.Modules, page.Query)
 		size := s.state.Load().plan.cfg.Status.PageSize
