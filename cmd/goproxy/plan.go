@@ -59,6 +59,7 @@ type proxySpec struct {
 	Direct                 goproxy.DirectOptions
 	Download               goproxy.DownloadOptions
 	Dialer                 dialerSpec
+	Eviction               goproxy.Eviction
 }
 
 // dialerSpec is a goproxy.Dialer and its Resolver, comparable.
@@ -80,8 +81,8 @@ var (
 )
 
 // reservedPrefixes are the server's own paths, which no repository may
-// shadow.
-var reservedPrefixes = []string{"/-", "/healthz", "/readyz", "/metrics"}
+// shadow. (The metrics' path is checked apart: it is configured.)
+var reservedPrefixes = []string{"/-", "/healthz", "/readyz"}
 
 // Validate checks the configuration, every problem at once (errors.Join),
 // each naming its key and, for keys from the config file, the file and
@@ -139,6 +140,7 @@ func newPlan(cfg *Config, src *configSources, env []string) (*plan, error) {
 	}
 	pl.identities = resolveIdentities(cfg, getenv, p)
 	dialer := resolveDialer(cfg.Dialer, getenv, p)
+	checkMetrics(cfg, pl.identities, p)
 
 	if len(cfg.Repositories) > 0 {
 		top := cfg.Repository
@@ -162,6 +164,7 @@ func newPlan(cfg *Config, src *configSources, env []string) (*plan, error) {
 		prefixes[r.Prefix] = cmpKey(key)
 		pl.repos = append(pl.repos, rp)
 	}
+	checkMetricsPath(cfg, pl.repos, p)
 	for i, a := range pl.repos {
 		for _, b := range pl.repos[i+1:] {
 			if a.Prefix != "/" && b.Prefix != "/" && (strings.HasPrefix(a.Prefix, b.Prefix+"/") || strings.HasPrefix(b.Prefix, a.Prefix+"/")) {
@@ -213,7 +216,8 @@ func isZeroRepository(r Repository) bool {
 		r.GONOSUMDB == nil && r.GOINSECURE == nil && r.NETRC == nil && len(r.Routes) == 0 &&
 		len(r.SumDBs) == 0 && r.SumDBTTL == 0 && !r.AllowUnverified && r.MutableTTL == 0 &&
 		r.NotFoundTTL == 0 && r.HotCacheBytes == 0 && r.Direct == (DirectConfig{}) &&
-		r.Download == (DownloadConfig{}) && r.Access.AnonymousRead == nil && len(r.Access.Grants) == 0
+		r.Download == (DownloadConfig{}) && r.Access.AnonymousRead == nil && len(r.Access.Grants) == 0 &&
+		r.Eviction == (EvictionConfig{})
 }
 
 func checkTLS(t TLSConfig, p *problems) {
@@ -438,6 +442,7 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 			p.add(join(key, k), "must not be negative")
 		}
 	}
+	s.Eviction = resolveEviction(r.Eviction, key, p)
 	rp.auth = resolveAccess(r.Access, key, ids, p)
 
 	if sameDir(rp.Cache, r.Hosted) {
@@ -447,7 +452,7 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	// The library has the last word on what it is given. (Init makes
 	// nothing on disk and starts nothing: that waits for the first
 	// request.)
-	if check, err := newProxy(s, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, nil); err != nil {
+	if check, err := newProxy(s, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, goproxy.Metrics{}); err != nil {
 		p.add(cmpKeyOr(key), "%v", err)
 	} else {
 		check.Close()
@@ -542,11 +547,11 @@ func resolveAccess(a AccessConfig, key string, ids *identities, p *problems) *go
 	return auth
 }
 
-// newProxy makes and initializes a repository's Proxy. progress, if not
-// nil, receives its download progress. (It is not in the spec: funcs do
-// not compare, and a kept Proxy keeps the hook it was made with.)
+// newProxy makes and initializes a repository's Proxy. metrics are its
+// hooks. (They are not in the spec: funcs do not compare, and a kept
+// Proxy keeps the hooks it was made with, which are its repository's.)
 func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize func(*http.Request, goproxy.Operation, string) error,
-	progress func(module, version string, done, total int64)) (*goproxy.Proxy, error) {
+	metrics goproxy.Metrics) (*goproxy.Proxy, error) {
 	dialer, err := s.Dialer.dialer(s.Env)
 	if err != nil {
 		return nil, err
@@ -557,8 +562,6 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 	}
 	direct := s.Direct
 	direct.Dir = directDir
-	download := s.Download
-	download.Progress = progress
 	p := &goproxy.Proxy{
 		Cacher:          goproxy.DirCacher(s.Cache),
 		Hosted:          hosted,
@@ -573,7 +576,9 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 		AllowUnverified: s.AllowUnverified,
 		HotCacheBytes:   s.HotCacheBytes,
 		Direct:          direct,
-		Download:        download,
+		Download:        s.Download,
+		Eviction:        s.Eviction,
+		Metrics:         metrics,
 		Authorize:       authorize,
 		Logger:          logger,
 	}

@@ -245,9 +245,13 @@ func TestStatusPageInABrowser(t *testing.T) {
 
 	t.Run("anonymous overview", func(t *testing.T) {
 		b.t = t
-		// The download in flight, and the public repository's cache
-		// walked since it was filled: 4 files of one module.
-		text := b.openUntil(srv.URL+"/", regexp.MustCompile(regexp.QuoteMeta(large+"@"+largeVersion)+`\s+\d+ %`),
+		// The download in flight, from the library's live view: its
+		// upstream and the client waiting for it; and the public
+		// repository's cache walked since it was filled: 4 files of one
+		// module.
+		inFlight := regexp.MustCompile(regexp.QuoteMeta(large+"@"+largeVersion) + `\s+from ` + regexp.QuoteMeta(upstream) +
+			` · for \S+\s+1 client waiting\s+\d+ %\s+[\d.]+ [KM]iB of 16\.0 MiB\s+[\d.]+ [KM]iB/s`)
+		text := b.openUntil(srv.URL+"/", inFlight,
 			regexp.MustCompile(`public\s+/public\s+proxy\s+\d+\s+\S+ %\s+[\d.]+ K?i?B\s+4\s+—\s+1\s`))
 		for _, want := range []string{"public", "/public", "corp", "/corp", "hosted", "anonymous", "sign in"} {
 			if !strings.Contains(text, want) {
