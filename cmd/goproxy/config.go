@@ -155,7 +155,8 @@ type MetricsConfig struct {
 	// Enabled serves the metrics. The status page's figures are kept
 	// either way.
 	Enabled bool `yaml:"enabled" json:"enabled"`
-	// Path is where they are served, on addr (or on Addr).
+	// Path is where they are served: on the server's addr, or on Addr
+	// when it is set.
 	Path string `yaml:"path" json:"path"`
 	// Access is who may read them: open (anyone who reaches the server),
 	// or admin (an identity with admin: true, by basic auth or bearer
