@@ -60,9 +60,9 @@ func checkMetrics(cfg *Config, ids *identities, p *problems) {
 		p.add("metrics.path", "%s is the server's own, or a repository's", "/"+first)
 	}
 	if m.Addr != "" {
-		if _, _, err := net.SplitHostPort(m.Addr); err != nil {
+		if _, port, err := net.SplitHostPort(m.Addr); err != nil {
 			p.add("metrics.addr", "%q is not a listen address (host:port, or :port): %v", m.Addr, err)
-		} else if m.Addr == cfg.Addr {
+		} else if m.Addr == cfg.Addr && port != "0" { // port 0: any free port
 			p.add("metrics.addr", "is addr: leave it empty to serve the metrics there")
 		}
 	}
