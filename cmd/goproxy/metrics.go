@@ -185,12 +185,29 @@ func isModuleFile(k goproxy.RequestKind) bool {
 // behind a read-locked map, the status page's figures atomic adds.
 func (m *serverMetrics) hooks(repo string, rescan func()) goproxy.Metrics {
 	fig := m.figures(repo)
+	// The series of a request, found once per kind, status class and
+	// cache outcome: a lookup by labels costs a hit more than the rest of
+	// its measuring.
+	var series sync.Map // requestSeriesKey -> *requestSeries
+	requestSeriesOf := func(r goproxy.RequestMetric) *requestSeries {
+		key := requestSeriesKey{r.Kind, r.Status / 100, r.Cache}
+		if s, ok := series.Load(key); ok {
+			return s.(*requestSeries)
+		}
+		kind, cache := string(r.Kind), cacheLabel(r.Cache)
+		s, _ := series.LoadOrStore(key, &requestSeries{
+			requests: m.requests.WithLabelValues(repo, kind, statusClass(r.Status), cache),
+			duration: m.requestDuration.WithLabelValues(repo, kind, cache),
+			bytes:    m.responseBytes.WithLabelValues(repo, kind),
+		})
+		return s.(*requestSeries)
+	}
 	return goproxy.Metrics{
 		Request: func(r goproxy.RequestMetric) {
-			kind, cache := string(r.Kind), cacheLabel(r.Cache)
-			m.requests.WithLabelValues(repo, kind, statusClass(r.Status), cache).Inc()
-			m.requestDuration.WithLabelValues(repo, kind, cache).Observe(r.Duration.Seconds())
-			m.responseBytes.WithLabelValues(repo, kind).Add(float64(r.Bytes))
+			s := requestSeriesOf(r)
+			s.requests.Inc()
+			s.duration.Observe(r.Duration.Seconds())
+			s.bytes.Add(float64(r.Bytes))
 			fig.count(r)
 			if r.Context != nil {
 				// The request's access log line says where its answer
@@ -251,6 +268,20 @@ func (m *serverMetrics) hooks(repo string, rescan func()) goproxy.Metrics {
 			fig.evictedSinceRun.Add(1)
 		},
 	}
+}
+
+// requestSeriesKey tells apart the series a request is counted in.
+type requestSeriesKey struct {
+	kind  goproxy.RequestKind
+	class int // the status by hundreds
+	cache goproxy.CacheOutcome
+}
+
+// requestSeries are the series a request is counted in.
+type requestSeries struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+	bytes    prometheus.Counter
 }
 
 // count adds an answered request to the status page's figures: requests

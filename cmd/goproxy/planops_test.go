@@ -117,3 +117,63 @@ eviction: {max_age: 720h, max_bytes: 20GiB, interval: 30m}
 		t.Errorf("the Proxy's eviction: %+v, want %+v", p.Eviction, want)
 	}
 }
+
+// TestAReloadThatChangesEvictionMakesTheProxyAnew applies a plan, then
+// the same plan, then one with other eviction settings: the repository
+// keeps its Proxy the first time and gets a new one, with the new
+// settings, the second, while its counts go on.
+func TestAReloadThatChangesEvictionMakesTheProxyAnew(t *testing.T) {
+	dir := t.TempDir()
+	plan := func(maxBytes string) *plan {
+		t.Helper()
+		file := writeFile(t, filepath.Join(dir, "goproxy.yaml"), `cache: `+dir+`/cache
+goproxy: "off"
+eviction: {max_bytes: `+maxBytes+`}
+`)
+		o, _ := parseFlags([]string{"-config", file}, io.Discard)
+		cfg, src, err := loadConfig(o, lookupIn(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pl, err := newPlan(cfg, src, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pl
+	}
+	logs, err := newLogs(defaultConfig(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{logs: logs, metrics: newServerMetrics(), live: newLiveViews(), scanner: newCacheScanner(logs.main),
+		directBase: t.TempDir(), stopping: make(chan struct{})}
+	defer func() {
+		close(s.stopping)
+		s.retiring.Wait()
+		for _, r := range s.state.Load().repos {
+			r.inst.proxy.Close()
+		}
+	}()
+	proxy := func() *goproxy.Proxy { return s.state.Load().repos[0].inst.proxy }
+	if err := s.apply(plan("1GiB")); err != nil {
+		t.Fatal(err)
+	}
+	first := proxy()
+	first.Metrics.Request(goproxy.RequestMetric{Kind: goproxy.RequestInfo, Status: 200, Cache: goproxy.CacheHit})
+	if err := s.apply(plan("1GiB")); err != nil {
+		t.Fatal(err)
+	}
+	if proxy() != first {
+		t.Error("an unchanged repository got a new Proxy")
+	}
+	if err := s.apply(plan("2GiB")); err != nil {
+		t.Fatal(err)
+	}
+	if p := proxy(); p == first || p.Eviction.MaxBytes != 2<<30 {
+		t.Errorf("after a reload with another max_bytes: the same Proxy %v, MaxBytes %d", p == first, p.Eviction.MaxBytes)
+	}
+	proxy().Metrics.Request(goproxy.RequestMetric{Kind: goproxy.RequestInfo, Status: 200, Cache: goproxy.CacheHit})
+	if got := s.metrics.requestStats("root").Hits; got != 2 {
+		t.Errorf("%d hits counted across the reload, want 2", got)
+	}
+}
