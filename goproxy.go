@@ -90,7 +90,8 @@ type Proxy struct {
 	// a .zip or by Publish. They are served ahead of upstream versions,
 	// merged into version lists and @latest, never fetched and never
 	// removed, so Hosted must keep everything it is given: a DirCacher or
-	// an object store, not a MemCacher. If nil, publishing is refused.
+	// an object store, not a MemCacher, and a DirCacher neither within
+	// Cacher's directory nor holding it. If nil, publishing is refused.
 	// Published modules are usually private: exempt them from checksum
 	// databases with GONOSUMDB or a Private route. Unlike Cacher, a Hosted
 	// store that fails answers 502: falling back on the upstreams would
@@ -211,8 +212,8 @@ func (p *Proxy) init() error {
 		return fmt.Errorf("goproxy: %w", err)
 	}
 	p.conf = conf
-	if sameStore(conf.cacher, conf.hosted) {
-		return errors.New("goproxy: Hosted and Cacher must be different stores: published versions would be evicted or removed with cached ones")
+	if sharedStore(conf.cacher, conf.hosted) {
+		return errors.New("goproxy: Hosted and Cacher must be different stores, neither directory within the other: published versions would be evicted or removed with cached ones")
 	}
 	if p.egress, err = newEgressPolicy(conf.egress, conf.logger); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
