@@ -1,8 +1,8 @@
 // Command goproxy is a Go module proxy server built on the goproxy
 // library: one or several repositories (caching proxies, hosted modules,
 // or groups of both) under their own path prefixes, with access control,
-// an audit log, TLS, health checks, reload on SIGHUP and graceful
-// shutdown.
+// an audit log, TLS, health checks, Prometheus metrics, a status page,
+// cache eviction, reload on SIGHUP and graceful shutdown.
 //
 // With no configuration it caches under the user cache directory and
 // fetches from the upstreams in GOPROXY:
