@@ -130,7 +130,7 @@ func TestEvictionKeepsARepositorysCacheSmall(t *testing.T) {
 		}
 	}
 	_, overview := get(srv.URL + "/")
-	if !regexp.MustCompile(`small\s+/small\s+proxy\s+15\s+0\.0 %\s+[\d.]+ (K?i?B)\s+\d+\s+—\s+\d+\s+\d+ files, [\d.]+ K?i?B`).MatchString(pageText(overview)) {
+	if !regexp.MustCompile(`small\s+/small\s+proxy\s+15\s+[\d.]+ %\s+[\d.]+ (K?i?B)\s+\d+\s+—\s+\d+\s+\d+ files, [\d.]+ K?i?B`).MatchString(pageText(overview)) {
 		t.Errorf("the overview's row of the repository:\n%s", pageText(overview))
 	}
 }
