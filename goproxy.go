@@ -263,7 +263,8 @@ func (p *Proxy) init() error {
 // request or a Publish), rather than in Init, which a configuration check
 // may call alone: eviction, and the index feed's creation from the cache
 // when it has none yet (once ever, for caches that predate it), so that
-// the feed is ready before anyone asks for it. Close ends it.
+// the feed is ready before anyone asks for it, and the removal of what
+// processes that died left in the cache. Close ends it.
 func (p *Proxy) start() {
 	p.startOnce.Do(func() {
 		p.lifeMu.Lock()
@@ -277,6 +278,7 @@ func (p *Proxy) start() {
 			p.usage.start()
 			p.evictor.start()
 		}
+		p.working.Go(func() { p.removeLeftovers(ctx) })
 		if p.feed.persistent() {
 			p.working.Go(func() {
 				if err := p.feed.prepare(ctx); err != nil && ctx.Err() == nil {
