@@ -177,7 +177,7 @@ func (e *evictor) start() {
 		defer close(e.done)
 		timer := time.NewTimer(0)
 		defer timer.Stop()
-		var last time.Time
+		var last, next time.Time // the last run's start, the next run by Interval
 		for {
 			select {
 			case <-ctx.Done():
@@ -185,7 +185,9 @@ func (e *evictor) start() {
 			case <-timer.C:
 			case <-e.trigger:
 				if wait := time.Until(last.Add(e.minGap)); wait > 0 {
-					timer.Reset(wait)
+					// Not before the gap, but never after the run
+					// Interval asks for: it may be the shorter.
+					timer.Reset(min(wait, time.Until(next)))
 					continue
 				}
 			}
@@ -193,6 +195,7 @@ func (e *evictor) start() {
 			if _, err := e.run(ctx); err != nil && ctx.Err() == nil {
 				e.logger.LogAttrs(ctx, slog.LevelError, "eviction failed", slog.String("error", err.Error()))
 			}
+			next = time.Now().Add(e.cfg.interval())
 			timer.Reset(e.cfg.interval())
 		}
 	}()

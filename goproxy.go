@@ -370,7 +370,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if p.conf.metrics.Request != nil {
-		m := measureResponse(w)
+		m := measureResponse(w, r)
 		defer p.reportRequest(m)
 		w = m
 	}

@@ -99,6 +99,12 @@ type RequestMetric struct {
 	Cache    CacheOutcome
 	Bytes    int64         // body bytes written
 	Duration time.Duration // from arrival to the end of the response
+
+	// Context is the request's context, so that the embedder can tie the
+	// measurement to what it keeps of the request (its ID, its access log
+	// line) through a value it put there. It is valid during the call
+	// only: keep none of it.
+	Context context.Context
 }
 
 // FetchOutcome is how a fetch from an upstream ended.
@@ -307,14 +313,15 @@ type measuredResponse struct {
 	bytes   int64
 	kind    RequestKind
 	cache   CacheOutcome
+	ctx     context.Context
 }
 
 var measuredResponses = sync.Pool{New: func() any { return new(measuredResponse) }}
 
-// measureResponse starts measuring the response to a request arriving now.
-func measureResponse(w http.ResponseWriter) *measuredResponse {
+// measureResponse starts measuring the response to r, arriving now.
+func measureResponse(w http.ResponseWriter, r *http.Request) *measuredResponse {
 	m := measuredResponses.Get().(*measuredResponse)
-	*m = measuredResponse{ResponseWriter: w, arrived: time.Now(), kind: RequestOther}
+	*m = measuredResponse{ResponseWriter: w, arrived: time.Now(), kind: RequestOther, ctx: r.Context()}
 	return m
 }
 
@@ -354,7 +361,8 @@ func (p *Proxy) reportRequest(m *measuredResponse) {
 	if status == 0 {
 		status = http.StatusOK // what net/http sends for an empty answer
 	}
-	p.conf.metrics.request(RequestMetric{Kind: m.kind, Status: status, Cache: m.cache, Bytes: m.bytes, Duration: time.Since(m.arrived)})
+	p.conf.metrics.request(RequestMetric{Kind: m.kind, Status: status, Cache: m.cache, Bytes: m.bytes, Duration: time.Since(m.arrived),
+		Context: m.ctx})
 	*m = measuredResponse{}
 	measuredResponses.Put(m)
 }

@@ -60,6 +60,7 @@ type proxySpec struct {
 	Download               goproxy.DownloadOptions
 	Dialer                 dialerSpec
 	Admission              AdmissionConfig
+	Eviction               goproxy.Eviction
 }
 
 // dialerSpec is a goproxy.Dialer and its Resolver, comparable.
@@ -81,8 +82,8 @@ var (
 )
 
 // reservedPrefixes are the server's own paths, which no repository may
-// shadow.
-var reservedPrefixes = []string{"/-", "/healthz", "/readyz", "/metrics"}
+// shadow. (The metrics' path is checked apart: it is configured.)
+var reservedPrefixes = []string{"/-", "/healthz", "/readyz"}
 
 // Validate checks the configuration, every problem at once (errors.Join),
 // each naming its key and, for keys from the config file, the file and
@@ -140,6 +141,7 @@ func newPlan(cfg *Config, src *configSources, env []string) (*plan, error) {
 	}
 	pl.identities = resolveIdentities(cfg, getenv, p)
 	dialer := resolveDialer(cfg.Dialer, getenv, p)
+	checkMetrics(cfg, pl.identities, p)
 
 	if len(cfg.Repositories) > 0 {
 		top := cfg.Repository
@@ -163,6 +165,7 @@ func newPlan(cfg *Config, src *configSources, env []string) (*plan, error) {
 		prefixes[r.Prefix] = cmpKey(key)
 		pl.repos = append(pl.repos, rp)
 	}
+	checkMetricsPath(cfg, pl.repos, p)
 	for i, a := range pl.repos {
 		for _, b := range pl.repos[i+1:] {
 			if a.Prefix != "/" && b.Prefix != "/" && (strings.HasPrefix(a.Prefix, b.Prefix+"/") || strings.HasPrefix(b.Prefix, a.Prefix+"/")) {
@@ -215,7 +218,7 @@ func isZeroRepository(r Repository) bool {
 		len(r.SumDBs) == 0 && r.SumDBTTL == 0 && !r.AllowUnverified && r.MutableTTL == 0 &&
 		r.NotFoundTTL == 0 && r.HotCacheBytes == 0 && r.Direct == (DirectConfig{}) &&
 		r.Download == (DownloadConfig{}) && r.Access.AnonymousRead == nil && len(r.Access.Grants) == 0 &&
-		r.Admission.isZero()
+		r.Admission.isZero() && r.Eviction == (EvictionConfig{})
 }
 
 func checkTLS(t TLSConfig, p *problems) {
@@ -440,6 +443,7 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 			p.add(join(key, k), "must not be negative")
 		}
 	}
+	s.Eviction = resolveEviction(r.Eviction, key, p)
 	rp.auth = resolveAccess(r.Access, key, ids, p)
 	s.Admission = r.Admission
 	checkAdmission(&s.Admission, key, p)
@@ -455,7 +459,7 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	// need not be read twice.)
 	checked := *s
 	checked.Admission = AdmissionConfig{}
-	if check, _, err := newProxy(&checked, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, nil, nil); err != nil {
+	if check, _, err := newProxy(&checked, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, goproxy.Metrics{}); err != nil {
 		p.add(cmpKeyOr(key), "%v", err)
 	} else {
 		check.Close()
@@ -551,11 +555,11 @@ func resolveAccess(a AccessConfig, key string, ids *identities, p *problems) *go
 }
 
 // newProxy makes and initializes a repository's Proxy, and its admission
-// policy. progress, if not nil, receives its download progress, and
-// admitted its admission decisions. (They are not in the spec: funcs do
-// not compare, and a kept Proxy keeps the hooks it was made with.)
+// policy. metrics are its hooks, admission decisions included. (They are
+// not in the spec: funcs do not compare, and a kept Proxy keeps the hooks
+// it was made with, which are its repository's.)
 func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize func(*http.Request, goproxy.Operation, string) error,
-	progress func(module, version string, done, total int64), admitted func(goproxy.AdmissionMetric)) (*goproxy.Proxy, *admission, error) {
+	metrics goproxy.Metrics) (*goproxy.Proxy, *admission, error) {
 	dialer, err := s.Dialer.dialer(s.Env)
 	if err != nil {
 		return nil, nil, err
@@ -566,8 +570,6 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 	}
 	direct := s.Direct
 	direct.Dir = directDir
-	download := s.Download
-	download.Progress = progress
 	p := &goproxy.Proxy{
 		Cacher:          goproxy.DirCacher(s.Cache),
 		Hosted:          hosted,
@@ -582,11 +584,12 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 		AllowUnverified: s.AllowUnverified,
 		HotCacheBytes:   s.HotCacheBytes,
 		Direct:          direct,
-		Download:        download,
+		Download:        s.Download,
+		Eviction:        s.Eviction,
+		Metrics:         metrics,
 		Authorize:       authorize,
 		Logger:          logger,
 	}
-	p.Metrics.Admission = admitted
 	adm := newAdmission(s.Admission, p, logger)
 	if err := p.Init(); err != nil {
 		return nil, nil, err

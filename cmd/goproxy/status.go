@@ -44,7 +44,8 @@ var statusTemplates = template.Must(template.New("status").Funcs(template.FuncMa
 		}
 		return "—"
 	},
-	"ago": func(t time.Time) string { return formatDuration(time.Since(t)) + " ago" },
+	"ago":   func(t time.Time) string { return formatDuration(time.Since(t)) + " ago" },
+	"since": func(t time.Time) string { return formatDuration(time.Since(t)) },
 }).Parse(statusHTML))
 
 // statusCSP is the page's Content-Security-Policy: no script, no
@@ -81,6 +82,8 @@ type repoStatus struct {
 	Name, Prefix, Type string
 	Link               string
 	Stats              requestStats
+	Cache              cacheStats
+	Eviction           goproxy.Eviction
 	Snapshot           *cacheSnapshot   // nil before the first walk
 	Admission          *admissionStatus // nil without an admission policy
 }
@@ -97,6 +100,7 @@ type statusPage struct {
 	Started   time.Time
 	Repos     []repoStatus
 	Downloads []transfer
+	Failures  []failedDownload
 	Errors    []loggedError
 
 	// A repository's modules.
@@ -184,8 +188,8 @@ func repositoryLink(name string) string { return "/-/status/repositories/" + nam
 
 func (s *server) repoStatus(repo *repository) repoStatus {
 	return repoStatus{Name: repo.Name, Prefix: repo.Prefix, Type: repo.Type, Link: repositoryLink(repo.Name),
-		Stats: s.stats.requestStats(repo.Name), Snapshot: s.caches.cacheSnapshot(repo.Name),
-		Admission: repo.inst.admission.status(s.admissions.of(repo.Name))}
+		Stats: s.stats.requestStats(repo.Name), Cache: s.caches.cacheStats(repo.Name), Eviction: repo.spec.Eviction,
+		Snapshot: s.walks.cacheSnapshot(repo.Name), Admission: repo.inst.admission.status(s.admissions.of(repo.Name))}
 }
 
 // serveStatus serves the overview at /, and signing in at /?signin.
@@ -215,6 +219,11 @@ func (s *server) serveStatus(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	admin := s.administersAny(r, st)
+	for _, f := range s.failures.recentFailures() {
+		if f.Module == "" && admin || f.Module != "" && mayReadIn(r, st, repos, f.Repo, f.Module) {
+			page.Failures = append(page.Failures, f)
+		}
+	}
 	for _, e := range s.errors.recentErrors() {
 		if e.Module == "" && admin || e.Module != "" && mayReadIn(r, st, repos, e.Repo, e.Module) {
 			page.Errors = append(page.Errors, e)
