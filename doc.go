@@ -25,11 +25,22 @@
 // Failures answer in plain text, which the go command shows its user: 404
 // or 410 when the upstreams have no such module or version (the go command
 // then tries its next GOPROXY entry), 403 when the egress policy or
-// GOPROXY=off refuses the fetch, 502 when the upstreams fail or send what
+// GOPROXY=off refuses the fetch or the admission policy the version, 502
+// when the upstreams fail or send what
 // does not validate (a checksum mismatch says SECURITY ERROR) and when the
 // egress proxy refuses the proxy's own credentials, 504 when they do not
 // answer in time, 400 for a path the go command never sends, 503 once the
 // Proxy is closed.
+//
+// # Admission
+//
+// With [Proxy.Admission] set (an [AdmissionPolicy], say), version lists
+// leave out the versions it hides or refuses, @latest and the queries
+// latest, v1 and v1.2 answer the highest version it lists, and a refused
+// version's .info, .mod and .zip answer 403 Forbidden with the reason,
+// never from the cache and never fetched. Go toolchains
+// (golang.org/toolchain) are always verified against the checksum
+// database, whatever GONOSUMDB says, as the go command verifies them.
 //
 // # Publishing
 //

@@ -32,8 +32,9 @@ import (
 // listed version whose other files are fetched again when asked for, never
 // a listed version that cannot be. Version lists, @latest and query answers
 // and checksum database files are entries of their own; the checksum
-// databases' verified trees (sumdb/<db>/verified/) are never removed, nor
-// are published versions, which live in the Hosted store.
+// databases' verified trees (sumdb/<db>/verified/) and the record of when
+// versions were first seen (firstseen/, see Proxy.Admission) are never
+// removed, nor are published versions, which live in the Hosted store.
 type Eviction struct {
 	// MaxAge removes what has not been used for this long. Zero means no
 	// limit by age.
@@ -176,7 +177,7 @@ func (e *evictor) start() {
 		defer close(e.done)
 		timer := time.NewTimer(0)
 		defer timer.Stop()
-		var last time.Time
+		var last, next time.Time // the last run's start, the next run by Interval
 		for {
 			select {
 			case <-ctx.Done():
@@ -184,7 +185,9 @@ func (e *evictor) start() {
 			case <-timer.C:
 			case <-e.trigger:
 				if wait := time.Until(last.Add(e.minGap)); wait > 0 {
-					timer.Reset(wait)
+					// Not before the gap, but never after the run
+					// Interval asks for: it may be the shorter.
+					timer.Reset(min(wait, time.Until(next)))
 					continue
 				}
 			}
@@ -192,6 +195,7 @@ func (e *evictor) start() {
 			if _, err := e.run(ctx); err != nil && ctx.Err() == nil {
 				e.logger.LogAttrs(ctx, slog.LevelError, "eviction failed", slog.String("error", err.Error()))
 			}
+			next = time.Now().Add(e.cfg.interval())
 			timer.Reset(e.cfg.interval())
 		}
 	}()
@@ -369,8 +373,14 @@ func (u *evictionUnit) add(info CacheEntryInfo, rank int) {
 // evictionKey returns what unit name belongs to: a canonical version's
 // file belongs to its version ("<module>/@v/<version>", with rank giving
 // the order of removal), anything else is a unit of its own (rank -1).
-// Files of the checksum databases' verified trees are protected.
+// Files of the checksum databases' verified trees and the first-seen
+// record of the admission policy are protected.
 func evictionKey(name string) (key string, rank int, protected bool) {
+	if strings.HasPrefix(name, firstSeenPrefix) {
+		// The admission record of first sightings: lost, its versions
+		// would be taken for new again.
+		return name, -1, true
+	}
 	if rest, ok := strings.CutPrefix(name, "sumdb/"); ok {
 		_, rest, _ = strings.Cut(rest, "/")
 		return name, -1, strings.HasPrefix(rest, "verified/")

@@ -148,8 +148,8 @@ type Proxy struct {
 
 	// Metrics receives the proxy's measurements: requests, upstream
 	// fetches, retries, verifications, downloads, shared fetches, cache
-	// size and evictions; see [Metrics]. A nil field is not reported, so
-	// the zero value reports nothing.
+	// size, evictions and admission decisions; see [Metrics]. A nil field
+	// is not reported, so the zero value reports nothing.
 	Metrics Metrics
 
 	// Offline makes the proxy serve only what it has: the cache and the
@@ -176,6 +176,31 @@ type Proxy struct {
 	// never scrubs on its own.
 	Scrub ScrubOptions
 
+	// Admission, if set, decides which module versions the proxy serves,
+	// lists and fetches; [AdmissionPolicy.Decide] is a ready-made one. It
+	// is asked about every version of a list being served (those it does
+	// not list are left out), about the answer of @latest and of version
+	// queries (resolved first: when the answer is not listed, @latest and
+	// the queries "latest", "v1" and "v1.2" answer the highest version of
+	// the filtered list that matches, by the go command's preference of a
+	// release over a pre-release over a pseudo-version), about every
+	// request for a version's .info, .mod or .zip, and before a prefetch,
+	// fill or import fetches a version. A refused version answers 403
+	// Forbidden with the decision's reason, never 404 or 410, which would
+	// send the go command on to its next GOPROXY entry; a version hidden
+	// is served when asked for by name. Decisions other than the zero one
+	// are logged and reported to Metrics.Admission. It is called on the
+	// serving path, from many goroutines: it must be quick (look-ups in
+	// memory). If nil, every version is admitted.
+	//
+	// The Proxy keeps its own record of when it first saw each version:
+	// in an upstream's list, as the answer to @latest or a query, or
+	// asked for by name, admitted or not. It is kept in the Cacher (one
+	// small entry per module, under firstseen/, never evicted) and read
+	// by [Proxy.FirstSeen], which makes the Proxy a FirstSeenSource for a
+	// Cooldown. The record is kept only while Admission is set.
+	Admission func(ctx context.Context, c AdmissionCandidate) AdmissionDecision
+
 	// Logger receives one line per upstream fetch, and one per answer at
 	// debug level, saying where the file came from. If nil,
 	// [slog.Default] is used.
@@ -200,6 +225,8 @@ type Proxy struct {
 	downloads     downloadTracker
 	revalidating  sync.Map   // names of stale entries being fetched again in the background
 	scrubbing     sync.Mutex // held by the scrub running
+	firstSeen     *firstSeenRecord // nil without Admission
+	client        *http.Client     // the upstreams' client; see Client
 
 	// With eviction on: the evictor, the uses gathered for it, and the
 	// cache entries being read by clients, which it leaves alone.
@@ -262,6 +289,7 @@ func (p *Proxy) init() error {
 	}
 	transport = newCredentialsTransport(transport, p.routes, conf.goEnv.netrc)
 	client := &http.Client{Transport: transport, CheckRedirect: p.egress.checkRedirect(refuseDowngrade)}
+	p.client = client
 	var id [8]byte
 	rand.Read(id[:])
 	p.via = "1.1 goproxy-" + hex.EncodeToString(id[:])
@@ -279,6 +307,9 @@ func (p *Proxy) init() error {
 	}
 	p.downloads.metrics = conf.metrics
 	p.feed = newIndexLog(conf.cacher, conf.hosted, conf.logger)
+	if conf.admission != nil {
+		p.firstSeen = newFirstSeenRecord(conf.cacher, conf.logger)
+	}
 	if err := p.initEviction(); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
 	}
@@ -369,7 +400,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if p.conf.metrics.Request != nil {
-		m := measureResponse(w)
+		m := measureResponse(w, r)
 		defer p.reportRequest(m)
 		w = m
 	}

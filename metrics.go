@@ -19,7 +19,9 @@ import (
 // must be quick and must not block. What they are passed is a small value
 // whose strings are constants or strings the proxy already holds, so that
 // reporting costs no allocation; keep it that way by not retaining more
-// than the counts.
+// than the counts. They must not panic either: a hook's panic is no
+// request's failure, and on the proxy's background goroutines (eviction
+// runs) nothing recovers it.
 type Metrics struct {
 	// Request reports every answered request, when its response is done.
 	Request func(RequestMetric)
@@ -54,6 +56,12 @@ type Metrics struct {
 	// Scrub reports every .mod and .zip a scrub checked (see
 	// [ScrubOptions]).
 	Scrub func(ScrubMetric)
+
+	// Admission reports every decision of the Proxy's Admission hook
+	// other than the zero one (an admission without a rule): refusals,
+	// versions hidden, reports, and exceptions that admitted what a rule
+	// would have refused.
+	Admission func(AdmissionMetric)
 }
 
 // RequestKind is what a request asks for, as metrics and the live view name
@@ -95,6 +103,12 @@ type RequestMetric struct {
 	Cache    CacheOutcome
 	Bytes    int64         // body bytes written
 	Duration time.Duration // from arrival to the end of the response
+
+	// Context is the request's context, so that the embedder can tie the
+	// measurement to what it keeps of the request (its ID, its access log
+	// line) through a value it put there. It is valid during the call
+	// only: keep none of it.
+	Context context.Context
 }
 
 // FetchOutcome is how a fetch from an upstream ended.
@@ -222,6 +236,33 @@ type ScrubMetric struct {
 	Bytes   int64
 }
 
+// AdmissionUse says what an admission decision was made for.
+type AdmissionUse string
+
+// The uses of admission decisions.
+const (
+	// AdmissionRequest: a client asked for the version's .info, .mod or
+	// .zip, or a query or @latest resolved to it.
+	AdmissionRequest AdmissionUse = "request"
+	// AdmissionList: the version is in a version list being served, or is
+	// a candidate for @latest. Every version of every list served is
+	// decided: these count list entries, not versions.
+	AdmissionList AdmissionUse = "list"
+	// AdmissionFetch: the proxy is about to fetch the version for itself:
+	// a prefetch, a fill or an import.
+	AdmissionFetch AdmissionUse = "fetch"
+)
+
+// AdmissionMetric describes one admission decision.
+type AdmissionMetric struct {
+	// Rule is the decision's Rule, as the hook gave it ("deny",
+	// "vulnerable", "cooldown", "allow", "policy" for AdmissionPolicy).
+	Rule       string
+	Verdict    AdmissionVerdict
+	ReportOnly bool
+	Use        AdmissionUse
+}
+
 // The report methods check for nil, so that call sites stay one line; they
 // are small enough to be inlined, so an unset hook costs a comparison.
 
@@ -279,6 +320,12 @@ func (m *Metrics) scrub(r ScrubMetric) {
 	}
 }
 
+func (m *Metrics) admission(r AdmissionMetric) {
+	if m != nil && m.Admission != nil {
+		m.Admission(r)
+	}
+}
+
 // metricKind names a request's kind for metrics.
 func (req *request) metricKind() RequestKind {
 	switch req.kind {
@@ -305,14 +352,15 @@ type measuredResponse struct {
 	bytes   int64
 	kind    RequestKind
 	cache   CacheOutcome
+	ctx     context.Context
 }
 
 var measuredResponses = sync.Pool{New: func() any { return new(measuredResponse) }}
 
-// measureResponse starts measuring the response to a request arriving now.
-func measureResponse(w http.ResponseWriter) *measuredResponse {
+// measureResponse starts measuring the response to r, arriving now.
+func measureResponse(w http.ResponseWriter, r *http.Request) *measuredResponse {
 	m := measuredResponses.Get().(*measuredResponse)
-	*m = measuredResponse{ResponseWriter: w, arrived: time.Now(), kind: RequestOther}
+	*m = measuredResponse{ResponseWriter: w, arrived: time.Now(), kind: RequestOther, ctx: r.Context()}
 	return m
 }
 
@@ -352,7 +400,8 @@ func (p *Proxy) reportRequest(m *measuredResponse) {
 	if status == 0 {
 		status = http.StatusOK // what net/http sends for an empty answer
 	}
-	p.conf.metrics.request(RequestMetric{Kind: m.kind, Status: status, Cache: m.cache, Bytes: m.bytes, Duration: time.Since(m.arrived)})
+	p.conf.metrics.request(RequestMetric{Kind: m.kind, Status: status, Cache: m.cache, Bytes: m.bytes, Duration: time.Since(m.arrived),
+		Context: m.ctx})
 	*m = measuredResponse{}
 	measuredResponses.Put(m)
 }

@@ -76,7 +76,7 @@ func (p *Proxy) readMod(ctx context.Context, path, version string) ([]byte, erro
 // whether it fetched any. A file fetched counts once it is stored: the
 // journal may then record the item as done.
 func (p *Proxy) fillItem(ctx context.Context, it FillItem) (fillOutcome, error) {
-	if err := p.admitIntoCache(ctx, it.Path, it.Version); err != nil {
+	if err := p.admitFetch(ctx, it.Path, it.Version); err != nil {
 		return 0, err
 	}
 	outcome := fillCached
@@ -113,16 +113,6 @@ func (p *Proxy) fillItem(ctx context.Context, it FillItem) (fillOutcome, error) 
 		}
 	}
 	return outcome, nil
-}
-
-// admitIntoCache is where the admission policy decides whether a module
-// version may be brought into the cache by a fill or an import: a version
-// it refuses fails the fill's item, or is refused by the import, with the
-// policy's reason, and is neither fetched nor stored. (Issue 19 wires the
-// admission policy into the Proxy: its decision for versions entering the
-// cache belongs here. Until then every version is admitted.)
-func (p *Proxy) admitIntoCache(ctx context.Context, path, version string) error {
-	return nil
 }
 
 // cached reports whether the cache holds name.

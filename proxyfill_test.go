@@ -289,3 +289,60 @@ func TestFillShowsInTheLiveViewCountsAsUseAndResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFillAndImportAskTheAdmissionPolicy fills and imports with a policy
+// refusing one module: its versions fail with the policy's reason and
+// are neither fetched nor stored; the rest come in.
+func TestFillAndImportAskTheAdmissionPolicy(t *testing.T) {
+	vs := moduletest.Graph(10)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	denied := moduletest.GraphPath(3)
+	policy := &AdmissionPolicy{Deny: []AdmissionRule{{Match: denied, Reason: "not in this building"}}}
+	p := newTestProxy(t, up.URL)
+	p.Admission = policy.Decide
+	var items []string
+	for _, v := range vs {
+		items = append(items, v.Path+"@"+v.Version)
+	}
+	plan, err := FillPlanFromList([]byte(strings.Join(items, "\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := p.Fill(context.Background(), plan, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Failed) == 0 || len(rep.Fetched)+len(rep.Failed) != len(plan.Items) {
+		t.Errorf("%s", rep.Summary())
+	}
+	for _, f := range rep.Failed {
+		if f.Item.Path != denied || !strings.Contains(f.Err.Error(), "not in this building") {
+			t.Errorf("%s: %v", f.Item, f.Err)
+		}
+	}
+	for _, v := range vs {
+		if v.Path == denied && up.Requests("/"+v.Path+"/@v/"+v.Version+".zip") != 0 {
+			t.Errorf("%s@%s was fetched", v.Path, v.Version)
+		}
+	}
+
+	dir := t.TempDir()
+	if err := moduletest.WriteDir(dir, vs); err != nil {
+		t.Fatal(err)
+	}
+	q := newTestProxy(t, "off")
+	q.Admission = policy.Decide
+	imp, err := q.ImportModuleDir(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(imp.Refused) == 0 || len(imp.Imported)+len(imp.Refused) != len(vs) {
+		t.Errorf("imported %d, refused %v", len(imp.Imported), imp.Refused)
+	}
+	for _, r := range imp.Refused {
+		if r.Item.Path != denied {
+			t.Errorf("refused %s: %v", r.Item, r.Err)
+		}
+	}
+}

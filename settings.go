@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -98,6 +99,7 @@ type config struct {
 	offline                           bool
 	staleGrace                        time.Duration // zero: no stale-while-revalidate
 	scrub                             ScrubOptions  // defaults applied
+	admission                         func(context.Context, AdmissionCandidate) AdmissionDecision
 }
 
 // configure copies the exported fields into a config, applying the
@@ -123,6 +125,7 @@ func (p *Proxy) configure() (*config, error) {
 		offline:         p.Offline,
 		staleGrace:      max(p.StaleWhileRevalidate, 0),
 		scrub:           p.Scrub.withDefaults(),
+		admission:       p.Admission,
 	}
 	c.env = c.proxyEnv
 	if c.env == nil {

@@ -107,6 +107,11 @@ func fetchedContent(f *fetched, release func()) *content {
 // queries take the published versions into account. The caller must call
 // close on the result.
 func (p *Proxy) open(ctx context.Context, req *request, mayFetch bool) (*content, error) {
+	// The admission policy first: a refused version is not served from
+	// anywhere.
+	if err := p.admitFile(ctx, req, mayFetch); err != nil {
+		return nil, err
+	}
 	if c, ok := p.openHot(req); ok {
 		return c, nil
 	}
@@ -124,9 +129,12 @@ func (p *Proxy) open(ctx context.Context, req *request, mayFetch bool) (*content
 	c, err := p.openStored(ctx, req, mayFetch, gen)
 	if len(published) > 0 {
 		// The upstreams failing does not hide the published versions.
-		return p.mergePublished(ctx, req, published, c)
+		c, err = p.mergePublished(ctx, req, published, c)
 	}
-	return c, err
+	if err != nil {
+		return nil, err
+	}
+	return p.admitAnswer(ctx, req, c, published, mayFetch)
 }
 
 // openHot returns req's file from the hot tier, if it is there.

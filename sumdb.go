@@ -207,11 +207,30 @@ walk:
 var errUnverified = errors.New("not verified: the checksum database could not be reached")
 
 // verifies reports whether req's file is checked against the checksum
-// database before it is cached.
+// database before it is cached: Go toolchains always are (see
+// sumDBExempt).
 func (p *Proxy) verifies(req *request) bool {
-	return p.verifier != nil && (req.kind == kindMod || req.kind == kindZip) &&
-		!module.MatchPrefixPatterns(p.conf.goEnv.noSumDB, req.modPath) && !p.routeFor(req.modPath).private
+	return (req.kind == kindMod || req.kind == kindZip) && (isToolchain(req.modPath) || p.verifier != nil && !p.sumDBExempt(req.modPath))
 }
+
+// sumDBExempt reports whether GONOSUMDB (or GOPRIVATE) or a Private
+// route keeps modPath away from checksum databases. A Go toolchain never
+// is: the go command checks golang.org/toolchain against the checksum
+// database whatever GONOSUMDB says (toolchains cannot be listed in go.sum;
+// cmd/go/internal/modfetch.useSumDB), and so does the proxy.
+func (p *Proxy) sumDBExempt(modPath string) bool {
+	if isToolchain(modPath) {
+		return false
+	}
+	return module.MatchPrefixPatterns(p.conf.goEnv.noSumDB, modPath) || p.routeFor(modPath).private
+}
+
+// toolchainModule is the module of Go toolchains, which the go command
+// downloads through GOPROXY for GOTOOLCHAIN switches: versions such as
+// v0.0.1-go1.22.0.linux-amd64, a zip of a whole Go distribution.
+const toolchainModule = "golang.org/toolchain"
+
+func isToolchain(modPath string) bool { return modPath == toolchainModule }
 
 // recordPath is the database path of the record for req's module version.
 func recordPath(req *request) string {
@@ -224,7 +243,7 @@ func recordPath(req *request) string {
 // file, so that the lookup's round trip overlaps the download instead of
 // following it. The record lands in the cache, where verify finds it.
 func (p *Proxy) prefetchSumDBRecord(ctx context.Context, req *request) {
-	if !p.verifies(req) || p.verifier.broken.Load() != nil {
+	if !p.verifies(req) || p.verifier == nil || p.verifier.broken.Load() != nil {
 		return
 	}
 	go p.sumDBFile(ctx, p.verifier, recordPath(req))
@@ -239,6 +258,10 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) (err error
 	}
 	defer func() { p.reportVerification(req, err) }()
 	db := p.verifier
+	if db == nil {
+		// A toolchain with GOSUMDB=off: the go command refuses it too.
+		return failed(failUnverifiable, "%s@%s: Go toolchains are always verified against a checksum database, and GOSUMDB=off names none", req.modPath, req.version)
+	}
 	if report := db.broken.Load(); report != nil {
 		return failed(failUnverifiable,
 			"SECURITY ERROR: checksum database %s served inconsistent data earlier, so nothing is verified against it any more; %s@%s cannot be verified:\n%s",
@@ -249,7 +272,7 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) (err error
 	// here says whether the database is unreachable or lacks the module,
 	// which the client's flattened errors no longer tell apart.
 	if _, err := p.sumDBFile(ctx, db, recordPath(req)); err != nil {
-		if !notFound(err) && p.conf.allowUnverified {
+		if !notFound(err) && p.conf.allowUnverified && !isToolchain(req.modPath) {
 			p.logger().LogAttrs(ctx, slog.LevelWarn, "serving unverified", slog.String("module", req.modPath),
 				slog.String("version", req.version), slog.String("error", err.Error()))
 			return errUnverified
@@ -312,7 +335,11 @@ func (p *Proxy) reportVerification(req *request, err error) {
 	default:
 		return // the file could not be hashed: no check was made
 	}
-	p.conf.metrics.verification(VerificationMetric{DB: p.verifier.name, Kind: req.metricKind(), Outcome: outcome})
+	db := "off" // a toolchain with GOSUMDB=off
+	if p.verifier != nil {
+		db = p.verifier.name
+	}
+	p.conf.metrics.verification(VerificationMetric{DB: db, Kind: req.metricKind(), Outcome: outcome})
 }
 
 // lookup asks the database's client for the go.sum lines of path@version.

@@ -126,12 +126,19 @@ func runCacheOp(ctx context.Context, name string, args, env []string, stdin io.R
 	defer os.RemoveAll(directDir)
 	spec := rp.spec
 	spec.Scrub.Interval = 0 // the subcommand's own work only
-	p, err := newProxy(&spec, directDir, op.logger, nil, nil)
+	p, adm, err := newProxy(&spec, directDir, op.logger, nil, goproxy.Metrics{})
 	if err != nil {
 		return fmt.Errorf("%s: %w", cmpKeyOr(rp.key), err)
 	}
 	// Close waits for the files being stored.
 	defer p.Close()
+	if adm != nil && adm.feed != nil {
+		// The admission policy decides what a fill or an import brings
+		// in: its cooldown needs the index feed read first.
+		if err := adm.feed.Update(ctx); err != nil {
+			op.logger.Warn("reading the index feed of the admission policy", "error", err)
+		}
+	}
 	op.proxy = p
 	return desc.run(ctx, op)
 }

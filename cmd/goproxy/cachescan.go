@@ -45,11 +45,11 @@ type moduleSummary struct {
 	Bytes     int64 // of the versions' files and the module's lists, in both
 }
 
-// cacheStatsSource gives the status page what a repository's stores
-// hold: nil before the first walk. The library's metrics hook
-// (CacheSize, after eviction runs) can take over the totals; the module
-// list stays a walk (or the index feed).
-type cacheStatsSource interface {
+// storeWalkSource gives the status page what a walk of a repository's
+// stores found: nil before the first walk. The cache's size is the
+// newer of the walk's and the last eviction run's (cacheStatsSource);
+// the module list is the walk's.
+type storeWalkSource interface {
 	cacheSnapshot(repo string) *cacheSnapshot
 }
 
@@ -58,6 +58,8 @@ type cacheStatsSource interface {
 // asked for again at once (after an admin action changed it).
 type cacheScanner struct {
 	logger *slog.Logger
+	// measured, if set, is told the cache's size found by each walk.
+	measured func(repo string, size cacheSize)
 
 	mu    sync.Mutex
 	snaps map[string]*cacheSnapshot // by repository name
@@ -163,6 +165,11 @@ func (c *cacheScanner) scanRepo(ctx context.Context, r *repository) {
 	c.mu.Lock()
 	c.snaps[r.Name] = snap
 	c.mu.Unlock()
+	if c.measured != nil && err == nil && snap.Cached.Walkable {
+		// As of the walk's start: an eviction run that ended during it
+		// may have removed what it counted.
+		c.measured(r.Name, cacheSize{Bytes: snap.Cached.Bytes, Entries: snap.Cached.Entries, At: start, By: "walk", Known: true})
+	}
 }
 
 // scanStore walks a store, adding up its size into size and its modules

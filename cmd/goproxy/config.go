@@ -37,9 +37,7 @@ type Config struct {
 	Progress  ProgressConfig  `yaml:"progress" json:"progress"`
 	Status    StatusConfig    `yaml:"status_page" json:"status_page"`
 	Dialer    DialerConfig    `yaml:"dialer" json:"dialer"`
-	// Metrics is reserved for the Prometheus endpoint, which needs the
-	// library's metrics hook (not there yet).
-	Metrics MetricsConfig `yaml:"metrics,omitempty" json:"metrics,omitempty"`
+	Metrics   MetricsConfig   `yaml:"metrics" json:"metrics"`
 
 	// Users are the basic-auth identities, by name.
 	Users map[string]UserConfig `yaml:"users,omitempty" json:"users,omitempty"`
@@ -150,8 +148,31 @@ type StatusConfig struct {
 	PageSize int `yaml:"page_size" json:"page_size"`
 }
 
-// MetricsConfig is reserved for /metrics (issue 14): no key is accepted yet.
-type MetricsConfig struct{}
+// MetricsConfig is the Prometheus endpoint: what every repository's
+// Proxy measures (requests, upstream fetches, downloads, the cache,
+// eviction), with the Go runtime's and the process's figures.
+type MetricsConfig struct {
+	// Enabled serves the metrics. The status page's figures are kept
+	// either way.
+	Enabled bool `yaml:"enabled" json:"enabled"`
+	// Path is where they are served: on the server's addr, or on Addr
+	// when it is set.
+	Path string `yaml:"path" json:"path"`
+	// Access is who may read them: open (anyone who reaches the server),
+	// or admin (an identity with admin: true, by basic auth or bearer
+	// token, as Prometheus's scrape configuration can send).
+	Access string `yaml:"access" json:"access"`
+	// Addr, if set, serves the metrics on a listen address of their own
+	// (plain HTTP, only there), such as one that only the monitoring
+	// network reaches. Empty means the server's addr.
+	Addr string `yaml:"addr" json:"addr"`
+}
+
+// Metrics access levels (metrics.access).
+const (
+	metricsOpen  = "open"
+	metricsAdmin = "admin"
+)
 
 // DialerConfig is how the server reaches upstreams, checksum databases
 // and, through the go command, origin repositories.
@@ -260,9 +281,11 @@ type Repository struct {
 	Direct   DirectConfig   `yaml:"direct" json:"direct"`
 	Download DownloadConfig `yaml:"download" json:"download"`
 	Access   AccessConfig   `yaml:"access" json:"access"`
-	// Eviction is reserved for bounding the cache (issue 14): no key is
-	// accepted yet.
-	Eviction EvictionConfig `yaml:"eviction,omitempty" json:"eviction,omitempty"`
+	// Admission decides which module versions the repository serves,
+	// lists and fetches.
+	Admission AdmissionConfig `yaml:"admission" json:"admission"`
+	// Eviction bounds the cache (not the hosted store) by age and size.
+	Eviction EvictionConfig `yaml:"eviction" json:"eviction"`
 }
 
 // RouteConfig is a goproxy.Route.
@@ -347,8 +370,18 @@ type GrantConfig struct {
 	Administer bool   `yaml:"administer" json:"administer"`
 }
 
-// EvictionConfig is reserved for bounding the cache (issue 14).
-type EvictionConfig struct{}
+// EvictionConfig is goproxy.Eviction: it removes from a repository's
+// cache what has not been served for MaxAge, and keeps it under MaxBytes
+// (least recently served first). Zero values turn each limit off; both
+// off, nothing is removed.
+type EvictionConfig struct {
+	MaxAge   Duration `yaml:"max_age" json:"max_age"`
+	MaxBytes ByteSize `yaml:"max_bytes" json:"max_bytes"`
+	// Interval is the time between runs (0: an hour); a run also starts
+	// when what was stored takes the cache over MaxBytes, at most once a
+	// minute.
+	Interval Duration `yaml:"interval" json:"interval"`
+}
 
 // Repository types.
 const (
@@ -372,7 +405,8 @@ func defaultConfig() *Config {
 		Readyz: ReadyzConfig{Timeout: Duration(5 * time.Second)},
 		Progress: ProgressConfig{Mode: progressAuto, Interval: Duration(10 * time.Second),
 			MinSize: 16 << 20, MinDuration: Duration(10 * time.Second)},
-		Status: StatusConfig{ScanInterval: Duration(5 * time.Minute), PageSize: 100},
+		Status:  StatusConfig{ScanInterval: Duration(5 * time.Minute), PageSize: 100},
+		Metrics: MetricsConfig{Enabled: true, Path: "/metrics", Access: metricsOpen},
 	}
 }
 

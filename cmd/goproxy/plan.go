@@ -62,6 +62,8 @@ type proxySpec struct {
 	Direct                 goproxy.DirectOptions
 	Download               goproxy.DownloadOptions
 	Dialer                 dialerSpec
+	Admission              AdmissionConfig
+	Eviction               goproxy.Eviction
 }
 
 // scrubSpec is goproxy.ScrubOptions, its quarantine a directory.
@@ -90,8 +92,8 @@ var (
 )
 
 // reservedPrefixes are the server's own paths, which no repository may
-// shadow.
-var reservedPrefixes = []string{"/-", "/healthz", "/readyz", "/metrics"}
+// shadow. (The metrics' path is checked apart: it is configured.)
+var reservedPrefixes = []string{"/-", "/healthz", "/readyz"}
 
 // Validate checks the configuration, every problem at once (errors.Join),
 // each naming its key and, for keys from the config file, the file and
@@ -149,6 +151,7 @@ func newPlan(cfg *Config, src *configSources, env []string) (*plan, error) {
 	}
 	pl.identities = resolveIdentities(cfg, getenv, p)
 	dialer := resolveDialer(cfg.Dialer, getenv, p)
+	checkMetrics(cfg, pl.identities, p)
 
 	if len(cfg.Repositories) > 0 {
 		top := cfg.Repository
@@ -172,6 +175,7 @@ func newPlan(cfg *Config, src *configSources, env []string) (*plan, error) {
 		prefixes[r.Prefix] = cmpKey(key)
 		pl.repos = append(pl.repos, rp)
 	}
+	checkMetricsPath(cfg, pl.repos, p)
 	for i, a := range pl.repos {
 		for _, b := range pl.repos[i+1:] {
 			if a.Prefix != "/" && b.Prefix != "/" && (strings.HasPrefix(a.Prefix, b.Prefix+"/") || strings.HasPrefix(b.Prefix, a.Prefix+"/")) {
@@ -224,7 +228,8 @@ func isZeroRepository(r Repository) bool {
 		len(r.SumDBs) == 0 && r.SumDBTTL == 0 && !r.AllowUnverified && r.MutableTTL == 0 &&
 		r.NotFoundTTL == 0 && r.HotCacheBytes == 0 && !r.Offline && r.StaleWhileRevalidate == 0 && r.Scrub == (ScrubConfig{}) &&
 		r.Direct == (DirectConfig{}) &&
-		r.Download == (DownloadConfig{}) && r.Access.AnonymousRead == nil && len(r.Access.Grants) == 0
+		r.Download == (DownloadConfig{}) && r.Access.AnonymousRead == nil && len(r.Access.Grants) == 0 &&
+		r.Admission.isZero() && r.Eviction == (EvictionConfig{})
 }
 
 func checkTLS(t TLSConfig, p *problems) {
@@ -457,7 +462,10 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 			p.add(join(key, k), "must not be negative")
 		}
 	}
+	s.Eviction = resolveEviction(r.Eviction, key, p)
 	rp.auth = resolveAccess(r.Access, key, ids, p)
+	s.Admission = r.Admission
+	checkAdmission(&s.Admission, key, p)
 
 	if sameDir(rp.Cache, r.Hosted) {
 		p.add(join(key, "hosted"), "%s is also the cache: published versions must be kept apart from cached ones, which may be removed", r.Hosted)
@@ -466,7 +474,11 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	// The library has the last word on what it is given. (Init makes
 	// nothing on disk and starts nothing: that waits for the first
 	// request.)
-	if check, err := newProxy(s, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, nil); err != nil {
+	// (The admission policy is checked above: its vulnerability database
+	// need not be read twice.)
+	checked := *s
+	checked.Admission = AdmissionConfig{}
+	if check, _, err := newProxy(&checked, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, goproxy.Metrics{}); err != nil {
 		p.add(cmpKeyOr(key), "%v", err)
 	} else {
 		check.Close()
@@ -561,14 +573,15 @@ func resolveAccess(a AccessConfig, key string, ids *identities, p *problems) *go
 	return auth
 }
 
-// newProxy makes and initializes a repository's Proxy. progress, if not
-// nil, receives its download progress. (It is not in the spec: funcs do
-// not compare, and a kept Proxy keeps the hook it was made with.)
+// newProxy makes and initializes a repository's Proxy, and its admission
+// policy. metrics are its hooks, admission decisions included. (They are
+// not in the spec: funcs do not compare, and a kept Proxy keeps the hooks
+// it was made with, which are its repository's.)
 func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize func(*http.Request, goproxy.Operation, string) error,
-	progress func(module, version string, done, total int64)) (*goproxy.Proxy, error) {
+	metrics goproxy.Metrics) (*goproxy.Proxy, *admission, error) {
 	dialer, err := s.Dialer.dialer(s.Env)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var hosted goproxy.Cacher
 	if s.Hosted != "" {
@@ -576,8 +589,6 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 	}
 	direct := s.Direct
 	direct.Dir = directDir
-	download := s.Download
-	download.Progress = progress
 	p := &goproxy.Proxy{
 		Cacher:          goproxy.DirCacher(s.Cache),
 		Hosted:          hosted,
@@ -593,7 +604,9 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 		HotCacheBytes:   s.HotCacheBytes,
 		Offline:         s.Offline,
 		Direct:          direct,
-		Download:        download,
+		Download:        s.Download,
+		Eviction:        s.Eviction,
+		Metrics:         metrics,
 		Authorize:       authorize,
 		Logger:          logger,
 
@@ -603,10 +616,15 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 	if s.Scrub.Quarantine != "" {
 		p.Scrub.Quarantine = goproxy.DirCacher(s.Scrub.Quarantine)
 	}
+	adm := newAdmission(s.Admission, p, logger)
 	if err := p.Init(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return p, nil
+	if err := adm.connect(p); err != nil {
+		p.Close()
+		return nil, nil, err
+	}
+	return p, adm, nil
 }
 
 // dialer makes the Dialer of the spec. env gives the proxy variables
