@@ -223,8 +223,8 @@ type Proxy struct {
 	publishing    keyedMutex
 	feed          *indexLog // the /index feed
 	downloads     downloadTracker
-	revalidating  sync.Map   // names of stale entries being fetched again in the background
-	scrubbing     sync.Mutex // held by the scrub running
+	revalidating  sync.Map         // names of stale entries being fetched again in the background
+	scrubbing     sync.Mutex       // held by the scrub running
 	firstSeen     *firstSeenRecord // nil without Admission
 	client        *http.Client     // the upstreams' client; see Client
 
