@@ -5,12 +5,15 @@ import (
 	"context"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/goproxy-team/goproxy/internal/gocmdtest"
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // runOp runs a subcommand in process, as main would, returning its
@@ -121,5 +124,52 @@ func TestSubcommandsCarryAGraphAcrossAnAirGapToAnOfflineServer(t *testing.T) {
 	}
 	if n := strings.Count(string(data), `"action":"scrub"`); n != 2 {
 		t.Errorf("%d scrubs audited, want 2:\n%s", n, data)
+	}
+}
+
+// TestFillKilledMidwayResumesFromItsJournal kills a goproxy fill process
+// (SIGKILL) while the upstream holds one of its downloads: run again with
+// the same journal, the fill skips the versions the first one finished and
+// fetches the rest.
+func TestFillKilledMidwayResumesFromItsJournal(t *testing.T) {
+	bin := buildServer(t)
+	vs := moduletest.Graph(12)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	held := "/" + moduletest.GraphPath(6) + "/@v/"
+	release := make(chan struct{})
+	defer close(release)
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.HasPrefix(r.URL.Path, held) && strings.HasSuffix(r.URL.Path, ".zip") {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+		return false
+	})
+	dir := t.TempDir()
+	gomod := writeFile(t, filepath.Join(dir, "go.mod"), string(moduletest.RootGoMod(vs)))
+	journal := filepath.Join(dir, "fill.journal")
+	cache := filepath.Join(dir, "cache")
+	env := []string{"GOPROXY=" + up.URL, "GOSUMDB=off", "TMPDIR=" + t.TempDir(), "HOME=" + t.TempDir(), "PATH=" + os.Getenv("PATH")}
+	cmd := exec.Command(bin, "fill", "-cache", cache, "-journal", journal, "-concurrency", "1", gomod)
+	cmd.Env = env
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, func() bool {
+		data, _ := os.ReadFile(journal)
+		return strings.Count(string(data), "\ndone ") >= 3 && up.Requests(held+"v1.0.0.zip")+up.Requests(held+"v1.1.0.zip") > 0
+	})
+	cmd.Process.Kill()
+	cmd.Wait()
+	data, _ := os.ReadFile(journal)
+	done := strings.Count(string(data), "\ndone ")
+	up.SetHandlerHook(nil)
+
+	out, _, err := runOp(t, env, "fill", "-cache", cache, "-journal", journal, gomod)
+	if err != nil || !strings.Contains(out, ", 0 failed, "+strconv.Itoa(done)+" done before (journal)") {
+		t.Errorf("the fill run again: %v\n%s", err, out)
 	}
 }
