@@ -47,14 +47,14 @@ var ErrLeaseHeld = errors.New("lease held by another")
 // lease named "eviction" before each eviction run, so that the proxies take
 // turns.
 //
-// AcquireLease returns a release function, which the holder calls when
+// HoldLease returns a release function, which the holder calls when
 // done; until then the implementation keeps the lease alive, however long
 // that takes. When another holds the lease, the error wraps ErrLeaseHeld;
 // any other error means the store failed, and the proxy goes on without
 // the lease (a fetch then costs an upstream request per proxy, never a
 // wrong answer). release must be safe to call more than once.
 type CacheLeaser interface {
-	AcquireLease(ctx context.Context, name string) (release func(), err error)
+	HoldLease(ctx context.Context, name string) (release func(), err error)
 }
 
 // CacheRedirector is a [Cacher] whose entries clients can download from

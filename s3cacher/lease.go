@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
+
+	"github.com/goproxy-team/goproxy"
 )
 
 // leaseDir is where leases live, under Prefix. Its leading dot keeps them
@@ -55,8 +57,11 @@ func (e *LeaseHeldError) Error() string {
 	return fmt.Sprintf("s3cacher: lease %s is held by %q for %v more", e.Name, e.Holder, e.Remaining)
 }
 
-// Is makes errors.Is(err, ErrLeaseHeld) true.
-func (e *LeaseHeldError) Is(target error) bool { return target == ErrLeaseHeld }
+// Is makes errors.Is(err, ErrLeaseHeld) and errors.Is(err,
+// goproxy.ErrLeaseHeld) true.
+func (e *LeaseHeldError) Is(target error) bool {
+	return target == ErrLeaseHeld || target == goproxy.ErrLeaseHeld
+}
 
 // Lease is a claim on a name that several proxies sharing the bucket
 // honour: for one fetching a file while the others wait for it, or one
@@ -270,4 +275,63 @@ func (l *Lease) rewrite(ctx context.Context, op string, released bool) error {
 		l.deadline = sent
 	}
 	return nil
+}
+
+// HoldLease implements [goproxy.CacheLeaser]: it acquires the lease for
+// Holder with LeaseTTL and renews it every third of LeaseTTL until release,
+// which removes the lease object, so that the bucket does not keep one per
+// file ever fetched. The removal is a DELETE with If-Match on the lease's
+// last write: where the store ignores the condition (MinIO), a lease taken
+// over after this one expired unrenewed could be removed with it, which
+// for the proxy costs at most a second fetch of one file or an eviction
+// run beside another, never a wrong answer. A lease lost to a takeover is
+// left alone.
+func (c *Cacher) HoldLease(ctx context.Context, name string) (release func(), err error) {
+	if err := c.Init(); err != nil {
+		return nil, err
+	}
+	l, err := c.AcquireLease(ctx, name, c.holder, c.leaseTTL)
+	if err != nil {
+		return nil, err
+	}
+	stop := make(chan struct{})
+	done := make(chan bool, 1) // whether the lease is still held
+	go func() { done <- l.keep(stop) }()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			close(stop)
+			if !<-done {
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+			defer cancel()
+			l.mu.Lock()
+			etag := l.etag
+			l.mu.Unlock()
+			c.deleteIfMatch(ctx, l.key, trimETag(etag))
+		})
+	}, nil
+}
+
+// keep renews l every third of its TTL until stop is closed, and reports
+// whether l is still held then. A renewal under way when stop closes is
+// finished first, so that the lease's last write is known.
+func (l *Lease) keep(stop <-chan struct{}) bool {
+	tick := time.NewTicker(l.TTL / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return true
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), l.Deadline())
+		err := l.Renew(ctx)
+		cancel()
+		if err != nil && (errors.Is(err, ErrLeaseLost) || !time.Now().Before(l.Deadline())) {
+			<-stop
+			return false
+		}
+	}
 }

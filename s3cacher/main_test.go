@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/goproxy-team/goproxy/s3cacher/internal/miniotest"
 )
@@ -103,6 +104,8 @@ func cacherFor(t testing.TB, s *miniotest.Server, bucket, prefix string, configu
 		Region:          "us-east-1",
 		AccessKeyID:     miniotest.AccessKey,
 		SecretAccessKey: miniotest.SecretKey,
+		// The contract tests look at last uses a second apart.
+		UsePrecision: time.Second,
 	}
 	for _, f := range configure {
 		f(c)
