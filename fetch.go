@@ -139,11 +139,13 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 		return nil, nil, err
 	}
 	var storeLater func(context.Context, *fetched)
+	var claim *fetchClaim // taken by the fetch, given up once the file is stored
 	if !req.mutable() {
 		// Immutable files are stored while the waiting clients are
 		// served: a write (and its fsync) to a disk or an object store
 		// need not delay them, and any copy is as good as another.
 		storeLater = func(ctx context.Context, f *fetched) {
+			defer claim.done()
 			ctx, cancel := context.WithTimeout(ctx, p.conf.download.Timeout)
 			defer cancel()
 			p.store(ctx, req, f)
@@ -153,32 +155,52 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 		ctx = withEgressModule(ctx, req.modPath)
 		ctx, cancel := context.WithTimeout(ctx, p.conf.download.Timeout)
 		defer cancel()
-		if storeLater != nil {
-			// A fetch that ended just before this one started stored
-			// the file after the caller looked for it.
-			if cf, err := p.conf.cacher.Get(ctx, req.name); err == nil {
-				cf.Close()
-				return nil, errStoredMeanwhile
-			}
+		if storeLater == nil {
+			return p.fetchFromSources(ctx, req)
 		}
-		var f *fetched
+		// A fetch that ended just before this one started stored the
+		// file after the caller looked for it.
+		if cf, err := p.conf.cacher.Get(ctx, req.name); err == nil {
+			cf.Close()
+			return nil, errStoredMeanwhile
+		}
+		// Other proxies sharing the cache may be fetching it.
 		var err error
-		if req.kind == kindSumDB {
-			f, err = p.fetchFromSumDB(ctx, req)
-		} else {
-			f, err = p.fetchFromUpstreams(ctx, req)
+		if claim, err = p.claimFetch(ctx, req); err != nil {
+			return nil, err
 		}
-		if remembered(err) {
-			p.notFound.put(req.name, err)
-		}
-		if err == nil && req.mutable() {
-			// Stored before anyone is served, so that a later fetch's
-			// newer answer can never be overwritten by this one.
-			p.store(ctx, req, f)
-		}
+		handedOver := false // to storeLater, which runs after a success
+		defer func() {
+			if !handedOver {
+				claim.done()
+			}
+		}()
+		f, err := p.fetchFromSources(ctx, req)
+		handedOver = err == nil
 		return f, err
 	}, storeLater)
 	return f, release, err
+}
+
+// fetchFromSources gets req's file from the checksum database or the
+// upstreams, remembering a lasting failure, and stores a mutable file.
+func (p *Proxy) fetchFromSources(ctx context.Context, req *request) (*fetched, error) {
+	var f *fetched
+	var err error
+	if req.kind == kindSumDB {
+		f, err = p.fetchFromSumDB(ctx, req)
+	} else {
+		f, err = p.fetchFromUpstreams(ctx, req)
+	}
+	if remembered(err) {
+		p.notFound.put(req.name, err)
+	}
+	if err == nil && req.mutable() {
+		// Stored before anyone is served, so that a later fetch's
+		// newer answer can never be overwritten by this one.
+		p.store(ctx, req, f)
+	}
+	return f, err
 }
 
 // errStoredMeanwhile tells the callers of a fetch that the file is in the

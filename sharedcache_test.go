@@ -1,0 +1,240 @@
+package goproxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"golang.org/x/mod/module"
+
+	"github.com/goproxy-team/goproxy/internal/moduletest"
+)
+
+// leasingStore is a MemCacher shared by several Proxies in one test, with
+// the leases of a store shared by proxies (what s3cacher does with the
+// bucket; its tests run these rules against MinIO). Leases never lapse
+// here: holders are released by the test or by the proxy.
+type leasingStore struct {
+	*MemCacher
+	mu     sync.Mutex
+	leases map[string]int // name → holder's serial
+	serial int
+	taken  atomic.Int64
+	fail   atomic.Bool // the store's leases fail
+}
+
+func newLeasingStore() *leasingStore {
+	return &leasingStore{MemCacher: &MemCacher{}, leases: map[string]int{}}
+}
+
+func (s *leasingStore) HoldLease(ctx context.Context, name string) (func(), error) {
+	if s.fail.Load() {
+		return nil, errors.New("the store is down")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, held := s.leases[name]; held {
+		return nil, fmt.Errorf("%s: %w", name, ErrLeaseHeld)
+	}
+	s.serial++
+	id := s.serial
+	s.leases[name] = id
+	s.taken.Add(1)
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.leases[name] == id {
+			delete(s.leases, name)
+		}
+	}, nil
+}
+
+func (s *leasingStore) held(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.leases[name]
+	return ok
+}
+
+func TestProxiesSharingAStoreFetchEachFileOnce(t *testing.T) {
+	vs := moduletest.Graph(10)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	store := newLeasingStore()
+	var proxies []http.Handler
+	for range 3 {
+		p := newTestProxy(t, up.URL)
+		p.Cacher = store
+		proxies = append(proxies, p)
+	}
+	var paths []string
+	for _, v := range vs {
+		for _, ext := range []string{".info", ".mod", ".zip"} {
+			paths = append(paths, "/"+escapedName(v, ext))
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range 60 {
+		wg.Go(func() {
+			for k := range paths {
+				path := paths[(i+k)%len(paths)]
+				w := httptest.NewRecorder()
+				proxies[i%len(proxies)].ServeHTTP(w, httptest.NewRequest("GET", path, nil))
+				if w.Code != http.StatusOK {
+					t.Errorf("GET %s: %d %s", path, w.Code, w.Body)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, path := range paths {
+		if n := up.Requests(path); n != 1 {
+			t.Errorf("%s was fetched %d times from the upstream by three proxies, want once", path, n)
+		}
+	}
+	if store.taken.Load() == 0 {
+		t.Error("no fetch took a lease")
+	}
+	for _, path := range paths {
+		if store.held("fetch" + path) {
+			t.Errorf("the lease on fetching %s is still held", path)
+		}
+	}
+}
+
+func TestAProxyWaitsForAnotherProxysFetchThenServesWhatItStored(t *testing.T) {
+	v := moduletest.Graph(10)[0]
+	up := moduletest.NewServer([]*moduletest.Version{v})
+	defer up.Close()
+	store := newLeasingStore()
+	p := newTestProxy(t, up.URL)
+	p.Cacher = store
+	name := escapedName(v, ".zip")
+	// Another proxy is fetching the zip.
+	release, err := store.HoldLease(t.Context(), "fetch/"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *httptest.ResponseRecorder)
+	go func() {
+		w := httptest.NewRecorder()
+		p.ServeHTTP(w, httptest.NewRequest("GET", "/"+name, nil))
+		done <- w
+	}()
+	// It stores the zip and gives the lease up.
+	store.Put(t.Context(), name, bytes.NewReader(v.Zip))
+	release()
+	w := <-done
+	if w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), v.Zip) {
+		t.Fatalf("GET while another proxy fetched: %d, %d bytes", w.Code, w.Body.Len())
+	}
+	if n := up.Requests("/" + name); n != 0 {
+		t.Errorf("the waiting proxy fetched the zip %d times itself", n)
+	}
+}
+
+func TestAProxyTakesOverAFetchAnotherProxyGaveUp(t *testing.T) {
+	v := moduletest.Graph(10)[0]
+	up := moduletest.NewServer([]*moduletest.Version{v})
+	defer up.Close()
+	store := newLeasingStore()
+	p := newTestProxy(t, up.URL)
+	p.Cacher = store
+	name := escapedName(v, ".zip")
+	release, err := store.HoldLease(t.Context(), "fetch/"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *httptest.ResponseRecorder)
+	go func() {
+		w := httptest.NewRecorder()
+		p.ServeHTTP(w, httptest.NewRequest("GET", "/"+name, nil))
+		done <- w
+	}()
+	release() // its fetch failed: nothing stored
+	w := <-done
+	if w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), v.Zip) {
+		t.Fatalf("GET after the other proxy gave up: %d, %d bytes", w.Code, w.Body.Len())
+	}
+	if n := up.Requests("/" + name); n != 1 {
+		t.Errorf("the zip was fetched %d times, want once, by the proxy that took over", n)
+	}
+}
+
+func TestAStoreWhoseLeasesFailIsBypassed(t *testing.T) {
+	v := moduletest.Graph(10)[0]
+	up := moduletest.NewServer([]*moduletest.Version{v})
+	defer up.Close()
+	store := newLeasingStore()
+	store.fail.Store(true)
+	p := newTestProxy(t, up.URL)
+	p.Cacher = store
+	w := httptest.NewRecorder()
+	p.ServeHTTP(w, httptest.NewRequest("GET", "/"+escapedName(v, ".zip"), nil))
+	if w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), v.Zip) {
+		t.Fatalf("GET with failing leases: %d, %d bytes", w.Code, w.Body.Len())
+	}
+}
+
+func TestProxiesSharingAHostedStorePublishOneVersionOnce(t *testing.T) {
+	hosted := DirCacher(filepath.Join(t.TempDir(), "hosted"))
+	var proxies []*Proxy
+	for range 2 {
+		p := newTestProxy(t, "off")
+		p.Hosted = hosted
+		proxies = append(proxies, p)
+	}
+	for round := range 8 {
+		version := fmt.Sprintf("v1.0.%d", round)
+		zips := [][]byte{corpZip(t, version, "from proxy 0"), corpZip(t, version, "from proxy 1")}
+		errs := make([]error, 2)
+		var wg sync.WaitGroup
+		for i, p := range proxies {
+			wg.Go(func() { errs[i] = p.Publish(t.Context(), "corp.example.com/lib", version, bytes.NewReader(zips[i])) })
+		}
+		wg.Wait()
+		winner := -1
+		for i, err := range errs {
+			switch {
+			case err == nil && winner < 0:
+				winner = i
+			case err == nil:
+				t.Fatalf("%s: both proxies published different bytes", version)
+			case !errors.Is(err, ErrVersionConflict):
+				t.Fatalf("%s: proxy %d: %v, want success or ErrVersionConflict", version, i, err)
+			}
+		}
+		if winner < 0 {
+			t.Fatalf("%s: neither proxy published: %v", version, errs)
+		}
+		cf, err := hosted.Get(t.Context(), "corp.example.com/lib/@v/"+version+".zip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(cf)
+		cf.Close()
+		if !bytes.Equal(got, zips[winner]) {
+			t.Errorf("%s: the stored zip is not the winner's", version)
+		}
+		// Publishing the winner's bytes again through the other proxy
+		// succeeds and changes nothing.
+		if err := proxies[1-winner].Publish(t.Context(), "corp.example.com/lib", version, bytes.NewReader(zips[winner])); err != nil {
+			t.Errorf("%s: publishing the same bytes again: %v", version, err)
+		}
+	}
+}
+
+// escapedName is the cache name of v's file with extension ext.
+func escapedName(v *moduletest.Version, ext string) string {
+	escPath, _ := module.EscapePath(v.Path)
+	escVersion, _ := module.EscapeVersion(v.Version)
+	return escPath + "/@v/" + escVersion + ext
+}
