@@ -134,6 +134,12 @@ type Proxy struct {
 	// resumption and concurrency. The zero value gives sensible defaults.
 	Download DownloadOptions
 
+	// Redirect answers requests for cached zips with a redirect to the
+	// store, so that the bytes flow from it rather than through the proxy,
+	// when the Cacher is a [CacheRedirector]. Off by default; see
+	// [DownloadRedirect].
+	Redirect DownloadRedirect
+
 	// Logger receives one line per upstream fetch, and one per answer at
 	// debug level, saying where the file came from. If nil,
 	// [slog.Default] is used.
@@ -179,6 +185,9 @@ func (p *Proxy) init() error {
 	p.conf = conf
 	if sameStore(conf.cacher, conf.hosted) {
 		return errors.New("goproxy: Hosted and Cacher must be different stores: published versions would be evicted or removed with cached ones")
+	}
+	if err := conf.redirect.check(conf.cacher); err != nil {
+		return fmt.Errorf("goproxy: %w", err)
 	}
 	if p.egress, err = newEgressPolicy(conf.egress, conf.logger); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
@@ -309,6 +318,10 @@ func (p *Proxy) serveRead(w http.ResponseWriter, r *http.Request, req *request) 
 		return
 	}
 	defer c.close()
+	if p.redirect(w, r, req, c) {
+		p.answered(r, req, c.from.String(), http.StatusTemporaryRedirect)
+		return
+	}
 	status := p.serve(w, r, req, c)
 	p.answered(r, req, c.from.String(), status)
 }

@@ -93,6 +93,7 @@ type config struct {
 	tempDir                           string
 	download                          DownloadOptions
 	direct                            DirectOptions
+	redirect                          DownloadRedirect
 }
 
 // configure copies the exported fields into a config, applying the
@@ -113,6 +114,7 @@ func (p *Proxy) configure() (*config, error) {
 		hotCacheBytes:   p.HotCacheBytes,
 		allowUnverified: p.AllowUnverified,
 		tempDir:         p.TempDir,
+		redirect:        p.Redirect.withDefaults(),
 	}
 	c.env = c.proxyEnv
 	if c.env == nil {
