@@ -82,6 +82,14 @@ type evictor struct {
 	now     func() time.Time
 	minGap  time.Duration // minTriggerGap, shorter in tests
 
+	// lease takes the eviction lease of a store shared with other
+	// proxies (a CacheLeaser), nil for others; leased releases it once
+	// taken. The lease is kept from run to run: the proxy that has it
+	// evicts for all, every Interval, and another takes over when it
+	// stops or dies.
+	lease  func(ctx context.Context, name string) (func(), error)
+	leased func()
+
 	total   atomic.Int64 // the last run's total, -1 before the first
 	stored  atomic.Int64 // bytes stored since the last run began
 	trigger chan struct{}
@@ -103,6 +111,9 @@ func newEvictor(cfg Eviction, c Cacher, inUse func(string) bool, logger *slog.Lo
 	e := &evictor{cfg: cfg, walker: walker, inUse: inUse, logger: logger, metrics: metrics,
 		now: time.Now, minGap: minTriggerGap, trigger: make(chan struct{}, 1)}
 	e.total.Store(-1)
+	if l, ok := c.(CacheLeaser); ok {
+		e.lease = l.HoldLease
+	}
 	switch d := c.(type) {
 	case CacheUnchangedDeleter:
 		e.delete = d.DeleteUnchanged
@@ -155,12 +166,35 @@ func (e *evictor) start() {
 	}()
 }
 
-// stop ends the runs, interrupting one under way.
+// stop ends the runs, interrupting one under way, and gives the eviction
+// lease up.
 func (e *evictor) stop() {
 	if e.cancel != nil {
 		e.cancel()
 		<-e.done
 	}
+	if e.leased != nil {
+		e.leased()
+		e.leased = nil
+	}
+}
+
+// ourTurn reports whether this proxy is to evict: always, unless the
+// store is shared with other proxies and another has the eviction lease.
+func (e *evictor) ourTurn(ctx context.Context) (bool, error) {
+	if e.lease == nil || e.leased != nil {
+		return true, nil
+	}
+	release, err := e.lease(ctx, "eviction")
+	if errors.Is(err, ErrLeaseHeld) {
+		e.logger.LogAttrs(ctx, slog.LevelDebug, "eviction left to another proxy sharing the cache", slog.String("lease", err.Error()))
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("taking the eviction lease: %w", err)
+	}
+	e.leased = release
+	return true, nil
 }
 
 // noteStored counts a write of size bytes, starting a run if it takes the
@@ -205,9 +239,15 @@ type evictionUnit struct {
 // sorting those finds the last use below which units must go, and a second
 // pass removes them. Memory thus stays small with millions of entries, and
 // anything used between the passes is spared.
+//
+// Of several proxies sharing a store with leases, only the one holding
+// the eviction lease runs; the others' runs do nothing.
 func (e *evictor) run(ctx context.Context) (evictionRun, error) {
-	e.stored.Store(0)
 	var res evictionRun
+	if ours, err := e.ourTurn(ctx); !ours {
+		return res, err
+	}
+	e.stored.Store(0)
 	now := e.now()
 	type usage struct {
 		lastUse int64

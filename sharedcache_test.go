@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/mod/module"
 
@@ -237,4 +238,38 @@ func escapedName(v *moduletest.Version, ext string) string {
 	escPath, _ := module.EscapePath(v.Path)
 	escVersion, _ := module.EscapeVersion(v.Version)
 	return escPath + "/@v/" + escVersion + ext
+}
+
+func TestEvictionOfAStoreSharedByProxiesRunsInOneAtATime(t *testing.T) {
+	ctx := context.Background()
+	store := newLeasingStore()
+	putAll(t, store, testVersionFiles("example.com/old", "v1.0.0", 100))
+	now := time.Now()
+	cfg := Eviction{MaxAge: time.Hour}
+	a := testEvictor(t, cfg, store, now.Add(2*time.Hour))
+	b := testEvictor(t, cfg, store, now.Add(2*time.Hour))
+	if res, err := a.run(ctx); err != nil || res.Removed != 3 {
+		t.Fatalf("the first proxy's run: %+v, %v; want the old version's 3 files removed", res, err)
+	}
+	putAll(t, store, testVersionFiles("example.com/old", "v1.1.0", 100))
+	if res, err := b.run(ctx); err != nil || res.Removed != 0 || len(cachedSet(t, store)) != 3 {
+		t.Fatalf("another proxy's run while the first holds the lease: %+v, %v; want nothing done", res, err)
+	}
+	// The first keeps the lease from run to run, until it stops.
+	if res, err := a.run(ctx); err != nil || res.Removed != 3 {
+		t.Fatalf("the first proxy's second run: %+v, %v", res, err)
+	}
+	a.stop()
+	putAll(t, store, testVersionFiles("example.com/old", "v1.2.0", 100))
+	if res, err := b.run(ctx); err != nil || res.Removed != 3 {
+		t.Fatalf("the other proxy's run once the first stopped: %+v, %v", res, err)
+	}
+	b.stop()
+	if store.held("eviction") {
+		t.Error("the eviction lease is still held after both stopped")
+	}
+	store.fail.Store(true)
+	if _, err := a.run(ctx); err == nil {
+		t.Error("a run whose lease the store failed to grant reported no error")
+	}
 }
