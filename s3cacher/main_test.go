@@ -23,7 +23,7 @@ import (
 func TestMain(m *testing.M) {
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if k == miniotest.EnvBinary || k == miniotest.EnvRequire {
+		if k == miniotest.EnvBinary || k == miniotest.EnvRequire || k == replicaEnv {
 			continue
 		}
 		if (strings.HasPrefix(k, "GO") && k != "GOROOT" && k != "GOCACHE" && k != "GOPATH" && k != "GOMODCACHE") ||
@@ -43,6 +43,9 @@ func TestMain(m *testing.M) {
 			return nil, fmt.Errorf("test dialed %s: tests may only reach loopback", addr)
 		}
 		return dialer.DialContext(ctx, network, addr)
+	}
+	if cfg := os.Getenv(replicaEnv); cfg != "" {
+		os.Exit(runReplica(cfg))
 	}
 	code := m.Run()
 	if s := shared.server; s != nil {
