@@ -19,11 +19,14 @@ import (
 // dies (the lease lapses): whichever way, one fetch at a time per file,
 // and every proxy answers with the bytes in the store.
 
-// fetchLeaseFirstPause and fetchLeaseMaxPause bound the pauses between two
-// looks at the store while another proxy fetches.
+// While another proxy holds the lease, the store is looked at (a Stat)
+// after pauses growing from fetchLeaseFirstPause to fetchLeaseMaxPause, and
+// the lease asked for (two requests, where a Stat is one) every
+// fetchLeaseRetry, to take it over once its holder gives it up or dies.
 const (
-	fetchLeaseFirstPause = 50 * time.Millisecond
-	fetchLeaseMaxPause   = time.Second
+	fetchLeaseFirstPause = 20 * time.Millisecond
+	fetchLeaseMaxPause   = 250 * time.Millisecond
+	fetchLeaseRetry      = time.Second
 )
 
 // fetchClaim is this proxy's lease on fetching one file. Its zero value
@@ -51,6 +54,7 @@ func (p *Proxy) claimFetch(ctx context.Context, req *request) (*fetchClaim, erro
 	pause := fetchLeaseFirstPause
 	start := time.Now()
 	for waited := false; ; waited = true {
+		asked := time.Now()
 		release, err := leaser.HoldLease(ctx, name)
 		switch {
 		case err == nil:
@@ -74,18 +78,20 @@ func (p *Proxy) claimFetch(ctx context.Context, req *request) (*fetchClaim, erro
 			p.logger().LogAttrs(ctx, slog.LevelDebug, "waiting for another proxy sharing the cache to fetch",
 				slog.String("file", req.name), slog.String("lease", err.Error()))
 		}
-		// A pause of pause ± a quarter, so that waiting proxies do not
-		// look all at once.
-		wait := pause*3/4 + rand.N(pause/2+1)
-		select {
-		case <-ctx.Done():
-			return nil, failed(failTimedOut, "%s: waiting for another proxy sharing the cache to fetch it: %w", req, ctx.Err())
-		case <-time.After(wait):
+		for time.Since(asked) < fetchLeaseRetry {
+			// A pause of pause ± a quarter, so that waiting proxies do
+			// not look all at once.
+			wait := pause*3/4 + rand.N(pause/2+1)
+			select {
+			case <-ctx.Done():
+				return nil, failed(failTimedOut, "%s: waiting for another proxy sharing the cache to fetch it: %w", req, ctx.Err())
+			case <-time.After(wait):
+			}
+			if p.cached(ctx, req) {
+				return nil, errStoredMeanwhile
+			}
+			pause = min(2*pause, fetchLeaseMaxPause)
 		}
-		if p.cached(ctx, req) {
-			return nil, errStoredMeanwhile
-		}
-		pause = min(2*pause, fetchLeaseMaxPause)
 	}
 }
 
