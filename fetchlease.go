@@ -73,6 +73,7 @@ func (p *Proxy) claimFetch(ctx context.Context, req *request) (*fetchClaim, erro
 		case !errors.Is(err, ErrLeaseHeld):
 			p.logger().LogAttrs(ctx, slog.LevelWarn, "fetch lease failed, fetching without it",
 				slog.String("file", req.name), slog.String("error", err.Error()))
+			p.conf.metrics.storeError(StoreErrorMetric{Role: StoreCache, Op: StoreLease})
 			return nil, nil
 		case !waited:
 			p.logger().LogAttrs(ctx, slog.LevelDebug, "waiting for another proxy sharing the cache to fetch",

@@ -21,6 +21,8 @@ type flightGroup struct {
 
 	mu      sync.Mutex
 	flights map[string]*flight
+	closed  bool           // close was called: no new flights
+	running sync.WaitGroup // run and background goroutines
 }
 
 // abandonedMinBytes is the least a download nobody waits for must bring
@@ -57,7 +59,12 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 		g.flights = make(map[string]*flight)
 	}
 	fl, ok := g.flights[key]
+	if !ok && g.closed {
+		g.mu.Unlock()
+		return nil, func() {}, errClosed
+	}
 	if !ok {
+		g.running.Add(1)
 		fl = &flight{done: make(chan struct{})}
 		g.flights[key] = fl
 		fctx, meter := withProgressMeter(context.WithoutCancel(ctx))
@@ -126,6 +133,7 @@ func (g *flightGroup) watch(fl *flight) {
 }
 
 func (g *flightGroup) run(ctx context.Context, key string, fl *flight, fn func(context.Context) (*fetched, error), background func(context.Context, *fetched)) {
+	defer g.running.Done()
 	// fn runs on a goroutine of its own, where a panic would end the
 	// whole process.
 	var res *fetched
@@ -139,7 +147,9 @@ func (g *flightGroup) run(ctx context.Context, key string, fl *flight, fn func(c
 	fl.res, fl.err, fl.ended = res, err, true
 	if err == nil && background != nil {
 		fl.users++ // held by the background work
+		g.running.Add(1)
 		go func() {
+			defer g.running.Done()
 			background(ctx, res)
 			g.mu.Lock()
 			delete(g.flights, key)
@@ -154,6 +164,18 @@ func (g *flightGroup) run(ctx context.Context, key string, fl *flight, fn func(c
 	}
 	g.mu.Unlock()
 	close(fl.done)
+}
+
+// close cancels the calls running, refuses new ones, and waits for the
+// running ones and for their background work to end.
+func (g *flightGroup) close() {
+	g.mu.Lock()
+	g.closed = true
+	for _, fl := range g.flights {
+		fl.cancel(errClosed)
+	}
+	g.mu.Unlock()
+	g.running.Wait()
 }
 
 // users reports how many callers share the running flight for key; tests

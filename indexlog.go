@@ -132,8 +132,10 @@ func (x *indexLog) prepare(ctx context.Context) error {
 		if errors.Is(err, fs.ErrExist) {
 			err = nil // another process created it first; append ours below
 		} else if err == nil {
-			x.logger.LogAttrs(ctx, slog.LevelInfo, "created the index feed from the cache",
-				slog.Int("versions", len(entries)), slog.Duration("took", time.Since(start)))
+			if len(entries) > 0 { // a cache that predates the feed: worth a line
+				x.logger.LogAttrs(ctx, slog.LevelInfo, "created the index feed from the cache",
+					slog.Int("versions", len(entries)), slog.Duration("took", time.Since(start)))
+			}
 			walked = nil
 		}
 	}

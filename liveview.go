@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"slices"
@@ -8,6 +9,56 @@ import (
 	"sync/atomic"
 	"time"
 )
+
+// LiveView returns what the Proxy is doing now: the downloads from its
+// upstreams in flight, and the latest that failed. It is cheap enough to
+// call every second for a status page or progress bars; before Init it
+// is empty.
+func (p *Proxy) LiveView() LiveView {
+	return p.downloads.view()
+}
+
+// trackFetch registers a fetch of req's file from upstream (a name
+// without credentials) with the live view and the Download metric. The
+// context it returns carries the download to the engine, which counts its
+// bytes, size and retries into it; done ends it and reports the
+// UpstreamFetch metric.
+func (p *Proxy) trackFetch(ctx context.Context, req *request, upstream string) (context.Context, func(f *fetched, err error)) {
+	start := time.Now()
+	d := p.downloads.start(req.modPath, req.version, req.metricKind(), upstream, func() int { return p.flights.users(req.name) })
+	fctx := context.WithValue(ctx, trackedKey{}, d)
+	return fctx, func(f *fetched, err error) {
+		p.downloads.finish(d, err)
+		outcome, status := fetchOutcome(fctx, err)
+		if upstream == "direct" {
+			status = 0
+		}
+		var size int64
+		if f != nil {
+			size = f.size
+		}
+		p.conf.metrics.upstreamFetch(UpstreamFetchMetric{Upstream: upstream, Kind: d.kind, Outcome: outcome, Status: status,
+			Bytes: size, Duration: time.Since(start)})
+	}
+}
+
+type trackedKey struct{}
+
+// trackedFrom returns the download ctx carries, or nil; a nil download
+// counts nothing.
+func trackedFrom(ctx context.Context) *trackedDownload {
+	d, _ := ctx.Value(trackedKey{}).(*trackedDownload)
+	return d
+}
+
+// untracked returns ctx without its download, for requests that are not
+// part of it.
+func untracked(ctx context.Context) context.Context {
+	if trackedFrom(ctx) == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, trackedKey{}, (*trackedDownload)(nil))
+}
 
 // LiveView is what the proxy is doing now, for status pages and progress
 // bars: the downloads from upstreams in flight and the latest failures.
@@ -95,6 +146,9 @@ func (t *downloadTracker) start(module, version string, kind RequestKind, upstre
 
 // add counts n bytes received.
 func (d *trackedDownload) add(n int64) {
+	if d == nil {
+		return
+	}
 	d.done.Add(n)
 	d.tracker.metrics.download(DownloadMetric{Upstream: d.upstream, Event: DownloadProgress, InFlight: int(d.tracker.inFlight.Load()), Bytes: n})
 }
@@ -106,7 +160,19 @@ func (d *trackedDownload) Write(p []byte) (int, error) {
 }
 
 // setTotal records the size expected, once known.
-func (d *trackedDownload) setTotal(n int64) { d.total.Store(n) }
+func (d *trackedDownload) setTotal(n int64) {
+	if d != nil && n >= 0 {
+		d.total.Store(n)
+	}
+}
+
+// retried reports the Retry metric for an attempt that failed with status
+// (0 without one) and is tried again.
+func (d *trackedDownload) retried(attempt, status int) {
+	if d != nil {
+		d.tracker.metrics.retry(RetryMetric{Upstream: d.upstream, Kind: d.kind, Attempt: attempt, Status: status})
+	}
+}
 
 // finish unregisters a download; a failure other than not-found is kept
 // among the recent ones.

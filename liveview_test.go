@@ -1,14 +1,20 @@
 package goproxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 func TestLiveViewShowsDownloadsInFlightAndRecentFailures(t *testing.T) {
@@ -84,5 +90,64 @@ func BenchmarkLiveViewProgress(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		d.add(32 << 10)
+	}
+}
+
+// TestProxyLiveViewShowsAFetchAsItGoes: a zip the upstream sends half of,
+// then holds back, is in the Proxy's live view with its size, the bytes
+// received and the clients waiting, its upstream without credentials; a
+// failed fetch is among the failures once it ends.
+func TestProxyLiveViewShowsAFetchAsItGoes(t *testing.T) {
+	files := testModuleFiles(t)
+	zip := files["/example.com/a/@v/v1.0.0.zip"]
+	half, release := make(chan struct{}), make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/example.com/a/@v/v1.0.0.zip":
+			w.Header().Set("Content-Length", strconv.Itoa(len(zip)))
+			w.Write(zip[:len(zip)/2])
+			w.(http.Flusher).Flush()
+			close(half)
+			<-release
+			w.Write(zip[len(zip)/2:])
+		case "/example.com/a/@v/v1.0.0.mod":
+			http.Error(w, "broken", http.StatusInternalServerError)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer up.Close()
+	p := newTestProxy(t, strings.Replace(up.URL, "http://", "http://user:s3cret@", 1))
+	p.Download.Attempts = 1
+	if v := p.LiveView(); len(v.Downloads) != 0 || len(v.Failures) != 0 {
+		t.Fatalf("live view before anything: %+v", v)
+	}
+	done := make(chan *httptest.ResponseRecorder)
+	go func() { done <- do(p, "GET", "/example.com/a/@v/v1.0.0.zip") }()
+	<-half
+	var d DownloadStatus
+	testwait.For(t, func() bool {
+		v := p.LiveView()
+		if len(v.Downloads) != 1 {
+			return false
+		}
+		d = v.Downloads[0]
+		return d.Total == int64(len(zip)) && d.Done >= int64(len(zip)/2)
+	}, "the download with its size and half its bytes in the live view")
+	if d.Module != "example.com/a" || d.Version != "v1.0.0" || d.Kind != RequestZip || d.Waiting != 1 ||
+		strings.Contains(d.Upstream, "s3cret") || !strings.HasPrefix(d.Upstream, "http://") || d.Started.IsZero() {
+		t.Errorf("download in flight: %+v", d)
+	}
+	close(release)
+	if w := <-done; w.Code != 200 || !bytes.Equal(w.Body.Bytes(), zip) {
+		t.Fatalf("GET zip: %d, %d bytes", w.Code, w.Body.Len())
+	}
+	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code != http.StatusBadGateway {
+		t.Fatalf("GET mod: %d %s", w.Code, w.Body)
+	}
+	v := p.LiveView()
+	if len(v.Downloads) != 0 || len(v.Failures) != 1 || v.Failures[0].Kind != RequestMod || !strings.Contains(v.Failures[0].Error, "broken") ||
+		strings.Contains(v.Failures[0].Upstream, "s3cret") {
+		t.Errorf("live view after: %+v", v)
 	}
 }

@@ -35,6 +35,10 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 	if err := p.Init(); err != nil {
 		return err
 	}
+	if p.closed.Load() {
+		return errClosed
+	}
+	p.start()
 	if p.conf.hosted == nil {
 		return ErrPublishingDisabled
 	}
@@ -119,12 +123,13 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 			err = nil
 		}
 		if err != nil {
+			p.conf.metrics.storeError(StoreErrorMetric{Role: StoreHosted, Op: StorePut})
 			return failed(failInternal, "publishing %s: storing %s: %w", m, f.name, err)
 		}
 	}
 	// An upstream copy of the same version may be in memory.
 	p.hotForget(base+".info", base+".mod")
-	p.index.add(modulePath, version, time.Now())
+	p.feed.add(ctx, modulePath, version, time.Now())
 	p.logger().Info("published", "module", modulePath, "version", version, "bytes", n)
 	return nil
 }

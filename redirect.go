@@ -75,7 +75,11 @@ func (p *Proxy) redirect(w http.ResponseWriter, r *http.Request, req *request, c
 	if err != nil {
 		p.logger().LogAttrs(r.Context(), slog.LevelWarn, "redirect to the store failed, serving the file",
 			slog.String("file", req.name), slog.String("error", err.Error()))
+		p.conf.metrics.storeError(StoreErrorMetric{Role: StoreCache, Op: StoreRedirect})
 		return false
+	}
+	if p.usage != nil {
+		p.usage.record(req.name) // served, if from the store: eviction must know
 	}
 	h := w.Header()
 	h.Set("Location", u.String())

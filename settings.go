@@ -94,6 +94,8 @@ type config struct {
 	download                          DownloadOptions
 	direct                            DirectOptions
 	redirect                          DownloadRedirect
+	eviction                          Eviction
+	metrics                           *Metrics // never nil
 }
 
 // configure copies the exported fields into a config, applying the
@@ -115,6 +117,8 @@ func (p *Proxy) configure() (*config, error) {
 		allowUnverified: p.AllowUnverified,
 		tempDir:         p.TempDir,
 		redirect:        p.Redirect.withDefaults(),
+		eviction:        p.Eviction,
+		metrics:         new(p.Metrics),
 	}
 	c.env = c.proxyEnv
 	if c.env == nil {

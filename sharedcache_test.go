@@ -17,6 +17,7 @@ import (
 	"golang.org/x/mod/module"
 
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // leasingStore is a MemCacher shared by several Proxies in one test, with
@@ -272,4 +273,46 @@ func TestEvictionOfAStoreSharedByProxiesRunsInOneAtATime(t *testing.T) {
 	if _, err := a.run(ctx); err == nil {
 		t.Error("a run whose lease the store failed to grant reported no error")
 	}
+}
+
+func TestStoreFailuresAreReportedToMetrics(t *testing.T) {
+	v := moduletest.Graph(10)[0]
+	up := moduletest.NewServer([]*moduletest.Version{v})
+	defer up.Close()
+	var got []StoreErrorMetric
+	var mu sync.Mutex
+	p := newTestProxy(t, up.URL)
+	p.Cacher = brokenStore{}
+	p.Metrics.StoreError = func(m StoreErrorMetric) {
+		mu.Lock()
+		got = append(got, m)
+		mu.Unlock()
+	}
+	w := httptest.NewRecorder()
+	p.ServeHTTP(w, httptest.NewRequest("GET", "/"+escapedName(v, ".mod"), nil))
+	if w.Code != http.StatusOK {
+		t.Errorf("GET with a failing cache: %d, want the upstream's answer", w.Code)
+	}
+	testwait.For(t, p.flights.idle)
+	mu.Lock()
+	defer mu.Unlock()
+	var get, put bool
+	for _, m := range got {
+		get = get || m == StoreErrorMetric{Role: StoreCache, Op: StoreGet}
+		put = put || m == StoreErrorMetric{Role: StoreCache, Op: StorePut}
+	}
+	if !get || !put {
+		t.Errorf("store errors reported: %+v, want the cache's get and put", got)
+	}
+}
+
+// brokenStore fails every Get and Put, as a store that went away does.
+type brokenStore struct{}
+
+func (brokenStore) Get(context.Context, string) (CachedFile, error) {
+	return nil, errors.New("the store is down")
+}
+
+func (brokenStore) Put(context.Context, string, io.ReadSeeker) error {
+	return errors.New("the store is down")
 }

@@ -142,11 +142,14 @@ func (p *Proxy) initSumDBs() error {
 // the proxy's own verification.
 func (p *Proxy) fetchFromSumDB(ctx context.Context, req *request) (*fetched, error) {
 	start := time.Now()
-	base, err := p.sumDBBase(ctx, req.db)
+	base, err := p.sumDBBase(untracked(ctx), req.db)
 	if err != nil {
 		return nil, err
 	}
-	f, err := p.downloader.get(ctx, base+"/"+escapeURLPath(req.dbPath), target{module: req.modPath, version: req.version, limit: maxSumDBSize})
+	ctx, tracked := p.trackFetch(ctx, req, "sumdb/"+req.db.name)
+	f, err := p.downloader.get(ctx, base+"/"+escapeURLPath(req.dbPath), target{module: req.modPath, version: req.version, limit: maxSumDBSize,
+		probe: base + "/latest"})
+	tracked(f, err)
 	var size int64
 	outcome := "ok"
 	if err != nil {
@@ -230,10 +233,11 @@ func (p *Proxy) prefetchSumDBRecord(ctx context.Context, req *request) {
 // verify checks a downloaded .mod or .zip against the checksum database
 // named by GOSUMDB, unless verification is off or GONOSUMDB exempts the
 // module (whose path is then never sent to the database).
-func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
+func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) (err error) {
 	if !p.verifies(req) {
 		return nil
 	}
+	defer func() { p.reportVerification(req, err) }()
 	db := p.verifier
 	if report := db.broken.Load(); report != nil {
 		return failed(failUnverifiable,
@@ -255,7 +259,6 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 	}
 
 	var got, lookup string
-	var err error
 	switch req.kind {
 	case kindZip:
 		got, err = dirhash.HashZip(f.file.Name(), dirhash.Hash1)
@@ -294,6 +297,24 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 	return &failure{kind: failChecksumMismatch, msg: msg}
 }
 
+// reportVerification reports the Verification metric of a check of req's
+// file that ended with err.
+func (p *Proxy) reportVerification(req *request, err error) {
+	outcome := VerifyOK
+	switch {
+	case err == nil:
+	case errors.Is(err, errUnverified):
+		outcome = VerifyUnverified
+	case kindOf(err) == failChecksumMismatch:
+		outcome = VerifyMismatch
+	case kindOf(err) == failUnverifiable:
+		outcome = VerifyUnreachable
+	default:
+		return // the file could not be hashed: no check was made
+	}
+	p.conf.metrics.verification(VerificationMetric{DB: p.verifier.name, Kind: req.metricKind(), Outcome: outcome})
+}
+
 // lookup asks the database's client for the go.sum lines of path@version.
 // The client remembers a failed read of a record or tile for as long as it
 // lives, so a failure that is not the database's misbehaviour replaces it
@@ -328,7 +349,7 @@ func (p *Proxy) sumDBFile(ctx context.Context, db *sumDB, path string) ([]byte, 
 	}
 	c, ok := p.openHot(req)
 	if !ok {
-		if c, err = p.openStored(ctx, req, true); err != nil {
+		if c, err = p.openStored(ctx, req, true, p.hotGen()); err != nil {
 			return nil, err
 		}
 	}

@@ -115,8 +115,17 @@ func TestAProxyBypassesAStoppedCacheAndFailsClosedOnAStoppedHostedStore(t *testi
 	vs := moduletest.Graph(12)
 	up := moduletest.NewServer(vs)
 	defer up.Close()
+	var storeErrors [2]atomic.Int64 // the cache's, the hosted store's
+	countStoreError := func(m goproxy.StoreErrorMetric) {
+		if m.Role == goproxy.StoreHosted {
+			storeErrors[1].Add(1)
+		} else {
+			storeErrors[0].Add(1)
+		}
+	}
 	newProxy := func(cache, hosted goproxy.Cacher) (*goproxy.Proxy, *httptest.Server) {
 		p := &goproxy.Proxy{
+			Metrics:   goproxy.Metrics{StoreError: countStoreError},
 			Cacher:    cache,
 			Hosted:    hosted,
 			Env:       []string{"GOPROXY=" + up.URL, "GOSUMDB=off"},
@@ -168,6 +177,10 @@ func TestAProxyBypassesAStoppedCacheAndFailsClosedOnAStoppedHostedStore(t *testi
 		if n := up.Requests(path); n != 0 {
 			t.Errorf("GET %s with the hosted store stopped asked the upstream %d times", path, n)
 		}
+	}
+
+	if storeErrors[0].Load() == 0 || storeErrors[1].Load() == 0 {
+		t.Errorf("with the store stopped, %d cache and %d hosted store errors reported to Metrics", storeErrors[0].Load(), storeErrors[1].Load())
 	}
 
 	s.Start(t)

@@ -94,8 +94,14 @@
 //     a real one. The three sides take turns, -reps runs each; the medians
 //     of the runs that succeeded are compared, and every failed go mod
 //     download is reported. Targets: no failed run, at most 1.5x.
+//  8. Operations, over a DirCacher of -opentries files (see operations):
+//     a warm hit through Proxy.ServeHTTP with Eviction on against off
+//     (target: at most 1.05x), and with every metric hook set too; one
+//     eviction run against a walk of the cache; the first /index request
+//     to a restarted Proxy against the walk /index made before the feed
+//     was kept on the store.
 //
-// Run a full measurement (about six minutes on two cores) from the
+// Run a full measurement (about eight minutes on two cores) from the
 // module root with
 //
 //	go run ./internal/bench
@@ -161,6 +167,9 @@ var (
 	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the proxy's last requests-per-second round to `file`")
 	tmpRoot     = flag.String("tmpdir", "", "directory for the proxy's caches, its temporary files and the big zip (default: the system's temporary directory)")
 	goRoot      = flag.String("godir", "", "directory for the go commands' module caches, GOPATH, GOCACHE and HOME (default: /dev/shm if usable, else -tmpdir)")
+	opEntries   = flag.Int("opentries", 100_000, "files in the cache of the operations figures (eviction, index feed, warm hits)")
+	opReps      = flag.Int("opreps", 3, "runs (or rounds) of each side of the operations figures")
+	opDur       = flag.Duration("opdur", 2*time.Second, "length of each round of the operations figures' warm hits")
 )
 
 func init() {
@@ -173,13 +182,15 @@ func applyShort() {
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	short := map[string]string{
-		"modules":  "20",
-		"reps":     "3",
-		"duration": "2s",
-		"rpsreps":  "2",
-		"warmup":   "200ms",
-		"bigzip":   "40MB",
-		"dlreps":   "1",
+		"modules":   "20",
+		"reps":      "3",
+		"duration":  "2s",
+		"rpsreps":   "2",
+		"warmup":    "200ms",
+		"bigzip":    "40MB",
+		"dlreps":    "1",
+		"opentries": "30000",
+		"opdur":     "1s",
 	}
 	for name, v := range short {
 		if !set[name] {
@@ -309,6 +320,7 @@ func main() {
 		if err := p.Init(); err != nil {
 			fatalf("%v", err)
 		}
+		atExit(func() { p.Close() })
 		return p, cache
 	}
 
@@ -723,6 +735,12 @@ func main() {
 	rows = append(rows, faultRows...)
 	raw = append(raw, faultRaw...)
 
+	// 8. Operations: eviction runs, the index feed, and what eviction and
+	// the metrics add to a warm hit.
+	opRows, opRaw := operations(tmp, *opEntries, *opReps, *opDur)
+	rows = append(rows, opRows...)
+	raw = append(raw, opRaw...)
+
 	// The table.
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "figure\tproxy\tbaseline\tratio\ttarget\tmet")
@@ -749,6 +767,9 @@ func main() {
 	fmt.Println("  than 1 conn (baseline: the 1-conn runs), everything in this process (client, proxy, upstream) included")
 	fmt.Println("- faults: the same cold proxy run against an upstream failing no request (the latency added in front of")
 	fmt.Println("  the faults, so injected answers pay it too); default retry settings; a failed go mod download counts")
+	fmt.Println("- eviction run: DirCacher.Walk of the same cache (the run finds it within its limits: it lists, removes nothing)")
+	fmt.Println("- first /index: a walk of the cache that stats every .info and sorts in memory, what /index did before the feed")
+	fmt.Println("- warm hit: the same Proxy.ServeHTTP call with eviction off, sides alternating in batches, in this process")
 	fmt.Println("\nraw:")
 	for _, l := range raw {
 		fmt.Println("  " + l)
