@@ -121,6 +121,7 @@ func (x *indexLog) prepare(ctx context.Context) error {
 		}
 		// Versions added during the walk go in now, unless it found them.
 		x.mu.Lock()
+		mine := x.pending
 		for _, e := range x.pending {
 			if !walked[e.Path+"@"+e.Version] {
 				entries = append(entries, e)
@@ -129,8 +130,18 @@ func (x *indexLog) prepare(ctx context.Context) error {
 		x.pending = nil
 		x.mu.Unlock()
 		err = x.log.CreateIndex(ctx, entries)
+		if err != nil {
+			// Not created from them: this process's additions go in
+			// below, or at the next try.
+			x.mu.Lock()
+			x.pending = append(mine, x.pending...)
+			x.mu.Unlock()
+		}
 		if errors.Is(err, fs.ErrExist) {
-			err = nil // another process created it first; append ours below
+			// Another process created it first, from a walk of its own,
+			// which may have missed what this one added meanwhile: those
+			// of its additions that the feed lacks are appended below.
+			walked, err = x.listed(ctx, mine)
 		} else if err == nil {
 			if len(entries) > 0 { // a cache that predates the feed: worth a line
 				x.logger.LogAttrs(ctx, slog.LevelInfo, "created the index feed from the cache",
@@ -150,6 +161,36 @@ func (x *indexLog) prepare(ctx context.Context) error {
 	}
 	x.pending, x.ready = nil, true
 	return nil
+}
+
+// listed returns which of entries the feed lists, reading it from a
+// minute before the earliest of them (a version is listed at its storing,
+// which comes before its adding).
+func (x *indexLog) listed(ctx context.Context, entries []IndexEntry) (map[string]bool, error) {
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	since := entries[0].Timestamp
+	for _, e := range entries {
+		if e.Timestamp.Before(since) {
+			since = e.Timestamp
+		}
+	}
+	since = since.Add(-time.Minute)
+	listed := map[string]bool{}
+	for {
+		page, err := x.log.ReadIndex(ctx, since, 2000)
+		if err != nil {
+			return nil, err
+		}
+		if len(page) == 0 {
+			return listed, nil
+		}
+		for _, e := range page {
+			listed[e.Path+"@"+e.Version] = true
+		}
+		since = page[len(page)-1].Timestamp.Add(time.Nanosecond)
+	}
 }
 
 // walk lists the canonical versions in the stores, timed by when their

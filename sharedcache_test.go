@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -315,4 +318,55 @@ func (brokenStore) Get(context.Context, string) (CachedFile, error) {
 
 func (brokenStore) Put(context.Context, string, io.ReadSeeker) error {
 	return errors.New("the store is down")
+}
+
+// racedIndexLog is a feed that another process created between this
+// one's look (which found none) and its own creation.
+type racedIndexLog struct {
+	CacheIndexLog
+	looked bool
+}
+
+func (r *racedIndexLog) ReadIndex(ctx context.Context, since time.Time, limit int) ([]IndexEntry, error) {
+	if !r.looked {
+		r.looked = true
+		return nil, fs.ErrNotExist
+	}
+	return r.CacheIndexLog.ReadIndex(ctx, since, limit)
+}
+
+func (r *racedIndexLog) CreateIndex(ctx context.Context, entries []IndexEntry) error {
+	return fmt.Errorf("created by another process: %w", fs.ErrExist)
+}
+
+func TestAProcessThatLosesTheRaceToCreateTheIndexFeedAppendsItsAdditions(t *testing.T) {
+	ctx := context.Background()
+	store := DirCacher(filepath.Join(t.TempDir(), "cache"))
+	// The winner created the feed from a walk that found one version.
+	putAll(t, store, testVersionFiles("example.com/old", "v1.0.0", 10))
+	winner := newIndexLog(store, nil, slog.Default())
+	if err := winner.prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Meanwhile the loser stored another version, which the winner's walk
+	// missed, and its own walk found.
+	putAll(t, store, testVersionFiles("example.com/new", "v1.0.0", 10))
+	loser := newIndexLog(store, nil, slog.Default())
+	loser.log = &racedIndexLog{CacheIndexLog: store}
+	loser.add(ctx, "example.com/new", "v1.0.0", time.Now())
+	loser.add(ctx, "example.com/old", "v1.0.0", time.Now()) // listed already
+	if err := loser.prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	feed, err := store.ReadIndex(ctx, time.Time{}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range feed {
+		got = append(got, e.Path+"@"+e.Version)
+	}
+	if !slices.Equal(got, []string{"example.com/old@v1.0.0", "example.com/new@v1.0.0"}) {
+		t.Errorf("the feed lists %q, want each version once", got)
+	}
 }

@@ -305,6 +305,46 @@ func TestReplicasOnOneBucketFetchEachFileOnceAndSurviveAKilledReplica(t *testing
 			}
 		}
 		t.Logf("%d files fetched from the upstream %d times (%.2f fetches per file)", len(paths), fetched, float64(fetched)/float64(len(paths)))
+
+		// The index feed, kept in the bucket and appended to by whichever
+		// replica stored a version's .info, lists every version once, the
+		// same through every replica.
+		want := map[string]bool{}
+		for _, v := range append(vs, large) {
+			if counter.fetches("/"+escapedName(v, ".info")) > 0 {
+				want[v.Path+"@"+v.Version] = true
+			}
+		}
+		for _, r := range rs {
+			var got map[string]int
+			var lines int
+			testwait.Within(t, time.Minute, func() bool {
+				resp, err := http.Get(r.url + "/index")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				got, lines = map[string]int{}, 0
+				dec := json.NewDecoder(resp.Body)
+				for dec.More() {
+					var e goproxy.IndexEntry
+					if err := dec.Decode(&e); err != nil {
+						t.Fatal(err)
+					}
+					got[e.Path+"@"+e.Version]++
+					lines++
+				}
+				return len(got) >= len(want)
+			}, r.name, "'s /index listing every version: ", " (", &lines, " lines)")
+			for k := range want {
+				if got[k] != 1 {
+					t.Errorf("%s's /index lists %s %d times", r.name, k, got[k])
+				}
+			}
+			if lines != len(want) {
+				t.Errorf("%s's /index has %d entries for %d versions", r.name, lines, len(want))
+			}
+		}
 	})
 
 	t.Run("a replica killed in the middle of a large download", func(t *testing.T) {
