@@ -53,9 +53,6 @@ const (
 	// maxIndexHead bounds what is read of the head. It holds under
 	// indexPageSize entries but for a large batch appended at once.
 	maxIndexHead = 256 << 20
-	// indexAppendTries bounds the rounds of an append that keeps losing
-	// races with other appenders.
-	indexAppendTries = 100
 )
 
 // indexHeadRecord is the content of the head object.
@@ -138,7 +135,8 @@ func indexLines(entries []goproxy.IndexEntry) []byte {
 
 // AppendIndex implements [goproxy.CacheIndexLog]: one conditional rewrite
 // of the head (and, once it is full, a page written first), tried again
-// after a random pause when another proxy changed the head first.
+// after a random pause, growing to half a second, whenever another proxy
+// changed the head first, until ctx ends.
 func (c *Cacher) AppendIndex(ctx context.Context, entries []goproxy.IndexEntry) error {
 	if err := c.Init(); err != nil {
 		return err
@@ -170,13 +168,10 @@ func (c *Cacher) AppendIndex(ctx context.Context, entries []goproxy.IndexEntry) 
 		if !errors.Is(err, errChanged) {
 			return fmt.Errorf("s3 index feed: %w", err)
 		}
-		if try >= indexAppendTries {
-			return fmt.Errorf("s3 index feed: the head kept changing while appending: %w", err)
-		}
 		pause := time.Duration(mrand.Int64N(int64(min(10*time.Millisecond<<min(try, 6), 500*time.Millisecond))))
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return fmt.Errorf("s3 index feed: the head kept changing while appending: %w", ctx.Err())
 		case <-time.After(pause):
 		}
 	}
