@@ -231,6 +231,7 @@ func (d *downloader) get(ctx context.Context, rawURL string, t target) (*fetched
 func (d *downloader) getSmall(ctx context.Context, rawURL string, t target) (*fetched, error) {
 	var data []byte
 	err := d.retry(ctx, rawURL, func() error {
+		trackedFrom(ctx).restart() // each attempt asks for the whole file
 		resp, err := d.send(ctx, rawURL, nil)
 		if err != nil {
 			return err
@@ -606,6 +607,7 @@ func (dl *fileDownload) reset() {
 	dl.done = nil
 	dl.mu.Unlock()
 	dl.total.Store(0)
+	dl.tracked.restart()
 	dl.sized.Store(-1)
 	dl.f.Truncate(0)
 	if dl.meta != "" {

@@ -314,7 +314,7 @@ func (e *evictor) run(ctx context.Context) (evictionRun, error) {
 		total += u.size - bytes
 		entries += len(u.files) - files
 		if !u.protected && e.cfg.MaxBytes > 0 {
-			usages = append(usages, usage{u.lastUse.UnixNano(), u.size})
+			usages = append(usages, usage{u.lastUse.UnixNano(), u.size - bytes})
 		}
 		return nil
 	})

@@ -90,7 +90,8 @@ type Proxy struct {
 	// a .zip or by Publish. They are served ahead of upstream versions,
 	// merged into version lists and @latest, never fetched and never
 	// removed, so Hosted must keep everything it is given: a DirCacher or
-	// an object store, not a MemCacher. If nil, publishing is refused.
+	// an object store, not a MemCacher, and a DirCacher neither within
+	// Cacher's directory nor holding it. If nil, publishing is refused.
 	// Published modules are usually private: exempt them from checksum
 	// databases with GONOSUMDB or a Private route. Unlike Cacher, a Hosted
 	// store that fails answers 502: falling back on the upstreams would
@@ -217,8 +218,8 @@ func (p *Proxy) init() error {
 		return fmt.Errorf("goproxy: %w", err)
 	}
 	p.conf = conf
-	if sameStore(conf.cacher, conf.hosted) {
-		return errors.New("goproxy: Hosted and Cacher must be different stores: published versions would be evicted or removed with cached ones")
+	if sharedStore(conf.cacher, conf.hosted) {
+		return errors.New("goproxy: Hosted and Cacher must be different stores, neither directory within the other: published versions would be evicted or removed with cached ones")
 	}
 	if err := conf.redirect.check(conf.cacher); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
@@ -271,7 +272,8 @@ func (p *Proxy) init() error {
 // request or a Publish), rather than in Init, which a configuration check
 // may call alone: eviction, and the index feed's creation from the cache
 // when it has none yet (once ever, for caches that predate it), so that
-// the feed is ready before anyone asks for it. Close ends it.
+// the feed is ready before anyone asks for it, and the removal of what
+// processes that died left in the cache. Close ends it.
 func (p *Proxy) start() {
 	p.startOnce.Do(func() {
 		p.lifeMu.Lock()
@@ -285,6 +287,7 @@ func (p *Proxy) start() {
 			p.usage.start()
 			p.evictor.start()
 		}
+		p.working.Go(func() { p.removeLeftovers(ctx) })
 		if p.feed.persistent() {
 			p.working.Go(func() {
 				if err := p.feed.prepare(ctx); err != nil && ctx.Err() == nil {

@@ -522,3 +522,32 @@ func TestPublishDuringAReadIsNotShadowedByTheUpstreamCopy(t *testing.T) {
 		t.Errorf("after the publish: %d %q, want the published %q", w.Code, w.Body, published)
 	}
 }
+
+// TestInitRefusesAHostedStoreInsideTheCache: eviction walks the whole
+// cache directory, so a hosted store within it would have its published
+// versions evicted (and the other way round, cached files would pass for
+// published ones).
+func TestInitRefusesAHostedStoreInsideTheCache(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ cache, hosted string }{
+		{dir, filepath.Join(dir, "hosted")},
+		{filepath.Join(dir, "cache"), dir},
+		{filepath.Join(dir, "x") + "/", filepath.Join(dir, "x", "..", "x", "hosted")},
+	} {
+		p := &Proxy{Cacher: DirCacher(tc.cache), Hosted: DirCacher(tc.hosted), Env: []string{"GOPROXY=off", "GOSUMDB=off"}}
+		if err := p.Init(); err == nil {
+			t.Errorf("Init with Cacher %s and Hosted %s: no error", tc.cache, tc.hosted)
+		}
+		p.Close()
+	}
+	for _, tc := range []struct{ cache, hosted string }{
+		{filepath.Join(dir, "cache"), filepath.Join(dir, "cache-hosted")},
+		{filepath.Join(dir, "a", "cache"), filepath.Join(dir, "b", "cache")},
+	} {
+		p := &Proxy{Cacher: DirCacher(tc.cache), Hosted: DirCacher(tc.hosted), Env: []string{"GOPROXY=off", "GOSUMDB=off"}}
+		if err := p.Init(); err != nil {
+			t.Errorf("Init with Cacher %s and Hosted %s: %v", tc.cache, tc.hosted, err)
+		}
+		p.Close()
+	}
+}

@@ -107,7 +107,7 @@ func (x *indexLog) prepare(ctx context.Context) error {
 	}
 	x.prepareMu.Lock()
 	defer x.prepareMu.Unlock()
-	var walked map[string]bool
+	var listed map[string]bool // of the entries pending, those the feed lists already
 	_, err := x.log.ReadIndex(ctx, time.Time{}, 1)
 	if errors.Is(err, fs.ErrNotExist) {
 		start := time.Now()
@@ -115,14 +115,14 @@ func (x *indexLog) prepare(ctx context.Context) error {
 		if entries, err = x.walk(ctx); err != nil {
 			return fmt.Errorf("listing the cache for the index feed: %w", err)
 		}
-		walked = make(map[string]bool, len(entries))
+		walked := make(map[string]bool, len(entries))
 		for _, e := range entries {
 			walked[e.Path+"@"+e.Version] = true
 		}
 		// Versions added during the walk go in now, unless it found them.
 		x.mu.Lock()
-		mine := x.pending
-		for _, e := range x.pending {
+		taken := x.pending
+		for _, e := range taken {
 			if !walked[e.Path+"@"+e.Version] {
 				entries = append(entries, e)
 			}
@@ -131,23 +131,20 @@ func (x *indexLog) prepare(ctx context.Context) error {
 		x.mu.Unlock()
 		err = x.log.CreateIndex(ctx, entries)
 		if err != nil {
-			// Not created from them: this process's additions go in
-			// below, or at the next try.
+			// Kept for the next try, or, when another process created
+			// the feed first (from a walk that may have passed before
+			// this process stored them), appended below: a version
+			// twice in the feed beats one missing, and those the feed
+			// lists already are left out.
 			x.mu.Lock()
-			x.pending = append(mine, x.pending...)
+			x.pending = append(taken, x.pending...)
 			x.mu.Unlock()
 		}
 		if errors.Is(err, fs.ErrExist) {
-			// Another process created it first, from a walk of its own,
-			// which may have missed what this one added meanwhile: those
-			// of its additions that the feed lacks are appended below.
-			walked, err = x.listed(ctx, mine)
-		} else if err == nil {
-			if len(entries) > 0 { // a cache that predates the feed: worth a line
-				x.logger.LogAttrs(ctx, slog.LevelInfo, "created the index feed from the cache",
-					slog.Int("versions", len(entries)), slog.Duration("took", time.Since(start)))
-			}
-			walked = nil
+			listed, err = x.listed(ctx, taken)
+		} else if err == nil && len(entries) > 0 { // a cache that predates the feed: worth a line
+			x.logger.LogAttrs(ctx, slog.LevelInfo, "created the index feed from the cache",
+				slog.Int("versions", len(entries)), slog.Duration("took", time.Since(start)))
 		}
 	}
 	if err != nil {
@@ -155,7 +152,7 @@ func (x *indexLog) prepare(ctx context.Context) error {
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	pending := slices.DeleteFunc(x.pending, func(e IndexEntry) bool { return walked[e.Path+"@"+e.Version] })
+	pending := slices.DeleteFunc(x.pending, func(e IndexEntry) bool { return listed[e.Path+"@"+e.Version] })
 	if err := x.log.AppendIndex(ctx, pending); err != nil {
 		return fmt.Errorf("adding to the index feed: %w", err)
 	}

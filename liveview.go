@@ -77,7 +77,7 @@ type DownloadStatus struct {
 	Kind     RequestKind
 	Upstream string // without credentials
 	Started  time.Time
-	Done     int64   // bytes received
+	Done     int64   // bytes received, at most Total once that is known
 	Total    int64   // bytes expected, -1 while unknown
 	Rate     float64 // bytes per second, since the previous look at least rateWindow ago
 	Waiting  int     // clients waiting for it
@@ -159,6 +159,19 @@ func (d *trackedDownload) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// restart forgets the bytes counted so far, for a download that starts
+// over from its first byte (an answer cut and asked again whole, a
+// partial file emptied): Done must not count a byte twice.
+func (d *trackedDownload) restart() {
+	if d == nil || d.done.Load() == 0 {
+		return
+	}
+	d.tracker.mu.Lock()
+	d.done.Store(0)
+	d.sampleAt, d.sampleDone, d.rate = time.Now(), 0, 0
+	d.tracker.mu.Unlock()
+}
+
 // setTotal records the size expected, once known.
 func (d *trackedDownload) setTotal(n int64) {
 	if d != nil && n >= 0 {
@@ -208,8 +221,13 @@ func (t *downloadTracker) view() LiveView {
 				d.sampleAt, d.sampleDone = now, done
 			}
 		}
+		total := d.total.Load()
+		if total >= 0 {
+			// Parts asked again after a cut may bring bytes twice.
+			done = min(done, total)
+		}
 		v.Downloads = append(v.Downloads, DownloadStatus{Module: d.module, Version: d.version, Kind: d.kind,
-			Upstream: d.upstream, Started: d.started, Done: done, Total: d.total.Load(), Rate: d.rate})
+			Upstream: d.upstream, Started: d.started, Done: done, Total: total, Rate: d.rate})
 	}
 	t.mu.Unlock()
 	// Counted outside the lock: it takes the flight group's.

@@ -151,3 +151,50 @@ func TestProxyLiveViewShowsAFetchAsItGoes(t *testing.T) {
 		t.Errorf("live view after: %+v", v)
 	}
 }
+
+// TestLiveViewNeverShowsMoreDoneThanTotal: an answer cut midway is asked
+// again from its start; the bytes of the cut attempt must not be counted
+// into the next one, which would show a download past its size.
+func TestLiveViewNeverShowsMoreDoneThanTotal(t *testing.T) {
+	mod := []byte("module example.com/a\n\n// " + strings.Repeat("x", 4000) + "\n")
+	var attempts atomic.Int32
+	held, release := make(chan struct{}), make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/example.com/a/@v/v1.0.0.mod" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(mod)))
+		if attempts.Add(1) == 1 {
+			w.Write(mod[:len(mod)-10])
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler) // cut: the client retries
+		}
+		w.Write(mod[:len(mod)-1])
+		w.(http.Flusher).Flush()
+		close(held)
+		<-release
+		w.Write(mod[len(mod)-1:])
+	}))
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	done := make(chan *httptest.ResponseRecorder)
+	go func() { done <- do(p, "GET", "/example.com/a/@v/v1.0.0.mod") }()
+	<-held
+	var d DownloadStatus
+	testwait.For(t, func() bool {
+		v := p.LiveView()
+		if len(v.Downloads) != 1 {
+			return false
+		}
+		d = v.Downloads[0]
+		return d.Done >= int64(len(mod)-1)
+	}, "the second attempt's bytes in the live view")
+	close(release)
+	if d.Total != int64(len(mod)) || d.Done > d.Total {
+		t.Errorf("download in flight: Done %d, Total %d; want Total %d and Done at most Total", d.Done, d.Total, len(mod))
+	}
+	if w := <-done; w.Code != 200 || !bytes.Equal(w.Body.Bytes(), mod) {
+		t.Fatalf("GET mod: %d, %d bytes", w.Code, w.Body.Len())
+	}
+}

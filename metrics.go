@@ -19,7 +19,9 @@ import (
 // must be quick and must not block. What they are passed is a small value
 // whose strings are constants or strings the proxy already holds, so that
 // reporting costs no allocation; keep it that way by not retaining more
-// than the counts.
+// than the counts. They must not panic either: a hook's panic is no
+// request's failure, and on the proxy's background goroutines (eviction
+// runs) nothing recovers it.
 type Metrics struct {
 	// Request reports every answered request, when its response is done.
 	Request func(RequestMetric)
