@@ -18,6 +18,10 @@
 // answers http.ServeContent gives to Range and conditional requests; text
 // is gzip-compressed for clients that take it.
 //
+// With [Proxy.Redirect] enabled, a plain GET of a zip in the cache may be
+// answered 307 Temporary Redirect to a short-lived URL of the store
+// itself, which the go command follows.
+//
 // A request with the header "Disable-Module-Fetch: true" is answered only
 // from what is cached or published, as proxy.golang.org does: a file that
 // is not answers 404, which shared caches are told not to keep.

@@ -137,6 +137,12 @@ type Proxy struct {
 	// resumption and concurrency. The zero value gives sensible defaults.
 	Download DownloadOptions
 
+	// Redirect answers requests for cached zips with a redirect to the
+	// store, so that the bytes flow from it rather than through the proxy,
+	// when the Cacher is a [CacheRedirector]. Off by default; see
+	// [DownloadRedirect].
+	Redirect DownloadRedirect
+
 	// Eviction removes from the Cacher what nobody uses, and keeps it
 	// under a size; see [Eviction]. The zero value evicts nothing. With
 	// MaxAge or MaxBytes set, the Cacher must list its entries with their
@@ -148,8 +154,9 @@ type Proxy struct {
 
 	// Metrics receives the proxy's measurements: requests, upstream
 	// fetches, retries, verifications, downloads, shared fetches, cache
-	// size, evictions and admission decisions; see [Metrics]. A nil field
-	// is not reported, so the zero value reports nothing.
+	// size, evictions, store errors and admission decisions; see
+	// [Metrics]. A nil field is not reported, so the zero value reports
+	// nothing.
 	Metrics Metrics
 
 	// Offline makes the proxy serve only what it has: the cache and the
@@ -267,6 +274,9 @@ func (p *Proxy) init() error {
 	p.conf = conf
 	if sharedStore(conf.cacher, conf.hosted) {
 		return errors.New("goproxy: Hosted and Cacher must be different stores, neither directory within the other: published versions would be evicted or removed with cached ones")
+	}
+	if err := conf.redirect.check(conf.cacher); err != nil {
+		return fmt.Errorf("goproxy: %w", err)
 	}
 	if p.egress, err = newEgressPolicy(conf.egress, conf.logger); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
@@ -502,6 +512,10 @@ func (p *Proxy) serveRead(w http.ResponseWriter, r *http.Request, req *request) 
 		return
 	}
 	defer c.close()
+	if p.redirect(w, r, req, c) {
+		p.answered(w, r, req, c.from.String(), http.StatusTemporaryRedirect)
+		return
+	}
 	status := p.serve(w, r, req, c)
 	p.answered(w, r, req, c.from.String(), status)
 }

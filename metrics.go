@@ -62,6 +62,11 @@ type Metrics struct {
 	// versions hidden, reports, and exceptions that admitted what a rule
 	// would have refused.
 	Admission func(AdmissionMetric)
+
+	// StoreError reports every failure of a store: of the Cacher, which
+	// the proxy then bypasses (the upstreams answer), or of the Hosted
+	// store, whose failures answer 502.
+	StoreError func(StoreErrorMetric)
 }
 
 // RequestKind is what a request asks for, as metrics and the live view name
@@ -263,6 +268,33 @@ type AdmissionMetric struct {
 	Use        AdmissionUse
 }
 
+// StoreRole says which store failed.
+type StoreRole string
+
+// The roles of stores.
+const (
+	StoreCache  StoreRole = "cache"  // the Cacher: bypassed when it fails
+	StoreHosted StoreRole = "hosted" // the Hosted store: 502 when it fails
+)
+
+// StoreOperation is what the proxy asked of a store that failed.
+type StoreOperation string
+
+// The operations on stores.
+const (
+	StoreGet      StoreOperation = "get"      // reading an entry (or finding it missing)
+	StorePut      StoreOperation = "put"      // storing an entry
+	StoreList     StoreOperation = "list"     // listing entries
+	StoreLease    StoreOperation = "lease"    // taking a lease shared with other proxies
+	StoreRedirect StoreOperation = "redirect" // making a URL to download an entry from the store
+)
+
+// StoreErrorMetric describes a failure of a store.
+type StoreErrorMetric struct {
+	Role StoreRole
+	Op   StoreOperation
+}
+
 // The report methods check for nil, so that call sites stay one line; they
 // are small enough to be inlined, so an unset hook costs a comparison.
 
@@ -323,6 +355,12 @@ func (m *Metrics) scrub(r ScrubMetric) {
 func (m *Metrics) admission(r AdmissionMetric) {
 	if m != nil && m.Admission != nil {
 		m.Admission(r)
+	}
+}
+
+func (m *Metrics) storeError(r StoreErrorMetric) {
+	if m != nil && m.StoreError != nil {
+		m.StoreError(r)
 	}
 }
 

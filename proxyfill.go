@@ -104,7 +104,7 @@ func (p *Proxy) fillItem(ctx context.Context, it FillItem) (fillOutcome, error) 
 			if err := p.flights.settle(ctx, req.name); err != nil {
 				return 0, err
 			}
-			if !p.cached(ctx, req.name) {
+			if !p.cached(ctx, req) {
 				return 0, fmt.Errorf("%s was fetched but is not in the cache: it could not be verified (AllowUnverified), or the cache failed (see the log)", req)
 			}
 		}
@@ -113,20 +113,6 @@ func (p *Proxy) fillItem(ctx context.Context, it FillItem) (fillOutcome, error) 
 		}
 	}
 	return outcome, nil
-}
-
-// cached reports whether the cache holds name.
-func (p *Proxy) cached(ctx context.Context, name string) bool {
-	if st, ok := p.conf.cacher.(CacheStater); ok {
-		_, err := st.Stat(ctx, name)
-		return err == nil
-	}
-	cf, err := p.conf.cacher.Get(ctx, name)
-	if err != nil {
-		return false
-	}
-	cf.Close()
-	return true
 }
 
 // PlanCached plans a fill (or an export) of everything the cache holds: a

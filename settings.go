@@ -94,6 +94,7 @@ type config struct {
 	tempDir                           string
 	download                          DownloadOptions
 	direct                            DirectOptions
+	redirect                          DownloadRedirect
 	eviction                          Eviction
 	metrics                           *Metrics // never nil
 	offline                           bool
@@ -120,6 +121,7 @@ func (p *Proxy) configure() (*config, error) {
 		hotCacheBytes:   p.HotCacheBytes,
 		allowUnverified: p.AllowUnverified,
 		tempDir:         p.TempDir,
+		redirect:        p.Redirect.withDefaults(),
 		eviction:        p.Eviction,
 		metrics:         new(p.Metrics),
 		offline:         p.Offline,

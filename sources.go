@@ -246,6 +246,7 @@ func (p *Proxy) cacheGet(ctx context.Context, req *request) *content {
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		p.logger().LogAttrs(ctx, slog.LevelError, "cache get failed", slog.String("file", req.name), slog.String("error", err.Error()))
+		p.conf.metrics.storeError(StoreErrorMetric{Role: StoreCache, Op: StoreGet})
 	}
 	return nil
 }

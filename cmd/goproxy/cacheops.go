@@ -126,7 +126,7 @@ func runCacheOp(ctx context.Context, name string, args, env []string, stdin io.R
 	defer os.RemoveAll(directDir)
 	spec := rp.spec
 	spec.Scrub.Interval = 0 // the subcommand's own work only
-	p, adm, err := newProxy(&spec, directDir, op.logger, nil, goproxy.Metrics{})
+	p, adm, err := newProxy(&spec, directDir, op.logger, nil, goproxy.Metrics{}, nil)
 	if err != nil {
 		return fmt.Errorf("%s: %w", cmpKeyOr(rp.key), err)
 	}

@@ -175,17 +175,12 @@ func (c *cacheScanner) scanRepo(ctx context.Context, r *repository) {
 // scanStore walks a store, adding up its size into size and its modules
 // into mods.
 func scanStore(ctx context.Context, c goproxy.Cacher, published bool, size *storeSize, mods map[string]*moduleSummary) error {
-	walker, ok := c.(goproxy.CacheWalker)
-	if !ok {
+	if _, ok := c.(goproxy.CacheWalker); !ok {
 		return nil
 	}
 	size.Walkable = true
 	seen := map[string]bool{} // module@version, counted once for its three files
-	return walker.Walk(ctx, "", func(name string) error {
-		n, err := entrySize(ctx, c, name)
-		if err != nil {
-			return nil // removed meanwhile
-		}
+	return walkEntries(ctx, c, "", func(name string, n int64, _ time.Time) error {
 		size.Bytes += n
 		size.Entries++
 		path, version, ok := parseCacheName(name)
@@ -207,6 +202,31 @@ func scanStore(ctx context.Context, c goproxy.Cacher, published bool, size *stor
 			}
 		}
 		return nil
+	})
+}
+
+// walkEntries calls fn for every entry of c whose name starts with
+// prefix, with its size and time: from the listing itself where the store
+// lists them (an object store: no request per entry), else from a Stat of
+// each. Entries removed while the walk goes on are skipped.
+func walkEntries(ctx context.Context, c goproxy.Cacher, prefix string, fn func(name string, size int64, modTime time.Time) error) error {
+	if w, ok := c.(goproxy.CacheInfoWalker); ok {
+		return w.WalkInfo(ctx, prefix, func(e goproxy.CacheEntryInfo) error { return fn(e.Name, e.Size, e.ModTime) })
+	}
+	walker, ok := c.(goproxy.CacheWalker)
+	if !ok {
+		return nil
+	}
+	return walker.Walk(ctx, prefix, func(name string) error {
+		n, err := entrySize(ctx, c, name)
+		if err != nil {
+			return nil // removed meanwhile
+		}
+		t, err := modTime(ctx, c, name)
+		if err != nil {
+			return nil
+		}
+		return fn(name, n, t)
 	})
 }
 
@@ -271,16 +291,8 @@ func moduleVersions(ctx context.Context, p *goproxy.Proxy, modPath string) (vers
 	}
 	byVersion := map[string]*versionFiles{}
 	walk := func(c goproxy.Cacher, published bool) error {
-		walker, ok := c.(goproxy.CacheWalker)
-		if !ok {
-			return nil
-		}
-		return walker.Walk(ctx, escPath+"/@", func(name string) error {
+		return walkEntries(ctx, c, escPath+"/@", func(name string, n int64, mt time.Time) error {
 			if !strings.HasPrefix(name, escPath+"/@v/") && name != escPath+"/@latest" {
-				return nil
-			}
-			n, err := entrySize(ctx, c, name)
-			if err != nil {
 				return nil
 			}
 			_, version, _ := parseCacheName(name)
@@ -297,9 +309,7 @@ func moduleVersions(ctx context.Context, p *goproxy.Proxy, modPath string) (vers
 			v.Files = append(v.Files, strings.TrimPrefix(name, escPath+"/@v/"+mustEscapeVersion(version)))
 			v.Bytes += n
 			if strings.HasSuffix(name, ".info") {
-				if mt, err := modTime(ctx, c, name); err == nil {
-					v.Time = mt
-				}
+				v.Time = mt
 			}
 			return nil
 		})

@@ -244,6 +244,14 @@ type Repository struct {
 	// Hosted is the directory of published versions, for hosted and group
 	// repositories. It must keep everything and differ from Cache.
 	Hosted string `yaml:"hosted" json:"hosted"`
+	// CacheS3 keeps the cache in a bucket of an S3-compatible store
+	// instead of the Cache directory: every server (replica) configured
+	// with the same bucket and prefix shares it, fetching each file once
+	// between them.
+	CacheS3 *S3Config `yaml:"cache_s3,omitempty" json:"cache_s3,omitempty"`
+	// HostedS3 keeps the published versions in a bucket instead of the
+	// Hosted directory.
+	HostedS3 *S3Config `yaml:"hosted_s3,omitempty" json:"hosted_s3,omitempty"`
 
 	// The go command's settings, as the go command reads them. Unset, each
 	// is taken from the environment of the server, as the go command would.
@@ -286,6 +294,49 @@ type Repository struct {
 	Admission AdmissionConfig `yaml:"admission" json:"admission"`
 	// Eviction bounds the cache (not the hosted store) by age and size.
 	Eviction EvictionConfig `yaml:"eviction" json:"eviction"`
+}
+
+// S3Config is a bucket of an S3-compatible store (s3cacher.Cacher). Its
+// credentials come from environment variables or files (one of the two
+// for each), never from the config file; with none given, the store's
+// usual search applies: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,
+// MINIO_ROOT_USER and MINIO_ROOT_PASSWORD, the AWS shared credentials
+// file, and the machine's IAM role.
+type S3Config struct {
+	// Endpoint is the store's URL, https://host[:port] or
+	// http://host[:port]. Empty means AWS S3.
+	Endpoint string `yaml:"endpoint" json:"endpoint"`
+	// Bucket must exist: the server never creates it.
+	Bucket string `yaml:"bucket" json:"bucket"`
+	// Prefix is put before every key, so that repositories (or other
+	// users) can share a bucket.
+	Prefix string `yaml:"prefix" json:"prefix"`
+	// Region is the bucket's. Empty means asking the store once.
+	Region string `yaml:"region" json:"region"`
+
+	AccessKeyIDEnv      string `yaml:"access_key_id_env" json:"access_key_id_env"`
+	AccessKeyIDFile     string `yaml:"access_key_id_file" json:"access_key_id_file"`
+	SecretAccessKeyEnv  string `yaml:"secret_access_key_env" json:"secret_access_key_env"`
+	SecretAccessKeyFile string `yaml:"secret_access_key_file" json:"secret_access_key_file"`
+	SessionTokenEnv     string `yaml:"session_token_env" json:"session_token_env"`
+	SessionTokenFile    string `yaml:"session_token_file" json:"session_token_file"`
+
+	// Addressing is auto, path (host/bucket/key: MinIO and most
+	// self-hosted stores) or virtual_host (bucket.host/key).
+	Addressing string `yaml:"addressing" json:"addressing"`
+	// CAFile lists in PEM the certificates trusted for the store's. Empty
+	// means the system's.
+	CAFile string `yaml:"ca_file" json:"ca_file"`
+	// Timeout bounds each request's waits for the store.
+	Timeout Duration `yaml:"timeout" json:"timeout"`
+
+	// RedirectDownloads answers requests for cached zips of modules
+	// anyone may read (access.anonymous_read) with a redirect to the
+	// bucket, so that the bytes come from the store. For cache_s3 only;
+	// the clients must reach the endpoint.
+	RedirectDownloads bool `yaml:"redirect_downloads" json:"redirect_downloads"`
+	// RedirectExpiry is how long a redirect's URL works.
+	RedirectExpiry Duration `yaml:"redirect_expiry" json:"redirect_expiry"`
 }
 
 // RouteConfig is a goproxy.Route.
@@ -443,7 +494,7 @@ func (r *Repository) fillDefaults(cacheBase string) {
 	if r.Type == "" {
 		r.Type = typeProxy
 	}
-	if r.Cache == "" && cacheBase != "" {
+	if r.Cache == "" && r.CacheS3 == nil && cacheBase != "" {
 		r.Cache = cacheBase + "/" + r.Name
 	}
 }

@@ -47,6 +47,7 @@ type repoPlan struct {
 // its repository did not change.
 type proxySpec struct {
 	Cache, Hosted, TempDir string
+	CacheS3, HostedS3      *s3Spec // instead of Cache, Hosted
 	Env                    []string
 	Netrc                  string // the content of the .netrc the Proxy reads
 	Routes                 []goproxy.Route
@@ -189,6 +190,11 @@ func newPlan(cfg *Config, src *configSources, env []string) (*plan, error) {
 					p.add(join(b.key, "hosted"), "%s is used by %s and %s: published versions would be mixed with other files", x[0], cmpKey(a.key), cmpKey(b.key))
 				}
 			}
+			for _, x := range [][2]*s3Spec{{a.spec.CacheS3, b.spec.CacheS3}, {a.spec.HostedS3, b.spec.HostedS3}, {a.spec.CacheS3, b.spec.HostedS3}, {a.spec.HostedS3, b.spec.CacheS3}} {
+				if x[0].nests(x[1]) {
+					p.add(b.key, "the buckets of %s (%s) and %s (%s) overlap: give each store its own prefix, none within another", cmpKey(a.key), x[0], cmpKey(b.key), x[1])
+				}
+			}
 		}
 	}
 	if err := p.err(); err != nil {
@@ -222,7 +228,7 @@ func sameDir(a, b string) bool {
 }
 
 func isZeroRepository(r Repository) bool {
-	return r.Name == "" && r.Prefix == "" && r.Type == "" && r.Hosted == "" &&
+	return r.Name == "" && r.Prefix == "" && r.Type == "" && r.Hosted == "" && r.CacheS3 == nil && r.HostedS3 == nil &&
 		r.GOPROXY == nil && r.GONOPROXY == nil && r.GOPRIVATE == nil && r.GOSUMDB == nil &&
 		r.GONOSUMDB == nil && r.GOINSECURE == nil && r.NETRC == nil && len(r.Routes) == 0 &&
 		len(r.SumDBs) == 0 && r.SumDBTTL == 0 && !r.AllowUnverified && r.MutableTTL == 0 &&
@@ -376,7 +382,13 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 			}
 		}
 	}
-	if r.Cache == "" {
+	if r.CacheS3 != nil && r.Cache != "" {
+		p.add(join(key, "cache_s3"), "cache is set too: give the directory or the bucket")
+	}
+	if r.HostedS3 != nil && r.Hosted != "" {
+		p.add(join(key, "hosted_s3"), "hosted is set too: give the directory or the bucket")
+	}
+	if r.Cache == "" && r.CacheS3 == nil {
 		dir, err := os.UserCacheDir()
 		if err != nil {
 			p.add(join(key, "cache"), "not set, and there is no user cache directory to default to (%v): set cache or -cache", err)
@@ -391,11 +403,11 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 		"GOSUMDB": r.GOSUMDB, "GONOSUMDB": r.GONOSUMDB, "GOINSECURE": r.GOINSECURE, "NETRC": r.NETRC}
 	switch r.Type {
 	case typeProxy:
-		if r.Hosted != "" {
+		if r.Hosted != "" || r.HostedS3 != nil {
 			p.add(join(key, "hosted"), "a proxy repository has no hosted store: make it type group (published and upstream modules) or hosted")
 		}
 	case typeHosted:
-		if r.Hosted == "" {
+		if r.Hosted == "" && r.HostedS3 == nil {
 			p.add(join(key, "hosted"), "a hosted repository needs the directory of its published versions")
 		}
 		for _, k := range []string{"GOPROXY", "GONOPROXY"} {
@@ -409,7 +421,7 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 		off := "off"
 		vars["GOPROXY"], vars["GONOPROXY"] = &off, new(string)
 	case typeGroup:
-		if r.Hosted == "" {
+		if r.Hosted == "" && r.HostedS3 == nil {
 			p.add(join(key, "hosted"), "a group repository needs the directory of its published versions")
 		}
 	default:
@@ -418,6 +430,11 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 
 	s := &rp.spec
 	s.Cache, s.Hosted, s.TempDir = rp.Cache, r.Hosted, cfg.TempDir
+	s.CacheS3 = resolveS3(r.CacheS3, join(key, "cache_s3"), true, lookupIn(env), p)
+	s.HostedS3 = resolveS3(r.HostedS3, join(key, "hosted_s3"), false, lookupIn(env), p)
+	if s.CacheS3.nests(s.HostedS3) {
+		p.add(join(key, "hosted_s3"), "%s and the cache's %s overlap: published versions must be kept apart from cached ones, which may be removed", s.HostedS3, s.CacheS3)
+	}
 	s.Env = slices.Clone(env)
 	for _, k := range goEnvKeys {
 		if v := vars[k]; v != nil {
@@ -478,7 +495,7 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	// need not be read twice.)
 	checked := *s
 	checked.Admission = AdmissionConfig{}
-	if check, _, err := newProxy(&checked, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, goproxy.Metrics{}); err != nil {
+	if check, _, err := newProxy(&checked, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, goproxy.Metrics{}, nil); err != nil {
 		p.add(cmpKeyOr(key), "%v", err)
 	} else {
 		check.Close()
@@ -577,20 +594,25 @@ func resolveAccess(a AccessConfig, key string, ids *identities, p *problems) *go
 // policy. metrics are its hooks, admission decisions included. (They are
 // not in the spec: funcs do not compare, and a kept Proxy keeps the hooks
 // it was made with, which are its repository's.)
+//
+// anonymous, if not nil, reports whether a module may be read without
+// credentials: with cache_s3.redirect_downloads, only such modules' zips
+// are redirected to the bucket, since the redirect's URL is readable by
+// whoever holds it.
 func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize func(*http.Request, goproxy.Operation, string) error,
-	metrics goproxy.Metrics) (*goproxy.Proxy, *admission, error) {
+	metrics goproxy.Metrics, anonymous func(modulePath string) bool) (*goproxy.Proxy, *admission, error) {
 	dialer, err := s.Dialer.dialer(s.Env)
 	if err != nil {
 		return nil, nil, err
 	}
-	var hosted goproxy.Cacher
-	if s.Hosted != "" {
-		hosted = goproxy.DirCacher(s.Hosted)
+	cache, hosted, err := s.stores()
+	if err != nil {
+		return nil, nil, err
 	}
 	direct := s.Direct
 	direct.Dir = directDir
 	p := &goproxy.Proxy{
-		Cacher:          goproxy.DirCacher(s.Cache),
+		Cacher:          cache,
 		Hosted:          hosted,
 		Env:             s.Env,
 		Dialer:          dialer,
@@ -615,6 +637,10 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 	}
 	if s.Scrub.Quarantine != "" {
 		p.Scrub.Quarantine = goproxy.DirCacher(s.Scrub.Quarantine)
+	}
+	if c := s.CacheS3; c != nil && c.Redirect {
+		p.Redirect = goproxy.DownloadRedirect{Enabled: true, Expiry: c.RedirectExpiry,
+			Allow: func(_ *http.Request, modulePath string) bool { return anonymous != nil && anonymous(modulePath) }}
 	}
 	adm := newAdmission(s.Admission, p, logger)
 	if err := p.Init(); err != nil {

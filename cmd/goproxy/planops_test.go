@@ -108,7 +108,7 @@ eviction: {max_age: 720h, max_bytes: 20GiB, interval: 30m}
 	if got := pl.repos[0].spec.Eviction; got != want {
 		t.Errorf("the spec's eviction: %+v, want %+v", got, want)
 	}
-	p, _, err := newProxy(&pl.repos[0].spec, t.TempDir(), nil, nil, goproxy.Metrics{})
+	p, _, err := newProxy(&pl.repos[0].spec, t.TempDir(), nil, nil, goproxy.Metrics{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/mod/module"
+
 	"github.com/goproxy-team/goproxy"
 )
 
@@ -135,7 +137,10 @@ func (s *server) apply(pl *plan) error {
 			name := rp.Name
 			metrics := s.metrics.hooks(name, func() { s.scanner.rescan(name) })
 			metrics.Admission = s.admissions.hook(name)
-			proxy, adm, err := newProxy(&rp.spec, dir, logger, authorize, metrics)
+			anonymous := func(modulePath string) bool {
+				return module.MatchPrefixPatterns(holder.Load().AnonymousRead, modulePath)
+			}
+			proxy, adm, err := newProxy(&rp.spec, dir, logger, authorize, metrics, anonymous)
 			if err != nil {
 				return fmt.Errorf("%s: %w", cmpKeyOr(rp.key), err)
 			}
@@ -382,8 +387,23 @@ func (s *server) serveReadyz(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(&b, "%s: %s: ok\n", repo, what)
 	}
 	for _, repo := range st.repos {
-		report(repo.Name, "cache "+repo.Cache, checkWritable(repo.Cache))
-		if repo.Hosted != "" {
+		if c := repo.spec.CacheS3; c != nil {
+			// A failing bucket in the cache role is bypassed (the
+			// upstreams answer): degraded, not unready. Every replica
+			// shares it, so sending clients elsewhere would not help.
+			if err := checkStore(ctx, repo.inst.proxy.Cacher, ""); err != nil {
+				fmt.Fprintf(&b, "%s: cache %s: bypassed, the upstreams answer: %v\n", repo.Name, c, err)
+				s.logs.main.WarnContext(ctx, "cache store failing", "repository", repo.Name, "error", err)
+			} else {
+				report(repo.Name, "cache "+c.String(), nil)
+			}
+		} else {
+			report(repo.Name, "cache "+repo.Cache, checkWritable(repo.Cache))
+		}
+		switch {
+		case repo.spec.HostedS3 != nil:
+			report(repo.Name, "hosted "+repo.spec.HostedS3.String(), checkStore(ctx, repo.inst.proxy.Hosted, ""))
+		case repo.Hosted != "":
 			report(repo.Name, "hosted "+repo.Hosted, checkWritable(repo.Hosted))
 		}
 		if cfg.Readyz.CheckUpstreams {
