@@ -278,6 +278,9 @@ type importResult struct {
 	Exempt   int   `json:"exempt"`
 	Files    int   `json:"files"`
 	Bytes    int64 `json:"bytes"`
+	// Refused lists the module versions of the bundle the admission
+	// policy kept out, which were not stored.
+	Refused []itemError `json:"refused"`
 }
 
 // serveImport answers POST /-/import, whose body is a bundle: it is
@@ -292,9 +295,13 @@ func (p *Proxy) serveImport(w http.ResponseWriter, r *http.Request) {
 		p.writeFailure(w, failed(failInternal, "import: %w", err))
 		return
 	}
-	p.logger().Info("import", "modules", len(rep.Manifest.Modules), "files", rep.Files, "bytes", rep.Bytes)
-	writeJSON(w, http.StatusOK, importResult{Modules: len(rep.Manifest.Modules), Verified: rep.Verified,
-		Exempt: rep.Exempt, Files: rep.Files, Bytes: rep.Bytes})
+	p.logger().Info("import", "modules", len(rep.Manifest.Modules), "refused", len(rep.Refused), "files", rep.Files, "bytes", rep.Bytes)
+	res := importResult{Modules: len(rep.Manifest.Modules), Verified: rep.Verified,
+		Exempt: rep.Exempt, Files: rep.Files, Bytes: rep.Bytes, Refused: []itemError{}}
+	for _, f := range rep.Refused {
+		res.Refused = append(res.Refused, itemError{f.Item.String(), f.Err.Error()})
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
 // scrubResult is what the scrub endpoint answers.

@@ -135,3 +135,36 @@ func TestFillEndpointIgnoresAJournalPlantedInTheTempDir(t *testing.T) {
 		t.Errorf("a planted journal was believed: %s", w.Body)
 	}
 }
+
+// TestImportEndpointNamesTheVersionsTheAdmissionPolicyRefused: a bundle
+// that passes its checks is stored but for what the admission policy
+// refuses, and the answer names each of those with the reason.
+func TestImportEndpointNamesTheVersionsTheAdmissionPolicyRefused(t *testing.T) {
+	vs := moduletest.Graph(10)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	src := newTestProxy(t, up.URL)
+	list := "example.com/mod000@v1.1.0\nexample.com/mod001@v1.0.0\n"
+	w := post(src, exportPath+"?input=list", []byte(list))
+	if w.Code != http.StatusOK {
+		t.Fatalf("export: %d %s", w.Code, w.Body)
+	}
+	bundle := w.Body.Bytes()
+
+	dst := newTestProxy(t, "off")
+	policy := &AdmissionPolicy{Deny: []AdmissionRule{{Match: "example.com/mod001", Reason: "not in this building"}}}
+	dst.Admission = policy.Decide
+	w = post(dst, importPath, bundle)
+	var res importResult
+	if err := json.Unmarshal(w.Body.Bytes(), &res); err != nil || w.Code != http.StatusOK {
+		t.Fatalf("import: %d %s: %v", w.Code, w.Body, err)
+	}
+	if len(res.Refused) != 1 || res.Refused[0].Item != "example.com/mod001@v1.0.0" || !strings.Contains(res.Refused[0].Error, "not in this building") {
+		t.Errorf("the answer does not name the refused version: %s", w.Body)
+	}
+	for _, name := range cachedNames(dst.Cacher) {
+		if strings.HasPrefix(name, "example.com/mod001/") {
+			t.Errorf("a refused version was stored: %s", name)
+		}
+	}
+}
