@@ -87,8 +87,8 @@
 //     [Proxy.ExportBundle]) of what its body names, like a fill's, or of
 //     everything cached with ?all=1.
 //   - POST /-/import imports the bundle in its body ([Proxy.ImportBundle]),
-//     answering what it stored as JSON, or 400 with every problem when the
-//     bundle is refused.
+//     answering as JSON what it stored and the versions the admission
+//     policy refused, or 400 with every problem when the bundle is refused.
 //   - POST /-/scrub runs a scrub now ([Proxy.ScrubNow]) and answers its
 //     report as JSON; 409 if one is running.
 //

@@ -220,3 +220,48 @@ func TestFillJournalRefusesAFileThatIsNoJournal(t *testing.T) {
 		})
 	}
 }
+
+// TestTwoFillsSharingAJournalLeaveItReadable: two fills of one plan with
+// the same journal at once (two POSTs of one go.mod, a fill started twice
+// by hand) each append whole lines; neither writes over the other's, which
+// would leave lines that a third run cannot read.
+func TestTwoFillsSharingAJournalLeaveItReadable(t *testing.T) {
+	journal := filepath.Join(t.TempDir(), "fill.journal")
+	plan := &FillPlan{}
+	for i := range 200 {
+		// Lines of different lengths, so that one written over another
+		// leaves a piece of it.
+		plan.Items = append(plan.Items, FillItem{Path: "example.com/" + strings.Repeat("m", 1+i%17), Version: fmt.Sprintf("v1.0.%d", i), Files: FillModule})
+	}
+	// Both journals are opened before either writes, as by two processes.
+	j1, err := openFillJournal(journal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j2, err := openFillJournal(journal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, it := range plan.Items {
+		j := j1
+		if i%2 == 1 {
+			j = j2
+		}
+		if err := j.record(it); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j1.Close()
+	j2.Close()
+
+	rep, err := runFill(context.Background(), plan, func(ctx context.Context, it FillItem) (fillOutcome, error) {
+		t.Errorf("%s asked about again: both fills recorded it", it)
+		return fillFetched, nil
+	}, &FillOptions{Journal: journal})
+	if err != nil {
+		t.Fatalf("third run: %v", err)
+	}
+	if len(rep.Resumed) != len(plan.Items) {
+		t.Errorf("third run: %d resumed, want all %d", len(rep.Resumed), len(plan.Items))
+	}
+}

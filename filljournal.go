@@ -20,7 +20,7 @@ const fillJournalHeader = "goproxy fill journal 1\n"
 
 // fillJournal records the items a fill has finished, one line each, so
 // that a fill killed halfway resumes where it stopped. Lines are appended
-// with one write each; a line cut short by a kill lacks its newline and is
+// with one write each, in append mode; a line cut short by a kill lacks its newline and is
 // dropped when the journal is opened again. The journal is not synced
 // after each line: a killed process loses nothing the kernel has, and
 // after a power failure the worst case is fetching some items again.
@@ -33,7 +33,10 @@ type fillJournal struct {
 // openFillJournal opens or creates the journal at name and reads what it
 // records.
 func openFillJournal(name string) (*fillJournal, error) {
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
+	// O_APPEND: two fills sharing a journal (two processes, two requests
+	// of one plan) each add whole lines at its end, never over the
+	// other's, which would leave lines no later run can read.
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("fill journal: %w", err)
 	}

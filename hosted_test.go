@@ -551,3 +551,50 @@ func TestInitRefusesAHostedStoreInsideTheCache(t *testing.T) {
 		p.Close()
 	}
 }
+
+// TestPublishOnAFullTempDiskAnswers507WithoutThePath: a full temporary
+// disk is the proxy's lack of space (507), said in a short message that
+// does not name the proxy's temporary files.
+func TestPublishOnAFullTempDiskAnswers507WithoutThePath(t *testing.T) {
+	p := newHostingProxy(t, "off")
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
+	}
+	disk := &smallDisk{limit: 100}
+	p.conf.writeTemp = func(f *os.File, b []byte) (int, error) {
+		off, err := f.Seek(0, io.SeekCurrent)
+		if err != nil {
+			return 0, err
+		}
+		n, err := disk.writeAt(f, b, off)
+		f.Seek(off+int64(n), io.SeekStart)
+		return n, err
+	}
+	w := put(p, "/corp.example.com/lib/@v/v1.0.0.zip", corpZip(t, "v1.0.0", "x"), "alice", "alice-pw")
+	if w.Code != http.StatusInsufficientStorage || !strings.Contains(w.Body.String(), "no space left") ||
+		strings.Contains(w.Body.String(), p.TempDir) || strings.Contains(w.Body.String(), "goproxy-publish-") {
+		t.Errorf("%d %q, want 507 saying no space is left, without the temporary path", w.Code, w.Body)
+	}
+	assertNothingHosted(t, p)
+	if files := filesUnder(t, p.TempDir); len(files) != 0 {
+		t.Errorf("the failed publish left %v", files)
+	}
+
+	p.TempDir = "" // set at Init: a missing directory fails the next one
+	p.conf.tempDir = filepath.Join(t.TempDir(), "missing")
+	p.conf.writeTemp = nil
+	w = put(p, "/corp.example.com/lib/@v/v1.0.0.zip", corpZip(t, "v1.0.0", "x"), "alice", "alice-pw")
+	if w.Code != http.StatusInternalServerError || strings.Contains(w.Body.String(), "missing") {
+		t.Errorf("%d %q, want 500 without the temporary path", w.Code, w.Body)
+	}
+}
+
+// TestPublishingDisabledAnswers405WithAllow: a 405 says which methods the
+// path takes.
+func TestPublishingDisabledAnswers405WithAllow(t *testing.T) {
+	p := newTestProxy(t, "off")
+	w := put(p, "/corp.example.com/lib/@v/v1.0.0.zip", corpZip(t, "v1.0.0", "x"), "", "")
+	if w.Code != http.StatusMethodNotAllowed || w.Header().Get("Allow") != "GET, HEAD" || !strings.Contains(w.Body.String(), "publishing is not enabled") {
+		t.Errorf("%d Allow=%q %q, want 405 with Allow: GET, HEAD", w.Code, w.Header().Get("Allow"), w.Body)
+	}
+}

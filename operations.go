@@ -1,6 +1,8 @@
 package goproxy
 
 import (
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -176,8 +178,8 @@ func (r *FillReport) Summary() string {
 // serveFill answers POST /-/fill: the body is what to fill (see
 // requestPlan), the answer the fill's report as JSON, once it is done. A
 // fill cut short (the client gone) resumes when the same input is posted
-// again: its journal is kept in TempDir, named after the plan, until a
-// fill of it ends.
+// again to the same process: its journal is kept in TempDir, named after
+// the plan with a key of the process's, until a fill of it ends.
 func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request) {
 	plan, err := p.requestPlan(r)
 	if err != nil {
@@ -201,9 +203,20 @@ func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
+// fillJournalKey keys planDigest, so that the names of the fill
+// endpoint's journals cannot be guessed: TempDir is often shared
+// (os.TempDir()), and another local user who created the journal of a
+// plan first, claiming every item done, would have the fill skip them all
+// and report success. Journals of an earlier process are not resumed.
+var fillJournalKey = func() []byte {
+	key := make([]byte, 32)
+	rand.Read(key)
+	return key
+}()
+
 // planDigest names a plan by its items.
 func planDigest(plan *FillPlan) string {
-	h := sha256.New()
+	h := hmac.New(sha256.New, fillJournalKey)
 	for _, it := range plan.Items {
 		fmt.Fprintf(h, "%s %s %d\n", it.Path, it.Version, it.Files)
 	}
@@ -265,6 +278,9 @@ type importResult struct {
 	Exempt   int   `json:"exempt"`
 	Files    int   `json:"files"`
 	Bytes    int64 `json:"bytes"`
+	// Refused lists the module versions of the bundle the admission
+	// policy kept out, which were not stored.
+	Refused []itemError `json:"refused"`
 }
 
 // serveImport answers POST /-/import, whose body is a bundle: it is
@@ -279,9 +295,13 @@ func (p *Proxy) serveImport(w http.ResponseWriter, r *http.Request) {
 		p.writeFailure(w, failed(failInternal, "import: %w", err))
 		return
 	}
-	p.logger().Info("import", "modules", len(rep.Manifest.Modules), "files", rep.Files, "bytes", rep.Bytes)
-	writeJSON(w, http.StatusOK, importResult{Modules: len(rep.Manifest.Modules), Verified: rep.Verified,
-		Exempt: rep.Exempt, Files: rep.Files, Bytes: rep.Bytes})
+	p.logger().Info("import", "modules", len(rep.Manifest.Modules), "refused", len(rep.Refused), "files", rep.Files, "bytes", rep.Bytes)
+	res := importResult{Modules: len(rep.Manifest.Modules), Verified: rep.Verified,
+		Exempt: rep.Exempt, Files: rep.Files, Bytes: rep.Bytes, Refused: []itemError{}}
+	for _, f := range rep.Refused {
+		res.Refused = append(res.Refused, itemError{f.Item.String(), f.Err.Error()})
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
 // scrubResult is what the scrub endpoint answers.

@@ -1,9 +1,14 @@
 package goproxy
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -91,5 +96,75 @@ func TestGuessFillInput(t *testing.T) {
 				t.Errorf("%q: %s, want %s", tc.data, got, tc.want)
 			}
 		})
+	}
+}
+
+// TestFillEndpointIgnoresAJournalPlantedInTheTempDir: the endpoint's
+// journals live in TempDir, often shared; one another user created first
+// under the name a plan's journal would have, claiming its items done,
+// must not make the fill skip them.
+func TestFillEndpointIgnoresAJournalPlantedInTheTempDir(t *testing.T) {
+	vs := moduletest.Graph(10)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	list := "example.com/mod000@v1.1.0\nexample.com/mod001@v1.0.0\n"
+	plan, err := FillPlanFromList([]byte(list))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The names a plan's journal had, or might have: its digest unkeyed.
+	h := sha256.New()
+	content := fillJournalHeader
+	for _, it := range plan.Items {
+		fmt.Fprintf(h, "%s %s %d\n", it.Path, it.Version, it.Files)
+		content += formatJournalLine(it)
+	}
+	digest := hex.EncodeToString(h.Sum(nil))
+	for _, n := range []int{24, 32, 64} {
+		if err := os.WriteFile(filepath.Join(p.TempDir, "goproxy-fill-"+digest[:n]+".journal"), []byte(content), 0o666); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := post(p, fillPath, []byte(list))
+	var res fillResult
+	if err := json.Unmarshal(w.Body.Bytes(), &res); err != nil || w.Code != http.StatusOK {
+		t.Fatalf("%d %s: %v", w.Code, w.Body, err)
+	}
+	if len(res.Fetched) != 2 || len(res.Resumed) != 0 {
+		t.Errorf("a planted journal was believed: %s", w.Body)
+	}
+}
+
+// TestImportEndpointNamesTheVersionsTheAdmissionPolicyRefused: a bundle
+// that passes its checks is stored but for what the admission policy
+// refuses, and the answer names each of those with the reason.
+func TestImportEndpointNamesTheVersionsTheAdmissionPolicyRefused(t *testing.T) {
+	vs := moduletest.Graph(10)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	src := newTestProxy(t, up.URL)
+	list := "example.com/mod000@v1.1.0\nexample.com/mod001@v1.0.0\n"
+	w := post(src, exportPath+"?input=list", []byte(list))
+	if w.Code != http.StatusOK {
+		t.Fatalf("export: %d %s", w.Code, w.Body)
+	}
+	bundle := w.Body.Bytes()
+
+	dst := newTestProxy(t, "off")
+	policy := &AdmissionPolicy{Deny: []AdmissionRule{{Match: "example.com/mod001", Reason: "not in this building"}}}
+	dst.Admission = policy.Decide
+	w = post(dst, importPath, bundle)
+	var res importResult
+	if err := json.Unmarshal(w.Body.Bytes(), &res); err != nil || w.Code != http.StatusOK {
+		t.Fatalf("import: %d %s: %v", w.Code, w.Body, err)
+	}
+	if len(res.Refused) != 1 || res.Refused[0].Item != "example.com/mod001@v1.0.0" || !strings.Contains(res.Refused[0].Error, "not in this building") {
+		t.Errorf("the answer does not name the refused version: %s", w.Body)
+	}
+	for _, name := range cachedNames(dst.Cacher) {
+		if strings.HasPrefix(name, "example.com/mod001/") {
+			t.Errorf("a refused version was stored: %s", name)
+		}
 	}
 }

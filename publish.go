@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/mod/modfile"
@@ -48,18 +50,18 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 	m := module.Version{Path: modulePath, Version: version}
 	tmp, err := os.CreateTemp(p.conf.tempDir, "goproxy-publish-*.zip")
 	if err != nil {
-		return failed(failInternal, "publishing %s: %w", m, err)
+		return p.publishTempFailed(ctx, m, err)
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
 	upload := &uploadReader{r: io.LimitReader(contextReader{ctx, zipContent}, maxZipSize+1)}
-	n, err := io.Copy(tmp, upload)
+	n, err := io.Copy(tempFileWriter{tmp, p.conf.writeTemp}, upload)
 	switch {
 	case upload.err != nil:
 		// The client's, as a cut or oversized body is.
 		return failed(failBadRequest, "publishing %s: reading the upload: %w", m, upload.err)
 	case err != nil:
-		return failed(failInternal, "publishing %s: writing the upload to a temporary file: %w", m, err)
+		return p.publishTempFailed(ctx, m, err)
 	}
 	if n > maxZipSize {
 		return fmt.Errorf("publishing %s: %w: the zip is larger than the %d-byte limit for module zips", m, ErrInvalidModule, maxZipSize)
@@ -242,7 +244,8 @@ func digest(r io.Reader) ([sha256.Size]byte, error) {
 // servePublish answers PUT $module/@v/$version.zip.
 func (p *Proxy) servePublish(w http.ResponseWriter, r *http.Request, req *request) {
 	if p.conf.hosted == nil {
-		p.writeFailure(w, ErrPublishingDisabled)
+		// 405 must say what the path allows (RFC 9110, 15.5.6).
+		p.writeFailure(w, &failure{kind: failMethod, allow: "GET, HEAD", msg: ErrPublishingDisabled.Error(), err: ErrPublishingDisabled})
 		return
 	}
 	if req.kind != kindZip {
@@ -260,6 +263,35 @@ func (p *Proxy) servePublish(w http.ResponseWriter, r *http.Request, req *reques
 		return
 	}
 	writeMessage(w, http.StatusCreated, "published "+req.modPath+"@"+req.version)
+}
+
+// publishTempFailed is the failure of a publish whose upload could not be
+// written to a temporary file: 507 when the disk is full, else 500. The
+// client reads a short message; the temporary file's path, of no use to
+// it, goes to the log with the cause.
+func (p *Proxy) publishTempFailed(ctx context.Context, m module.Version, err error) error {
+	p.logger().LogAttrs(ctx, slog.LevelError, "publishing: writing the upload to a temporary file",
+		slog.String("module", m.String()), slog.String("error", err.Error()))
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return &failure{kind: failNoSpace, err: err,
+			msg: fmt.Sprintf("publishing %s: no space left in the proxy's temporary directory for the upload", m)}
+	}
+	return &failure{kind: failInternal, err: err,
+		msg: fmt.Sprintf("publishing %s: the proxy could not write the upload to a temporary file", m)}
+}
+
+// tempFileWriter writes to f through write, if set: tests make a disk
+// full that way.
+type tempFileWriter struct {
+	f     *os.File
+	write func(f *os.File, b []byte) (int, error)
+}
+
+func (w tempFileWriter) Write(b []byte) (int, error) {
+	if w.write != nil {
+		return w.write(w.f, b)
+	}
+	return w.f.Write(b)
 }
 
 // uploadReader keeps the error of reading an upload, which is the

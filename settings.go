@@ -101,6 +101,9 @@ type config struct {
 	staleGrace                        time.Duration // zero: no stale-while-revalidate
 	scrub                             ScrubOptions  // defaults applied
 	admission                         func(context.Context, AdmissionCandidate) AdmissionDecision
+	// writeTemp, if set, writes a publish's upload to its temporary
+	// file instead of (*os.File).Write: tests make a disk full with it.
+	writeTemp func(f *os.File, b []byte) (int, error)
 }
 
 // configure copies the exported fields into a config, applying the

@@ -345,8 +345,12 @@ func runImport(ctx context.Context, op *cacheOp) error {
 			if err != nil {
 				return fmt.Errorf("import %s: %w", path, err)
 			}
-			fmt.Fprintf(op.stdout, "import %s: %d module versions (%d verified against the checksum database, %d exempt), %d files\n",
-				path, len(rep.Manifest.Modules), rep.Verified, rep.Exempt, rep.Files)
+			for _, r := range rep.Refused {
+				fmt.Fprintf(op.stdout, "REFUSED %s: %v\n", r.Item, r.Err)
+				failed = append(failed, r.Item.String())
+			}
+			fmt.Fprintf(op.stdout, "import %s: %d module versions (%d verified against the checksum database, %d exempt), %d refused, %d files\n",
+				path, len(rep.Manifest.Modules), rep.Verified, rep.Exempt, len(rep.Refused), rep.Files)
 			continue
 		}
 		rep, err := op.proxy.ImportModuleDir(ctx, path)

@@ -173,3 +173,37 @@ func TestFillKilledMidwayResumesFromItsJournal(t *testing.T) {
 		t.Errorf("the fill run again: %v\n%s", err, out)
 	}
 }
+
+// TestImportOfABundleNamesWhatTheAdmissionPolicyRefused imports a bundle
+// into a repository whose admission policy denies one of its versions:
+// that version is named as refused, and the import exits with an error,
+// as an import of a directory does.
+func TestImportOfABundleNamesWhatTheAdmissionPolicyRefused(t *testing.T) {
+	vs := moduletest.Graph(10)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	dir := t.TempDir()
+	list := writeFile(t, filepath.Join(dir, "modules.txt"), "example.com/mod000@v1.1.0\nexample.com/mod001@v1.0.0\n")
+	online := []string{"GOPROXY=" + up.URL, "GOSUMDB=off", "TMPDIR=" + t.TempDir(), "HOME=" + t.TempDir()}
+	cacheA, cacheB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	if _, _, err := runOp(t, online, "fill", "-cache", cacheA, list); err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(dir, "bundle.tar.gz")
+	if _, _, err := runOp(t, online, "export", "-cache", cacheA, "-o", bundle, "-all"); err != nil {
+		t.Fatal(err)
+	}
+	config := writeFile(t, filepath.Join(dir, "goproxy.yaml"), "cache: "+cacheB+"\ngoproxy: \"off\"\ngosumdb: \"off\"\n"+
+		"admission:\n  deny:\n    - {match: \"example.com/mod001\", reason: \"not in this building\"}\n")
+	offline := []string{"TMPDIR=" + t.TempDir(), "HOME=" + t.TempDir()}
+	out, _, err := runOp(t, offline, "import", "-config", config, bundle)
+	if err == nil || !strings.Contains(out, "REFUSED example.com/mod001@v1.0.0") || !strings.Contains(out, "not in this building") {
+		t.Errorf("import: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(cacheB, "example.com", "mod001", "@v", "v1.0.0.zip")); !os.IsNotExist(err) {
+		t.Errorf("the refused version was stored: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(cacheB, "example.com", "mod000", "@v", "v1.1.0.zip")); err != nil {
+		t.Errorf("the admitted version was not stored: %v", err)
+	}
+}
