@@ -61,6 +61,26 @@ admission:
 	}
 }
 
+func TestAnOfflineRepositoryRefusesACooldownIndexFeed(t *testing.T) {
+	dir := t.TempDir()
+	file := writeFile(t, filepath.Join(dir, "goproxy.yaml"), `cache: `+dir+`/cache
+offline: true
+admission:
+  cooldown:
+    age: 72h
+    index_feed: "https://index.example.com/index"
+`)
+	o, _ := parseFlags([]string{"-config", file}, io.Discard)
+	cfg, src, err := loadConfig(o, lookupIn(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = cfg.Validate(src, nil)
+	if err == nil || !strings.Contains(err.Error(), "admission.cooldown.index_feed: set on an offline repository") {
+		t.Fatalf("Validate = %v, want the feed refused on an offline repository", err)
+	}
+}
+
 // testFeed serves an index feed of fixed entries, as index.golang.org
 // does, counting the requests.
 type testFeed struct {

@@ -483,6 +483,12 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	rp.auth = resolveAccess(r.Access, key, ids, p)
 	s.Admission = r.Admission
 	checkAdmission(&s.Admission, key, p)
+	if r.Offline && s.Admission.Cooldown.IndexFeed != "" {
+		// An offline repository connects nowhere; the feed's reads would
+		// be the one exception, and quietly failing them would leave the
+		// cooldown refusing every version it has no first-seen record for.
+		p.add(join(key, "admission.cooldown.index_feed"), "set on an offline repository, which connects nowhere: versions are dated by their first-seen records instead")
+	}
 
 	if sameDir(rp.Cache, r.Hosted) {
 		p.add(join(key, "hosted"), "%s is also the cache: published versions must be kept apart from cached ones, which may be removed", r.Hosted)
