@@ -518,6 +518,9 @@ func (u *unpackedBundle) verifyFiles(bm BundleModule, lines []string) error {
 // already there.
 func (u *unpackedBundle) store(ctx context.Context, dst Cacher, report *BundleImport) error {
 	put := func(name string, r io.ReadSeeker, size int64) error {
+		if holdsAlready(ctx, dst, name) {
+			return nil
+		}
 		if err := dst.Put(ctx, name, r); err != nil {
 			return fmt.Errorf("storing %s: %w", name, err)
 		}
@@ -564,4 +567,17 @@ func (u *unpackedBundle) store(ctx context.Context, dst Cacher, report *BundleIm
 		}
 	}
 	return nil
+}
+
+// holdsAlready reports whether dst has a file by that name. Imports never
+// replace what the cache holds: every name they write is immutable, and
+// for a module the checksum database does not cover, CheckZip alone would
+// otherwise let an import swap the bytes clients were already served.
+func holdsAlready(ctx context.Context, dst Cacher, name string) bool {
+	st, ok := dst.(CacheStater)
+	if !ok {
+		return false
+	}
+	_, err := st.Stat(ctx, name)
+	return err == nil
 }

@@ -395,6 +395,9 @@ func importModuleVersion(ctx context.Context, root *os.Root, v ModuleDirVersion,
 
 	put := func(ext string, r io.ReadSeeker) error {
 		cacheName, _ := moduleFileName(v.Path, v.Version, ext)
+		if holdsAlready(ctx, dst, cacheName) {
+			return nil
+		}
 		if err := dst.Put(ctx, cacheName, r); err != nil {
 			return &storeError{fmt.Errorf("storing %s: %w", cacheName, err)}
 		}

@@ -213,6 +213,44 @@ func TestImportGOPROXYTreeChecksExemptModulesWithCheckZipOnly(t *testing.T) {
 	}
 }
 
+func TestImportNeverReplacesWhatTheCacheHolds(t *testing.T) {
+	vs := moduletest.Graph(10)
+	dir := t.TempDir()
+	if err := moduletest.WriteDir(dir, vs); err != nil {
+		t.Fatal(err)
+	}
+	db := newTestSumDB(t, vs)
+	exempt := moduletest.GraphPath(4)
+	ctx := context.Background()
+	dst := &MemCacher{}
+	opts := &ModuleDirImport{Lookup: lookupIn(db), NoSumDB: exempt}
+	if _, err := ImportModuleDir(ctx, dir, dst, opts); err != nil {
+		t.Fatal(err)
+	}
+	zipName, _ := moduleFileName(exempt, "v1.0.0", ".zip")
+	infoName, _ := moduleFileName(exempt, "v1.0.0", ".info")
+	before := readCached(t, dst, zipName)
+	// Other bytes that CheckZip accepts, for a module no checksum database
+	// covers; the .info gone from the cache so that the import does not
+	// skip the version as wholly held.
+	other := makeZip(t, exempt+"@v1.0.0/x.go", "package x // not what clients were served\n")
+	if err := os.WriteFile(filepath.Join(dir, exempt, "@v", "v1.0.0.zip"), other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Delete(ctx, infoName); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ImportModuleDir(ctx, dir, dst, opts); err != nil {
+		t.Fatal(err)
+	}
+	if after := readCached(t, dst, zipName); !bytes.Equal(after, before) {
+		t.Errorf("the import replaced the cached %s", zipName)
+	}
+	if _, err := dst.Stat(ctx, infoName); err != nil {
+		t.Errorf("the missing %s was not imported: %v", infoName, err)
+	}
+}
+
 func TestWalkModuleDirStaysInsideTheDirectory(t *testing.T) {
 	outside := t.TempDir()
 	if err := moduletest.WriteDir(outside, moduletest.Graph(10)); err != nil {
@@ -338,4 +376,19 @@ func TestImportsAskTheAdmissionHook(t *testing.T) {
 		}
 		refusedOnly(t, report.Refused, dst)
 	})
+}
+
+// readCached reads a whole file out of c.
+func readCached(t *testing.T, c Cacher, name string) []byte {
+	t.Helper()
+	rc, err := c.Get(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
