@@ -34,7 +34,9 @@ func (p *Proxy) admitFile(ctx context.Context, req *request, mayFetch bool) erro
 	if p.conf.admission == nil || !req.canonical || (req.kind != kindInfo && req.kind != kindMod && req.kind != kindZip) {
 		return nil
 	}
-	p.firstSeen.record(ctx, req.modPath, []string{req.version})
+	if err := p.seeNamed(ctx, req.modPath, req.version, mayFetch); err != nil {
+		return err
+	}
 	d := p.decide(ctx, req.modPath, req.version, false)
 	if !d.Refused() {
 		p.noteAdmission(ctx, req.modPath, req.version, d, AdmissionRequest)
@@ -78,19 +80,106 @@ func (p *Proxy) moduleMissing(ctx context.Context, req *request, mayFetch bool) 
 	return &failure{kind: failNotFound, msg: fmt.Sprintf("%s@%s: no upstream has the module: %v", req.modPath, req.version, err), err: err}
 }
 
+// seeNamed records path@version, a version asked for by name, as first
+// seen now, unless it is recorded already, once it is known to exist:
+// published, in the module's version list, or its .info had from the
+// cache or the upstreams. A name alone proves nothing: recording it would
+// let anyone who may ask (or who writes a go.mod that a build or a fill
+// reads) start the cooldown's clock of a release not made yet, which
+// would then be admitted as soon as it is published; and would fill the
+// record with made-up versions. A version that does not exist is not
+// found, the upstreams' answer: there is nothing to record or refuse.
+// When that cannot be told now (the upstreams fail, fetching is
+// disabled), nothing is recorded, and the cooldown holds the version back
+// meanwhile.
+func (p *Proxy) seeNamed(ctx context.Context, path, version string, mayFetch bool) error {
+	if p.firstSeen == nil {
+		return nil
+	}
+	if seen, err := p.firstSeen.get(ctx, path, version); err != nil || !seen.IsZero() {
+		return nil // recorded; or unreadable, and then not to be written
+	}
+	escPath, err := module.EscapePath(path)
+	if err != nil {
+		return nil
+	}
+	escVersion, err := module.EscapeVersion(version)
+	if err != nil {
+		return nil
+	}
+	gen := p.hotGen()
+	if p.isPublished(ctx, escPath+"/@v/"+escVersion) {
+		p.firstSeen.record(ctx, path, []string{version})
+		return nil
+	}
+	if listReq, err := p.parseRequest(escPath + "/@v/list"); err == nil {
+		if c, err := p.openStored(ctx, listReq, mayFetch, gen); err == nil {
+			listed := listedVersions(c.data)
+			c.close()
+			if slices.Contains(listed, version) {
+				// What a list request would record.
+				p.firstSeen.record(ctx, path, listed)
+				return nil
+			}
+		}
+	}
+	infoReq, err := p.parseRequest(escPath + "/@v/" + escVersion + ".info")
+	if err != nil {
+		return nil
+	}
+	c, err := p.openStored(ctx, infoReq, mayFetch, gen)
+	if err != nil {
+		if notFound(err) && kindOf(err) != failNotCached {
+			return err
+		}
+		return nil
+	}
+	c.close()
+	p.firstSeen.record(ctx, path, []string{version})
+	return nil
+}
+
+// listedVersions returns the canonical versions of a version list: the
+// first field of each line, as the go command reads it.
+func listedVersions(data []byte) []string {
+	var versions []string
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && semver.IsValid(f[0]) && module.CanonicalVersion(f[0]) == f[0] {
+			versions = append(versions, f[0])
+		}
+	}
+	return versions
+}
+
 // admitFetch decides whether the proxy may fetch path@version for itself
-// (a prefetch, a fill, an import), before it does: a refusal is an error
-// wrapping an *AdmissionError (answering 403). A version hidden may be
-// fetched: it is named. The version is recorded as seen, so that a
-// cooldown's clock starts for it.
+// (a prefetch, a fill), before it does: a refusal is an error wrapping
+// an *AdmissionError (answering 403). A version hidden may be fetched: it
+// is named. The version is recorded as seen once it is known to exist
+// (see seeNamed), so that a cooldown's clock starts for it; one that does
+// not exist is not found.
 func (p *Proxy) admitFetch(ctx context.Context, path, version string) error {
+	return p.admitOwn(ctx, path, version, false)
+}
+
+// admitImport is admitFetch for a version an import brings with its
+// files: it is recorded as seen at once, since its upstreams may be out
+// of reach (an offline proxy importing a bundle).
+func (p *Proxy) admitImport(ctx context.Context, path, version string) error {
+	return p.admitOwn(ctx, path, version, true)
+}
+
+func (p *Proxy) admitOwn(ctx context.Context, path, version string, inHand bool) error {
 	if err := p.Init(); err != nil {
 		return err
 	}
 	if p.conf.admission == nil {
 		return nil
 	}
-	p.firstSeen.record(ctx, path, []string{version})
+	if inHand {
+		p.firstSeen.record(ctx, path, []string{version})
+	} else if err := p.seeNamed(ctx, path, version, true); err != nil {
+		return err
+	}
 	d := p.decide(ctx, path, version, false)
 	p.noteAdmission(ctx, path, version, d, AdmissionFetch)
 	if d.Refused() {

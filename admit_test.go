@@ -311,7 +311,7 @@ func TestTheProxyRecordsWhenItFirstSawEachVersion(t *testing.T) {
 		return p
 	}
 	monthAgo := time.Now().Add(-30 * 24 * time.Hour)
-	seedFirstSeen(t, cache, moduletest.Graph(10), monthAgo, "example.com/mod001@v1.2.0")
+	seedFirstSeen(t, cache, moduletest.Graph(10), monthAgo, "example.com/mod001@v1.2.0", moduletest.PseudoPath+"@"+moduletest.PseudoVersion)
 
 	p := newProxy()
 	before := time.Now()
@@ -323,7 +323,7 @@ func TestTheProxyRecordsWhenItFirstSawEachVersion(t *testing.T) {
 		t.Errorf("a version in its cooldown: %d %q", w.Code, w.Body)
 	}
 	// Asked for by name, never listed: its clock starts too.
-	if w := do(p, "GET", "/example.com/mod005/@v/v1.9.0.info"); w.Code != http.StatusForbidden {
+	if w := do(p, "GET", "/"+moduletest.PseudoPath+"/@v/"+moduletest.PseudoVersion+".info"); w.Code != http.StatusForbidden {
 		t.Errorf("a version first asked for by name: %d %q", w.Code, w.Body)
 	}
 	ctx := context.Background()
@@ -333,7 +333,7 @@ func TestTheProxyRecordsWhenItFirstSawEachVersion(t *testing.T) {
 	}{
 		{"example.com/mod001@v1.0.0", monthAgo, monthAgo},
 		{"example.com/mod001@v1.2.0", before, time.Now()},
-		{"example.com/mod005@v1.9.0", before, time.Now()},
+		{moduletest.PseudoPath + "@" + moduletest.PseudoVersion, before, time.Now()},
 	} {
 		// A restarted proxy reads the record the first one kept.
 		for i, q := range []*Proxy{p, newProxy()} {
@@ -486,5 +486,49 @@ func TestAFirstSeenRecordThatCannotBeReadIsNotOverwritten(t *testing.T) {
 	seen, err := p.FirstSeen(context.Background(), "example.com/mod001", "v1.0.0")
 	if err != nil || !seen.Equal(monthAgo) {
 		t.Errorf("first seen %v, %v; want the stored %v, not overwritten", seen, err, monthAgo)
+	}
+}
+
+func TestAVersionNamedBeforeItExistsDoesNotStartItsCooldown(t *testing.T) {
+	// Someone who foresees a release (its author, say) asks for it, or
+	// writes a go.mod requiring it that a build or a fill reads, before
+	// it is published. Were the name recorded, the release would be
+	// admitted on publication once the cooldown's age had passed since.
+	cache := &MemCacher{}
+	up := moduletest.NewServer(moduletest.Graph(10))
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	p.Cacher = cache
+	policy := &AdmissionPolicy{Cooldown: Cooldown{Age: 72 * time.Hour, FirstSeen: p}}
+	p.Admission = policy.Decide
+	seedFirstSeen(t, cache, moduletest.Graph(10), time.Now().Add(-30*24*time.Hour))
+	ctx := context.Background()
+
+	for _, ext := range []string{".info", ".mod", ".zip"} {
+		if w := do(p, "GET", "/example.com/mod001/@v/v1.9.0"+ext); w.Code != http.StatusNotFound {
+			t.Errorf("%s of a version that does not exist: %d %q; want 404", ext, w.Code, w.Body)
+		}
+	}
+	if err := p.admitFetch(ctx, "example.com/mod002", "v1.9.0"); !notFound(err) {
+		t.Errorf("a fill of a version that does not exist: %v; want not found", err)
+	}
+	for _, m := range []string{"example.com/mod001", "example.com/mod002", "example.com/nosuchmodule"} {
+		if seen, err := p.FirstSeen(ctx, m, "v1.9.0"); err != nil || !seen.IsZero() {
+			t.Errorf("%s@v1.9.0, named before it exists, recorded as first seen %v, %v", m, seen, err)
+		}
+	}
+	if w := do(p, "GET", "/example.com/nosuchmodule/@v/v1.0.0.info"); w.Code != http.StatusNotFound {
+		t.Errorf("a module no upstream has: %d %q", w.Code, w.Body)
+	}
+	if _, err := cache.Get(ctx, firstSeenName("example.com/nosuchmodule")); err == nil {
+		t.Error("a module no upstream has got a first-seen entry in the cache")
+	}
+
+	// Published later, the version starts its cooldown then.
+	up.Add(&moduletest.Version{Path: "example.com/mod001", Version: "v1.9.0", Time: time.Now().Add(-365 * 24 * time.Hour)})
+	p.notFound.forget("example.com/mod001/@v/v1.9.0.info")
+	w := do(p, "GET", "/example.com/mod001/@v/v1.9.0.info")
+	if w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "first seen less than a minute ago") {
+		t.Errorf("the version once published: %d %q; want it held back by the cooldown", w.Code, w.Body)
 	}
 }
