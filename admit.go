@@ -241,20 +241,19 @@ func (p *Proxy) admitAnswer(ctx context.Context, req *request, c *content, publi
 }
 
 // admitList leaves out of a version list the versions that are not to be
-// listed.
+// listed. A line is read as the go command reads it: its first field is
+// the version, which an upstream may follow with its time (kept by
+// normalizeVersionList).
 func (p *Proxy) admitList(ctx context.Context, req *request, c *content, published []string) *content {
 	lines := strings.Split(string(c.data), "\n")
-	var versions []string
-	for _, line := range lines {
-		if v := strings.TrimSpace(line); v != "" {
-			versions = append(versions, v)
-		}
-	}
-	p.firstSeen.record(ctx, req.modPath, versions)
+	p.firstSeen.record(ctx, req.modPath, listedVersions(c.data))
 	kept := make([]string, 0, len(lines))
 	left := 0
 	for _, line := range lines {
-		v := strings.TrimSpace(line)
+		v := ""
+		if f := strings.Fields(line); len(f) > 0 {
+			v = f[0]
+		}
 		if v != "" && semver.IsValid(v) && module.CanonicalVersion(v) == v {
 			d := p.decide(ctx, req.modPath, v, slices.Contains(published, v))
 			p.noteAdmission(ctx, req.modPath, v, d, AdmissionList)

@@ -532,3 +532,16 @@ func TestAVersionNamedBeforeItExistsDoesNotStartItsCooldown(t *testing.T) {
 		t.Errorf("the version once published: %d %q; want it held back by the cooldown", w.Code, w.Body)
 	}
 }
+
+func TestAListLineIsDecidedByItsFirstFieldAsTheGoCommandReadsIt(t *testing.T) {
+	// The go command takes the first field of each line of a list: an
+	// upstream may add the version's time after it, which the proxy
+	// keeps. A refused version left in the list would be picked by go
+	// get m@latest, then refused.
+	p, up, _ := newAdmissionProxy(t, denying(AdmissionRule{Match: "example.com/mod001@v1.2.0", Reason: "broken"}))
+	up.SetFile("/example.com/mod001/@v/list", []byte("v1.0.0 2024-01-01T00:00:00Z\nv1.1.0\t2024-01-02T00:00:00Z\nv1.2.0 2024-01-03T00:00:00Z\nv1.2.0+build.1\n"))
+	w := do(p, "GET", "/example.com/mod001/@v/list")
+	if w.Code != http.StatusOK || w.Body.String() != "v1.0.0 2024-01-01T00:00:00Z\nv1.1.0 2024-01-02T00:00:00Z\n" {
+		t.Errorf("list: %d %q; want v1.2.0 left out", w.Code, w.Body)
+	}
+}
