@@ -59,7 +59,11 @@ func (p *Proxy) admitFile(ctx context.Context, req *request, mayFetch bool) erro
 
 // moduleMissing returns the upstreams' not-found answer for req's module
 // version list, when they have no such module and nothing of it is
-// published; nil otherwise, also when the list cannot be had.
+// published; nil otherwise, also when the list cannot be had. An upstream
+// may have a version's files but no list (a static tree, a mirror): the
+// version's .info then says whether there is something to refuse, since a
+// 404 for a version that exists would send the go command on to its next
+// GOPROXY entry or direct, which would serve it.
 func (p *Proxy) moduleMissing(ctx context.Context, req *request, mayFetch bool) error {
 	escPath, _ := module.EscapePath(req.modPath)
 	listReq, err := p.parseRequest(escPath + "/@v/list")
@@ -76,6 +80,17 @@ func (p *Proxy) moduleMissing(ctx context.Context, req *request, mayFetch bool) 
 	}
 	if published, perr := p.hostedVersions(ctx, escPath); perr != nil || len(published) > 0 {
 		return nil
+	}
+	escVersion, _ := module.EscapeVersion(req.version)
+	if infoReq, ierr := p.parseRequest(escPath + "/@v/" + escVersion + ".info"); ierr == nil {
+		ic, ierr := p.openStored(ctx, infoReq, mayFetch, p.hotGen())
+		if ierr == nil {
+			ic.close()
+			return nil
+		}
+		if !notFound(ierr) || kindOf(ierr) == failNotCached {
+			return nil
+		}
 	}
 	return &failure{kind: failNotFound, msg: fmt.Sprintf("%s@%s: no upstream has the module: %v", req.modPath, req.version, err), err: err}
 }

@@ -545,3 +545,29 @@ func TestAListLineIsDecidedByItsFirstFieldAsTheGoCommandReadsIt(t *testing.T) {
 		t.Errorf("list: %d %q; want v1.2.0 left out", w.Code, w.Body)
 	}
 }
+
+func TestARefusedVersionOfAModuleWithoutAListIsStill403(t *testing.T) {
+	// Some upstreams (a static tree, a mirror) have a version's files but
+	// no list. A 404 for the refused version would send the go command on
+	// to its next GOPROXY entry or direct, which would serve it.
+	p, up, _ := newAdmissionProxy(t, denying(AdmissionRule{Match: "example.com/mod001@v1.1.0", Reason: "broken"}))
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.HasSuffix(r.URL.Path, "/@v/list") {
+			http.NotFound(w, r)
+			return true
+		}
+		return false
+	})
+	for _, ext := range []string{".info", ".mod", ".zip"} {
+		if w := do(p, "GET", "/example.com/mod001/@v/v1.1.0"+ext); w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "broken") {
+			t.Errorf("%s: %d %q; want 403 with the reason", ext, w.Code, w.Body)
+		}
+	}
+	// A path that is no module is still not found.
+	if w := do(p, "GET", "/example.com/mod001/pkg/@v/v1.1.0.info"); w.Code != http.StatusNotFound {
+		t.Errorf("a package path: %d %q; want 404", w.Code, w.Body)
+	}
+	if n := up.Requests("/example.com/mod001/@v/v1.1.0.zip") + up.Requests("/example.com/mod001/@v/v1.1.0.mod"); n != 0 {
+		t.Errorf("the refused version's .mod and .zip were fetched %d times", n)
+	}
+}
