@@ -37,7 +37,8 @@ const (
 	// pick it by itself.
 	Hide
 	// Refuse answers 403 Forbidden, with the decision's reason, to every
-	// request for the version's .info, .mod and .zip, never fetches it,
+	// request for the version's .info, .mod and .zip, never fetches its
+	// .mod and .zip (its list or .info may be, to learn that it exists),
 	// and leaves it out of the version list and @latest. It is never 404
 	// or 410, which would send the go command on to the next GOPROXY
 	// entry or to direct.

@@ -172,6 +172,30 @@ func TestAdmissionPolicyInitReportsACooldownWithoutSource(t *testing.T) {
 	}
 }
 
+func TestAdmissionPolicyInitReportsAnIndexFeedWindowShorterThanTheCooldown(t *testing.T) {
+	// The feed dates what it does not list at the start of its Window:
+	// shorter than Age, it would have every old version refused.
+	for _, tt := range []struct {
+		name   string
+		window time.Duration
+		age    time.Duration
+		ok     bool
+	}{
+		{"the default window and a longer age", 0, 14 * 24 * time.Hour, false},
+		{"a window shorter than the age", 24 * time.Hour, 72 * time.Hour, false},
+		{"the default window and a shorter age", 0, 72 * time.Hour, true},
+		{"a window as long as the age", 14 * 24 * time.Hour, 14 * 24 * time.Hour, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &AdmissionPolicy{Cooldown: Cooldown{Age: tt.age, FirstSeen: &IndexFeed{URL: "https://index.example/index", Window: tt.window}}}
+			err := p.Init()
+			if tt.ok != (err == nil) || err != nil && !strings.Contains(err.Error(), "Window") {
+				t.Errorf("Init: %v", err)
+			}
+		})
+	}
+}
+
 func TestAnUnreadableVulnerabilityListIsReportedButRetried(t *testing.T) {
 	dir := t.TempDir()
 	p := &AdmissionPolicy{Vulnerabilities: &VulnerabilityList{Logger: testLogger(t), Path: dir}}

@@ -34,7 +34,9 @@ func (p *Proxy) admitFile(ctx context.Context, req *request, mayFetch bool) erro
 	if p.conf.admission == nil || !req.canonical || (req.kind != kindInfo && req.kind != kindMod && req.kind != kindZip) {
 		return nil
 	}
-	p.firstSeen.record(ctx, req.modPath, []string{req.version})
+	if err := p.seeNamed(ctx, req.modPath, req.version, mayFetch); err != nil {
+		return err
+	}
 	d := p.decide(ctx, req.modPath, req.version, false)
 	if !d.Refused() {
 		p.noteAdmission(ctx, req.modPath, req.version, d, AdmissionRequest)
@@ -57,7 +59,11 @@ func (p *Proxy) admitFile(ctx context.Context, req *request, mayFetch bool) erro
 
 // moduleMissing returns the upstreams' not-found answer for req's module
 // version list, when they have no such module and nothing of it is
-// published; nil otherwise, also when the list cannot be had.
+// published; nil otherwise, also when the list cannot be had. An upstream
+// may have a version's files but no list (a static tree, a mirror): the
+// version's .info then says whether there is something to refuse, since a
+// 404 for a version that exists would send the go command on to its next
+// GOPROXY entry or direct, which would serve it.
 func (p *Proxy) moduleMissing(ctx context.Context, req *request, mayFetch bool) error {
 	escPath, _ := module.EscapePath(req.modPath)
 	listReq, err := p.parseRequest(escPath + "/@v/list")
@@ -75,22 +81,120 @@ func (p *Proxy) moduleMissing(ctx context.Context, req *request, mayFetch bool) 
 	if published, perr := p.hostedVersions(ctx, escPath); perr != nil || len(published) > 0 {
 		return nil
 	}
+	escVersion, _ := module.EscapeVersion(req.version)
+	if infoReq, ierr := p.parseRequest(escPath + "/@v/" + escVersion + ".info"); ierr == nil {
+		ic, ierr := p.openStored(ctx, infoReq, mayFetch, p.hotGen())
+		if ierr == nil {
+			ic.close()
+			return nil
+		}
+		if !notFound(ierr) || kindOf(ierr) == failNotCached {
+			return nil
+		}
+	}
 	return &failure{kind: failNotFound, msg: fmt.Sprintf("%s@%s: no upstream has the module: %v", req.modPath, req.version, err), err: err}
 }
 
+// seeNamed records path@version, a version asked for by name, as first
+// seen now, unless it is recorded already, once it is known to exist:
+// published, in the module's version list, or its .info had from the
+// cache or the upstreams. A name alone proves nothing: recording it would
+// let anyone who may ask (or who writes a go.mod that a build or a fill
+// reads) start the cooldown's clock of a release not made yet, which
+// would then be admitted as soon as it is published; and would fill the
+// record with made-up versions. A version that does not exist is not
+// found, the upstreams' answer: there is nothing to record or refuse.
+// When that cannot be told now (the upstreams fail, fetching is
+// disabled), nothing is recorded, and the cooldown holds the version back
+// meanwhile.
+func (p *Proxy) seeNamed(ctx context.Context, path, version string, mayFetch bool) error {
+	if p.firstSeen == nil {
+		return nil
+	}
+	if seen, err := p.firstSeen.get(ctx, path, version); err != nil || !seen.IsZero() {
+		return nil // recorded; or unreadable, and then not to be written
+	}
+	escPath, err := module.EscapePath(path)
+	if err != nil {
+		return nil
+	}
+	escVersion, err := module.EscapeVersion(version)
+	if err != nil {
+		return nil
+	}
+	gen := p.hotGen()
+	if p.isPublished(ctx, escPath+"/@v/"+escVersion) {
+		p.firstSeen.record(ctx, path, []string{version})
+		return nil
+	}
+	if listReq, err := p.parseRequest(escPath + "/@v/list"); err == nil {
+		if c, err := p.openStored(ctx, listReq, mayFetch, gen); err == nil {
+			listed := listedVersions(c.data)
+			c.close()
+			if slices.Contains(listed, version) {
+				// What a list request would record.
+				p.firstSeen.record(ctx, path, listed)
+				return nil
+			}
+		}
+	}
+	infoReq, err := p.parseRequest(escPath + "/@v/" + escVersion + ".info")
+	if err != nil {
+		return nil
+	}
+	c, err := p.openStored(ctx, infoReq, mayFetch, gen)
+	if err != nil {
+		if notFound(err) && kindOf(err) != failNotCached {
+			return err
+		}
+		return nil
+	}
+	c.close()
+	p.firstSeen.record(ctx, path, []string{version})
+	return nil
+}
+
+// listedVersions returns the canonical versions of a version list: the
+// first field of each line, as the go command reads it.
+func listedVersions(data []byte) []string {
+	var versions []string
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && semver.IsValid(f[0]) && module.CanonicalVersion(f[0]) == f[0] {
+			versions = append(versions, f[0])
+		}
+	}
+	return versions
+}
+
 // admitFetch decides whether the proxy may fetch path@version for itself
-// (a prefetch, a fill, an import), before it does: a refusal is an error
-// wrapping an *AdmissionError (answering 403). A version hidden may be
-// fetched: it is named. The version is recorded as seen, so that a
-// cooldown's clock starts for it.
+// (a prefetch, a fill), before it does: a refusal is an error wrapping
+// an *AdmissionError (answering 403). A version hidden may be fetched: it
+// is named. The version is recorded as seen once it is known to exist
+// (see seeNamed), so that a cooldown's clock starts for it; one that does
+// not exist is not found.
 func (p *Proxy) admitFetch(ctx context.Context, path, version string) error {
+	return p.admitOwn(ctx, path, version, false)
+}
+
+// admitImport is admitFetch for a version an import brings with its
+// files: it is recorded as seen at once, since its upstreams may be out
+// of reach (an offline proxy importing a bundle).
+func (p *Proxy) admitImport(ctx context.Context, path, version string) error {
+	return p.admitOwn(ctx, path, version, true)
+}
+
+func (p *Proxy) admitOwn(ctx context.Context, path, version string, inHand bool) error {
 	if err := p.Init(); err != nil {
 		return err
 	}
 	if p.conf.admission == nil {
 		return nil
 	}
-	p.firstSeen.record(ctx, path, []string{version})
+	if inHand {
+		p.firstSeen.record(ctx, path, []string{version})
+	} else if err := p.seeNamed(ctx, path, version, true); err != nil {
+		return err
+	}
 	d := p.decide(ctx, path, version, false)
 	p.noteAdmission(ctx, path, version, d, AdmissionFetch)
 	if d.Refused() {
@@ -152,20 +256,19 @@ func (p *Proxy) admitAnswer(ctx context.Context, req *request, c *content, publi
 }
 
 // admitList leaves out of a version list the versions that are not to be
-// listed.
+// listed. A line is read as the go command reads it: its first field is
+// the version, which an upstream may follow with its time (kept by
+// normalizeVersionList).
 func (p *Proxy) admitList(ctx context.Context, req *request, c *content, published []string) *content {
 	lines := strings.Split(string(c.data), "\n")
-	var versions []string
-	for _, line := range lines {
-		if v := strings.TrimSpace(line); v != "" {
-			versions = append(versions, v)
-		}
-	}
-	p.firstSeen.record(ctx, req.modPath, versions)
+	p.firstSeen.record(ctx, req.modPath, listedVersions(c.data))
 	kept := make([]string, 0, len(lines))
 	left := 0
 	for _, line := range lines {
-		v := strings.TrimSpace(line)
+		v := ""
+		if f := strings.Fields(line); len(f) > 0 {
+			v = f[0]
+		}
 		if v != "" && semver.IsValid(v) && module.CanonicalVersion(v) == v {
 			d := p.decide(ctx, req.modPath, v, slices.Contains(published, v))
 			p.noteAdmission(ctx, req.modPath, v, d, AdmissionList)

@@ -311,7 +311,7 @@ func TestTheProxyRecordsWhenItFirstSawEachVersion(t *testing.T) {
 		return p
 	}
 	monthAgo := time.Now().Add(-30 * 24 * time.Hour)
-	seedFirstSeen(t, cache, moduletest.Graph(10), monthAgo, "example.com/mod001@v1.2.0")
+	seedFirstSeen(t, cache, moduletest.Graph(10), monthAgo, "example.com/mod001@v1.2.0", moduletest.PseudoPath+"@"+moduletest.PseudoVersion)
 
 	p := newProxy()
 	before := time.Now()
@@ -323,7 +323,7 @@ func TestTheProxyRecordsWhenItFirstSawEachVersion(t *testing.T) {
 		t.Errorf("a version in its cooldown: %d %q", w.Code, w.Body)
 	}
 	// Asked for by name, never listed: its clock starts too.
-	if w := do(p, "GET", "/example.com/mod005/@v/v1.9.0.info"); w.Code != http.StatusForbidden {
+	if w := do(p, "GET", "/"+moduletest.PseudoPath+"/@v/"+moduletest.PseudoVersion+".info"); w.Code != http.StatusForbidden {
 		t.Errorf("a version first asked for by name: %d %q", w.Code, w.Body)
 	}
 	ctx := context.Background()
@@ -333,7 +333,7 @@ func TestTheProxyRecordsWhenItFirstSawEachVersion(t *testing.T) {
 	}{
 		{"example.com/mod001@v1.0.0", monthAgo, monthAgo},
 		{"example.com/mod001@v1.2.0", before, time.Now()},
-		{"example.com/mod005@v1.9.0", before, time.Now()},
+		{moduletest.PseudoPath + "@" + moduletest.PseudoVersion, before, time.Now()},
 	} {
 		// A restarted proxy reads the record the first one kept.
 		for i, q := range []*Proxy{p, newProxy()} {
@@ -486,5 +486,88 @@ func TestAFirstSeenRecordThatCannotBeReadIsNotOverwritten(t *testing.T) {
 	seen, err := p.FirstSeen(context.Background(), "example.com/mod001", "v1.0.0")
 	if err != nil || !seen.Equal(monthAgo) {
 		t.Errorf("first seen %v, %v; want the stored %v, not overwritten", seen, err, monthAgo)
+	}
+}
+
+func TestAVersionNamedBeforeItExistsDoesNotStartItsCooldown(t *testing.T) {
+	// Someone who foresees a release (its author, say) asks for it, or
+	// writes a go.mod requiring it that a build or a fill reads, before
+	// it is published. Were the name recorded, the release would be
+	// admitted on publication once the cooldown's age had passed since.
+	cache := &MemCacher{}
+	up := moduletest.NewServer(moduletest.Graph(10))
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	p.Cacher = cache
+	policy := &AdmissionPolicy{Cooldown: Cooldown{Age: 72 * time.Hour, FirstSeen: p}}
+	p.Admission = policy.Decide
+	seedFirstSeen(t, cache, moduletest.Graph(10), time.Now().Add(-30*24*time.Hour))
+	ctx := context.Background()
+
+	for _, ext := range []string{".info", ".mod", ".zip"} {
+		if w := do(p, "GET", "/example.com/mod001/@v/v1.9.0"+ext); w.Code != http.StatusNotFound {
+			t.Errorf("%s of a version that does not exist: %d %q; want 404", ext, w.Code, w.Body)
+		}
+	}
+	if err := p.admitFetch(ctx, "example.com/mod002", "v1.9.0"); !notFound(err) {
+		t.Errorf("a fill of a version that does not exist: %v; want not found", err)
+	}
+	for _, m := range []string{"example.com/mod001", "example.com/mod002", "example.com/nosuchmodule"} {
+		if seen, err := p.FirstSeen(ctx, m, "v1.9.0"); err != nil || !seen.IsZero() {
+			t.Errorf("%s@v1.9.0, named before it exists, recorded as first seen %v, %v", m, seen, err)
+		}
+	}
+	if w := do(p, "GET", "/example.com/nosuchmodule/@v/v1.0.0.info"); w.Code != http.StatusNotFound {
+		t.Errorf("a module no upstream has: %d %q", w.Code, w.Body)
+	}
+	if _, err := cache.Get(ctx, firstSeenName("example.com/nosuchmodule")); err == nil {
+		t.Error("a module no upstream has got a first-seen entry in the cache")
+	}
+
+	// Published later, the version starts its cooldown then.
+	up.Add(&moduletest.Version{Path: "example.com/mod001", Version: "v1.9.0", Time: time.Now().Add(-365 * 24 * time.Hour)})
+	p.notFound.forget("example.com/mod001/@v/v1.9.0.info")
+	w := do(p, "GET", "/example.com/mod001/@v/v1.9.0.info")
+	if w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "first seen less than a minute ago") {
+		t.Errorf("the version once published: %d %q; want it held back by the cooldown", w.Code, w.Body)
+	}
+}
+
+func TestAListLineIsDecidedByItsFirstFieldAsTheGoCommandReadsIt(t *testing.T) {
+	// The go command takes the first field of each line of a list: an
+	// upstream may add the version's time after it, which the proxy
+	// keeps. A refused version left in the list would be picked by go
+	// get m@latest, then refused.
+	p, up, _ := newAdmissionProxy(t, denying(AdmissionRule{Match: "example.com/mod001@v1.2.0", Reason: "broken"}))
+	up.SetFile("/example.com/mod001/@v/list", []byte("v1.0.0 2024-01-01T00:00:00Z\nv1.1.0\t2024-01-02T00:00:00Z\nv1.2.0 2024-01-03T00:00:00Z\nv1.2.0+build.1\n"))
+	w := do(p, "GET", "/example.com/mod001/@v/list")
+	if w.Code != http.StatusOK || w.Body.String() != "v1.0.0 2024-01-01T00:00:00Z\nv1.1.0 2024-01-02T00:00:00Z\n" {
+		t.Errorf("list: %d %q; want v1.2.0 left out", w.Code, w.Body)
+	}
+}
+
+func TestARefusedVersionOfAModuleWithoutAListIsStill403(t *testing.T) {
+	// Some upstreams (a static tree, a mirror) have a version's files but
+	// no list. A 404 for the refused version would send the go command on
+	// to its next GOPROXY entry or direct, which would serve it.
+	p, up, _ := newAdmissionProxy(t, denying(AdmissionRule{Match: "example.com/mod001@v1.1.0", Reason: "broken"}))
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.HasSuffix(r.URL.Path, "/@v/list") {
+			http.NotFound(w, r)
+			return true
+		}
+		return false
+	})
+	for _, ext := range []string{".info", ".mod", ".zip"} {
+		if w := do(p, "GET", "/example.com/mod001/@v/v1.1.0"+ext); w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "broken") {
+			t.Errorf("%s: %d %q; want 403 with the reason", ext, w.Code, w.Body)
+		}
+	}
+	// A path that is no module is still not found.
+	if w := do(p, "GET", "/example.com/mod001/pkg/@v/v1.1.0.info"); w.Code != http.StatusNotFound {
+		t.Errorf("a package path: %d %q; want 404", w.Code, w.Body)
+	}
+	if n := up.Requests("/example.com/mod001/@v/v1.1.0.zip") + up.Requests("/example.com/mod001/@v/v1.1.0.mod"); n != 0 {
+		t.Errorf("the refused version's .mod and .zip were fetched %d times", n)
 	}
 }

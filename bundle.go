@@ -105,7 +105,9 @@ type BundleOptions struct {
 	SumDB string
 	// NoSumDB lists the modules exempt from the database, in GONOSUMDB
 	// syntax (comma-separated path prefix patterns): exported without a
-	// record, imported after CheckZip only.
+	// record, imported after CheckZip only. Go toolchains
+	// (golang.org/toolchain) are never exempt: with SumDB "off", they are
+	// refused.
 	NoSumDB string
 	// TempDir is where ImportBundle unpacks a bundle while it checks it;
 	// empty means os.TempDir(). It needs room for the whole bundle.
@@ -150,8 +152,14 @@ func (opts *BundleOptions) sumDB() (*bundleDB, error) {
 	return &bundleDB{name: db.name, key: db.key, verifier: note.VerifierList(v), noSumDB: noSumDB}, nil
 }
 
-// exempt reports whether a module is left out of the database.
+// exempt reports whether a module is left out of the database. A Go
+// toolchain never is, whatever NoSumDB says, as the go command and the
+// Proxy have it (see sumDBExempt); without a database, it cannot be
+// imported.
 func (db *bundleDB) exempt(path string) bool {
+	if isToolchain(path) {
+		return false
+	}
 	return db == nil || module.MatchPrefixPatterns(db.noSumDB, path)
 }
 

@@ -377,6 +377,10 @@ func (u *unpackedBundle) verifyRecords() error {
 		if u.db.exempt(bm.Path) {
 			continue
 		}
+		if u.db == nil {
+			problems = append(problems, fmt.Errorf("%s@%s: Go toolchains are always verified against a checksum database, and SumDB is off", bm.Path, bm.Version))
+			continue
+		}
 		if bm.Record == nil {
 			problems = append(problems, fmt.Errorf("%s@%s: no checksum database record, and %s is not exempt (GONOSUMDB)", bm.Path, bm.Version, bm.Path))
 			continue

@@ -50,6 +50,11 @@ func (cd *Cooldown) check() error {
 	case cd.Age > 0 && cd.FirstSeen == nil:
 		return errors.New("cooldown: Age is set but there is no FirstSeen source")
 	}
+	// A feed dates what it does not list at the start of its Window: with
+	// a Window shorter than Age, every old version would be refused.
+	if feed, ok := cd.FirstSeen.(*IndexFeed); ok && feed != nil && cd.Age > feed.window() {
+		return fmt.Errorf("cooldown: Age %v is longer than the index feed's Window %v (7 days when not set): the versions the feed does not list, the old ones, would all be refused", cd.Age, feed.window())
+	}
 	return nil
 }
 

@@ -24,9 +24,10 @@ import (
 // module version: the FirstSeenSource a Cooldown uses without an index
 // feed, and the one an IndexFeed consults for versions it does not list
 // yet. A version is recorded when it first appears in an upstream's list,
-// as the answer to @latest or a query, in a request, or before a fetch of
-// the proxy's own, whether it is admitted or not: a version the cooldown
-// refuses must start its clock, or it would be refused forever.
+// as the answer to @latest or a query, in a request or before a fetch of
+// the proxy's own once it is known to exist (see seeNamed), or in an
+// import, whether it is admitted or not: a version the cooldown refuses
+// must start its clock, or it would be refused forever.
 //
 // It is kept in the Cacher, one entry per module (firstSeenName), so that
 // it outlives restarts and is shared by the processes sharing a cache;
@@ -260,8 +261,9 @@ func (r *firstSeenRecord) write(ctx context.Context, path string, s *seenVersion
 
 // FirstSeen implements [FirstSeenSource] with the Proxy's own record:
 // when the Proxy first saw path@version (in an upstream's list, as the
-// answer to @latest or a query, asked for by name, or before fetching it
-// for a prefetch, fill or import), or the zero time if it has not. The
+// answer to @latest or a query, asked for by name once known to exist,
+// before fetching it for a prefetch or fill, or imported), or the zero
+// time if it has not. The
 // record is kept only while [Proxy.Admission] is set: give the Proxy as
 // the FirstSeen of the Cooldown of the policy its Admission decides with.
 // It fails when the Proxy's configuration is invalid, or when the record

@@ -202,7 +202,9 @@ type Proxy struct {
 	//
 	// The Proxy keeps its own record of when it first saw each version:
 	// in an upstream's list, as the answer to @latest or a query, or
-	// asked for by name, admitted or not. It is kept in the Cacher (one
+	// asked for by name (once its list or .info shows that it exists: a
+	// name alone must not start the clock of a release not made yet),
+	// admitted or not. It is kept in the Cacher (one
 	// small entry per module, under firstseen/, never evicted) and read
 	// by [Proxy.FirstSeen], which makes the Proxy a FirstSeenSource for a
 	// Cooldown. The record is kept only while Admission is set.

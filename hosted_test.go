@@ -288,6 +288,16 @@ func TestPublishRejectsInvalidUploads(t *testing.T) {
 		}
 		assertNothingHosted(t, p)
 	})
+	t.Run("a Go toolchain, which is always verified", func(t *testing.T) {
+		p := newHostingProxy(t, "off")
+		version := "v0.0.1-go1.99.9.linux-amd64"
+		zip := makeZip(t, "golang.org/toolchain@"+version+"/bin/go", "#!/bin/sh\necho pwned\n")
+		err := p.Publish(context.Background(), "golang.org/toolchain", version, bytes.NewReader(zip))
+		if !errors.Is(err, ErrInvalidModule) || !strings.Contains(err.Error(), "toolchain") {
+			t.Errorf("Publish of a toolchain: %v", err)
+		}
+		assertNothingHosted(t, p)
+	})
 	t.Run("zip over the limit, streamed", func(t *testing.T) {
 		p := newHostingProxy(t, "off")
 		err := p.Publish(context.Background(), "corp.example.com/lib", "v1.0.0", io.LimitReader(zeros{}, maxZipSize+1))

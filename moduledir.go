@@ -212,7 +212,9 @@ type ModuleDirImport struct {
 	// version ends in "/go.mod" for the go.mod's line. Nil: no database.
 	Lookup func(ctx context.Context, modulePath, version string) ([]string, error)
 	// NoSumDB lists the modules exempt from the database, in GONOSUMDB
-	// syntax: checked with CheckZip only, never looked up.
+	// syntax: checked with CheckZip only, never looked up. Go toolchains
+	// (golang.org/toolchain) are never exempt: without Lookup, they are
+	// refused.
 	NoSumDB string
 	// TempDir is where each zip is copied while it is checked, so that
 	// what is checked is what is stored; empty means os.TempDir().
@@ -343,7 +345,12 @@ func importModuleVersion(ctx context.Context, root *os.Root, v ModuleDirVersion,
 			return true, nil
 		}
 	}
-	verify := opts.Lookup != nil && !module.MatchPrefixPatterns(opts.NoSumDB, v.Path)
+	// A Go toolchain is verified whatever NoSumDB says, as the go command
+	// and the Proxy have it (see sumDBExempt).
+	verify := opts.Lookup != nil && (isToolchain(v.Path) || !module.MatchPrefixPatterns(opts.NoSumDB, v.Path))
+	if isToolchain(v.Path) && opts.Lookup == nil {
+		return false, fmt.Errorf("%s: Go toolchains are always verified against a checksum database, and there is none to ask (Lookup)", m)
+	}
 
 	var info, mod []byte
 	if v.Info != "" {

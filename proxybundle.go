@@ -92,7 +92,7 @@ func (p *Proxy) ImportModuleDir(ctx context.Context, dir string) (*ModuleDirRepo
 	if err := p.ready(); err != nil {
 		return nil, err
 	}
-	opts := &ModuleDirImport{NoSumDB: p.noSumDB(), TempDir: p.conf.tempDir, Admit: p.admitFetch}
+	opts := &ModuleDirImport{NoSumDB: p.noSumDB(), TempDir: p.conf.tempDir, Admit: p.admitImport}
 	if p.verifier != nil {
 		opts.Lookup = p.lookupSums
 	}
@@ -101,7 +101,7 @@ func (p *Proxy) ImportModuleDir(ctx context.Context, dir string) (*ModuleDirRepo
 
 // bundleOptions are the BundleOptions of the proxy's configuration.
 func (p *Proxy) bundleOptions() *BundleOptions {
-	opts := &BundleOptions{SumDB: "off", NoSumDB: p.noSumDB(), TempDir: p.conf.tempDir, Admit: p.admitFetch}
+	opts := &BundleOptions{SumDB: "off", NoSumDB: p.noSumDB(), TempDir: p.conf.tempDir, Admit: p.admitImport}
 	if p.verifier != nil {
 		opts.SumDB = p.verifier.key
 	}

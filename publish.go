@@ -146,6 +146,11 @@ func checkPublishable(modulePath, version string) error {
 	if module.CanonicalVersion(version) != version {
 		return fmt.Errorf("%w: %s@%s: version is not canonical", ErrInvalidModule, modulePath, version)
 	}
+	if isToolchain(modulePath) {
+		// Published versions are served unverified, and Go toolchains
+		// are always verified (see sumDBExempt).
+		return fmt.Errorf("%w: %s@%s: Go toolchains come from the Go project, verified against the checksum database; they cannot be published here", ErrInvalidModule, modulePath, version)
+	}
 	return nil
 }
 

@@ -1,9 +1,12 @@
 package goproxy
 
 import (
+	"bytes"
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
@@ -195,4 +198,87 @@ func TestToolchainsAreAlwaysVerified(t *testing.T) {
 	if w := do(p, "GET", zip); w.Code != http.StatusBadGateway {
 		t.Errorf("with the database down: %d %q", w.Code, w.Body)
 	}
+}
+
+func TestImportsVerifyToolchainsWhateverNoSumDBSays(t *testing.T) {
+	// An import is a way into the cache as a fetch is: a toolchain
+	// exempted by GONOSUMDB (or with no database at all) must not come in
+	// on CheckZip alone.
+	tc, err := moduletest.ToolchainVersion(t.TempDir(), "go1.99.4", "linux", "amd64", toolchainScript("go1.99.4"), 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := newTestSumDB(t, []*moduletest.Version{tc})
+	dir := t.TempDir()
+	if err := moduletest.WriteDir(dir, []*moduletest.Version{tc}); err != nil {
+		t.Fatal(err)
+	}
+	tampered := makeZip(t, moduletest.ToolchainPath+"@"+tc.Version+"/bin/go", "#!/bin/sh\necho pwned\n")
+	zipName := filepath.Join(dir, moduletest.ToolchainPath, "@v", tc.Version+".zip")
+	os.Remove(zipName) // a link to the genuine zip, which the database hashes
+	if err := os.WriteFile(zipName, tampered, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		opts *ModuleDirImport
+		want string
+	}{
+		{"a module directory with GONOSUMDB matching", &ModuleDirImport{Lookup: lookupIn(db), NoSumDB: "golang.org"}, "checksum"},
+		{"a module directory without a database", &ModuleDirImport{NoSumDB: "golang.org"}, "always verified"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dst := &MemCacher{}
+			report, err := ImportModuleDir(context.Background(), dir, dst, tt.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(report.Refused) != 1 || !strings.Contains(report.Refused[0].Err.Error(), tt.want) || len(report.Imported) != 0 {
+				t.Errorf("imported %v, refused %v; want the tampered toolchain refused (%q)", report.Imported, report.Refused, tt.want)
+			}
+		})
+	}
+
+	// A bundle made where the toolchain was exempt, or without a
+	// database, carries no record of it.
+	src := newBundleSource(t, &MemCacher{}, []*moduletest.Version{tc}, db)
+	items := []FillItem{{Path: tc.Path, Version: tc.Version, Files: FillInfo | FillMod | FillZip}}
+	var unproved bytes.Buffer
+	if _, err := ExportBundle(context.Background(), &unproved, src, items, &BundleOptions{SumDB: "off"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		opts *BundleOptions
+		want string
+	}{
+		{"a bundle with GONOSUMDB matching", &BundleOptions{SumDB: db.vkey, NoSumDB: "golang.org"}, "no checksum database record"},
+		{"a bundle without a database", &BundleOptions{SumDB: "off"}, "always verified"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.opts.TempDir = t.TempDir()
+			dst := &MemCacher{}
+			_, err := ImportBundle(context.Background(), bytes.NewReader(unproved.Bytes()), dst, tt.opts)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("import: %v; want refused (%q)", err, tt.want)
+			}
+			if names := storedNames(t, dst); len(names) != 0 {
+				t.Errorf("stored %v", names)
+			}
+		})
+	}
+	t.Run("a bundle exported with GONOSUMDB matching carries the record", func(t *testing.T) {
+		var bundle bytes.Buffer
+		m, err := ExportBundle(context.Background(), &bundle, src, items, &BundleOptions{SumDB: db.vkey, NoSumDB: "golang.org"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Modules) != 1 || m.Modules[0].Record == nil {
+			t.Fatalf("manifest %+v: want the toolchain's record", m.Modules)
+		}
+		report, err := ImportBundle(context.Background(), bytes.NewReader(bundle.Bytes()), &MemCacher{}, &BundleOptions{SumDB: db.vkey, NoSumDB: "golang.org", TempDir: t.TempDir()})
+		if err != nil || report.Verified != 1 {
+			t.Errorf("import: %+v, %v; want the toolchain verified", report, err)
+		}
+	})
 }

@@ -52,7 +52,7 @@ type CooldownConfig struct {
 	// yet. Empty: the repository's own record alone.
 	IndexFeed string `yaml:"index_feed" json:"index_feed"`
 	// Window is how far back the feed is remembered: at least Age. 0
-	// means 7 days.
+	// means 7 days, or Age if it is longer.
 	Window Duration `yaml:"window" json:"window"`
 	// PollInterval is how often, at most, the feed is read. 0 means a
 	// minute.
@@ -173,7 +173,12 @@ func newAdmission(c AdmissionConfig, p *goproxy.Proxy, logger *slog.Logger) *adm
 	if cd := c.Cooldown; cd.Age > 0 {
 		a.policy.Cooldown = goproxy.Cooldown{Age: time.Duration(cd.Age), ReportOnly: cd.ReportOnly, FirstSeen: p}
 		if cd.IndexFeed != "" {
-			a.feed = &goproxy.IndexFeed{URL: cd.IndexFeed, Window: time.Duration(cd.Window),
+			window := time.Duration(cd.Window)
+			if window == 0 && cd.Age > Duration(7*24*time.Hour) {
+				// The feed's own default, 7 days, would be shorter.
+				window = time.Duration(cd.Age)
+			}
+			a.feed = &goproxy.IndexFeed{URL: cd.IndexFeed, Window: window,
 				PollInterval: time.Duration(cd.PollInterval), Logger: logger, Local: p}
 			a.policy.Cooldown.FirstSeen = a.feed
 			// An endpoint the configuration names is allowed whatever its

@@ -210,3 +210,17 @@ func TestServerAdmissionPolicy(t *testing.T) {
 		t.Error("no admission decision was logged")
 	}
 }
+
+func TestACooldownLongerThanAWeekHasTheFeedRememberedAsLong(t *testing.T) {
+	// The feed dates what it does not list at the start of its window;
+	// its own default, 7 days, under a 14-day cooldown would have every
+	// old version refused.
+	p := &goproxy.Proxy{Cacher: &goproxy.MemCacher{}}
+	a := newAdmission(AdmissionConfig{Cooldown: CooldownConfig{Age: Duration(14 * 24 * time.Hour), IndexFeed: "https://index.example/index"}}, p, nil)
+	if a.feed.Window != 14*24*time.Hour {
+		t.Errorf("feed window %v, want the cooldown's age", a.feed.Window)
+	}
+	if err := a.policy.Init(); err != nil {
+		t.Errorf("Init: %v", err)
+	}
+}

@@ -46,6 +46,7 @@ type serverMetrics struct {
 	evictedBytes    *prometheus.CounterVec   // repository, reason
 	scrubbedFiles   *prometheus.CounterVec   // repository, kind, outcome, removed
 	scrubbedBytes   *prometheus.CounterVec   // repository
+	admissions      *prometheus.CounterVec   // repository, rule, verdict, use, report_only
 	reloads         *prometheus.CounterVec   // outcome
 
 	mu    sync.Mutex
@@ -136,6 +137,9 @@ func newServerMetrics() *serverMetrics {
 		"repository", "kind", "outcome", "removed")
 	m.scrubbedBytes = counter("scrubbed_bytes_total",
 		"Bytes of the files scrubs checked.", "repository")
+	m.admissions = counter("admission_decisions_total",
+		"Decisions of the admission policy other than a plain admit, by rule, verdict, use (request, list, fetch) and whether only reported.",
+		"repository", "rule", "verdict", "use", "report_only")
 	m.reloads = counter("config_reloads_total",
 		"Configuration reloads, by outcome (applied or refused).", "outcome")
 	m.registry.MustRegister(
@@ -278,6 +282,10 @@ func (m *serverMetrics) hooks(repo string, rescan func()) goproxy.Metrics {
 		Scrub: func(sc goproxy.ScrubMetric) {
 			m.scrubbedFiles.WithLabelValues(repo, string(sc.Kind), string(sc.Outcome), strconv.FormatBool(sc.Removed)).Inc()
 			m.scrubbedBytes.WithLabelValues(repo).Add(float64(sc.Bytes))
+		},
+		Admission: func(a goproxy.AdmissionMetric) {
+			// Rule is one of the policy's constant words, never a path.
+			m.admissions.WithLabelValues(repo, a.Rule, a.Verdict.String(), string(a.Use), strconv.FormatBool(a.ReportOnly)).Inc()
 		},
 	}
 }

@@ -157,6 +157,9 @@ func TestMetricsHooksFeedPrometheusAndTheStatusPage(t *testing.T) {
 	h.CacheSize(goproxy.CacheSizeMetric{Bytes: 5000, Entries: 7})
 	h.Scrub(goproxy.ScrubMetric{Kind: goproxy.RequestZip, Outcome: goproxy.ScrubOK, Bytes: 700})
 	h.Scrub(goproxy.ScrubMetric{Kind: goproxy.RequestZip, Outcome: goproxy.ScrubMismatch, Removed: true, Bytes: 300})
+	h.Admission(goproxy.AdmissionMetric{Rule: "deny", Verdict: goproxy.Refuse, Use: goproxy.AdmissionRequest})
+	h.Admission(goproxy.AdmissionMetric{Rule: "deny", Verdict: goproxy.Refuse, Use: goproxy.AdmissionRequest})
+	h.Admission(goproxy.AdmissionMetric{Rule: "cooldown", Verdict: goproxy.Refuse, Use: goproxy.AdmissionList, ReportOnly: true})
 
 	rec := httptest.NewRecorder()
 	m.handler(slog.New(slog.DiscardHandler)).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -194,6 +197,8 @@ func TestMetricsHooksFeedPrometheusAndTheStatusPage(t *testing.T) {
 		{"goproxy_scrubbed_files_total", []string{"kind", "zip", "outcome", "mismatch", "removed", "true"}, 1},
 		{"goproxy_scrubbed_files_total", []string{"outcome", "ok", "removed", "false"}, 1},
 		{"goproxy_scrubbed_bytes_total", nil, 1000},
+		{"goproxy_admission_decisions_total", []string{"rule", "deny", "verdict", "refuse", "use", "request", "report_only", "false"}, 2},
+		{"goproxy_admission_decisions_total", []string{"rule", "cooldown", "use", "list", "report_only", "true"}, 1},
 	} {
 		if got := s.sum(c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)

@@ -136,7 +136,11 @@ func (s *server) apply(pl *plan) error {
 			logger := s.logs.main.With("repository", rp.Name)
 			name := rp.Name
 			metrics := s.metrics.hooks(name, func() { s.scanner.rescan(name) })
-			metrics.Admission = s.admissions.hook(name)
+			counted, admissionMetric := s.admissions.hook(name), metrics.Admission
+			metrics.Admission = func(m goproxy.AdmissionMetric) {
+				admissionMetric(m) // /metrics
+				counted(m)         // the status page
+			}
 			anonymous := func(modulePath string) bool {
 				return module.MatchPrefixPatterns(holder.Load().AnonymousRead, modulePath)
 			}
