@@ -432,6 +432,21 @@ func TestIndexFeedHoldsBackAVersionSeenAfterItsNewestEntry(t *testing.T) {
 	}
 }
 
+func TestAnUnreadIndexFeedLetsTheProxysOwnRecordsDateWhatItHasSeen(t *testing.T) {
+	fs := newFeedServer(t)
+	fs.setStatus(http.StatusServiceUnavailable) // as after a restart, before the first read ends
+	old := time.Now().Add(-30 * 24 * time.Hour)
+	local := firstSeenMap{"example.com/cached@v1.0.0": old}
+	feed := &IndexFeed{URL: fs.URL + "/index", Logger: testLogger(t), Local: local, PollInterval: time.Hour}
+	defer feed.bg.Wait()
+	if got, err := feed.FirstSeen(context.Background(), "example.com/cached", "v1.0.0"); err != nil || !got.Equal(old) {
+		t.Errorf("a version this proxy saw a month ago: %v, %v; want its own record", got, err)
+	}
+	if _, err := feed.FirstSeen(context.Background(), "example.com/unseen", "v1.0.0"); err == nil || !strings.Contains(err.Error(), "not been read yet") {
+		t.Errorf("a version never seen here: %v; want it held back until the feed is read", err)
+	}
+}
+
 func TestAnIndexFeedReadThroughTheProxysClientMeetsItsEgressPolicy(t *testing.T) {
 	fs := newFeedServer(t)
 	fs.add("example.com/m", "v1.0.0", time.Now().Add(-time.Hour))

@@ -170,7 +170,10 @@ const FeedLag = 10 * time.Minute
 
 // FirstSeen implements [FirstSeenSource]: when path@version appeared in the
 // feed, or, for a version it does not remember, the start of its Window;
-// it fails for a version Local saw too recently to tell (see Local).
+// it fails for a version Local saw too recently to tell (see Local). Until
+// the feed has been read to its end (or when it has not been for ten
+// polls), a version it does not list is dated by Local's record, and fails
+// without one.
 func (f *IndexFeed) FirstSeen(ctx context.Context, path, version string) (time.Time, error) {
 	f.init()
 	f.refreshInBackground()
@@ -181,13 +184,26 @@ func (f *IndexFeed) FirstSeen(ctx context.Context, path, version string) (time.T
 	f.mu.RUnlock()
 	seen := time.Unix(0, t)
 	if !listed {
+		var unread error
 		switch {
 		case caughtUp.IsZero() && lastErr != nil:
-			return time.Time{}, fmt.Errorf("the index feed has not been read yet: %w", lastErr)
+			unread = fmt.Errorf("the index feed has not been read yet: %w", lastErr)
 		case caughtUp.IsZero():
-			return time.Time{}, errors.New("the index feed has not been read yet")
+			unread = errors.New("the index feed has not been read yet")
 		case time.Since(caughtUp) > 10*f.pollInterval():
-			return time.Time{}, fmt.Errorf("the index feed has not been read since %s", caughtUp.UTC().Format(time.RFC3339))
+			unread = fmt.Errorf("the index feed has not been read since %s", caughtUp.UTC().Format(time.RFC3339))
+		}
+		if unread != nil {
+			// Until the feed is read (after every start, for minutes
+			// against index.golang.org), what this proxy saw itself
+			// dates the versions it has: a restart does not hold back
+			// every cached version. Only the unseen wait for the feed.
+			if f.Local != nil {
+				if local, err := f.Local.FirstSeen(ctx, path, version); err == nil && !local.IsZero() {
+					return local, nil
+				}
+			}
+			return time.Time{}, unread
 		}
 		seen = start
 	}
