@@ -89,6 +89,11 @@ type proxyInstance struct {
 	spec      proxySpec
 	directDir string
 	inflight  atomic.Int64
+	// retired is set once a reload has switched to a state without this
+	// instance: a request that loaded the older state and comes to it
+	// after that must not count on it (it may be closed already) and is
+	// served by the current state instead (see enter).
+	retired atomic.Bool
 }
 
 // apply makes a state of pl and switches to it. Proxies whose spec did
@@ -182,6 +187,9 @@ func (s *server) apply(pl *plan) error {
 // retire closes a Proxy no longer served and removes its direct-fetch
 // directory, once its requests are done.
 func (s *server) retire(inst *proxyInstance) {
+	// Set before inflight is read: a request counted after this sees it
+	// and goes elsewhere; one counted before is waited for.
+	inst.retired.Store(true)
 	s.retiring.Add(1)
 	go func() {
 		defer s.retiring.Done()
@@ -236,13 +244,17 @@ func (s *server) routes(st *serverState) {
 // for the actions it records.
 func (s *server) repositoryHandler(r *repository) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		r.inst.inflight.Add(1)
-		defer r.inst.inflight.Add(-1)
+		inst := s.enter(r)
+		if inst == nil {
+			http.Error(w, "repository "+r.Name+" is no longer served: a reload removed it", http.StatusNotFound)
+			return
+		}
+		defer inst.inflight.Add(-1)
 		info := infoFrom(req.Context())
 		info.repo = r.Name
 		action := auditAction(req)
 		if action == "" {
-			r.inst.proxy.ServeHTTP(w, req)
+			inst.proxy.ServeHTTP(w, req)
 			return
 		}
 		rec, ok := w.(*responseRecorder)
@@ -253,8 +265,28 @@ func (s *server) repositoryHandler(r *repository) http.Handler {
 		defer func() {
 			s.audit(req.Context(), action, r.Name, mod, version, rec.status, rec.reasonText())
 		}()
-		r.inst.proxy.ServeHTTP(rec, req)
+		inst.proxy.ServeHTTP(rec, req)
 	})
+}
+
+// enter counts a request in the Proxy that serves repository r, and
+// returns it; the caller decrements its inflight when done. A request
+// may have loaded the server's state just before a reload replaced r's
+// Proxy, which retires once nothing is counted in it: then the request
+// goes to the Proxy of the same repository in the current state. nil
+// means the repository is no longer served.
+func (s *server) enter(r *repository) *proxyInstance {
+	for {
+		inst := r.inst
+		inst.inflight.Add(1)
+		if !inst.retired.Load() {
+			return inst
+		}
+		inst.inflight.Add(-1)
+		if r = s.repositoryOf(r.Name); r == nil {
+			return nil
+		}
+	}
 }
 
 // serveIndex answers / when no repository is there: which are.
