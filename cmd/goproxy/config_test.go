@@ -185,3 +185,48 @@ func TestExampleConfigIsValid(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestValidateRefusesNestedDirectories checks that stores are refused
+// when one directory is within another, not only when they are the same:
+// the outer cache's walks, eviction and scrubs would take the inner
+// store's files for its own.
+func TestValidateRefusesNestedDirectories(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		name, yaml, want string
+	}{
+		{"a cache within another repository's", `cache: ` + dir + `/caches
+repositories:
+  - {name: a, prefix: /a, cache: ` + dir + `/caches}
+  - {name: b, prefix: /b}
+`, "repositories[1].cache: " + dir + "/caches/b and the cache of repositories[0]"},
+		{"a hosted store within another repository's cache", `repositories:
+  - {name: a, prefix: /a, cache: ` + dir + `/a}
+  - {name: b, prefix: /b, type: hosted, cache: ` + dir + `/b, hosted: ` + dir + `/a/published}
+`, "repositories[1].hosted: "},
+		{"a hosted store within its own cache", `cache: ` + dir + `/c
+type: group
+hosted: ` + dir + `/c/published
+`, "hosted: " + dir + "/c/published is, or nests with, the cache"},
+		{"a quarantine within the cache", `cache: ` + dir + `/c
+scrub: {quarantine: ` + dir + `/c/q}
+`, "scrub.quarantine: "},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			file := writeFile(t, filepath.Join(t.TempDir(), "goproxy.yaml"), tt.yaml)
+			o, _ := parseFlags([]string{"-config", file}, io.Discard)
+			cfg, src, err := loadConfig(o, lookupIn(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = cfg.Validate(src, []string{"GOPROXY=off"})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Validate: %v\nwant %q", err, tt.want)
+			}
+		})
+	}
+	// Siblings with a common prefix of their names do not nest.
+	if nestedDirs(dir+"/cache", dir+"/cache2") {
+		t.Error("nestedDirs: siblings taken for nested")
+	}
+}

@@ -182,12 +182,17 @@ func newPlan(cfg *Config, src *configSources, env []string) (*plan, error) {
 			if a.Prefix != "/" && b.Prefix != "/" && (strings.HasPrefix(a.Prefix, b.Prefix+"/") || strings.HasPrefix(b.Prefix, a.Prefix+"/")) {
 				p.add(join(b.key, "prefix"), "%q and %q nest: a module path under one would be taken for the other", a.Prefix, b.Prefix)
 			}
+			// A directory within another is as shared as the same one:
+			// the outer store's walks, eviction and scrubs would take
+			// the inner one's files for its own.
 			if a.Cache != "" && sameDir(a.Cache, b.Cache) {
 				p.add(join(b.key, "cache"), "%s is also the cache of %s: give each repository its own", b.Cache, cmpKey(a.key))
+			} else if nestedDirs(a.Cache, b.Cache) {
+				p.add(join(b.key, "cache"), "%s and the cache of %s (%s) nest: give each repository a directory of its own, none within another", b.Cache, cmpKey(a.key), a.Cache)
 			}
 			for _, x := range [][2]string{{a.Hosted, b.Hosted}, {a.Hosted, b.Cache}, {a.Cache, b.Hosted}} {
-				if x[0] != "" && sameDir(x[0], x[1]) {
-					p.add(join(b.key, "hosted"), "%s is used by %s and %s: published versions would be mixed with other files", x[0], cmpKey(a.key), cmpKey(b.key))
+				if x[0] != "" && nestedDirs(x[0], x[1]) {
+					p.add(join(b.key, "hosted"), "%s and %s, used by %s and %s, are the same or nest: published versions would be mixed with other files", x[0], x[1], cmpKey(a.key), cmpKey(b.key))
 				}
 			}
 			for _, x := range [][2]*s3Spec{{a.spec.CacheS3, b.spec.CacheS3}, {a.spec.HostedS3, b.spec.HostedS3}, {a.spec.CacheS3, b.spec.HostedS3}, {a.spec.HostedS3, b.spec.CacheS3}} {
@@ -225,6 +230,24 @@ func sameDir(a, b string) bool {
 	aa, err1 := filepath.Abs(a)
 	bb, err2 := filepath.Abs(b)
 	return err1 == nil && err2 == nil && aa == bb
+}
+
+// nestedDirs reports whether a and b are the same directory or one is
+// within the other.
+func nestedDirs(a, b string) bool {
+	if a == "" || b == "" {
+		return false
+	}
+	aa, err1 := filepath.Abs(a)
+	bb, err2 := filepath.Abs(b)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	within := func(inner, outer string) bool {
+		rel, err := filepath.Rel(outer, inner)
+		return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
+	}
+	return within(aa, bb) || within(bb, aa)
 }
 
 func isZeroRepository(r Repository) bool {
@@ -459,8 +482,8 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	s.Offline, s.StaleWhileRevalidate = r.Offline, time.Duration(r.StaleWhileRevalidate)
 	s.Scrub = scrubSpec{Interval: time.Duration(r.Scrub.Interval), BytesPerSecond: int64(r.Scrub.Rate), Quarantine: r.Scrub.Quarantine}
 	for _, dir := range []string{rp.Cache, r.Hosted} {
-		if sameDir(r.Scrub.Quarantine, dir) {
-			p.add(join(key, "scrub.quarantine"), "%s is also the cache or the hosted store: give the quarantine a directory of its own", dir)
+		if nestedDirs(r.Scrub.Quarantine, dir) {
+			p.add(join(key, "scrub.quarantine"), "%s is, or nests with, the cache or the hosted store: give the quarantine a directory of its own", dir)
 		}
 	}
 	s.Direct = goproxy.DirectOptions{GoBin: r.Direct.GoBin, Timeout: time.Duration(r.Direct.Timeout),
@@ -484,8 +507,8 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	s.Admission = r.Admission
 	checkAdmission(&s.Admission, key, p)
 
-	if sameDir(rp.Cache, r.Hosted) {
-		p.add(join(key, "hosted"), "%s is also the cache: published versions must be kept apart from cached ones, which may be removed", r.Hosted)
+	if nestedDirs(rp.Cache, r.Hosted) {
+		p.add(join(key, "hosted"), "%s is, or nests with, the cache: published versions must be kept apart from cached ones, which may be removed", r.Hosted)
 		return rp
 	}
 	// The library has the last word on what it is given. (Init makes
