@@ -411,7 +411,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if p.conf.metrics.Request != nil {
 		m := measureResponse(w, r)
-		defer p.reportRequest(m)
+		defer func() {
+			if v := recover(); v != nil {
+				p.reportRequestPanicking(m, v)
+			}
+			p.reportRequest(m)
+		}()
 		w = m
 	}
 	if isOperationPath(r.URL.Path) {

@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -360,5 +361,31 @@ func TestTheRequestMetricCarriesTheRequestsContext(t *testing.T) {
 			t.Errorf("%s: the holder in the request's context got %q, want %q", tc.method, h.cache, tc.want)
 		}
 		testwait.For(t, p.flights.idle)
+	}
+}
+
+// TestAnAbortedAnswerIsReportedAsAborted: a response cut after it
+// started (panic(http.ErrAbortHandler), here a cache read failing midway)
+// is reported with Aborted set, and the panic goes on to net/http.
+func TestAnAbortedAnswerIsReportedAsAborted(t *testing.T) {
+	p := newTestProxy(t, "off")
+	p.Cacher = failingReadCacher{data: bytes.Repeat([]byte("z"), 100<<10)}
+	var got []RequestMetric
+	p.Metrics.Request = func(m RequestMetric) { got = append(got, m) }
+	func() {
+		defer func() {
+			if v := recover(); v != http.ErrAbortHandler {
+				t.Errorf("handler ended with %v, want panic(http.ErrAbortHandler)", v)
+			}
+		}()
+		do(p, "GET", "/example.com/a/@v/v1.0.0.zip")
+	}()
+	if len(got) != 1 || !got[0].Aborted || got[0].Bytes == 0 {
+		t.Errorf("reported %+v, want one aborted request with the bytes written before the cut", got)
+	}
+	got = nil
+	do(p, "GET", "/example.com/a/@v/v1.0.0.info")
+	if len(got) != 1 || got[0].Aborted {
+		t.Errorf("reported %+v, want one request not aborted", got)
 	}
 }

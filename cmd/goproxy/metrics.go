@@ -89,7 +89,7 @@ func newServerMetrics() *serverMetrics {
 		return h
 	}
 	m.requests = counter("requests_total",
-		"Requests answered by a repository, by kind, status class and cache outcome.",
+		"Requests answered by a repository, by kind, status class (aborted: cut after the answer started) and cache outcome.",
 		"repository", "kind", "code", "cache")
 	m.requestDuration = histogram("request_duration_seconds",
 		"Time from a request's arrival to the end of its response.", requestBuckets,
@@ -199,12 +199,17 @@ func (m *serverMetrics) hooks(repo string, rescan func()) goproxy.Metrics {
 	var series sync.Map // requestSeriesKey -> *requestSeries
 	requestSeriesOf := func(r goproxy.RequestMetric) *requestSeries {
 		key := requestSeriesKey{r.Kind, r.Status / 100, r.Cache}
+		code := statusClass(r.Status)
+		if r.Aborted {
+			// Cut after it started: its status says nothing of it.
+			key.class, code = -1, "aborted"
+		}
 		if s, ok := series.Load(key); ok {
 			return s.(*requestSeries)
 		}
 		kind, cache := string(r.Kind), cacheLabel(r.Cache)
 		s, _ := series.LoadOrStore(key, &requestSeries{
-			requests: m.requests.WithLabelValues(repo, kind, statusClass(r.Status), cache),
+			requests: m.requests.WithLabelValues(repo, kind, code, cache),
 			duration: m.requestDuration.WithLabelValues(repo, kind, cache),
 			bytes:    m.responseBytes.WithLabelValues(repo, kind),
 		})
@@ -285,7 +290,7 @@ func (m *serverMetrics) hooks(repo string, rescan func()) goproxy.Metrics {
 // requestSeriesKey tells apart the series a request is counted in.
 type requestSeriesKey struct {
 	kind  goproxy.RequestKind
-	class int // the status by hundreds
+	class int // the status by hundreds; -1 for an aborted answer
 	cache goproxy.CacheOutcome
 }
 
@@ -304,6 +309,8 @@ func (f *repoFigures) count(r goproxy.RequestMetric) {
 	}
 	f.requests.Add(1)
 	switch s := r.Status; {
+	case r.Aborted:
+		f.failed.Add(1)
 	case s == http.StatusOK || s == http.StatusPartialContent || s == http.StatusNotModified:
 		switch r.Cache {
 		case goproxy.CacheMiss:

@@ -277,3 +277,25 @@ func TestEveryMetricIsDocumented(t *testing.T) {
 		t.Errorf("only %d goproxy_ metrics gathered", n)
 	}
 }
+
+// TestAnAbortedAnswerIsCountedAsAborted: a request the library reports
+// as aborted (cut after it started) is counted under code "aborted" on
+// /metrics, and as failed on the status page, whatever status it sent.
+func TestAnAbortedAnswerIsCountedAsAborted(t *testing.T) {
+	m := newServerMetrics()
+	h := m.hooks("public", nil)
+	h.Request(goproxy.RequestMetric{Kind: goproxy.RequestZip, Status: 200, Cache: goproxy.CacheMiss, Bytes: 1000, Aborted: true})
+	h.Request(goproxy.RequestMetric{Kind: goproxy.RequestZip, Status: 200, Cache: goproxy.CacheMiss, Bytes: 1000})
+	rec := httptest.NewRecorder()
+	m.handler(slog.New(slog.DiscardHandler)).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	s := parseMetrics(t, rec.Body)
+	if got := s.sum("goproxy_requests_total", "code", "aborted"); got != 1 {
+		t.Errorf("%v requests counted aborted, want 1", got)
+	}
+	if got := s.sum("goproxy_requests_total", "code", "2xx"); got != 1 {
+		t.Errorf("%v requests counted 2xx, want 1", got)
+	}
+	if st := m.requestStats("public"); st.Failed != 1 || st.Misses != 1 {
+		t.Errorf("status page figures %+v, want one failed and one miss", st)
+	}
+}

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/goproxy-team/goproxy"
 )
 
 // planOf makes the plan of a config file with content yaml, in dir.
@@ -98,5 +101,45 @@ func TestARequestForARepositoryAReloadRemovedIsAnswered404(t *testing.T) {
 	before.mux.ServeHTTP(rec, httptest.NewRequest("GET", "/example.com/m/@v/list", nil))
 	if rec.Code != http.StatusNotFound || !strings.Contains(rec.Body.String(), "no longer served") {
 		t.Errorf("a request for a removed repository: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// TestAnAuditedActionCutAfterItStartedIsAuditedAsAborted: an audited
+// action whose answer is cut after its status was sent (panic with
+// http.ErrAbortHandler, as an export whose source fails midway) is
+// audited as aborted, not done, and the panic goes on to net/http.
+func TestAnAuditedActionCutAfterItStartedIsAuditedAsAborted(t *testing.T) {
+	var logged strings.Builder
+	cfg := defaultConfig()
+	cfg.Log.Format = "json"
+	logs, err := newLogs(cfg, &logged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{logs: logs, stopping: make(chan struct{})}
+	p := &goproxy.Proxy{Cacher: goproxy.DirCacher(t.TempDir()), Env: []string{"GOPROXY=off"},
+		Authorize: func(*http.Request, goproxy.Operation, string) error { panic(http.ErrAbortHandler) }}
+	defer p.Close()
+	repo := &repository{repoPlan: &repoPlan{Repository: Repository{Name: "corp"}}, inst: &proxyInstance{proxy: p}}
+	// The answer has started: its status is sent.
+	rec := &responseRecorder{ResponseWriter: httptest.NewRecorder()}
+	rec.WriteHeader(http.StatusOK)
+	func() {
+		defer func() {
+			if v := recover(); v != http.ErrAbortHandler {
+				t.Errorf("the handler ended with %v, want the abort to go on", v)
+			}
+		}()
+		s.repositoryHandler(repo).ServeHTTP(rec, httptest.NewRequest("PUT", "/example.com/m/@v/v1.0.0.zip", nil))
+	}()
+	var line map[string]any
+	for l := range strings.SplitSeq(strings.TrimSpace(logged.String()), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["log"] == "audit" {
+			line = m
+		}
+	}
+	if line == nil || line["outcome"] != "aborted" || line["action"] != "publish" {
+		t.Errorf("audit line %v, want the publish audited as aborted; log:\n%s", line, logged.String())
 	}
 }

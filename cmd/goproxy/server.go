@@ -263,6 +263,12 @@ func (s *server) repositoryHandler(r *repository) http.Handler {
 		}
 		mod, version := moduleOf(req.URL.Path)
 		defer func() {
+			if v := recover(); v != nil {
+				// Cut after it started (an export whose source failed):
+				// not done, whatever status was sent.
+				s.audit(req.Context(), action, r.Name, mod, version, 0, "the answer was cut after it started")
+				panic(v)
+			}
 			s.audit(req.Context(), action, r.Name, mod, version, rec.status, rec.reasonText())
 		}()
 		inst.proxy.ServeHTTP(rec, req)
