@@ -510,6 +510,7 @@ func (p *Proxy) serveRead(w http.ResponseWriter, r *http.Request, req *request) 
 		writeMessage(w, http.StatusOK, "")
 		return
 	}
+	req.client = true
 	c, err := p.open(r.Context(), req, !fetchDisabled(r))
 	if err != nil {
 		status := p.writeFailure(w, err)

@@ -42,8 +42,10 @@ type Metrics struct {
 	// progress and end: how many are in flight and the bytes received.
 	Download func(DownloadMetric)
 
-	// SharedFetch reports a request served by a fetch another request
-	// started (the flight group's sharing).
+	// SharedFetch reports a client's request served by a fetch another
+	// started (the flight group's sharing). The proxy's own lookups that
+	// join a fetch (the checksum verifier's, the admission policy's,
+	// fills, revalidations) are not reported.
 	SharedFetch func(SharedFetchMetric)
 
 	// CacheSize reports the cache's size after every eviction run.

@@ -117,7 +117,7 @@ func newServerMetrics() *serverMetrics {
 		"Bytes received from upstreams, as they arrive (failed downloads included).",
 		"repository", "upstream")
 	m.sharedFetches = counter("shared_fetches_total",
-		"Requests served by a fetch another request started.", "repository", "kind")
+		"Clients' requests served by a fetch another started (not the proxy's own lookups).", "repository", "kind")
 	m.cacheBytes = gauge("cache_bytes",
 		"Size of the repository's cache at its last measurement (eviction run or status page walk).", "repository")
 	m.cacheEntries = gauge("cache_entries",
