@@ -46,6 +46,7 @@ type serverMetrics struct {
 	evictedBytes    *prometheus.CounterVec   // repository, reason
 	scrubbedFiles   *prometheus.CounterVec   // repository, kind, outcome, removed
 	scrubbedBytes   *prometheus.CounterVec   // repository
+	storeErrors     *prometheus.CounterVec   // repository, role, op
 	reloads         *prometheus.CounterVec   // outcome
 
 	mu    sync.Mutex
@@ -136,6 +137,9 @@ func newServerMetrics() *serverMetrics {
 		"repository", "kind", "outcome", "removed")
 	m.scrubbedBytes = counter("scrubbed_bytes_total",
 		"Bytes of the files scrubs checked.", "repository")
+	m.storeErrors = counter("store_errors_total",
+		"Failures of a repository's stores, by role (cache: bypassed, the upstreams answer; hosted: answered 502) and operation (get, put, list, lease, redirect).",
+		"repository", "role", "op")
 	m.reloads = counter("config_reloads_total",
 		"Configuration reloads, by outcome (applied or refused).", "outcome")
 	m.registry.MustRegister(
@@ -283,6 +287,9 @@ func (m *serverMetrics) hooks(repo string, rescan func()) goproxy.Metrics {
 		Scrub: func(sc goproxy.ScrubMetric) {
 			m.scrubbedFiles.WithLabelValues(repo, string(sc.Kind), string(sc.Outcome), strconv.FormatBool(sc.Removed)).Inc()
 			m.scrubbedBytes.WithLabelValues(repo).Add(float64(sc.Bytes))
+		},
+		StoreError: func(e goproxy.StoreErrorMetric) {
+			m.storeErrors.WithLabelValues(repo, string(e.Role), string(e.Op)).Inc()
 		},
 	}
 }

@@ -157,6 +157,9 @@ func TestMetricsHooksFeedPrometheusAndTheStatusPage(t *testing.T) {
 	h.CacheSize(goproxy.CacheSizeMetric{Bytes: 5000, Entries: 7})
 	h.Scrub(goproxy.ScrubMetric{Kind: goproxy.RequestZip, Outcome: goproxy.ScrubOK, Bytes: 700})
 	h.Scrub(goproxy.ScrubMetric{Kind: goproxy.RequestZip, Outcome: goproxy.ScrubMismatch, Removed: true, Bytes: 300})
+	h.StoreError(goproxy.StoreErrorMetric{Role: goproxy.StoreCache, Op: goproxy.StorePut})
+	h.StoreError(goproxy.StoreErrorMetric{Role: goproxy.StoreCache, Op: goproxy.StorePut})
+	h.StoreError(goproxy.StoreErrorMetric{Role: goproxy.StoreHosted, Op: goproxy.StoreGet})
 
 	rec := httptest.NewRecorder()
 	m.handler(slog.New(slog.DiscardHandler)).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -194,6 +197,8 @@ func TestMetricsHooksFeedPrometheusAndTheStatusPage(t *testing.T) {
 		{"goproxy_scrubbed_files_total", []string{"kind", "zip", "outcome", "mismatch", "removed", "true"}, 1},
 		{"goproxy_scrubbed_files_total", []string{"outcome", "ok", "removed", "false"}, 1},
 		{"goproxy_scrubbed_bytes_total", nil, 1000},
+		{"goproxy_store_errors_total", []string{"role", "cache", "op", "put"}, 2},
+		{"goproxy_store_errors_total", []string{"role", "hosted", "op", "get"}, 1},
 	} {
 		if got := s.sum(c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -257,6 +262,8 @@ func TestEveryMetricIsDocumented(t *testing.T) {
 	h.SharedFetch(goproxy.SharedFetchMetric{})
 	h.CacheSize(goproxy.CacheSizeMetric{})
 	h.Eviction(goproxy.EvictionMetric{})
+	h.Scrub(goproxy.ScrubMetric{})
+	h.StoreError(goproxy.StoreErrorMetric{})
 	m.reloaded(nil)
 	families, err := m.registry.Gather()
 	if err != nil {
