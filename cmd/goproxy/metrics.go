@@ -47,6 +47,7 @@ type serverMetrics struct {
 	scrubbedFiles   *prometheus.CounterVec   // repository, kind, outcome, removed
 	scrubbedBytes   *prometheus.CounterVec   // repository
 	storeErrors     *prometheus.CounterVec   // repository, role, op
+	admissions      *prometheus.CounterVec   // repository, rule, verdict, use, report_only
 	reloads         *prometheus.CounterVec   // outcome
 
 	mu    sync.Mutex
@@ -140,6 +141,9 @@ func newServerMetrics() *serverMetrics {
 	m.storeErrors = counter("store_errors_total",
 		"Failures of a repository's stores, by role (cache: bypassed, the upstreams answer; hosted: answered 502) and operation (get, put, list, lease, redirect).",
 		"repository", "role", "op")
+	m.admissions = counter("admission_decisions_total",
+		"Decisions of a repository's admission policy other than plain admissions, by rule, verdict (admit, hide, refuse), use (request, list, fetch) and whether in report-only mode.",
+		"repository", "rule", "verdict", "use", "report_only")
 	m.reloads = counter("config_reloads_total",
 		"Configuration reloads, by outcome (applied or refused).", "outcome")
 	m.registry.MustRegister(
@@ -287,6 +291,10 @@ func (m *serverMetrics) hooks(repo string, rescan func()) goproxy.Metrics {
 		Scrub: func(sc goproxy.ScrubMetric) {
 			m.scrubbedFiles.WithLabelValues(repo, string(sc.Kind), string(sc.Outcome), strconv.FormatBool(sc.Removed)).Inc()
 			m.scrubbedBytes.WithLabelValues(repo).Add(float64(sc.Bytes))
+		},
+		Admission: func(a goproxy.AdmissionMetric) {
+			// The rules are the policy's few constant words.
+			m.admissions.WithLabelValues(repo, a.Rule, a.Verdict.String(), string(a.Use), strconv.FormatBool(a.ReportOnly)).Inc()
 		},
 		StoreError: func(e goproxy.StoreErrorMetric) {
 			m.storeErrors.WithLabelValues(repo, string(e.Role), string(e.Op)).Inc()

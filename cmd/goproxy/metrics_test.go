@@ -160,6 +160,8 @@ func TestMetricsHooksFeedPrometheusAndTheStatusPage(t *testing.T) {
 	h.StoreError(goproxy.StoreErrorMetric{Role: goproxy.StoreCache, Op: goproxy.StorePut})
 	h.StoreError(goproxy.StoreErrorMetric{Role: goproxy.StoreCache, Op: goproxy.StorePut})
 	h.StoreError(goproxy.StoreErrorMetric{Role: goproxy.StoreHosted, Op: goproxy.StoreGet})
+	h.Admission(goproxy.AdmissionMetric{Rule: "deny", Verdict: goproxy.Refuse, Use: goproxy.AdmissionRequest})
+	h.Admission(goproxy.AdmissionMetric{Rule: "cooldown", Verdict: goproxy.Hide, Use: goproxy.AdmissionList, ReportOnly: true})
 
 	rec := httptest.NewRecorder()
 	m.handler(slog.New(slog.DiscardHandler)).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -199,6 +201,8 @@ func TestMetricsHooksFeedPrometheusAndTheStatusPage(t *testing.T) {
 		{"goproxy_scrubbed_bytes_total", nil, 1000},
 		{"goproxy_store_errors_total", []string{"role", "cache", "op", "put"}, 2},
 		{"goproxy_store_errors_total", []string{"role", "hosted", "op", "get"}, 1},
+		{"goproxy_admission_decisions_total", []string{"rule", "deny", "verdict", "refuse", "use", "request", "report_only", "false"}, 1},
+		{"goproxy_admission_decisions_total", []string{"rule", "cooldown", "verdict", "hide", "use", "list", "report_only", "true"}, 1},
 	} {
 		if got := s.sum(c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -264,6 +268,7 @@ func TestEveryMetricIsDocumented(t *testing.T) {
 	h.Eviction(goproxy.EvictionMetric{})
 	h.Scrub(goproxy.ScrubMetric{})
 	h.StoreError(goproxy.StoreErrorMetric{})
+	h.Admission(goproxy.AdmissionMetric{})
 	m.reloaded(nil)
 	families, err := m.registry.Gather()
 	if err != nil {

@@ -141,7 +141,12 @@ func (s *server) apply(pl *plan) error {
 			logger := s.logs.main.With("repository", rp.Name)
 			name := rp.Name
 			metrics := s.metrics.hooks(name, func() { s.scanner.rescan(name) })
-			metrics.Admission = s.admissions.hook(name)
+			// Counted for /metrics and for the status page.
+			counted, forPage := metrics.Admission, s.admissions.hook(name)
+			metrics.Admission = func(m goproxy.AdmissionMetric) {
+				counted(m)
+				forPage(m)
+			}
 			anonymous := func(modulePath string) bool {
 				return module.MatchPrefixPatterns(holder.Load().AnonymousRead, modulePath)
 			}
