@@ -230,3 +230,19 @@ scrub: {quarantine: ` + dir + `/c/q}
 		t.Error("nestedDirs: siblings taken for nested")
 	}
 }
+
+// TestRedactURLHidesTokensGivenAsUserNames: a token is often a URL's
+// user name alone (https://TOKEN@host); it is hidden like a password, in
+// -print-config, /readyz and the status page.
+func TestRedactURLHidesTokensGivenAsUserNames(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://bob:secret@proxy.example.com/x":                              "https://bob:xxxxx@proxy.example.com/x",
+		"https://tok3n@proxy.example.com/x,https://other.example":             "https://xxxxx@proxy.example.com/x,https://other.example",
+		"goproxy: https://tok3n@a.example,direct\nurl: https://b.example/p@v": "goproxy: https://xxxxx@a.example,direct\nurl: https://b.example/p@v",
+		"https://proxy.example.com/x":                                         "https://proxy.example.com/x",
+	} {
+		if got := redactURL(in); got != want {
+			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -530,9 +530,17 @@ func checkReachable(ctx context.Context, spec *proxySpec, u string) error {
 	return nil
 }
 
-// redactURL hides a URL's password, for messages.
+// redactURL hides the secrets of the URLs in a text, for messages, as
+// the library does: a password, or a user name standing alone, which is
+// usually a token ("https://user:xxxxx@host", "https://xxxxx@host").
 func redactURL(u string) string {
-	return userinfo.ReplaceAllString(u, "$1:xxxxx@")
+	return userinfo.ReplaceAllStringFunc(u, func(m string) string {
+		info := strings.TrimSuffix(strings.TrimPrefix(m, "://"), "@")
+		if user, _, ok := strings.Cut(info, ":"); ok {
+			return "://" + user + ":xxxxx@"
+		}
+		return "://xxxxx@"
+	})
 }
 
 func redactError(err error, u string) string {
@@ -540,4 +548,4 @@ func redactError(err error, u string) string {
 }
 
 // userinfo matches the user information of URLs in text.
-var userinfo = regexp.MustCompile(`(://[^/@\s:]*):[^/@\s]*@`)
+var userinfo = regexp.MustCompile(`://[^/?#@\s]*@`)
