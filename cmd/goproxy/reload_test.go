@@ -143,3 +143,39 @@ func TestAnAuditedActionCutAfterItStartedIsAuditedAsAborted(t *testing.T) {
 		t.Errorf("audit line %v, want the publish audited as aborted; log:\n%s", line, logged.String())
 	}
 }
+
+// TestCrossSiteRequestsAreRefused: a browser's POST from another site
+// (which would carry the HTTP credentials it holds for the server) to
+// a repository's operations or to /-/reload is refused before it reaches
+// them; the same requests without the browser's headers, as the go
+// command and curl send them, go through.
+func TestCrossSiteRequestsAreRefused(t *testing.T) {
+	dir := t.TempDir()
+	s := inProcessServer(t)
+	if err := s.apply(planOf(t, dir, "cache: "+dir+"/cache\ngoproxy: \"off\"\n")); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/-/scrub", "/-/import", "/-/fill", "/-/reload"} {
+		r := httptest.NewRequest("POST", "http://proxy.example.com"+path, strings.NewReader("x"))
+		r.Header.Set("Sec-Fetch-Site", "cross-site")
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, r)
+		if rec.Code != http.StatusForbidden || !strings.Contains(rec.Body.String(), "another site") {
+			t.Errorf("cross-site POST %s: %d %s", path, rec.Code, rec.Body)
+		}
+		r = httptest.NewRequest("POST", "http://proxy.example.com"+path, strings.NewReader("x"))
+		r.Header.Set("Origin", "https://evil.example")
+		rec = httptest.NewRecorder()
+		s.ServeHTTP(rec, r)
+		if rec.Code != http.StatusForbidden || !strings.Contains(rec.Body.String(), "another site") {
+			t.Errorf("POST %s from another origin: %d %s", path, rec.Code, rec.Body)
+		}
+	}
+	// Without the browser's headers, the operation decides (anonymous:
+	// not allowed to administer).
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest("POST", "http://proxy.example.com/-/scrub", nil))
+	if rec.Code == http.StatusForbidden && strings.Contains(rec.Body.String(), "another site") {
+		t.Errorf("a POST without browser headers was taken for a cross-site one: %d %s", rec.Code, rec.Body)
+	}
+}

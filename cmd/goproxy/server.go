@@ -267,6 +267,16 @@ func (s *server) repositoryHandler(r *repository) http.Handler {
 			rec = &responseRecorder{ResponseWriter: w}
 		}
 		mod, version := moduleOf(req.URL.Path)
+		if err := s.forms.origin.Check(req); err != nil {
+			// A browser's request from another site would carry the
+			// HTTP credentials the browser holds for this server: the
+			// POST operations (fill, import, scrub) are not for other
+			// sites to trigger. The go command and curl send neither
+			// Origin nor Sec-Fetch-Site.
+			http.Error(w, errCrossOrigin.Error(), http.StatusForbidden)
+			s.audit(req.Context(), action, r.Name, mod, version, http.StatusForbidden, errCrossOrigin.Error())
+			return
+		}
 		defer func() {
 			if v := recover(); v != nil {
 				// Cut after it started (an export whose source failed):
@@ -323,6 +333,10 @@ func (s *server) serveReload(w http.ResponseWriter, r *http.Request) {
 	_, auth, admin := st.plan.identities.identify(r)
 	status, msg := http.StatusOK, "configuration reloaded\n"
 	switch {
+	case s.forms.origin.Check(r) != nil:
+		// The browser's word that another site sends it, with the
+		// credentials the browser holds for this server.
+		status, msg = http.StatusForbidden, errCrossOrigin.Error()+"\n"
 	case auth == "none" || auth == "invalid":
 		w.Header().Set("WWW-Authenticate", `Basic realm="goproxy"`)
 		status, msg = http.StatusUnauthorized, "authentication required to reload the configuration\n"
