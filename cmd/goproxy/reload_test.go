@@ -116,7 +116,7 @@ func TestAnAuditedActionCutAfterItStartedIsAuditedAsAborted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{logs: logs, stopping: make(chan struct{})}
+	s := &server{logs: logs, stopping: make(chan struct{}), forms: newFormGuard()}
 	p := &goproxy.Proxy{Cacher: goproxy.DirCacher(t.TempDir()), Env: []string{"GOPROXY=off"},
 		Authorize: func(*http.Request, goproxy.Operation, string) error { panic(http.ErrAbortHandler) }}
 	defer p.Close()
