@@ -246,3 +246,27 @@ func TestRedactURLHidesTokensGivenAsUserNames(t *testing.T) {
 		}
 	}
 }
+
+// TestEveryDownloadOptionIsReachable: the download engine's settings
+// the library offers are keys of a repository's download section, the
+// negative values that turn features off included.
+func TestEveryDownloadOptionIsReachable(t *testing.T) {
+	dir := t.TempDir()
+	file := writeFile(t, filepath.Join(dir, "goproxy.yaml"), `cache: `+dir+`/cache
+goproxy: "off"
+download: {retry_budget: -1, down_after: -1s, header_timeout: 7s, body_idle_timeout: 8s, partial_bytes: -1}
+`)
+	o, _ := parseFlags([]string{"-config", file}, io.Discard)
+	cfg, src, err := loadConfig(o, lookupIn(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := newPlan(cfg, src, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := pl.repos[0].spec.Download
+	if d.RetryBudget != -1 || d.DownAfter != -time.Second || d.HeaderTimeout != 7*time.Second || d.BodyIdleTimeout != 8*time.Second || d.PartialBytes != -1 {
+		t.Errorf("download options %+v", d)
+	}
+}

@@ -490,13 +490,16 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 		MaxConcurrent: r.Direct.MaxConcurrent, MaxCacheBytes: int64(r.Direct.MaxCacheBytes)}
 	d := r.Download
 	s.Download = goproxy.DownloadOptions{Connections: d.Connections, RangeThreshold: int64(d.RangeThreshold),
-		MaxConcurrent: d.MaxConcurrent, Attempts: d.Attempts, BaseDelay: time.Duration(d.BaseDelay),
-		MaxDelay: time.Duration(d.MaxDelay), Timeout: time.Duration(d.Timeout), PartialDir: d.PartialDir}
+		MaxConcurrent: d.MaxConcurrent, Attempts: d.Attempts, RetryBudget: d.RetryBudget, DownAfter: time.Duration(d.DownAfter),
+		BaseDelay: time.Duration(d.BaseDelay), MaxDelay: time.Duration(d.MaxDelay),
+		HeaderTimeout: time.Duration(d.HeaderTimeout), BodyIdleTimeout: time.Duration(d.BodyIdleTimeout),
+		Timeout: time.Duration(d.Timeout), PartialDir: d.PartialDir, PartialBytes: int64(d.PartialBytes)}
 	s.Dialer = dialer
 	for k, v := range map[string]int64{"direct.max_concurrent": int64(r.Direct.MaxConcurrent), "download.connections": int64(d.Connections),
 		"download.max_concurrent": int64(d.MaxConcurrent), "download.attempts": int64(d.Attempts), "download.range_threshold": int64(d.RangeThreshold),
 		"direct.timeout": int64(r.Direct.Timeout), "download.timeout": int64(d.Timeout), "download.base_delay": int64(d.BaseDelay),
-		"download.max_delay": int64(d.MaxDelay), "sumdb_ttl": int64(r.SumDBTTL),
+		"download.max_delay": int64(d.MaxDelay), "download.header_timeout": int64(d.HeaderTimeout),
+		"download.body_idle_timeout": int64(d.BodyIdleTimeout), "sumdb_ttl": int64(r.SumDBTTL),
 		"stale_while_revalidate": int64(r.StaleWhileRevalidate), "scrub.interval": int64(r.Scrub.Interval), "scrub.rate": int64(r.Scrub.Rate)} {
 		if v < 0 {
 			p.add(join(key, k), "must not be negative")
