@@ -203,7 +203,7 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 		handedOver = err == nil
 		return f, err
 	}, storeLater)
-	if !started.Load() && ctx.Err() == nil {
+	if !started.Load() && ctx.Err() == nil && req.client {
 		p.conf.metrics.sharedFetch(SharedFetchMetric{Kind: req.metricKind()})
 	}
 	return f, release, err

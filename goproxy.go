@@ -413,7 +413,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if p.conf.metrics.Request != nil {
 		m := measureResponse(w, r)
-		defer p.reportRequest(m)
+		defer func() {
+			if v := recover(); v != nil {
+				p.reportRequestPanicking(m, v)
+			}
+			p.reportRequest(m)
+		}()
 		w = m
 	}
 	if isOperationPath(r.URL.Path) {
@@ -507,6 +512,7 @@ func (p *Proxy) serveRead(w http.ResponseWriter, r *http.Request, req *request) 
 		writeMessage(w, http.StatusOK, "")
 		return
 	}
+	req.client = true
 	c, err := p.open(r.Context(), req, !fetchDisabled(r))
 	if err != nil {
 		status := p.writeFailure(w, err)

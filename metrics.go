@@ -42,8 +42,10 @@ type Metrics struct {
 	// progress and end: how many are in flight and the bytes received.
 	Download func(DownloadMetric)
 
-	// SharedFetch reports a request served by a fetch another request
-	// started (the flight group's sharing).
+	// SharedFetch reports a client's request served by a fetch another
+	// started (the flight group's sharing). The proxy's own lookups that
+	// join a fetch (the checksum verifier's, the admission policy's,
+	// fills, revalidations) are not reported.
 	SharedFetch func(SharedFetchMetric)
 
 	// CacheSize reports the cache's size after every eviction run.
@@ -108,6 +110,11 @@ type RequestMetric struct {
 	Cache    CacheOutcome
 	Bytes    int64         // body bytes written
 	Duration time.Duration // from arrival to the end of the response
+	// Aborted is set when the response was cut after it started
+	// (an upstream failed midway: the connection is aborted so that the
+	// client sees an error, not a short file). Status is then the status
+	// that was sent, and Bytes what was written before the cut.
+	Aborted bool
 
 	// Context is the request's context, so that the embedder can tie the
 	// measurement to what it keeps of the request (its ID, its access log
@@ -390,6 +397,7 @@ type measuredResponse struct {
 	bytes   int64
 	kind    RequestKind
 	cache   CacheOutcome
+	aborted bool
 	ctx     context.Context
 }
 
@@ -439,9 +447,18 @@ func (p *Proxy) reportRequest(m *measuredResponse) {
 		status = http.StatusOK // what net/http sends for an empty answer
 	}
 	p.conf.metrics.request(RequestMetric{Kind: m.kind, Status: status, Cache: m.cache, Bytes: m.bytes, Duration: time.Since(m.arrived),
-		Context: m.ctx})
+		Aborted: m.aborted, Context: m.ctx})
 	*m = measuredResponse{}
 	measuredResponses.Put(m)
+}
+
+// reportRequestPanicking is reportRequest for a response whose handler
+// is panicking with v: the response was cut (http.ErrAbortHandler, or a
+// bug), which the metric says; the panic goes on.
+func (p *Proxy) reportRequestPanicking(m *measuredResponse, v any) {
+	m.aborted = true
+	p.reportRequest(m)
+	panic(v)
 }
 
 // noteRequestKind tells the Request metric, if measured, what the

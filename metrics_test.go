@@ -1,12 +1,14 @@
 package goproxy
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -250,10 +252,9 @@ func TestMetricsOfAScriptedSequence(t *testing.T) {
 	sameCounts(t, "verifications", count(log.verifications, func(m VerificationMetric) string {
 		return fmt.Sprintf("%s %s %s", m.DB, m.Kind, m.Outcome)
 	}), map[string]int{"sumdb.test mod ok": 1, "sumdb.test zip ok": 1, "sumdb.test mod mismatch": 1})
-	// Which of the verifier's lookups met another is a matter of timing:
-	// only the clients' sharing is counted here.
+	// The verifier's lookups that met another's are not clients': only
+	// the clients' sharing is counted.
 	shared := count(log.shared, func(m SharedFetchMetric) string { return string(m.Kind) })
-	delete(shared, string(RequestSumDB))
 	sameCounts(t, "shared fetches", shared, map[string]int{"list": 1})
 
 	events := count(log.downloads, func(m DownloadMetric) string { return string(m.Event) })
@@ -360,5 +361,75 @@ func TestTheRequestMetricCarriesTheRequestsContext(t *testing.T) {
 			t.Errorf("%s: the holder in the request's context got %q, want %q", tc.method, h.cache, tc.want)
 		}
 		testwait.For(t, p.flights.idle)
+	}
+}
+
+// TestAnAbortedAnswerIsReportedAsAborted: a response cut after it
+// started (panic(http.ErrAbortHandler), here a cache read failing midway)
+// is reported with Aborted set, and the panic goes on to net/http.
+func TestAnAbortedAnswerIsReportedAsAborted(t *testing.T) {
+	p := newTestProxy(t, "off")
+	p.Cacher = failingReadCacher{data: bytes.Repeat([]byte("z"), 100<<10)}
+	var got []RequestMetric
+	p.Metrics.Request = func(m RequestMetric) { got = append(got, m) }
+	func() {
+		defer func() {
+			if v := recover(); v != http.ErrAbortHandler {
+				t.Errorf("handler ended with %v, want panic(http.ErrAbortHandler)", v)
+			}
+		}()
+		do(p, "GET", "/example.com/a/@v/v1.0.0.zip")
+	}()
+	if len(got) != 1 || !got[0].Aborted || got[0].Bytes == 0 {
+		t.Errorf("reported %+v, want one aborted request with the bytes written before the cut", got)
+	}
+	got = nil
+	do(p, "GET", "/example.com/a/@v/v1.0.0.info")
+	if len(got) != 1 || got[0].Aborted {
+		t.Errorf("reported %+v, want one request not aborted", got)
+	}
+}
+
+// TestTheVerifiersJoiningOfItsOwnPrefetchIsNoSharedFetch: the checksum
+// verifier's lookup of a record that the record's prefetch is fetching
+// joins that fetch; no client was served by another's fetch, so no
+// SharedFetch is reported.
+func TestTheVerifiersJoiningOfItsOwnPrefetchIsNoSharedFetch(t *testing.T) {
+	vs := moduletest.Graph(10)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	db := newTestSumDB(t, vs)
+	var shared atomic.Int32
+	p := newVerifyingProxy(t, up.URL, db)
+	p.Metrics.SharedFetch = func(SharedFetchMetric) { shared.Add(1) }
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
+	}
+	// The record is answered once both the prefetch and the verifier
+	// wait for it.
+	record := "sumdb/" + db.name + "/lookup/" + vs[0].Path + "@" + vs[0].Version
+	var joined atomic.Bool
+	inner := *db.handler.Load()
+	var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/lookup/") {
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				if p.flights.users(record) >= 2 {
+					joined.Store(true)
+					break
+				}
+			}
+		}
+		inner.ServeHTTP(w, r)
+	})
+	db.handler.Store(&h)
+	if w := do(p, "GET", "/"+vs[0].Path+"/@v/"+vs[0].Version+".zip"); w.Code != 200 {
+		t.Fatalf("GET the zip: %d %s", w.Code, w.Body)
+	}
+	testwait.For(t, p.flights.idle)
+	if !joined.Load() {
+		t.Fatal("the verifier never joined the record's prefetch: the test shows nothing")
+	}
+	if n := shared.Load(); n != 0 {
+		t.Errorf("%d shared fetches reported, want none: no client joined another's fetch", n)
 	}
 }

@@ -26,6 +26,11 @@ type request struct {
 	kind      kind
 	canonical bool   // version is a canonical semantic version
 	name      string // escaped name: the cache name and the upstream path
+	// client is set on the request a client's GET or HEAD asked for,
+	// not on the lookups the proxy makes for itself (the checksum
+	// verifier's, the admission policy's, fills, revalidations): only a
+	// client's joining of another's fetch is a SharedFetch.
+	client bool
 
 	// For checksum database requests:
 	db        *sumDB // the database asked

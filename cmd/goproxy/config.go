@@ -377,16 +377,23 @@ type DirectConfig struct {
 	MaxCacheBytes ByteSize `yaml:"max_cache_bytes" json:"max_cache_bytes"`
 }
 
-// DownloadConfig is goproxy.DownloadOptions.
+// DownloadConfig is goproxy.DownloadOptions, less its Progress hook.
+// Zero values are the library's defaults; for retry_budget, down_after
+// and partial_bytes a negative value turns the feature off, as there.
 type DownloadConfig struct {
-	Connections    int      `yaml:"connections" json:"connections"`
-	RangeThreshold ByteSize `yaml:"range_threshold" json:"range_threshold"`
-	MaxConcurrent  int      `yaml:"max_concurrent" json:"max_concurrent"`
-	Attempts       int      `yaml:"attempts" json:"attempts"`
-	BaseDelay      Duration `yaml:"base_delay" json:"base_delay"`
-	MaxDelay       Duration `yaml:"max_delay" json:"max_delay"`
-	Timeout        Duration `yaml:"timeout" json:"timeout"`
-	PartialDir     string   `yaml:"partial_dir" json:"partial_dir"`
+	Connections     int      `yaml:"connections" json:"connections"`
+	RangeThreshold  ByteSize `yaml:"range_threshold" json:"range_threshold"`
+	MaxConcurrent   int      `yaml:"max_concurrent" json:"max_concurrent"`
+	Attempts        int      `yaml:"attempts" json:"attempts"`
+	RetryBudget     float64  `yaml:"retry_budget" json:"retry_budget"`
+	DownAfter       Duration `yaml:"down_after" json:"down_after"`
+	BaseDelay       Duration `yaml:"base_delay" json:"base_delay"`
+	MaxDelay        Duration `yaml:"max_delay" json:"max_delay"`
+	HeaderTimeout   Duration `yaml:"header_timeout" json:"header_timeout"`
+	BodyIdleTimeout Duration `yaml:"body_idle_timeout" json:"body_idle_timeout"`
+	Timeout         Duration `yaml:"timeout" json:"timeout"`
+	PartialDir      string   `yaml:"partial_dir" json:"partial_dir"`
+	PartialBytes    ByteSize `yaml:"partial_bytes" json:"partial_bytes"`
 }
 
 // ScrubConfig is goproxy.ScrubOptions: scrubs of the cache, which

@@ -185,3 +185,88 @@ func TestExampleConfigIsValid(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestValidateRefusesNestedDirectories checks that stores are refused
+// when one directory is within another, not only when they are the same:
+// the outer cache's walks, eviction and scrubs would take the inner
+// store's files for its own.
+func TestValidateRefusesNestedDirectories(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		name, yaml, want string
+	}{
+		{"a cache within another repository's", `cache: ` + dir + `/caches
+repositories:
+  - {name: a, prefix: /a, cache: ` + dir + `/caches}
+  - {name: b, prefix: /b}
+`, "repositories[1].cache: " + dir + "/caches/b and the cache of repositories[0]"},
+		{"a hosted store within another repository's cache", `repositories:
+  - {name: a, prefix: /a, cache: ` + dir + `/a}
+  - {name: b, prefix: /b, type: hosted, cache: ` + dir + `/b, hosted: ` + dir + `/a/published}
+`, "repositories[1].hosted: "},
+		{"a hosted store within its own cache", `cache: ` + dir + `/c
+type: group
+hosted: ` + dir + `/c/published
+`, "hosted: " + dir + "/c/published is, or nests with, the cache"},
+		{"a quarantine within the cache", `cache: ` + dir + `/c
+scrub: {quarantine: ` + dir + `/c/q}
+`, "scrub.quarantine: "},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			file := writeFile(t, filepath.Join(t.TempDir(), "goproxy.yaml"), tt.yaml)
+			o, _ := parseFlags([]string{"-config", file}, io.Discard)
+			cfg, src, err := loadConfig(o, lookupIn(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = cfg.Validate(src, []string{"GOPROXY=off"})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Validate: %v\nwant %q", err, tt.want)
+			}
+		})
+	}
+	// Siblings with a common prefix of their names do not nest.
+	if nestedDirs(dir+"/cache", dir+"/cache2") {
+		t.Error("nestedDirs: siblings taken for nested")
+	}
+}
+
+// TestRedactURLHidesTokensGivenAsUserNames: a token is often a URL's
+// user name alone (https://TOKEN@host); it is hidden like a password, in
+// -print-config, /readyz and the status page.
+func TestRedactURLHidesTokensGivenAsUserNames(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://bob:secret@proxy.example.com/x":                              "https://bob:xxxxx@proxy.example.com/x",
+		"https://tok3n@proxy.example.com/x,https://other.example":             "https://xxxxx@proxy.example.com/x,https://other.example",
+		"goproxy: https://tok3n@a.example,direct\nurl: https://b.example/p@v": "goproxy: https://xxxxx@a.example,direct\nurl: https://b.example/p@v",
+		"https://proxy.example.com/x":                                         "https://proxy.example.com/x",
+	} {
+		if got := redactURL(in); got != want {
+			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestEveryDownloadOptionIsReachable: the download engine's settings
+// the library offers are keys of a repository's download section, the
+// negative values that turn features off included.
+func TestEveryDownloadOptionIsReachable(t *testing.T) {
+	dir := t.TempDir()
+	file := writeFile(t, filepath.Join(dir, "goproxy.yaml"), `cache: `+dir+`/cache
+goproxy: "off"
+download: {retry_budget: -1, down_after: -1s, header_timeout: 7s, body_idle_timeout: 8s, partial_bytes: -1}
+`)
+	o, _ := parseFlags([]string{"-config", file}, io.Discard)
+	cfg, src, err := loadConfig(o, lookupIn(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := newPlan(cfg, src, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := pl.repos[0].spec.Download
+	if d.RetryBudget != -1 || d.DownAfter != -time.Second || d.HeaderTimeout != 7*time.Second || d.BodyIdleTimeout != 8*time.Second || d.PartialBytes != -1 {
+		t.Errorf("download options %+v", d)
+	}
+}

@@ -46,6 +46,7 @@ type serverMetrics struct {
 	evictedBytes    *prometheus.CounterVec   // repository, reason
 	scrubbedFiles   *prometheus.CounterVec   // repository, kind, outcome, removed
 	scrubbedBytes   *prometheus.CounterVec   // repository
+	storeErrors     *prometheus.CounterVec   // repository, role, op
 	admissions      *prometheus.CounterVec   // repository, rule, verdict, use, report_only
 	reloads         *prometheus.CounterVec   // outcome
 
@@ -90,7 +91,7 @@ func newServerMetrics() *serverMetrics {
 		return h
 	}
 	m.requests = counter("requests_total",
-		"Requests answered by a repository, by kind, status class and cache outcome.",
+		"Requests answered by a repository, by kind, status class (aborted: cut after the answer started) and cache outcome.",
 		"repository", "kind", "code", "cache")
 	m.requestDuration = histogram("request_duration_seconds",
 		"Time from a request's arrival to the end of its response.", requestBuckets,
@@ -118,7 +119,7 @@ func newServerMetrics() *serverMetrics {
 		"Bytes received from upstreams, as they arrive (failed downloads included).",
 		"repository", "upstream")
 	m.sharedFetches = counter("shared_fetches_total",
-		"Requests served by a fetch another request started.", "repository", "kind")
+		"Clients' requests served by a fetch another started (not the proxy's own lookups).", "repository", "kind")
 	m.cacheBytes = gauge("cache_bytes",
 		"Size of the repository's cache at its last measurement (eviction run or status page walk).", "repository")
 	m.cacheEntries = gauge("cache_entries",
@@ -137,8 +138,11 @@ func newServerMetrics() *serverMetrics {
 		"repository", "kind", "outcome", "removed")
 	m.scrubbedBytes = counter("scrubbed_bytes_total",
 		"Bytes of the files scrubs checked.", "repository")
+	m.storeErrors = counter("store_errors_total",
+		"Failures of a repository's stores, by role (cache: bypassed, the upstreams answer; hosted: answered 502) and operation (get, put, list, lease, redirect).",
+		"repository", "role", "op")
 	m.admissions = counter("admission_decisions_total",
-		"Decisions of the admission policy other than a plain admit, by rule, verdict, use (request, list, fetch) and whether only reported.",
+		"Decisions of a repository's admission policy other than plain admissions, by rule, verdict (admit, hide, refuse), use (request, list, fetch) and whether in report-only mode.",
 		"repository", "rule", "verdict", "use", "report_only")
 	m.reloads = counter("config_reloads_total",
 		"Configuration reloads, by outcome (applied or refused).", "outcome")
@@ -203,12 +207,17 @@ func (m *serverMetrics) hooks(repo string, rescan func()) goproxy.Metrics {
 	var series sync.Map // requestSeriesKey -> *requestSeries
 	requestSeriesOf := func(r goproxy.RequestMetric) *requestSeries {
 		key := requestSeriesKey{r.Kind, r.Status / 100, r.Cache}
+		code := statusClass(r.Status)
+		if r.Aborted {
+			// Cut after it started: its status says nothing of it.
+			key.class, code = -1, "aborted"
+		}
 		if s, ok := series.Load(key); ok {
 			return s.(*requestSeries)
 		}
 		kind, cache := string(r.Kind), cacheLabel(r.Cache)
 		s, _ := series.LoadOrStore(key, &requestSeries{
-			requests: m.requests.WithLabelValues(repo, kind, statusClass(r.Status), cache),
+			requests: m.requests.WithLabelValues(repo, kind, code, cache),
 			duration: m.requestDuration.WithLabelValues(repo, kind, cache),
 			bytes:    m.responseBytes.WithLabelValues(repo, kind),
 		})
@@ -284,8 +293,11 @@ func (m *serverMetrics) hooks(repo string, rescan func()) goproxy.Metrics {
 			m.scrubbedBytes.WithLabelValues(repo).Add(float64(sc.Bytes))
 		},
 		Admission: func(a goproxy.AdmissionMetric) {
-			// Rule is one of the policy's constant words, never a path.
+			// The rules are the policy's few constant words.
 			m.admissions.WithLabelValues(repo, a.Rule, a.Verdict.String(), string(a.Use), strconv.FormatBool(a.ReportOnly)).Inc()
+		},
+		StoreError: func(e goproxy.StoreErrorMetric) {
+			m.storeErrors.WithLabelValues(repo, string(e.Role), string(e.Op)).Inc()
 		},
 	}
 }
@@ -293,7 +305,7 @@ func (m *serverMetrics) hooks(repo string, rescan func()) goproxy.Metrics {
 // requestSeriesKey tells apart the series a request is counted in.
 type requestSeriesKey struct {
 	kind  goproxy.RequestKind
-	class int // the status by hundreds
+	class int // the status by hundreds; -1 for an aborted answer
 	cache goproxy.CacheOutcome
 }
 
@@ -312,6 +324,8 @@ func (f *repoFigures) count(r goproxy.RequestMetric) {
 	}
 	f.requests.Add(1)
 	switch s := r.Status; {
+	case r.Aborted:
+		f.failed.Add(1)
 	case s == http.StatusOK || s == http.StatusPartialContent || s == http.StatusNotModified:
 		switch r.Cache {
 		case goproxy.CacheMiss:

@@ -157,9 +157,11 @@ func TestMetricsHooksFeedPrometheusAndTheStatusPage(t *testing.T) {
 	h.CacheSize(goproxy.CacheSizeMetric{Bytes: 5000, Entries: 7})
 	h.Scrub(goproxy.ScrubMetric{Kind: goproxy.RequestZip, Outcome: goproxy.ScrubOK, Bytes: 700})
 	h.Scrub(goproxy.ScrubMetric{Kind: goproxy.RequestZip, Outcome: goproxy.ScrubMismatch, Removed: true, Bytes: 300})
+	h.StoreError(goproxy.StoreErrorMetric{Role: goproxy.StoreCache, Op: goproxy.StorePut})
+	h.StoreError(goproxy.StoreErrorMetric{Role: goproxy.StoreCache, Op: goproxy.StorePut})
+	h.StoreError(goproxy.StoreErrorMetric{Role: goproxy.StoreHosted, Op: goproxy.StoreGet})
 	h.Admission(goproxy.AdmissionMetric{Rule: "deny", Verdict: goproxy.Refuse, Use: goproxy.AdmissionRequest})
-	h.Admission(goproxy.AdmissionMetric{Rule: "deny", Verdict: goproxy.Refuse, Use: goproxy.AdmissionRequest})
-	h.Admission(goproxy.AdmissionMetric{Rule: "cooldown", Verdict: goproxy.Refuse, Use: goproxy.AdmissionList, ReportOnly: true})
+	h.Admission(goproxy.AdmissionMetric{Rule: "cooldown", Verdict: goproxy.Hide, Use: goproxy.AdmissionList, ReportOnly: true})
 
 	rec := httptest.NewRecorder()
 	m.handler(slog.New(slog.DiscardHandler)).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -197,8 +199,10 @@ func TestMetricsHooksFeedPrometheusAndTheStatusPage(t *testing.T) {
 		{"goproxy_scrubbed_files_total", []string{"kind", "zip", "outcome", "mismatch", "removed", "true"}, 1},
 		{"goproxy_scrubbed_files_total", []string{"outcome", "ok", "removed", "false"}, 1},
 		{"goproxy_scrubbed_bytes_total", nil, 1000},
-		{"goproxy_admission_decisions_total", []string{"rule", "deny", "verdict", "refuse", "use", "request", "report_only", "false"}, 2},
-		{"goproxy_admission_decisions_total", []string{"rule", "cooldown", "use", "list", "report_only", "true"}, 1},
+		{"goproxy_store_errors_total", []string{"role", "cache", "op", "put"}, 2},
+		{"goproxy_store_errors_total", []string{"role", "hosted", "op", "get"}, 1},
+		{"goproxy_admission_decisions_total", []string{"rule", "deny", "verdict", "refuse", "use", "request", "report_only", "false"}, 1},
+		{"goproxy_admission_decisions_total", []string{"rule", "cooldown", "verdict", "hide", "use", "list", "report_only", "true"}, 1},
 	} {
 		if got := s.sum(c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -262,6 +266,9 @@ func TestEveryMetricIsDocumented(t *testing.T) {
 	h.SharedFetch(goproxy.SharedFetchMetric{})
 	h.CacheSize(goproxy.CacheSizeMetric{})
 	h.Eviction(goproxy.EvictionMetric{})
+	h.Scrub(goproxy.ScrubMetric{})
+	h.StoreError(goproxy.StoreErrorMetric{})
+	h.Admission(goproxy.AdmissionMetric{})
 	m.reloaded(nil)
 	families, err := m.registry.Gather()
 	if err != nil {
@@ -280,5 +287,27 @@ func TestEveryMetricIsDocumented(t *testing.T) {
 	}
 	if n < 18 {
 		t.Errorf("only %d goproxy_ metrics gathered", n)
+	}
+}
+
+// TestAnAbortedAnswerIsCountedAsAborted: a request the library reports
+// as aborted (cut after it started) is counted under code "aborted" on
+// /metrics, and as failed on the status page, whatever status it sent.
+func TestAnAbortedAnswerIsCountedAsAborted(t *testing.T) {
+	m := newServerMetrics()
+	h := m.hooks("public", nil)
+	h.Request(goproxy.RequestMetric{Kind: goproxy.RequestZip, Status: 200, Cache: goproxy.CacheMiss, Bytes: 1000, Aborted: true})
+	h.Request(goproxy.RequestMetric{Kind: goproxy.RequestZip, Status: 200, Cache: goproxy.CacheMiss, Bytes: 1000})
+	rec := httptest.NewRecorder()
+	m.handler(slog.New(slog.DiscardHandler)).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	s := parseMetrics(t, rec.Body)
+	if got := s.sum("goproxy_requests_total", "code", "aborted"); got != 1 {
+		t.Errorf("%v requests counted aborted, want 1", got)
+	}
+	if got := s.sum("goproxy_requests_total", "code", "2xx"); got != 1 {
+		t.Errorf("%v requests counted 2xx, want 1", got)
+	}
+	if st := m.requestStats("public"); st.Failed != 1 || st.Misses != 1 {
+		t.Errorf("status page figures %+v, want one failed and one miss", st)
 	}
 }

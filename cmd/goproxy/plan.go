@@ -182,12 +182,17 @@ func newPlan(cfg *Config, src *configSources, env []string) (*plan, error) {
 			if a.Prefix != "/" && b.Prefix != "/" && (strings.HasPrefix(a.Prefix, b.Prefix+"/") || strings.HasPrefix(b.Prefix, a.Prefix+"/")) {
 				p.add(join(b.key, "prefix"), "%q and %q nest: a module path under one would be taken for the other", a.Prefix, b.Prefix)
 			}
+			// A directory within another is as shared as the same one:
+			// the outer store's walks, eviction and scrubs would take
+			// the inner one's files for its own.
 			if a.Cache != "" && sameDir(a.Cache, b.Cache) {
 				p.add(join(b.key, "cache"), "%s is also the cache of %s: give each repository its own", b.Cache, cmpKey(a.key))
+			} else if nestedDirs(a.Cache, b.Cache) {
+				p.add(join(b.key, "cache"), "%s and the cache of %s (%s) nest: give each repository a directory of its own, none within another", b.Cache, cmpKey(a.key), a.Cache)
 			}
 			for _, x := range [][2]string{{a.Hosted, b.Hosted}, {a.Hosted, b.Cache}, {a.Cache, b.Hosted}} {
-				if x[0] != "" && sameDir(x[0], x[1]) {
-					p.add(join(b.key, "hosted"), "%s is used by %s and %s: published versions would be mixed with other files", x[0], cmpKey(a.key), cmpKey(b.key))
+				if x[0] != "" && nestedDirs(x[0], x[1]) {
+					p.add(join(b.key, "hosted"), "%s and %s, used by %s and %s, are the same or nest: published versions would be mixed with other files", x[0], x[1], cmpKey(a.key), cmpKey(b.key))
 				}
 			}
 			for _, x := range [][2]*s3Spec{{a.spec.CacheS3, b.spec.CacheS3}, {a.spec.HostedS3, b.spec.HostedS3}, {a.spec.CacheS3, b.spec.HostedS3}, {a.spec.HostedS3, b.spec.CacheS3}} {
@@ -225,6 +230,24 @@ func sameDir(a, b string) bool {
 	aa, err1 := filepath.Abs(a)
 	bb, err2 := filepath.Abs(b)
 	return err1 == nil && err2 == nil && aa == bb
+}
+
+// nestedDirs reports whether a and b are the same directory or one is
+// within the other.
+func nestedDirs(a, b string) bool {
+	if a == "" || b == "" {
+		return false
+	}
+	aa, err1 := filepath.Abs(a)
+	bb, err2 := filepath.Abs(b)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	within := func(inner, outer string) bool {
+		rel, err := filepath.Rel(outer, inner)
+		return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
+	}
+	return within(aa, bb) || within(bb, aa)
 }
 
 func isZeroRepository(r Repository) bool {
@@ -459,21 +482,24 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	s.Offline, s.StaleWhileRevalidate = r.Offline, time.Duration(r.StaleWhileRevalidate)
 	s.Scrub = scrubSpec{Interval: time.Duration(r.Scrub.Interval), BytesPerSecond: int64(r.Scrub.Rate), Quarantine: r.Scrub.Quarantine}
 	for _, dir := range []string{rp.Cache, r.Hosted} {
-		if sameDir(r.Scrub.Quarantine, dir) {
-			p.add(join(key, "scrub.quarantine"), "%s is also the cache or the hosted store: give the quarantine a directory of its own", dir)
+		if nestedDirs(r.Scrub.Quarantine, dir) {
+			p.add(join(key, "scrub.quarantine"), "%s is, or nests with, the cache or the hosted store: give the quarantine a directory of its own", dir)
 		}
 	}
 	s.Direct = goproxy.DirectOptions{GoBin: r.Direct.GoBin, Timeout: time.Duration(r.Direct.Timeout),
 		MaxConcurrent: r.Direct.MaxConcurrent, MaxCacheBytes: int64(r.Direct.MaxCacheBytes)}
 	d := r.Download
 	s.Download = goproxy.DownloadOptions{Connections: d.Connections, RangeThreshold: int64(d.RangeThreshold),
-		MaxConcurrent: d.MaxConcurrent, Attempts: d.Attempts, BaseDelay: time.Duration(d.BaseDelay),
-		MaxDelay: time.Duration(d.MaxDelay), Timeout: time.Duration(d.Timeout), PartialDir: d.PartialDir}
+		MaxConcurrent: d.MaxConcurrent, Attempts: d.Attempts, RetryBudget: d.RetryBudget, DownAfter: time.Duration(d.DownAfter),
+		BaseDelay: time.Duration(d.BaseDelay), MaxDelay: time.Duration(d.MaxDelay),
+		HeaderTimeout: time.Duration(d.HeaderTimeout), BodyIdleTimeout: time.Duration(d.BodyIdleTimeout),
+		Timeout: time.Duration(d.Timeout), PartialDir: d.PartialDir, PartialBytes: int64(d.PartialBytes)}
 	s.Dialer = dialer
 	for k, v := range map[string]int64{"direct.max_concurrent": int64(r.Direct.MaxConcurrent), "download.connections": int64(d.Connections),
 		"download.max_concurrent": int64(d.MaxConcurrent), "download.attempts": int64(d.Attempts), "download.range_threshold": int64(d.RangeThreshold),
 		"direct.timeout": int64(r.Direct.Timeout), "download.timeout": int64(d.Timeout), "download.base_delay": int64(d.BaseDelay),
-		"download.max_delay": int64(d.MaxDelay), "sumdb_ttl": int64(r.SumDBTTL),
+		"download.max_delay": int64(d.MaxDelay), "download.header_timeout": int64(d.HeaderTimeout),
+		"download.body_idle_timeout": int64(d.BodyIdleTimeout), "sumdb_ttl": int64(r.SumDBTTL),
 		"stale_while_revalidate": int64(r.StaleWhileRevalidate), "scrub.interval": int64(r.Scrub.Interval), "scrub.rate": int64(r.Scrub.Rate)} {
 		if v < 0 {
 			p.add(join(key, k), "must not be negative")
@@ -490,8 +516,8 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 		p.add(join(key, "admission.cooldown.index_feed"), "set on an offline repository, which connects nowhere: versions are dated by their first-seen records instead")
 	}
 
-	if sameDir(rp.Cache, r.Hosted) {
-		p.add(join(key, "hosted"), "%s is also the cache: published versions must be kept apart from cached ones, which may be removed", r.Hosted)
+	if nestedDirs(rp.Cache, r.Hosted) {
+		p.add(join(key, "hosted"), "%s is, or nests with, the cache: published versions must be kept apart from cached ones, which may be removed", r.Hosted)
 		return rp
 	}
 	// The library has the last word on what it is given. (Init makes

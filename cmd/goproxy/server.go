@@ -89,6 +89,11 @@ type proxyInstance struct {
 	spec      proxySpec
 	directDir string
 	inflight  atomic.Int64
+	// retired is set once a reload has switched to a state without this
+	// instance: a request that loaded the older state and comes to it
+	// after that must not count on it (it may be closed already) and is
+	// served by the current state instead (see enter).
+	retired atomic.Bool
 }
 
 // apply makes a state of pl and switches to it. Proxies whose spec did
@@ -136,10 +141,11 @@ func (s *server) apply(pl *plan) error {
 			logger := s.logs.main.With("repository", rp.Name)
 			name := rp.Name
 			metrics := s.metrics.hooks(name, func() { s.scanner.rescan(name) })
-			counted, admissionMetric := s.admissions.hook(name), metrics.Admission
+			// Counted for /metrics and for the status page.
+			counted, forPage := metrics.Admission, s.admissions.hook(name)
 			metrics.Admission = func(m goproxy.AdmissionMetric) {
-				admissionMetric(m) // /metrics
-				counted(m)         // the status page
+				counted(m)
+				forPage(m)
 			}
 			anonymous := func(modulePath string) bool {
 				return module.MatchPrefixPatterns(holder.Load().AnonymousRead, modulePath)
@@ -186,6 +192,9 @@ func (s *server) apply(pl *plan) error {
 // retire closes a Proxy no longer served and removes its direct-fetch
 // directory, once its requests are done.
 func (s *server) retire(inst *proxyInstance) {
+	// Set before inflight is read: a request counted after this sees it
+	// and goes elsewhere; one counted before is waited for.
+	inst.retired.Store(true)
 	s.retiring.Add(1)
 	go func() {
 		defer s.retiring.Done()
@@ -240,13 +249,17 @@ func (s *server) routes(st *serverState) {
 // for the actions it records.
 func (s *server) repositoryHandler(r *repository) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		r.inst.inflight.Add(1)
-		defer r.inst.inflight.Add(-1)
+		inst := s.enter(r)
+		if inst == nil {
+			http.Error(w, "repository "+r.Name+" is no longer served: a reload removed it", http.StatusNotFound)
+			return
+		}
+		defer inst.inflight.Add(-1)
 		info := infoFrom(req.Context())
 		info.repo = r.Name
 		action := auditAction(req)
 		if action == "" {
-			r.inst.proxy.ServeHTTP(w, req)
+			inst.proxy.ServeHTTP(w, req)
 			return
 		}
 		rec, ok := w.(*responseRecorder)
@@ -254,11 +267,47 @@ func (s *server) repositoryHandler(r *repository) http.Handler {
 			rec = &responseRecorder{ResponseWriter: w}
 		}
 		mod, version := moduleOf(req.URL.Path)
+		if err := s.forms.origin.Check(req); err != nil {
+			// A browser's request from another site would carry the
+			// HTTP credentials the browser holds for this server: the
+			// POST operations (fill, import, scrub) are not for other
+			// sites to trigger. The go command and curl send neither
+			// Origin nor Sec-Fetch-Site.
+			http.Error(w, errCrossOrigin.Error(), http.StatusForbidden)
+			s.audit(req.Context(), action, r.Name, mod, version, http.StatusForbidden, errCrossOrigin.Error())
+			return
+		}
 		defer func() {
+			if v := recover(); v != nil {
+				// Cut after it started (an export whose source failed):
+				// not done, whatever status was sent.
+				s.audit(req.Context(), action, r.Name, mod, version, 0, "the answer was cut after it started")
+				panic(v)
+			}
 			s.audit(req.Context(), action, r.Name, mod, version, rec.status, rec.reasonText())
 		}()
-		r.inst.proxy.ServeHTTP(rec, req)
+		inst.proxy.ServeHTTP(rec, req)
 	})
+}
+
+// enter counts a request in the Proxy that serves repository r, and
+// returns it; the caller decrements its inflight when done. A request
+// may have loaded the server's state just before a reload replaced r's
+// Proxy, which retires once nothing is counted in it: then the request
+// goes to the Proxy of the same repository in the current state. nil
+// means the repository is no longer served.
+func (s *server) enter(r *repository) *proxyInstance {
+	for {
+		inst := r.inst
+		inst.inflight.Add(1)
+		if !inst.retired.Load() {
+			return inst
+		}
+		inst.inflight.Add(-1)
+		if r = s.repositoryOf(r.Name); r == nil {
+			return nil
+		}
+	}
 }
 
 // serveIndex answers / when no repository is there: which are.
@@ -284,6 +333,10 @@ func (s *server) serveReload(w http.ResponseWriter, r *http.Request) {
 	_, auth, admin := st.plan.identities.identify(r)
 	status, msg := http.StatusOK, "configuration reloaded\n"
 	switch {
+	case s.forms.origin.Check(r) != nil:
+		// The browser's word that another site sends it, with the
+		// credentials the browser holds for this server.
+		status, msg = http.StatusForbidden, errCrossOrigin.Error()+"\n"
 	case auth == "none" || auth == "invalid":
 		w.Header().Set("WWW-Authenticate", `Basic realm="goproxy"`)
 		status, msg = http.StatusUnauthorized, "authentication required to reload the configuration\n"
@@ -491,9 +544,17 @@ func checkReachable(ctx context.Context, spec *proxySpec, u string) error {
 	return nil
 }
 
-// redactURL hides a URL's password, for messages.
+// redactURL hides the secrets of the URLs in a text, for messages, as
+// the library does: a password, or a user name standing alone, which is
+// usually a token ("https://user:xxxxx@host", "https://xxxxx@host").
 func redactURL(u string) string {
-	return userinfo.ReplaceAllString(u, "$1:xxxxx@")
+	return userinfo.ReplaceAllStringFunc(u, func(m string) string {
+		info := strings.TrimSuffix(strings.TrimPrefix(m, "://"), "@")
+		if user, _, ok := strings.Cut(info, ":"); ok {
+			return "://" + user + ":xxxxx@"
+		}
+		return "://xxxxx@"
+	})
 }
 
 func redactError(err error, u string) string {
@@ -501,4 +562,4 @@ func redactError(err error, u string) string {
 }
 
 // userinfo matches the user information of URLs in text.
-var userinfo = regexp.MustCompile(`(://[^/@\s:]*):[^/@\s]*@`)
+var userinfo = regexp.MustCompile(`://[^/?#@\s]*@`)

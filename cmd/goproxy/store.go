@@ -96,12 +96,6 @@ func resolveS3(c *S3Config, key string, cache bool, getenv func(string) string, 
 	return s
 }
 
-// id names the store for comparisons: two specs with the same id are the
-// same keys in the same bucket.
-func (s *s3Spec) id() string {
-	return s.Endpoint + " " + s.Bucket + " " + s.Prefix
-}
-
 // nests reports whether the keys of s and o overlap: the same bucket, and
 // one prefix a prefix of the other's (the bucket's root nests all).
 func (s *s3Spec) nests(o *s3Spec) bool {
