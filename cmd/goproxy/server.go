@@ -58,6 +58,17 @@ type server struct {
 	// admissions counts each repository's admission decisions.
 	admissions *admissionCounters
 
+	// readiness is the last /readyz answer, reused for a second: the
+	// endpoint is anonymous, and each check writes a file in every
+	// store and may ask every upstream.
+	readiness struct {
+		sync.Mutex
+		at    time.Time
+		state *serverState
+		ok    bool
+		body  string
+	}
+
 	state atomic.Pointer[serverState]
 
 	reloadMu sync.Mutex // serializes reloads; guards what follows
@@ -429,11 +440,32 @@ func (s *server) serveHealthz(w http.ResponseWriter, r *http.Request) {
 // readyz.check_upstreams, that its upstream proxies answer.
 func (s *server) serveReadyz(w http.ResponseWriter, r *http.Request) {
 	st := s.state.Load()
+	rd := &s.readiness
+	// One check at a time, its answer shared for a second: a flood of
+	// anonymous probes costs the stores and upstreams one check a second.
+	rd.Lock()
+	if rd.state != st || time.Since(rd.at) >= time.Second {
+		rd.ok, rd.body = s.checkReadiness(st)
+		rd.state, rd.at = st, time.Now()
+	}
+	ok, body := rd.ok, rd.body
+	rd.Unlock()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if !ok {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	w.Write([]byte(body))
+}
+
+// checkReadiness checks every store and, if configured, upstream of st.
+// (Not under a request's context: its answer is shared.)
+func (s *server) checkReadiness(st *serverState) (ok bool, body string) {
 	cfg := st.plan.cfg
-	ctx, cancel := context.WithTimeout(r.Context(), max(time.Duration(cfg.Readyz.Timeout), time.Second))
+	ctx, cancel := context.WithTimeout(context.Background(), max(time.Duration(cfg.Readyz.Timeout), time.Second))
 	defer cancel()
 	var b strings.Builder
-	ok := true
+	ok = true
 	report := func(repo, what string, err error) {
 		if err != nil {
 			ok = false
@@ -469,12 +501,7 @@ func (s *server) serveReadyz(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	if !ok {
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}
-	w.Write([]byte(b.String()))
+	return ok, b.String()
 }
 
 // checkWritable creates and removes a file in dir (creating dir).

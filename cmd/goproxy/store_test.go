@@ -175,7 +175,13 @@ func TestServerWithBucketStores(t *testing.T) {
 
 	m.stop()
 	t.Run("the bucket stopped", func(t *testing.T) {
-		code, body, _ := get("/readyz")
+		var code int
+		var body string
+		// /readyz answers what it found within the last second.
+		testwait.Within(t, 10*time.Second, func() bool {
+			code, body, _ = get("/readyz")
+			return code != http.StatusOK
+		}, "/readyz to notice the bucket stopped")
 		if code != http.StatusServiceUnavailable || !strings.Contains(body, "public: cache s3://goproxy/public/: bypassed") || !strings.Contains(body, "corp: hosted s3://goproxy/corp-hosted/: ") {
 			t.Errorf("/readyz with the bucket stopped: %d\n%s", code, body)
 		}
