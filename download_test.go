@@ -48,6 +48,39 @@ func largeFixture(t *testing.T) (*moduletest.Version, []byte) {
 
 const largeZipPath = "/example.com/large/@v/v1.0.0.zip"
 
+// cutAnswers wraps h so that the bodies of the answers cut chooses are cut
+// after n bytes, the connection dropped, as a crashing server's are: the
+// client must resume or start over.
+func cutAnswers(h http.Handler, n int64, cut func(r *http.Request) bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if cut(r) {
+			w = &cutWriter{ResponseWriter: w, left: n}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// firstOnly is a cut for cutAnswers that cuts the first answer only.
+func firstOnly() func(*http.Request) bool {
+	var n atomic.Int32
+	return func(*http.Request) bool { return n.Add(1) == 1 }
+}
+
+type cutWriter struct {
+	http.ResponseWriter
+	left int64
+}
+
+func (w *cutWriter) Write(b []byte) (int, error) {
+	if int64(len(b)) <= w.left {
+		w.left -= int64(len(b))
+		return w.ResponseWriter.Write(b)
+	}
+	w.ResponseWriter.Write(b[:w.left])
+	w.ResponseWriter.(http.Flusher).Flush()
+	panic(http.ErrAbortHandler)
+}
+
 func TestDownloadUnderFaults(t *testing.T) {
 	v, want := largeFixture(t)
 	tests := []struct {
@@ -55,17 +88,23 @@ func TestDownloadUnderFaults(t *testing.T) {
 		faults *moduletest.Faults
 		check  func(t *testing.T, f *moduletest.Faults)
 	}{
-		{name: "parallel ranges tied to one version", check: func(t *testing.T, f *moduletest.Faults) {
-			log := f.Log()
-			if len(log) < 5 {
-				t.Errorf("%d requests; want the first range and at least four parts", len(log))
-			}
-			for _, r := range log[1:] {
-				if r.Range == "" || r.IfRange == "" {
-					t.Errorf("part request without Range/If-Range: %+v", r)
-				}
+		{name: "a fast upstream: one request for the file", check: func(t *testing.T, f *moduletest.Faults) {
+			if log := f.Log(); len(log) != 1 || log[0].Range != "bytes=0-" {
+				t.Errorf("requests %+v; want one, for the whole file", log)
 			}
 		}},
+		{name: "a paced upstream: parallel ranges tied to one version", faults: &moduletest.Faults{BytesPerSecond: 1 << 20},
+			check: func(t *testing.T, f *moduletest.Faults) {
+				log := f.Log()
+				if len(log) < 3 || log[0].Range != "bytes=0-" {
+					t.Errorf("requests %+v; want the whole file asked first, and at least two more connections", log)
+				}
+				for _, r := range log[1:] {
+					if r.Range == "" || r.IfRange == "" {
+						t.Errorf("part request without Range/If-Range: %+v", r)
+					}
+				}
+			}},
 		{name: "30% of requests fail with 502", faults: &moduletest.Faults{FailFraction: 0.3, Seed: 1}},
 		{name: "bodies cut midway", faults: &moduletest.Faults{CutFraction: 0.3, Seed: 2}},
 		{name: "429 with Retry-After", faults: &moduletest.Faults{TooManyFraction: 0.3, Seed: 3}},
@@ -137,14 +176,16 @@ func TestDownloadStartsOverWhenFileChanges(t *testing.T) {
 	}
 	t.Run("replaced after the first answer: the new file whole", func(t *testing.T) {
 		var served atomic.Int32
-		upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The first answer is cut before a byte of it reached a
+		// client: the resumption meets the new file.
+		upstream := httptest.NewServer(cutAnswers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			body, etag := a, `"a"`
 			if served.Add(1) > 1 {
 				body, etag = b, `"b"` // replaced right after the first answer
 			}
 			w.Header().Set("ETag", etag)
 			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
-		}))
+		}), 20, firstOnly()))
 		defer upstream.Close()
 		p := newTestProxy(t, upstream.URL)
 		w := do(p, "GET", largeZipPath)
@@ -154,9 +195,10 @@ func TestDownloadStartsOverWhenFileChanges(t *testing.T) {
 	})
 	t.Run("changing on every request: a clear error", func(t *testing.T) {
 		// An upstream that honours Range but not If-Range, whose file
-		// changes all the time: every download meets another version.
+		// changes all the time, and whose answers break off early:
+		// every download meets another version.
 		var served atomic.Int32
-		upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		upstream := httptest.NewServer(cutAnswers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			n := served.Add(1)
 			body := a
 			if n%2 == 0 {
@@ -165,7 +207,7 @@ func TestDownloadStartsOverWhenFileChanges(t *testing.T) {
 			w.Header().Set("ETag", fmt.Sprintf(`"v%d"`, n))
 			r.Header.Del("If-Range")
 			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
-		}))
+		}), 20, func(*http.Request) bool { return true }))
 		defer upstream.Close()
 		p := newTestProxy(t, upstream.URL)
 		w := do(p, "GET", largeZipPath)
@@ -278,6 +320,10 @@ func TestDownloadProgress(t *testing.T) {
 func TestDownloadResumesAfterKill(t *testing.T) {
 	if dir := os.Getenv("TEST_RESUME_TEMPDIR"); dir != "" {
 		p := &Proxy{Cacher: &MemCacher{}, TempDir: dir, Env: []string{"GOPROXY=" + os.Getenv("TEST_RESUME_UPSTREAM")}}
+		if err := p.Init(); err != nil {
+			t.Fatal(err)
+		}
+		p.downloader.saveEvery = 50 * time.Millisecond // for the kill to find some
 		fmt.Println("started")
 		do(p, "GET", largeZipPath)
 		return
@@ -285,7 +331,9 @@ func TestDownloadResumesAfterKill(t *testing.T) {
 	v, want := largeFixture(t)
 	up := moduletest.NewServer([]*moduletest.Version{v})
 	defer up.Close()
-	faults := &moduletest.Faults{BytesPerSecond: 4 << 20} // 4 connections × 4 MB/s: about 0.4 s for 6 MB
+	// 1 MB/s per connection: slow enough for more connections to join,
+	// about a second for 6 MB on eight of them.
+	faults := &moduletest.Faults{BytesPerSecond: 1 << 20}
 	srv := httptest.NewServer(faults.Wrap(up.Handler()))
 	defer srv.Close()
 
@@ -453,9 +501,9 @@ func TestSaveRacingARestartLeavesNoStaleState(t *testing.T) {
 		t.Fatal("the download is not resumable")
 	}
 	dl.f.WriteAt([]byte("hello"), 0)
-	dl.state = partialState{Size: 10, ETag: `"a"`, Parts: []partState{{Start: 0, End: 10}}}
-	dl.done = make([]atomic.Int64, 1)
-	dl.done[0].Store(5)
+	dl.state = partialState{Size: 10, ETag: `"a"`}
+	dl.spans = []*span{{start: 0, end: 10}}
+	dl.spans[0].done.Store(5)
 
 	writing, resumeWrite := make(chan struct{}), make(chan struct{})
 	d.writeAt = func(f *os.File, b []byte, off int64) (int, error) {
@@ -535,7 +583,7 @@ func TestWeakValidatorsDoNotTieParts(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var served atomic.Int32
-			upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			upstream := httptest.NewServer(cutAnswers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				body, etag := a, tt.etagA
 				if served.Add(1) > 1 {
 					body, etag = b, tt.etagB
@@ -545,7 +593,7 @@ func TestWeakValidatorsDoNotTieParts(t *testing.T) {
 				}
 				w.Header().Set("Date", tt.date.Format(http.TimeFormat))
 				http.ServeContent(w, r, "", modTime, bytes.NewReader(body))
-			}))
+			}), 20, firstOnly()))
 			defer upstream.Close()
 			p := newTestProxy(t, upstream.URL)
 			w := do(p, "GET", largeZipPath)
@@ -563,7 +611,7 @@ func TestWeakValidatorsDoNotTieParts(t *testing.T) {
 func TestFileShrunkUnderTheDownloadStartsOver(t *testing.T) {
 	a, b := largeZip(t, 3<<20, 1), largeZip(t, 100<<10, 2)
 	var served atomic.Int32
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	upstream := httptest.NewServer(cutAnswers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, etag := a, `"a"`
 		if served.Add(1) > 1 {
 			body, etag = b, `"b"`
@@ -571,7 +619,7 @@ func TestFileShrunkUnderTheDownloadStartsOver(t *testing.T) {
 		w.Header().Set("ETag", etag)
 		r.Header.Del("If-Range")
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
-	}))
+	}), 1<<20, firstOnly()))
 	defer upstream.Close()
 	p := newTestProxy(t, upstream.URL)
 	for i := range 2 {

@@ -204,7 +204,7 @@ func (p *Proxy) init() error {
 	var id [8]byte
 	rand.Read(id[:])
 	p.via = "1.1 goproxy-" + hex.EncodeToString(id[:])
-	p.downloader = newDownloader(conf.download, client, conf.logger, p.via)
+	p.downloader = newDownloader(conf.download, client, conf.logger, p.via, conf.tempDir)
 	p.flights.abandonAfter = conf.download.BodyIdleTimeout
 	p.notFound.ttl = conf.notFoundTTL
 	p.initHotCache()

@@ -58,14 +58,33 @@ func filesUnder(t *testing.T, dir string) []string {
 	return files
 }
 
+// recorded is a response as do recorded it.
+type recorded struct {
+	*httptest.ResponseRecorder
+	// Aborted is set when the handler aborted the response
+	// (panic(http.ErrAbortHandler)), as a server then cuts the
+	// connection: what the recorder holds is what the client got first.
+	Aborted bool
+}
+
 // do sends one request to h and returns the recorded response.
-func do(h http.Handler, method, target string, header ...string) *httptest.ResponseRecorder {
+func do(h http.Handler, method, target string, header ...string) *recorded {
 	r := httptest.NewRequest(method, target, nil)
 	for i := 0; i+1 < len(header); i += 2 {
 		r.Header.Set(header[i], header[i+1])
 	}
-	w := httptest.NewRecorder()
-	h.ServeHTTP(w, r)
+	w := &recorded{ResponseRecorder: httptest.NewRecorder()}
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				if v != http.ErrAbortHandler {
+					panic(v)
+				}
+				w.Aborted = true
+			}
+		}()
+		h.ServeHTTP(w.ResponseRecorder, r)
+	}()
 	return w
 }
 
@@ -350,7 +369,7 @@ func TestClientGoingAwayDoesNotCancelSharedFetch(t *testing.T) {
 		quitter <- w.Code
 	}()
 	testwait.For(t, func() bool { return p.flights.users("example.com/a/@v/v1.0.0.zip") == 1 })
-	stayer := make(chan *httptest.ResponseRecorder)
+	stayer := make(chan *recorded)
 	go func() { stayer <- do(p, "GET", "/example.com/a/@v/v1.0.0.zip") }()
 	testwait.For(t, func() bool { return p.flights.users("example.com/a/@v/v1.0.0.zip") == 2 })
 	cancel()
