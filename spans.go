@@ -224,7 +224,7 @@ func (dl *fileDownload) stealLocked() *span {
 		}
 	}
 	minPart := dl.d.opts.RangeThreshold
-	if victim == nil || most < 2*minPart || float64(most)/rate < (dl.d.minGain + 2*dl.rtt).Seconds() {
+	if victim == nil || most < 2*minPart || float64(most)/rate < (dl.d.minGain+2*dl.rtt).Seconds() {
 		return nil
 	}
 	victim.mu.Lock()
