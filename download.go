@@ -133,11 +133,26 @@ type fetched struct {
 	// unverified is set when the checksum database could not be reached
 	// and AllowUnverified let the file through: it is served, not cached.
 	unverified bool
+	// stream is set for a zip that clients may read while it arrives;
+	// its file is the download's until owned is set, when the download
+	// has ended well.
+	stream    *zipStream
+	owned     atomic.Bool
+	closeOnce sync.Once
 }
 
 // reader returns an independent reader over the content, so that every
 // request sharing one download reads it at its own pace.
 func (f *fetched) reader() io.ReadSeeker {
+	return f.readerFor(context.Background())
+}
+
+// readerFor is reader for a client whose request lives in ctx: a zip still
+// arriving is read as it does, until ctx ends.
+func (f *fetched) readerFor(ctx context.Context) io.ReadSeeker {
+	if f.stream != nil {
+		return f.stream.reader(ctx)
+	}
 	if f.file != nil {
 		return io.NewSectionReader(f.file, 0, f.size)
 	}
@@ -145,12 +160,16 @@ func (f *fetched) reader() io.ReadSeeker {
 }
 
 // close removes the file before closing it: it is locked while open, so
-// nobody can take the name over in between.
+// nobody can take the name over in between. A stream's file that the
+// download did not hand over is the download's to keep or remove.
 func (f *fetched) close() {
-	if f.file != nil {
+	f.closeOnce.Do(func() {
+		if f.file == nil || f.stream != nil && !f.owned.Load() {
+			return
+		}
 		os.Remove(f.file.Name())
 		f.file.Close()
-	}
+	})
 }
 
 // downloader is the download engine: bounded concurrency, retries with
@@ -221,8 +240,8 @@ type downloadSink interface {
 	// answer (or the saved state) tells the size, again after a restart.
 	// An error fails the download for good.
 	begin(f *os.File, size int64) error
-	// filled says that the first n bytes of the file are on disk.
-	filled(n int64)
+	// landed says that the first n bytes of the file are on disk.
+	landed(n int64)
 	// restart says that the download starts over. It returns how many
 	// bytes from the start reached clients: the new answer must bring
 	// them again, unchanged, or the download fails.
@@ -804,11 +823,10 @@ func (dl *fileDownload) run(ctx context.Context) error {
 		whole := false
 		err := dl.d.retry(ctx, dl.url, func() error {
 			r, w, err := dl.first(ctx)
+			resp, whole = r, w
 			if err != nil || !w {
-				resp = r
 				return err
 			}
-			whole = true
 			defer r.Body.Close()
 			return dl.whole(r)
 		})
@@ -1207,7 +1225,7 @@ func (dl *fileDownload) advanced(s *span) {
 	}
 	dl.mu.Unlock()
 	if grew {
-		dl.t.sink.filled(p)
+		dl.t.sink.landed(p)
 	}
 }
 

@@ -59,7 +59,9 @@ type content struct {
 	etag    string
 	from    provenance
 	hot     *hotFile // set when the content is a hot file
-	close   func()
+	// stream is set for a zip that clients read while it arrives.
+	stream *zipStream
+	close  func()
 }
 
 // memContent is content held in memory, data never modified.
@@ -90,10 +92,12 @@ func storedContent(req *request, cf CachedFile, o provenance) (*content, error) 
 	return memContent(data, cf.ModTime(), o), nil
 }
 
-// fetchedContent is what a fetch brought, served until release.
-func fetchedContent(f *fetched, release func()) *content {
+// fetchedContent is what a fetch brought, served until release to a
+// client whose request lives in ctx.
+func fetchedContent(ctx context.Context, f *fetched, release func()) *content {
 	if f.file != nil {
-		return &content{body: f.reader(), modTime: f.modTime, etag: storedETag(f.modTime, f.size), from: fromUpstream, close: release}
+		return &content{body: f.readerFor(ctx), modTime: f.modTime, etag: storedETag(f.modTime, f.size), from: fromUpstream,
+			stream: f.stream, close: release}
 	}
 	c := memContent(f.data, f.modTime, fromUpstream)
 	c.close = release
@@ -175,7 +179,7 @@ func (p *Proxy) openStored(ctx context.Context, req *request, mayFetch bool) (*c
 	if cached != nil {
 		cached.close()
 	}
-	c := fetchedContent(f, release)
+	c := fetchedContent(ctx, f, release)
 	if f.unverified {
 		return c, nil
 	}

@@ -53,6 +53,8 @@ type sumDB struct {
 
 	mu     sync.Mutex
 	latest []byte // the newest verified tree note
+
+	lookups recordLookups // of the verifying database
 }
 
 // parseGOSUMDB reads GOSUMDB as the go command does: "off", a known name,
@@ -206,30 +208,20 @@ var errUnverified = errors.New("not verified: the checksum database could not be
 // verifies reports whether req's file is checked against the checksum
 // database before it is cached.
 func (p *Proxy) verifies(req *request) bool {
-	return p.verifier != nil && (req.kind == kindMod || req.kind == kindZip) &&
-		!module.MatchPrefixPatterns(p.conf.goEnv.noSumDB, req.modPath) && !p.routeFor(req.modPath).private
+	return (req.kind == kindMod || req.kind == kindZip) && p.verifiesModule(req.modPath)
 }
 
-// recordPath is the database path of the record for req's module version.
-func recordPath(req *request) string {
-	escPath, _ := module.EscapePath(req.modPath)
-	escVersion, _ := module.EscapeVersion(req.version)
-	return "lookup/" + escPath + "@" + escVersion
-}
-
-// prefetchSumDBRecord starts fetching the record that will verify req's
-// file, so that the lookup's round trip overlaps the download instead of
-// following it. The record lands in the cache, where verify finds it.
-func (p *Proxy) prefetchSumDBRecord(ctx context.Context, req *request) {
-	if !p.verifies(req) || p.verifier.broken.Load() != nil {
-		return
-	}
-	go p.sumDBFile(ctx, p.verifier, recordPath(req))
+// verifiesModule reports whether the .mod and .zip files of modPath are
+// checked against the checksum database.
+func (p *Proxy) verifiesModule(modPath string) bool {
+	return p.verifier != nil && !module.MatchPrefixPatterns(p.conf.goEnv.noSumDB, modPath) && !p.routeFor(modPath).private
 }
 
 // verify checks a downloaded .mod or .zip against the checksum database
 // named by GOSUMDB, unless verification is off or GONOSUMDB exempts the
-// module (whose path is then never sent to the database).
+// module (whose path is then never sent to the database). The version's
+// lookup runs already, most of the time (see sumlookup.go): the file is
+// hashed meanwhile.
 func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 	if !p.verifies(req) {
 		return nil
@@ -240,25 +232,13 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 			"SECURITY ERROR: checksum database %s served inconsistent data earlier, so nothing is verified against it any more; %s@%s cannot be verified:\n%s",
 			db.name, req.modPath, req.version, *report)
 	}
-
-	// Fetch the record through the proxy's own cache first: a failure
-	// here says whether the database is unreachable or lacks the module,
-	// which the client's flattened errors no longer tell apart.
-	if _, err := p.sumDBFile(ctx, db, recordPath(req)); err != nil {
-		if !notFound(err) && p.conf.allowUnverified {
-			p.logger().LogAttrs(ctx, slog.LevelWarn, "serving unverified", slog.String("module", req.modPath),
-				slog.String("version", req.version), slog.String("error", err.Error()))
-			return errUnverified
-		}
-		// No err: a database's 404 must not pass for the module's.
-		return failed(failUnverifiable, "verifying %s@%s: checksum database %s: %v", req.modPath, req.version, db.name, err)
-	}
+	l := p.lookupOf(ctx, req.modPath, req.version)
 
 	var got, lookup string
 	var err error
 	switch req.kind {
 	case kindZip:
-		got, err = dirhash.HashZip(f.file.Name(), dirhash.Hash1)
+		got, err = zipHash(ctx, f)
 		lookup = req.version
 	case kindMod:
 		got, err = dirhash.Hash1([]string{"go.mod"}, func(string) (io.ReadCloser, error) {
@@ -269,12 +249,31 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 	if err != nil {
 		return failed(failInvalidContent, "hashing %s: %w", req, err)
 	}
-	lines, err := db.lookup(req.modPath, lookup)
-	if err != nil {
+	if err := l.wait(ctx); err != nil {
+		return failed(failUnverifiable, "verifying %s@%s: checksum database %s: %v", req.modPath, req.version, db.name, err)
+	}
+	// The record was fetched through the proxy's own cache first: a
+	// failure there says whether the database is unreachable or lacks
+	// the module, which the client's flattened errors no longer tell
+	// apart.
+	if err := l.fetchErr; err != nil {
+		if !notFound(err) && p.conf.allowUnverified {
+			p.logger().LogAttrs(ctx, slog.LevelWarn, "serving unverified", slog.String("module", req.modPath),
+				slog.String("version", req.version), slog.String("error", err.Error()))
+			return errUnverified
+		}
+		// No err: a database's 404 must not pass for the module's.
+		return failed(failUnverifiable, "verifying %s@%s: checksum database %s: %v", req.modPath, req.version, db.name, err)
+	}
+	if l.err != nil {
 		if report := db.broken.Load(); report != nil {
 			return failed(failUnverifiable, "SECURITY ERROR: %s", *report)
 		}
-		return failed(failUnverifiable, "verifying %s: %w", req, err)
+		return failed(failUnverifiable, "verifying %s: %w", req, l.err)
+	}
+	lines := l.zip
+	if req.kind == kindMod {
+		lines = l.mod
 	}
 	want := req.modPath + " " + lookup + " " + got
 	for _, line := range lines {
@@ -292,6 +291,17 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 	p.logger().LogAttrs(ctx, slog.LevelError, "checksum mismatch", slog.String("module", req.modPath),
 		slog.String("version", lookup), slog.String("downloaded", got), slog.String("expected", expected), slog.String("db", db.name))
 	return &failure{kind: failChecksumMismatch, msg: msg}
+}
+
+// zipHash returns a fetched zip's dirhash.Hash1: the one its scan took as
+// it arrived, if the scan could follow it; else read from the file.
+func zipHash(ctx context.Context, f *fetched) (string, error) {
+	if f.stream != nil {
+		if scan := f.stream.scanned(ctx); scan != nil && scan.verified {
+			return scan.hash1()
+		}
+	}
+	return dirhash.HashZip(f.file.Name(), dirhash.Hash1)
 }
 
 // lookup asks the database's client for the go.sum lines of path@version.
