@@ -690,3 +690,46 @@ func TestPanicInADownloadFailsOnlyThatDownload(t *testing.T) {
 		})
 	}
 }
+
+// TestPlantedPartialFilesAreNotResumed plants, in a PartialDir that
+// another user could have written to, a partial download claiming the
+// whole of another zip: the proxy must not serve it, but download the
+// upstream's.
+func TestPlantedPartialFilesAreNotResumed(t *testing.T) {
+	v, want := largeFixture(t)
+	planted, err := otherLargeModule()
+	if err != nil {
+		t.Fatal(err)
+	}
+	plantedZip, err := os.ReadFile(planted.ZipFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := moduletest.NewServer([]*moduletest.Version{v})
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	p.Download.PartialDir = filepath.Join(t.TempDir(), "partial")
+	if err := os.Mkdir(p.Download.PartialDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p.Download.PartialDir, 0o777); err != nil { // as /tmp is
+		t.Fatal(err)
+	}
+	key := partialKey(up.URL + largeZipPath)
+	os.WriteFile(filepath.Join(p.Download.PartialDir, key+partSuffix), plantedZip, 0o600)
+	state, _ := json.Marshal(partialState{Size: int64(len(plantedZip)), ETag: `"planted"`,
+		Parts: []partState{{Start: 0, End: int64(len(plantedZip)), Done: int64(len(plantedZip))}}})
+	os.WriteFile(filepath.Join(p.Download.PartialDir, key+stateSuffix), state, 0o600)
+
+	if w := do(p, "GET", largeZipPath); w.Code != 200 || !bytes.Equal(w.Body.Bytes(), want) {
+		t.Fatalf("%d, %d bytes: want the upstream's zip (%d bytes)", w.Code, w.Body.Len(), len(want))
+	}
+	if got, _ := os.ReadFile(filepath.Join(p.Download.PartialDir, key+partSuffix)); !bytes.Equal(got, plantedZip) {
+		t.Error("the proxy wrote to the planted file")
+	}
+	testwait.For(t, p.flights.idle)
+	// The proxy's own directory of private files is left empty.
+	for _, f := range filesUnder(t, p.TempDir) {
+		t.Errorf("left behind: %s", f)
+	}
+}

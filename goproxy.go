@@ -309,6 +309,15 @@ func (p *Proxy) serveRead(w http.ResponseWriter, r *http.Request, req *request) 
 		return
 	}
 	defer c.close()
+	if c.stream != nil && r.Method == http.MethodHead {
+		// A zip still arriving: a HEAD has no body to cut if it fails,
+		// so it waits for the verdict.
+		if err := c.stream.wait(r.Context()); err != nil {
+			status := p.writeFailure(w, err)
+			p.answered(r, req, failedOutcome(err), status)
+			return
+		}
+	}
 	status := p.serve(w, r, req, c)
 	p.answered(r, req, c.from.String(), status)
 }

@@ -136,12 +136,7 @@ func (s *zipStream) progress(gen int, pos int64, sigs []int64) {
 		s.mu.Unlock()
 		return
 	}
-	r := min(pos, s.filled)
-	for i := len(sigs) - 1; i >= 0; i-- {
-		if sig := sigs[i]; sig+4 <= r && sig >= r-endRecordWindow {
-			r = sig + 3 // the signature incomplete
-		}
-	}
+	r := safeRelease(min(pos, s.filled), sigs)
 	if r <= s.released {
 		s.mu.Unlock()
 		return
@@ -159,6 +154,18 @@ func (s *zipStream) progress(gen int, pos int64, sigs []int64) {
 	if res != nil {
 		s.publish(res)
 	}
+}
+
+// safeRelease returns the longest prefix of the first r bytes with no
+// end record signature (at sigs, in order) complete within
+// endRecordWindow of its end.
+func safeRelease(r int64, sigs []int64) int64 {
+	for i := len(sigs) - 1; i >= 0; i-- {
+		if sig := sigs[i]; sig+4 <= r && sig >= r-endRecordWindow {
+			r = sig + 3 // the signature incomplete
+		}
+	}
+	return r
 }
 
 // waitFilled waits until generation gen of the file is on disk whole.
