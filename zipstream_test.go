@@ -351,5 +351,3 @@ func TestAbortedClientsHoldNoZipTheyCouldOpen(t *testing.T) {
 		t.Errorf("the %d bytes the client got open as a zip", len(c.body))
 	}
 }
-
-
