@@ -710,13 +710,14 @@ func TestDirectMessagesHideCredentials(t *testing.T) {
 	r := &directRunner{modCache: "/srv/proxy/mod"}
 	msg := r.cleanMessage("go: git.internal/r@v1.0.0: invalid version: git ls-remote -q origin in /srv/proxy/mod/cache/vcs/0123: exit status 128:\n" +
 		"\tfatal: unable to access 'https://oauth2:s3cret@git.internal/r/': The requested URL returned error: 503\n" +
-		"\tssh://deploy:t0ken@git.internal/r and https://token-only@git.internal")
-	for _, secret := range []string{"s3cret", "t0ken", "token-only", "/srv/proxy"} {
+		"\tssh://deploy:t0ken@git.internal/r and https://token-only@git.internal\n" +
+		"\thttps://ghp_usertoken:x-oauth-basic@github.com/o/r")
+	for _, secret := range []string{"s3cret", "t0ken", "token-only", "ghp_usertoken", "/srv/proxy"} {
 		if strings.Contains(msg, secret) {
 			t.Errorf("message shows %q: %s", secret, msg)
 		}
 	}
-	if !strings.HasPrefix(msg, "git.internal/r@v1.0.0: invalid version") || !strings.Contains(msg, "https://oauth2:xxxxx@git.internal/r/") || !strings.Contains(msg, "ssh://deploy:xxxxx@git.internal/r and https://xxxxx@git.internal") {
+	if !strings.HasPrefix(msg, "git.internal/r@v1.0.0: invalid version") || !strings.Contains(msg, "https://xxxxx@git.internal/r/") || !strings.Contains(msg, "ssh://xxxxx@git.internal/r and https://xxxxx@git.internal") {
 		t.Errorf("message: %s", msg)
 	}
 }

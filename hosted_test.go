@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -479,5 +481,44 @@ func TestQueriesConsiderPublishedVersions(t *testing.T) {
 	}
 	if w := getAs(p, "/"+mod+"/@v/v2.info", "reader", "reader-pw"); w.Code == 200 {
 		t.Errorf("a query no version matches: %d %s", w.Code, w.Body)
+	}
+}
+
+// publishOnMiss is a Hosted store that publishes a version the first time
+// a read finds its .info missing: the publish lands between the read's
+// look at the published store and its fetch from the upstreams.
+type publishOnMiss struct {
+	Cacher
+	info    string
+	once    sync.Once
+	publish func()
+}
+
+func (c *publishOnMiss) Get(ctx context.Context, name string) (CachedFile, error) {
+	cf, err := c.Cacher.Get(ctx, name)
+	if name == c.info && errors.Is(err, fs.ErrNotExist) {
+		c.once.Do(c.publish)
+	}
+	return cf, err
+}
+
+// A version published while a read of it is under way is not shadowed by
+// the upstream copy that read fetched: the hot tier does not keep it.
+func TestPublishDuringAReadIsNotShadowedByTheUpstreamCopy(t *testing.T) {
+	up := newUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, up.URL)
+	const mod = "/example.com/a/@v/v1.0.0.mod"
+	published := "module example.com/a\n\ngo 1.21\n"
+	hosted := &publishOnMiss{Cacher: DirCacher(t.TempDir()), info: "example.com/a/@v/v1.0.0.info"}
+	hosted.publish = func() {
+		zip := makeZip(t, "example.com/a@v1.0.0/go.mod", published, "example.com/a@v1.0.0/a.go", "package a\n")
+		if err := p.Publish(context.Background(), "example.com/a", "v1.0.0", bytes.NewReader(zip)); err != nil {
+			t.Errorf("publishing: %v", err)
+		}
+	}
+	p.Hosted = hosted
+	do(p, "GET", mod) // raced by the publish: either copy may answer
+	if w := do(p, "GET", mod); w.Code != 200 || w.Body.String() != published {
+		t.Errorf("after the publish: %d %q, want the published %q", w.Code, w.Body, published)
 	}
 }

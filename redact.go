@@ -5,11 +5,15 @@ import (
 	"unicode"
 )
 
-// URLs are redacted by one rule, for logs and error messages: the
-// password goes, or the user name when it stands alone, since that is
-// usually a token ("https://user:xxxxx@host", "https://xxxxx@host"), as
-// net/url's URL.Redacted does for passwords. Both functions work on the
-// text, so that a URL too malformed to parse is redacted too.
+// URLs are redacted for logs and error messages. In the proxy's own
+// upstream URLs the password goes, or the user name when it stands alone,
+// since that is usually a token ("https://user:xxxxx@host",
+// "https://xxxxx@host"), as net/url's URL.Redacted does for passwords. In
+// the URLs git prints, which url.<base>.insteadOf settings made, the whole
+// user information goes: there a token is often the user name, before a
+// placeholder password ("https://TOKEN:x-oauth-basic@github.com"). Both
+// functions work on the text, so that a URL too malformed to parse is
+// redacted too.
 
 // redactURL redacts one URL, with or without a scheme.
 func redactURL(raw string) string {
@@ -30,9 +34,10 @@ func redactURL(raw string) string {
 	return scheme + redactUserinfo(authority[:at]) + rest[at:]
 }
 
-// redactURLsIn redacts every URL in a text, each ending at a slash, a
-// quote or a space: git prints the remote URLs it fails to reach, which
-// may carry tokens that a url.<base>.insteadOf setting put there.
+// redactURLsIn hides the user information of every URL in a text, each
+// ending at a slash, a quote or a space: git prints the remote URLs it
+// fails to reach, which may carry tokens that a url.<base>.insteadOf
+// setting put there, in either part.
 func redactURLsIn(s string) string {
 	var b strings.Builder
 	for {
@@ -50,13 +55,13 @@ func redactURLsIn(s string) string {
 			end = len(s)
 		}
 		if at := strings.LastIndexByte(s[:end], '@'); at >= 0 {
-			b.WriteString(redactUserinfo(s[:at]))
+			b.WriteString("xxxxx")
 			s = s[at:]
 		}
 	}
 }
 
-// redactUserinfo applies the rule to the user information of a URL.
+// redactUserinfo applies the upstream URLs' rule to a user information.
 func redactUserinfo(userinfo string) string {
 	if user, _, hasPassword := strings.Cut(userinfo, ":"); hasPassword {
 		return user + ":xxxxx"

@@ -52,7 +52,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, req *request, c *c
 	}
 	var gz []byte
 	if req.compressible() {
-		h["Vary"] = []string{"Accept-Encoding"}
+		h["Vary"] = append(h["Vary"], "Accept-Encoding")
 		if acceptsGzip(r) {
 			if c.hot != nil {
 				gz = c.hot.gz
@@ -107,7 +107,8 @@ func writeHot(w http.ResponseWriter, r *http.Request, hf *hotFile, gz []byte) in
 // gzipOnFull passes http.ServeContent's answer on, except that a full 200
 // carries gz, when set, in place of the content: ServeContent has decided
 // the status as for the content as stored, and its copy of the content
-// stops at the first write.
+// stops at the first write. A 304 then carries the compressed answer's
+// weak tag.
 type gzipOnFull struct {
 	http.ResponseWriter
 	gz      []byte
@@ -125,6 +126,13 @@ func (g *gzipOnFull) WriteHeader(status int) {
 		return
 	}
 	g.status = status
+	if status == http.StatusNotModified && g.gz != nil {
+		// It stands for the compressed answer: its tag is that one's
+		// (RFC 9110, 15.4.5).
+		if h := g.Header(); h.Get("Etag") != "" {
+			h.Set("Etag", weakETag(h.Get("Etag")))
+		}
+	}
 	if status != http.StatusOK || g.gz == nil {
 		g.ResponseWriter.WriteHeader(status)
 		return

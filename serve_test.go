@@ -174,3 +174,57 @@ func TestValidatorsHoldFromFetchToCache(t *testing.T) {
 		}
 	}
 }
+
+// A 304 carries the entity tag the full answer to the same request would
+// have carried (RFC 9110, 15.4.5): the weak one when the client takes
+// gzip, the strong one otherwise. A cache that refreshes its stored gzip
+// answer with the 304's headers must not come away with a strong tag for
+// it, which it could then use in If-Range.
+func TestNotModifiedCarriesTheTagOfTheAnswerItStandsFor(t *testing.T) {
+	files := conditionalFiles(t)
+	for _, path := range []string{"/example.com/a/@v/list", "/example.com/a/@v/v1.0.0.mod"} {
+		t.Run(path, func(t *testing.T) {
+			up := newUpstream(t, files)
+			p := newTestProxy(t, up.URL)
+			strong := do(p, "GET", path).Header().Get("ETag")
+			testwait.For(t, p.flights.idle) // stored
+			weak := do(p, "GET", path, "Accept-Encoding", "gzip").Header().Get("ETag")
+			if weak != weakETag(strong) || weak == strong {
+				t.Fatalf("tags %q and %q, want a strong one and its weak form", strong, weak)
+			}
+			for _, tt := range []struct {
+				header []string
+				want   string
+			}{
+				{[]string{"Accept-Encoding", "gzip", "If-None-Match", weak}, weak},
+				{[]string{"Accept-Encoding", "gzip", "If-None-Match", strong}, weak},
+				{[]string{"If-None-Match", weak}, strong},
+				{[]string{"If-None-Match", strong}, strong},
+			} {
+				w := do(p, "GET", path, tt.header...)
+				if w.Code != http.StatusNotModified || w.Header().Get("ETag") != tt.want {
+					t.Errorf("%q: %d with ETag %q, want 304 with %q", tt.header, w.Code, w.Header().Get("ETag"), tt.want)
+				}
+			}
+		})
+	}
+}
+
+// The proxy adds Accept-Encoding to a Vary header that a handler around it
+// (CORS, for one) has set, rather than replacing it: a shared cache would
+// otherwise hand one origin's answer to another.
+func TestVaryKeepsWhatAnOuterHandlerSet(t *testing.T) {
+	up := newUpstream(t, conditionalFiles(t))
+	p := newTestProxy(t, up.URL)
+	outer := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Vary", "Origin")
+		p.ServeHTTP(w, r)
+	})
+	for _, path := range []string{"/example.com/a/@v/list", "/example.com/a/@v/v1.0.0.mod", "/example.com/a/@v/v1.0.0.mod"} {
+		w := do(outer, "GET", path, "Accept-Encoding", "gzip")
+		testwait.For(t, p.flights.idle) // stored: the second .mod is hot
+		if got := w.Header().Values("Vary"); strings.Join(got, ", ") != "Origin, Accept-Encoding" {
+			t.Errorf("GET %s: Vary %q, want Origin and Accept-Encoding", path, got)
+		}
+	}
+}

@@ -114,6 +114,10 @@ func (p *Proxy) open(ctx context.Context, req *request, mayFetch bool) (*content
 	if c, ok := p.openHot(req); ok {
 		return c, nil
 	}
+	// Taken before the published store is asked: a version published
+	// after that look must not be shadowed by the upstream copy that
+	// openStored may then put in the hot tier.
+	gen := p.hotGen()
 	if c, ok, err := p.openPublished(ctx, req); ok || err != nil {
 		return c, err
 	}
@@ -121,7 +125,7 @@ func (p *Proxy) open(ctx context.Context, req *request, mayFetch bool) (*content
 	if err != nil {
 		return nil, err
 	}
-	c, err := p.openStored(ctx, req, mayFetch)
+	c, err := p.openStored(ctx, req, mayFetch, gen)
 	if len(published) > 0 {
 		// The upstreams failing does not hide the published versions.
 		return p.mergePublished(ctx, req, published, c)
@@ -140,11 +144,10 @@ func (p *Proxy) openHot(req *request) (*content, bool) {
 
 // openStored returns req's file from the cache while it is fresh, else
 // from the upstreams unless mayFetch is false, falling back on the stale
-// cached copy of a mutable entry when they fail.
-func (p *Proxy) openStored(ctx context.Context, req *request, mayFetch bool) (*content, error) {
-	// A version published while this runs must not be shadowed by the
-	// upstream copy in the hot tier.
-	gen := p.hotGen()
+// cached copy of a mutable entry when they fail. What it reads is kept in
+// the hot tier only if its generation is still gen (see hotGen): a version
+// published since must not be shadowed by the upstream copy.
+func (p *Proxy) openStored(ctx context.Context, req *request, mayFetch bool, gen uint64) (*content, error) {
 	cached := p.cacheGet(ctx, req)
 	if cached != nil {
 		fresh := !req.mutable() || time.Since(cached.modTime) < p.ttl(req)

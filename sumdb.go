@@ -338,7 +338,7 @@ func (p *Proxy) sumDBFile(ctx context.Context, db *sumDB, path string) ([]byte, 
 	}
 	c, ok := p.openHot(req)
 	if !ok {
-		if c, err = p.openStored(ctx, req, true); err != nil {
+		if c, err = p.openStored(ctx, req, true, p.hotGen()); err != nil {
 			return nil, err
 		}
 	}
