@@ -309,7 +309,9 @@ func (r *streamReader) Seek(offset int64, whence int) (int64, error) {
 	case io.SeekCurrent:
 		offset += r.off
 	case io.SeekEnd:
+		r.s.mu.Lock()
 		offset += r.s.size
+		r.s.mu.Unlock()
 	}
 	if offset < 0 {
 		return 0, errors.New("seek before the start")
