@@ -178,6 +178,9 @@ type downloader struct {
 	opts   DownloadOptions
 	client *http.Client
 	sem    *semaphore.Weighted
+	// prefetchSem bounds the prefetches' downloads instead (see
+	// prefetch.go), which never take a client's slot.
+	prefetchSem *semaphore.Weighted
 	logger *slog.Logger
 	via    string // this proxy's Via entry, which reveals a loop
 	hosts  hostTable
@@ -250,10 +253,14 @@ type downloadSink interface {
 
 // get downloads rawURL: a zip into a file, anything else into memory.
 func (d *downloader) get(ctx context.Context, rawURL string, t target) (*fetched, error) {
-	if err := d.sem.Acquire(ctx, 1); err != nil {
+	sem := d.sem
+	if d.prefetchSem != nil && prefetching(ctx) {
+		sem = d.prefetchSem
+	}
+	if err := sem.Acquire(ctx, 1); err != nil {
 		return nil, err
 	}
-	defer d.sem.Release(1)
+	defer sem.Release(1)
 	if t.toFile {
 		return d.getFile(ctx, rawURL, t)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"golang.org/x/mod/module"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/goproxy-team/goproxy/internal/lru"
 )
@@ -134,6 +135,15 @@ type Proxy struct {
 	// resumption and concurrency. The zero value gives sensible defaults.
 	Download DownloadOptions
 
+	// Prefetch tunes the prefetching of the go.mod files of the
+	// requirements of every go.mod served; see [PrefetchOptions]. The
+	// zero value prefetches.
+	Prefetch PrefetchOptions
+
+	// Metrics receives the proxy's measurements; see [Metrics]. A nil
+	// field is not reported, so the zero value reports nothing.
+	Metrics Metrics
+
 	// Logger receives one line per upstream fetch, and one per answer at
 	// debug level, saying where the file came from. If nil,
 	// [slog.Default] is used.
@@ -155,6 +165,7 @@ type Proxy struct {
 	via           string // the Via entry of this proxy's upstream requests
 	publishing    keyedMutex
 	index         versionIndex
+	prefetcher    *prefetcher // nil when prefetching is off
 
 	egress *egressPolicy
 	dialer *Dialer // Dialer, checking every connection with egress
@@ -205,6 +216,8 @@ func (p *Proxy) init() error {
 	rand.Read(id[:])
 	p.via = "1.1 goproxy-" + hex.EncodeToString(id[:])
 	p.downloader = newDownloader(conf.download, client, conf.logger, p.via, conf.tempDir)
+	p.downloader.prefetchSem = semaphore.NewWeighted(int64(conf.prefetch.Concurrency))
+	p.prefetcher = newPrefetcher(p, conf.prefetch)
 	p.flights.abandonAfter = conf.download.BodyIdleTimeout
 	p.notFound.ttl = conf.notFoundTTL
 	p.initHotCache()
@@ -320,6 +333,7 @@ func (p *Proxy) serveRead(w http.ResponseWriter, r *http.Request, req *request) 
 	}
 	status := p.serve(w, r, req, c)
 	p.answered(r, req, c.from.String(), status)
+	p.prefetcher.served(req, c, status)
 }
 
 // answered is told of every answer to a read of a file, once it is

@@ -42,7 +42,7 @@ func newTestProxy(t *testing.T, goproxy string, env ...string) *Proxy {
 	}
 	// Files are stored in the background while clients are served: let
 	// that finish before the test's directories are removed.
-	t.Cleanup(func() { testwait.For(t, p.flights.idle) })
+	t.Cleanup(func() { testwait.For(t, p.idle) })
 	return p
 }
 
@@ -540,4 +540,16 @@ func TestEnvCoversEgressProxyVariables(t *testing.T) {
 	if got := p.direct.dialer.Environ(); !slices.Contains(got, "HTTPS_PROXY=http://from-env.test:2") {
 		t.Errorf("the go command's way out: %q, want Env's HTTPS_PROXY", got)
 	}
+}
+
+// idle reports whether p does nothing in the background: no fetch, no
+// prefetch, no checksum lookup.
+func (p *Proxy) idle() bool {
+	if !p.prefetcher.idle() {
+		return false
+	}
+	if p.verifier != nil && !p.verifier.lookups.idle() {
+		return false
+	}
+	return p.flights.idle()
 }

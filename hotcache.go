@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/goproxy-team/goproxy/internal/lru"
@@ -24,6 +25,11 @@ type hotFile struct {
 	lastModified string
 	length       string
 	gzLength     string
+
+	// For prefetching: expanded is set once a go.mod's requirements were
+	// queued, prefetched while a file the prefetcher brought has not
+	// been asked for.
+	expanded, prefetched atomic.Bool
 }
 
 func newHotFile(req *request, c *content) *hotFile {

@@ -43,6 +43,11 @@ type Metrics struct {
 	// Eviction reports every removal by eviction: a module version's files
 	// together, or one other entry.
 	Eviction func(EvictionMetric)
+
+	// Prefetch reports what prefetching did: a file brought from an
+	// upstream ahead of the clients, a client asking for one, a file
+	// dropped because too many waited.
+	Prefetch func(PrefetchMetric)
 }
 
 // RequestKind is what a request asks for, as metrics and the live view name
@@ -179,6 +184,22 @@ type EvictionMetric struct {
 	Bytes  int64
 }
 
+// PrefetchEvent is what happened to a prefetched file.
+type PrefetchEvent string
+
+// The prefetch events.
+const (
+	PrefetchFetched PrefetchEvent = "fetched" // brought from an upstream (and cached) ahead of the clients
+	PrefetchUsed    PrefetchEvent = "used"    // a client asked for a file prefetched, the first time
+	PrefetchDropped PrefetchEvent = "dropped" // not prefetched: too many files waited
+)
+
+// PrefetchMetric describes a prefetched file.
+type PrefetchMetric struct {
+	Kind  RequestKind // mod or info
+	Event PrefetchEvent
+}
+
 // The report methods check for nil, so that call sites stay one line; they
 // are small enough to be inlined, so an unset hook costs a comparison.
 
@@ -227,6 +248,12 @@ func (m *Metrics) cacheSize(r CacheSizeMetric) {
 func (m *Metrics) eviction(r EvictionMetric) {
 	if m != nil && m.Eviction != nil {
 		m.Eviction(r)
+	}
+}
+
+func (m *Metrics) prefetch(r PrefetchMetric) {
+	if m != nil && m.Prefetch != nil {
+		m.Prefetch(r)
 	}
 }
 

@@ -92,7 +92,9 @@ type config struct {
 	allowUnverified                   bool
 	tempDir                           string
 	download                          DownloadOptions
+	prefetch                          PrefetchOptions
 	direct                            DirectOptions
+	metrics                           *Metrics // never nil
 }
 
 // configure copies the exported fields into a config, applying the
@@ -159,6 +161,8 @@ func (p *Proxy) configure() (*config, error) {
 		c.tempDir = os.TempDir()
 	}
 	c.download = p.Download.withDefaults(c.tempDir)
+	c.prefetch = p.Prefetch.withDefaults()
+	c.metrics = new(p.Metrics)
 	if c.direct, err = p.Direct.withDefaults(c.tempDir); err != nil {
 		return nil, err
 	}

@@ -34,8 +34,16 @@ type recordLookup struct {
 
 // recordLookups holds the lookups running or just done.
 type recordLookups struct {
-	mu sync.Mutex
-	m  map[string]*recordLookup
+	mu      sync.Mutex
+	m       map[string]*recordLookup
+	running int // guarded by mu
+}
+
+// idle reports whether no lookup runs.
+func (ls *recordLookups) idle() bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.running == 0
 }
 
 // startLookup starts the lookup of req's module version, unless it runs or
@@ -62,6 +70,7 @@ func (p *Proxy) lookupOf(ctx context.Context, path, version string) *recordLooku
 	}
 	l := &recordLookup{done: make(chan struct{})}
 	db.lookups.m[key] = l
+	db.lookups.running++
 	// Detached from the request that happened to start it, which the
 	// others do not wait for; its values (the egress decision's module)
 	// stay.
@@ -81,6 +90,9 @@ func (p *Proxy) lookupOf(ctx context.Context, path, version string) *recordLooku
 		} else {
 			time.AfterFunc(lookupKept, forget)
 		}
+		db.lookups.mu.Lock()
+		db.lookups.running--
+		db.lookups.mu.Unlock()
 	}()
 	return l
 }

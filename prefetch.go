@@ -1,0 +1,257 @@
+package goproxy
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/mod/modfile"
+	"golang.org/x/mod/module"
+
+	"github.com/goproxy-team/goproxy/internal/lru"
+)
+
+// PrefetchOptions tunes prefetching. The go command walks a module graph a
+// level at a time with little parallelism, paying the upstream's latency
+// (and the checksum database's) on every go.mod. A proxy that has just
+// served a go.mod knows what the go command will ask next: the go.mod of
+// every requirement. Prefetching fetches them in the background, through
+// the same validation and checksum verification as any fetch, so that the
+// go command's next requests are hits. It never delays a client's own
+// request: it has download slots of its own, and a request for a file
+// being prefetched shares that download.
+//
+// The zero value prefetches the .mod files of requirements two levels
+// below every go.mod served, four at a time.
+type PrefetchOptions struct {
+	// Off turns prefetching off.
+	Off bool
+
+	// Info prefetches each requirement's .info file too, which go mod
+	// download asks for before the zip. Off by default: go mod tidy and
+	// builds never ask for it.
+	Info bool
+
+	// Depth is how many levels of requirements below a go.mod served to
+	// a client are prefetched: 1 is the go.mod's own requirements. Every
+	// go.mod a client then asks for starts from there again. Zero means
+	// 2.
+	Depth int
+
+	// Concurrency bounds the prefetch downloads in progress across the
+	// proxy (checksum database requests included); they do not take the
+	// slots of DownloadOptions.MaxConcurrent. Zero means 4.
+	Concurrency int
+}
+
+func (o PrefetchOptions) withDefaults() PrefetchOptions {
+	if o.Depth <= 0 {
+		o.Depth = 2
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 4
+	}
+	return o
+}
+
+// Bounds of the prefetcher's memory.
+const (
+	// prefetchQueue is how many files may wait to be prefetched; past
+	// it, new ones are dropped.
+	prefetchQueue = 4096
+	// prefetchExpanded is how many go.mod files are remembered as
+	// expanded (their requirements queued), so that a graph's go.mod
+	// files are each expanded once.
+	prefetchExpanded = 100_000
+)
+
+// prefetcher runs the prefetches.
+type prefetcher struct {
+	p    *Proxy
+	opts PrefetchOptions
+	jobs chan prefetchJob
+
+	mu      sync.Mutex
+	workers int // running, at most opts.Concurrency; guarded by mu
+
+	// expanded holds the names of the go.mod files whose requirements
+	// were queued.
+	expanded *lru.Cache[struct{}]
+
+	// Counts, for tests and the benchmark; Metrics gets them as events.
+	fetched, used, dropped atomic.Int64
+}
+
+// prefetchJob is a go.mod whose requirements to queue, or a file to
+// fetch, level levels below the go.mod a client asked for.
+type prefetchJob struct {
+	name  string // the file's name
+	gomod []byte // set for a go.mod to expand
+	level int
+}
+
+func newPrefetcher(p *Proxy, opts PrefetchOptions) *prefetcher {
+	if opts.Off {
+		return nil
+	}
+	return &prefetcher{p: p, opts: opts, jobs: make(chan prefetchJob, prefetchQueue),
+		expanded: lru.New(prefetchExpanded, func(struct{}) int64 { return 1 })}
+}
+
+type prefetchKey struct{}
+
+// withPrefetch marks ctx as a prefetch's: its downloads take the
+// prefetch slots.
+func withPrefetch(ctx context.Context) context.Context {
+	return context.WithValue(ctx, prefetchKey{}, true)
+}
+
+// prefetching reports whether ctx is a prefetch's.
+func prefetching(ctx context.Context) bool {
+	return ctx.Value(prefetchKey{}) != nil
+}
+
+// served is told of every file served to a client with status: a go.mod's
+// requirements are queued, and a file the prefetcher brought counts as
+// used. It must stay cheap: it runs on the serving path.
+func (pf *prefetcher) served(req *request, c *content, status int) {
+	if pf == nil || status != 200 || (req.kind != kindMod && req.kind != kindInfo) {
+		return
+	}
+	// Loads first: every hot .mod answer passes here, and a write would
+	// have the serving cores fight over the file's cache line.
+	if c.hot != nil && c.hot.prefetched.Load() && c.hot.prefetched.CompareAndSwap(true, false) {
+		pf.used.Add(1)
+		pf.p.reportPrefetch(req, PrefetchUsed)
+	}
+	if req.kind != kindMod || c.data == nil {
+		return
+	}
+	if c.hot != nil && (c.hot.expanded.Load() || c.hot.expanded.Swap(true)) {
+		return
+	}
+	pf.enqueue(prefetchJob{name: req.name, gomod: c.data})
+}
+
+// enqueue queues j, dropping it if the queue is full, and starts a worker
+// if fewer than allowed run.
+func (pf *prefetcher) enqueue(j prefetchJob) {
+	select {
+	case pf.jobs <- j:
+	default:
+		pf.dropped.Add(1)
+		pf.p.conf.metrics.prefetch(PrefetchMetric{Kind: RequestMod, Event: PrefetchDropped})
+		return
+	}
+	pf.mu.Lock()
+	if pf.workers < pf.opts.Concurrency {
+		pf.workers++
+		go pf.work()
+	}
+	pf.mu.Unlock()
+}
+
+// work runs jobs until the queue is empty.
+func (pf *prefetcher) work() {
+	for {
+		select {
+		case j := <-pf.jobs:
+			pf.run(j)
+			continue
+		default:
+		}
+		pf.mu.Lock()
+		if len(pf.jobs) > 0 {
+			pf.mu.Unlock()
+			continue
+		}
+		pf.workers--
+		pf.mu.Unlock()
+		return
+	}
+}
+
+// idle reports whether nothing is queued or running.
+func (pf *prefetcher) idle() bool {
+	if pf == nil {
+		return true
+	}
+	pf.mu.Lock()
+	defer pf.mu.Unlock()
+	return pf.workers == 0 && len(pf.jobs) == 0
+}
+
+func (pf *prefetcher) run(j prefetchJob) {
+	if j.gomod != nil {
+		pf.expand(j)
+		return
+	}
+	ctx, cancel := context.WithTimeout(withPrefetch(context.Background()), pf.p.conf.download.Timeout)
+	defer cancel()
+	req, err := pf.p.parseRequest(j.name)
+	if err != nil || !pf.p.admitPrefetch(ctx, req) {
+		return
+	}
+	if _, ok := pf.p.hotGet(req); ok {
+		return
+	}
+	c, err := pf.p.open(ctx, req, true)
+	if err != nil {
+		return
+	}
+	defer c.close()
+	if c.from == fromUpstream {
+		pf.fetched.Add(1)
+		pf.p.reportPrefetch(req, PrefetchFetched)
+		if c.hot != nil {
+			c.hot.prefetched.Store(true)
+		}
+	}
+	if req.kind == kindMod && c.data != nil && j.level < pf.opts.Depth {
+		if c.hot != nil {
+			c.hot.expanded.Store(true)
+		}
+		pf.expand(prefetchJob{name: j.name, gomod: c.data, level: j.level})
+	}
+}
+
+// expand queues the files of j's go.mod's requirements, unless they are
+// too deep or the go.mod was expanded before.
+func (pf *prefetcher) expand(j prefetchJob) {
+	if j.level >= pf.opts.Depth {
+		return
+	}
+	if _, ok := pf.expanded.Get(j.name); ok {
+		return
+	}
+	pf.expanded.Put(j.name, struct{}{})
+	f, err := modfile.ParseLax("go.mod", j.gomod, nil)
+	if err != nil {
+		return
+	}
+	for _, r := range f.Require {
+		escPath, err1 := module.EscapePath(r.Mod.Path)
+		escVersion, err2 := module.EscapeVersion(r.Mod.Version)
+		if err1 != nil || err2 != nil || module.CanonicalVersion(r.Mod.Version) != r.Mod.Version {
+			continue
+		}
+		base := escPath + "/@v/" + escVersion
+		pf.enqueue(prefetchJob{name: base + ".mod", level: j.level + 1})
+		if pf.opts.Info {
+			pf.enqueue(prefetchJob{name: base + ".info", level: j.level + 1})
+		}
+	}
+}
+
+// admitPrefetch decides whether req's file may be prefetched. The admission
+// policy (AdmissionPolicy, issue 19) applies here as to any fetch: a
+// version it refuses is never prefetched. Until it is wired, everything
+// is admitted.
+func (p *Proxy) admitPrefetch(ctx context.Context, req *request) bool {
+	return true
+}
+
+// reportPrefetch reports a prefetch event for req's file.
+func (p *Proxy) reportPrefetch(req *request, e PrefetchEvent) {
+	p.conf.metrics.prefetch(PrefetchMetric{Kind: req.metricKind(), Event: e})
+}

@@ -1,0 +1,150 @@
+package goproxy
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
+)
+
+// graphMod is the name of the .mod of moduletest.Graph's module i at
+// version v.
+func graphMod(i int, v string) string { return moduletest.GraphPath(i) + "/@v/" + v + ".mod" }
+
+// prefetchCounts counts a Proxy's prefetch events.
+type prefetchCounts struct {
+	mu     sync.Mutex
+	events map[PrefetchEvent]int
+}
+
+func (c *prefetchCounts) hook(m PrefetchMetric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.events == nil {
+		c.events = map[PrefetchEvent]int{}
+	}
+	c.events[m.Event]++
+}
+
+func (c *prefetchCounts) get(e PrefetchEvent) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.events[e]
+}
+
+func cached(t *testing.T, p *Proxy, name string) bool {
+	t.Helper()
+	f, err := p.Cacher.Get(context.Background(), name)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+func TestPrefetchBringsTheRequirementsGoModFiles(t *testing.T) {
+	up := moduletest.NewServer(moduletest.Graph(12))
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	var counts prefetchCounts
+	p.Metrics.Prefetch = counts.hook
+	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	testwait.For(t, p.idle)
+	// mod000@v1.1.0 requires mod001@v1.0.0 and mod003@v1.1.0; they
+	// require mod002@v1.0.0, and mod004@v1.0.0 and mod006@v1.1.0; the
+	// default depth stops there.
+	for _, name := range []string{graphMod(1, "v1.0.0"), graphMod(3, "v1.1.0"), graphMod(2, "v1.0.0"), graphMod(4, "v1.0.0"), graphMod(6, "v1.1.0")} {
+		if !cached(t, p, name) {
+			t.Errorf("%s was not prefetched", name)
+		}
+	}
+	for _, name := range []string{graphMod(5, "v1.0.0"), graphMod(7, "v1.0.0"), moduletest.GraphPath(1) + "/@v/v1.0.0.info"} {
+		if cached(t, p, name) {
+			t.Errorf("%s was prefetched: deeper than Depth, or not a .mod", name)
+		}
+	}
+	if n := counts.get(PrefetchFetched); n != 5 {
+		t.Errorf("%d prefetches reported, want 5", n)
+	}
+	// The go command's next request is a hit.
+	before := up.Requests("/" + graphMod(3, "v1.1.0"))
+	if w := do(p, "GET", "/"+graphMod(3, "v1.1.0")); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	if n := up.Requests("/"+graphMod(3, "v1.1.0")) - before; n != 0 {
+		t.Errorf("a prefetched go.mod went %d times to the upstream", n)
+	}
+	if n := counts.get(PrefetchUsed); n != 1 {
+		t.Errorf("%d uses reported, want 1", n)
+	}
+}
+
+func TestPrefetchOff(t *testing.T) {
+	up := moduletest.NewServer(moduletest.Graph(12))
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	p.Prefetch.Off = true
+	do(p, "GET", "/"+graphMod(0, "v1.1.0"))
+	testwait.For(t, p.idle)
+	if n := up.TotalRequests(); n != 1 {
+		t.Errorf("%d upstream requests, want the client's only", n)
+	}
+}
+
+func TestPrefetchNeverTakesAClientsSlot(t *testing.T) {
+	up := moduletest.NewServer(moduletest.Graph(12))
+	defer up.Close()
+	release := make(chan struct{})
+	var held atomic.Int32
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/"+graphMod(1, "v1.0.0") || r.URL.Path == "/"+graphMod(3, "v1.1.0") {
+			held.Add(1)
+			<-release
+		}
+		return false
+	})
+	p := newTestProxy(t, up.URL)
+	p.Download.MaxConcurrent = 1
+	do(p, "GET", "/"+graphMod(0, "v1.1.0"))
+	// Both prefetches wait at the upstream...
+	testwait.For(t, func() bool { return held.Load() == 2 })
+	// ...and a client's own request goes through all the same.
+	if w := do(p, "GET", "/"+moduletest.GraphPath(9)+"/@v/v1.0.0.info"); w.Code != 200 {
+		t.Errorf("%d %s", w.Code, w.Body)
+	}
+	close(release)
+}
+
+func TestPrefetchVerifiesAsAnyFetch(t *testing.T) {
+	vs := moduletest.Graph(12)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	altered := "/" + graphMod(1, "v1.0.0")
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == altered {
+			w.Write([]byte("module " + moduletest.GraphPath(1) + "\n// altered\n"))
+			return true
+		}
+		return false
+	})
+	db := newTestSumDB(t, vs)
+	p := newVerifyingProxy(t, up.URL, db)
+	do(p, "GET", "/"+graphMod(0, "v1.1.0"))
+	testwait.For(t, p.idle)
+	if cached(t, p, strings.TrimPrefix(altered, "/")) {
+		t.Error("an altered go.mod was prefetched into the cache")
+	}
+	if !cached(t, p, graphMod(3, "v1.1.0")) {
+		t.Error("the other requirement was not prefetched")
+	}
+	if w := do(p, "GET", altered); w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "SECURITY ERROR") {
+		t.Errorf("the altered go.mod: %d %q", w.Code, w.Body)
+	}
+}
