@@ -181,9 +181,9 @@ type downloader struct {
 	// prefetchSem bounds the prefetches' downloads instead (see
 	// prefetch.go), which never take a client's slot.
 	prefetchSem *semaphore.Weighted
-	logger *slog.Logger
-	via    string // this proxy's Via entry, which reveals a loop
-	hosts  hostTable
+	logger      *slog.Logger
+	via         string // this proxy's Via entry, which reveals a loop
+	hosts       hostTable
 
 	// writeAt writes to the files of PartialDir; tests replace it to
 	// fill the disk.
