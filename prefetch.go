@@ -2,6 +2,7 @@ package goproxy
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -21,21 +22,24 @@ import (
 // request: it has download slots of its own, and a request for a file
 // being prefetched shares that download.
 //
-// The zero value prefetches the .mod files of requirements two levels
-// below every go.mod served, four at a time.
+// The zero value prefetches the .mod files of the requirements of every
+// go.mod served, four at a time.
 type PrefetchOptions struct {
 	// Off turns prefetching off.
 	Off bool
 
-	// Info prefetches each requirement's .info file too, which go mod
-	// download asks for before the zip. Off by default: go mod tidy and
-	// builds never ask for it.
+	// Info prefetches .info files too: that of the version whose go.mod
+	// is served, and those of its requirements. go mod download asks
+	// for the .info of every module, one at a time, between the go.mod
+	// files and the zips; go list -m asks for those of requirements.
+	// Off by default: builds and go mod tidy never ask for them.
 	Info bool
 
 	// Depth is how many levels of requirements below a go.mod served to
 	// a client are prefetched: 1 is the go.mod's own requirements. Every
-	// go.mod a client then asks for starts from there again. Zero means
-	// 2.
+	// go.mod a client then asks for (a hit, once prefetched) starts from
+	// there again, so that the prefetches stay that far ahead of the go
+	// command's walk. Zero means 1.
 	Depth int
 
 	// Concurrency bounds the prefetch downloads in progress across the
@@ -46,7 +50,7 @@ type PrefetchOptions struct {
 
 func (o PrefetchOptions) withDefaults() PrefetchOptions {
 	if o.Depth <= 0 {
-		o.Depth = 2
+		o.Depth = 1
 	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = 4
@@ -129,6 +133,10 @@ func (pf *prefetcher) served(req *request, c *content, status int) {
 	}
 	if c.hot != nil && (c.hot.expanded.Load() || c.hot.expanded.Swap(true)) {
 		return
+	}
+	if pf.opts.Info {
+		// The go command asks for the version's .info next.
+		pf.enqueue(prefetchJob{name: strings.TrimSuffix(req.name, ".mod") + ".info"})
 	}
 	pf.enqueue(prefetchJob{name: req.name, gomod: c.data})
 }

@@ -53,13 +53,14 @@ func TestPrefetchBringsTheRequirementsGoModFiles(t *testing.T) {
 	p := newTestProxy(t, up.URL)
 	var counts prefetchCounts
 	p.Metrics.Prefetch = counts.hook
+	p.Prefetch.Depth = 2
 	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
 		t.Fatalf("%d %s", w.Code, w.Body)
 	}
 	testwait.For(t, p.idle)
 	// mod000@v1.1.0 requires mod001@v1.0.0 and mod003@v1.1.0; they
-	// require mod002@v1.0.0, and mod004@v1.0.0 and mod006@v1.1.0; the
-	// default depth stops there.
+	// require mod002@v1.0.0, and mod004@v1.0.0 and mod006@v1.1.0; a
+	// depth of 2 stops there.
 	for _, name := range []string{graphMod(1, "v1.0.0"), graphMod(3, "v1.1.0"), graphMod(2, "v1.0.0"), graphMod(4, "v1.0.0"), graphMod(6, "v1.1.0")} {
 		if !cached(t, p, name) {
 			t.Errorf("%s was not prefetched", name)
@@ -146,5 +147,28 @@ func TestPrefetchVerifiesAsAnyFetch(t *testing.T) {
 	}
 	if w := do(p, "GET", altered); w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "SECURITY ERROR") {
 		t.Errorf("the altered go.mod: %d %q", w.Code, w.Body)
+	}
+}
+
+func TestPrefetchOfInfoFiles(t *testing.T) {
+	up := moduletest.NewServer(moduletest.Graph(12))
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	p.Prefetch.Info = true
+	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	testwait.For(t, p.idle)
+	// The version's own .info, which go mod download asks for next, and
+	// the requirements' with their .mod files, the default depth of one
+	// level below.
+	for _, name := range []string{moduletest.GraphPath(0) + "/@v/v1.1.0.info", moduletest.GraphPath(1) + "/@v/v1.0.0.info",
+		graphMod(1, "v1.0.0"), moduletest.GraphPath(3) + "/@v/v1.1.0.info", graphMod(3, "v1.1.0")} {
+		if !cached(t, p, name) {
+			t.Errorf("%s was not prefetched", name)
+		}
+	}
+	if cached(t, p, graphMod(2, "v1.0.0")) {
+		t.Errorf("%s was prefetched, deeper than the default depth", graphMod(2, "v1.0.0"))
 	}
 }
