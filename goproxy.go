@@ -257,6 +257,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.writeFailure(w, failed(failBadRequest, "the path holds an encoded slash (%%2F), which the go command never sends"))
 		return
 	}
+	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && p.hot != nil {
+		// The most frequent request: a small immutable file in memory,
+		// whose path was checked when it got there.
+		if hf, ok := p.hot.Get(strings.TrimPrefix(r.URL.Path, "/")); ok {
+			p.serveHot(w, r, hf)
+			return
+		}
+	}
 	if r.URL.Path == indexPath || strings.HasPrefix(r.URL.Path, cachedPath) {
 		p.serveAdmin(w, r)
 		return
@@ -334,6 +342,17 @@ func (p *Proxy) serveRead(w http.ResponseWriter, r *http.Request, req *request) 
 	status := p.serve(w, r, req, c)
 	p.answered(r, req, c.from.String(), status)
 	p.prefetcher.served(req, c, status)
+}
+
+// serveHot answers a read of a file of the hot tier.
+func (p *Proxy) serveHot(w http.ResponseWriter, r *http.Request, hf *hotFile) {
+	req := hf.req
+	if !p.authorize(w, r, OpRead, req.modPath) {
+		return
+	}
+	status := p.serve(w, r, req, hf.served)
+	p.answered(r, req, fromHot.String(), status)
+	p.prefetcher.served(req, hf.served, status)
 }
 
 // answered is told of every answer to a read of a file, once it is

@@ -107,7 +107,7 @@ func (p *Proxy) mergePublished(ctx context.Context, req *request, published []st
 	query, _ := mergeQuery(req)
 	var body []byte
 	if upstream != nil {
-		body, _ = io.ReadAll(io.LimitReader(upstream.body, maxListSize))
+		body, _ = io.ReadAll(io.LimitReader(upstream.reader(), maxListSize))
 		upstream.close()
 	}
 	if req.kind == kindList {

@@ -51,6 +51,8 @@ func (o provenance) String() string {
 
 // content is a file ready to serve, from whichever source had it.
 type content struct {
+	// body reads the content; nil for content in memory, which reader
+	// reads.
 	body io.ReadSeeker
 	// data is the whole content when it is in memory: every file but a
 	// zip, which the body reads from a file.
@@ -66,7 +68,15 @@ type content struct {
 
 // memContent is content held in memory, data never modified.
 func memContent(data []byte, modTime time.Time, o provenance) *content {
-	return &content{body: bytes.NewReader(data), data: data, modTime: modTime, etag: digestETag(data), from: o, close: func() {}}
+	return &content{data: data, modTime: modTime, etag: digestETag(data), from: o, close: func() {}}
+}
+
+// reader returns a reader of the content from its start.
+func (c *content) reader() io.ReadSeeker {
+	if c.body != nil {
+		return c.body
+	}
+	return bytes.NewReader(c.data)
 }
 
 // storedContent is req's file as read from a store: a zip read from it
@@ -79,7 +89,11 @@ func storedContent(req *request, cf CachedFile, o provenance) (*content, error) 
 			cf.Close()
 			return nil, err
 		}
-		return &content{body: cf, modTime: cf.ModTime(), etag: etag, from: o, close: func() { cf.Close() }}, nil
+		var body io.ReadSeeker = cf
+		if df, ok := cf.(*dirFile); ok {
+			body = df.File // sent with sendfile
+		}
+		return &content{body: body, modTime: cf.ModTime(), etag: etag, from: o, close: func() { cf.Close() }}, nil
 	}
 	defer cf.Close()
 	data, err := io.ReadAll(io.LimitReader(cf, req.maxSize()+1))

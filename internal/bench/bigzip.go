@@ -39,6 +39,10 @@ func (b *bench) bigZipLoopback() {
 			p, cache := b.newProxy(b.upURL)
 			srv := serve(p)
 			b.counted.take()
+			if *bigProfile != "" && len(proxied) == *bigReps-1 {
+				stop := startProfile(*bigProfile)
+				defer stop()
+			}
 			proxied = append(proxied, measureDownload(srv.URL+bigZipPath, size, *interval))
 			waitCached(p, strings.TrimPrefix(bigZipPath, "/"), 2*time.Minute)
 			proxyReqs = append(proxyReqs, b.counted.take())

@@ -89,7 +89,8 @@
 // "go run ./internal/bench -short -modules 60". -cpuprofile writes a CPU
 // profile of the proxy's last requests-per-second round (with wrk, of the
 // server alone), -warmprofile one of the warm go mod download runs through
-// the proxy, for "go tool pprof -top". Progress goes to standard error,
+// the proxy, -bigprofile one of the big zip through the proxy on loopback,
+// for "go tool pprof -top". Progress goes to standard error,
 // the table and the raw figures (every run, medians, request counts) to
 // standard output.
 package main
@@ -127,7 +128,8 @@ var (
 	short       = flag.Bool("short", false, "quick run: smaller defaults for the flags not set explicitly")
 	rpsReps     = flag.Int("rpsreps", 3, "rounds of the requests-per-second runs, alternating baseline and proxy")
 	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the proxy's last requests-per-second round to `file`")
-	warmProfile = flag.String("warmprofile", "", "write a CPU profile of the warm go mod download runs through the proxy to `file`")
+	warmProfile = flag.String("warmprofile", "", "write a CPU profile of the last warm go mod download run through the proxy to `file`")
+	bigProfile  = flag.String("bigprofile", "", "write a CPU profile of the last big zip download through the proxy on loopback to `file`")
 	tmpRoot     = flag.String("tmpdir", "", "directory for the proxy's caches, its temporary files and the big zip (default: the system's temporary directory)")
 	goRoot      = flag.String("godir", "", "directory for the go commands' module caches, GOPATH, GOCACHE and HOME (default: /dev/shm if usable, else -tmpdir)")
 )
