@@ -983,7 +983,9 @@ func (dl *fileDownload) whole(resp *http.Response) error {
 		return err
 	}
 	w := &spanWriter{dl: dl, s: s}
-	n, err := io.Copy(w, resp.Body)
+	buf := copyBuffers.Get().(*[]byte)
+	n, err := io.CopyBuffer(w, resp.Body, *buf)
+	copyBuffers.Put(buf)
 	switch {
 	case w.err != nil:
 		return dl.d.diskFailed(dl.t, w.err)
@@ -1120,7 +1122,9 @@ func (dl *fileDownload) copySpan(s *span, body io.Reader) error {
 	s.claimed = s.done.Load()
 	s.mu.Unlock()
 	w := &spanWriter{dl: dl, s: s}
-	_, err := io.Copy(w, body)
+	buf := copyBuffers.Get().(*[]byte)
+	_, err := io.CopyBuffer(w, body, *buf)
+	copyBuffers.Put(buf)
 	if errors.Is(err, errSpanEnd) {
 		err = nil
 	}
@@ -1137,6 +1141,14 @@ func (dl *fileDownload) copySpan(s *span, body io.Reader) error {
 	}
 	return nil
 }
+
+// copyBuffers hold the buffers answers are copied to disk through: large,
+// so that a fast download costs few system calls and few wake-ups of the
+// clients streaming it.
+var copyBuffers = sync.Pool{New: func() any {
+	b := make([]byte, 256<<10)
+	return &b
+}}
 
 // errSpanEnd stops the copy of an answer at the end of its span, which
 // another connection took over from there.

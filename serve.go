@@ -77,6 +77,15 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, req *request, c *c
 			h["Etag"] = []string{c.etag}
 		}
 	}
+	if c.stream != nil && r.Method == http.MethodGet && !conditional(r) {
+		// A zip still arriving: as http.ServeContent would answer,
+		// its bytes as they are released.
+		h["Last-Modified"] = []string{c.modTime.UTC().Format(http.TimeFormat)}
+		h["Accept-Ranges"] = acceptRangesBytes
+		h["Content-Length"] = []string{strconv.FormatInt(c.stream.length(), 10)}
+		c.stream.serve(w, r)
+		return http.StatusOK
+	}
 	body := c.reader()
 	if _, isFile := body.(*os.File); !isFile {
 		body = abortOnError{body}

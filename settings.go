@@ -189,7 +189,7 @@ func (p *Proxy) logger() *slog.Logger {
 // withDefaults returns o with every zero field set to its default.
 func (o DownloadOptions) withDefaults(tempDir string) DownloadOptions {
 	if o.Connections <= 0 {
-		o.Connections = 8
+		o.Connections = 12
 	}
 	if o.RangeThreshold <= 0 {
 		o.RangeThreshold = 512 << 10

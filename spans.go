@@ -30,7 +30,7 @@ const (
 	controlInterval = 50 * time.Millisecond
 	// measureWindow is the least time over which a rate is measured, after
 	// the connections changed (and their answers came).
-	measureWindow = 200 * time.Millisecond
+	measureWindow = 100 * time.Millisecond
 	// splitMinGain is the least time more connections must save for
 	// the file to be split: below it, a second for a file, extra
 	// requests are not worth the upstream's load.

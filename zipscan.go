@@ -310,7 +310,10 @@ func (z *zipScanner) storedUntilDescriptor(e *scannedEntry, zip64 bool) error {
 	}
 	var n uint64 // data hashed
 	for {
-		b, err := z.br.Peek(z.br.Size())
+		// What has arrived, and at least a descriptor's worth: the
+		// scan (and the release of what it followed) keeps up with
+		// the download rather than wait for a buffer's worth.
+		b, err := z.br.Peek(max(descLen, z.br.Buffered()))
 		if len(b) < descLen {
 			return fmt.Errorf("%s: no data descriptor found: %w", e.name, noEOF(err))
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -262,6 +263,67 @@ func (s *zipStream) wait(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// length returns the zip's size.
+func (s *zipStream) length() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.size
+}
+
+// available waits until bytes past off are released, and returns how many
+// are, or the stream's failure, or ctx's.
+func (s *zipStream) available(ctx context.Context, off int64) (int64, error) {
+	for {
+		s.mu.Lock()
+		released, err, wake := s.released, s.err, s.wake
+		s.mu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		if released > off {
+			return released, nil
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// serve writes the whole zip to w, its bytes as they are released, with
+// sendfile from a descriptor of its own (whose offset is this client's),
+// and aborts the response when the stream fails.
+func (s *zipStream) serve(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	name, size := s.f.Name(), s.size
+	s.mu.Unlock()
+	w.WriteHeader(http.StatusOK)
+	f, err := os.Open(name)
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	defer f.Close()
+	var off int64
+	for off < size {
+		released, err := s.available(r.Context(), off)
+		if r.Context().Err() != nil {
+			return // the client went away
+		}
+		if err != nil {
+			panic(http.ErrAbortHandler) // the fetch failed
+		}
+		n, err := io.Copy(w, &io.LimitedReader{R: f, N: released - off})
+		off += n
+		if err != nil {
+			// The client went away, or the file could not be read: the
+			// answer, short of its Content-Length, ends the connection.
+			return
+		}
+	}
+	// Everything released: the zip passed.
 }
 
 // reader returns a reader of the released bytes, which waits for more

@@ -102,6 +102,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -131,6 +132,7 @@ var (
 	warmProfile = flag.String("warmprofile", "", "write a CPU profile of the last warm go mod download run through the proxy to `file`")
 	bigProfile  = flag.String("bigprofile", "", "write a CPU profile of the last big zip download through the proxy on loopback to `file`")
 	tmpRoot     = flag.String("tmpdir", "", "directory for the proxy's caches, its temporary files and the big zip (default: the system's temporary directory)")
+	figures     = flag.String("figures", "cold,bigzip,paced,warm,faults", "the figures to measure, of cold, bigzip, paced, warm (with req/s) and faults")
 	goRoot      = flag.String("godir", "", "directory for the go commands' module caches, GOPATH, GOCACHE and HOME (default: /dev/shm if usable, else -tmpdir)")
 )
 
@@ -277,11 +279,23 @@ func main() {
 	fmt.Printf("proxy caches in %s, go command caches in %s\n", tmp, b.godir)
 	start := time.Now()
 
-	b.cold()
-	b.bigZipLoopback()
-	b.bigZipPaced()
-	b.warm()
-	if *faultReps > 0 {
+	want := map[string]bool{}
+	for f := range strings.SplitSeq(*figures, ",") {
+		want[strings.TrimSpace(f)] = true
+	}
+	if want["cold"] {
+		b.cold()
+	}
+	if want["bigzip"] {
+		b.bigZipLoopback()
+	}
+	if want["paced"] {
+		b.bigZipPaced()
+	}
+	if want["warm"] {
+		b.warm()
+	}
+	if want["faults"] && *faultReps > 0 {
 		faultRows, faultRaw := coldUnderFaults(b)
 		b.rows = append(b.rows, faultRows...)
 		b.raw = append(b.raw, faultRaw...)
