@@ -246,6 +246,7 @@ type Repository struct {
 
 	Direct   DirectConfig   `yaml:"direct" json:"direct"`
 	Download DownloadConfig `yaml:"download" json:"download"`
+	Prefetch PrefetchConfig `yaml:"prefetch" json:"prefetch"`
 	Access   AccessConfig   `yaml:"access" json:"access"`
 	// Eviction is reserved for bounding the cache (issue 14): no key is
 	// accepted yet.
@@ -300,6 +301,14 @@ type DownloadConfig struct {
 	MaxDelay       Duration `yaml:"max_delay" json:"max_delay"`
 	Timeout        Duration `yaml:"timeout" json:"timeout"`
 	PartialDir     string   `yaml:"partial_dir" json:"partial_dir"`
+}
+
+// PrefetchConfig is goproxy.PrefetchOptions.
+type PrefetchConfig struct {
+	Off         bool `yaml:"off" json:"off"`
+	Info        bool `yaml:"info" json:"info"`
+	Depth       int  `yaml:"depth" json:"depth"`
+	Concurrency int  `yaml:"concurrency" json:"concurrency"`
 }
 
 // AccessConfig is who may do what in a repository.

@@ -58,6 +58,7 @@ type proxySpec struct {
 	HotCacheBytes          int64
 	Direct                 goproxy.DirectOptions
 	Download               goproxy.DownloadOptions
+	Prefetch               goproxy.PrefetchOptions
 	Dialer                 dialerSpec
 }
 
@@ -213,7 +214,7 @@ func isZeroRepository(r Repository) bool {
 		r.GONOSUMDB == nil && r.GOINSECURE == nil && r.NETRC == nil && len(r.Routes) == 0 &&
 		len(r.SumDBs) == 0 && r.SumDBTTL == 0 && !r.AllowUnverified && r.MutableTTL == 0 &&
 		r.NotFoundTTL == 0 && r.HotCacheBytes == 0 && r.Direct == (DirectConfig{}) &&
-		r.Download == (DownloadConfig{}) && r.Access.AnonymousRead == nil && len(r.Access.Grants) == 0
+		r.Download == (DownloadConfig{}) && r.Prefetch == (PrefetchConfig{}) && r.Access.AnonymousRead == nil && len(r.Access.Grants) == 0
 }
 
 func checkTLS(t TLSConfig, p *problems) {
@@ -429,8 +430,10 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	s.Download = goproxy.DownloadOptions{Connections: d.Connections, RangeThreshold: int64(d.RangeThreshold),
 		MaxConcurrent: d.MaxConcurrent, Attempts: d.Attempts, BaseDelay: time.Duration(d.BaseDelay),
 		MaxDelay: time.Duration(d.MaxDelay), Timeout: time.Duration(d.Timeout), PartialDir: d.PartialDir}
+	s.Prefetch = goproxy.PrefetchOptions{Off: r.Prefetch.Off, Info: r.Prefetch.Info, Depth: r.Prefetch.Depth, Concurrency: r.Prefetch.Concurrency}
 	s.Dialer = dialer
 	for k, v := range map[string]int64{"direct.max_concurrent": int64(r.Direct.MaxConcurrent), "download.connections": int64(d.Connections),
+		"prefetch.depth": int64(r.Prefetch.Depth), "prefetch.concurrency": int64(r.Prefetch.Concurrency),
 		"download.max_concurrent": int64(d.MaxConcurrent), "download.attempts": int64(d.Attempts), "download.range_threshold": int64(d.RangeThreshold),
 		"direct.timeout": int64(r.Direct.Timeout), "download.timeout": int64(d.Timeout), "download.base_delay": int64(d.BaseDelay),
 		"download.max_delay": int64(d.MaxDelay), "sumdb_ttl": int64(r.SumDBTTL)} {
@@ -571,6 +574,7 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 		HotCacheBytes:   s.HotCacheBytes,
 		Direct:          direct,
 		Download:        download,
+		Prefetch:        s.Prefetch,
 		Authorize:       authorize,
 		Logger:          logger,
 	}
