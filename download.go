@@ -30,13 +30,19 @@ import (
 // DownloadOptions tunes the download engine that every upstream request of
 // the proxy goes through. The zero value gives the defaults.
 type DownloadOptions struct {
-	// Connections is how many HTTP Range requests fetch one large file at
-	// once, when the upstream supports ranges. Zero means 4; 1 fetches every
-	// file in a single stream.
+	// Connections is the most connections that fetch one file at once.
+	// A file starts on one, whose first request asks for all of it; more
+	// join, each taking over part of the rest with an HTTP Range request
+	// tied to the file's version by If-Range, only when the first one's
+	// rate says they would finish the file at least a second sooner (a
+	// paced or distant upstream) and the upstream answers ranges with a
+	// strong validator. Zero means 12; 1 fetches every file in a single
+	// stream.
 	Connections int
 
-	// RangeThreshold is the size above which a file is fetched in parallel
-	// ranges. Zero means 512 KiB.
+	// RangeThreshold is the smallest part of a file another connection
+	// takes over: a file under twice this size is fetched on one
+	// connection. Zero means 512 KiB.
 	RangeThreshold int64
 
 	// MaxConcurrent bounds the downloads in progress across the proxy;
@@ -99,7 +105,9 @@ type DownloadOptions struct {
 	// "goproxy-partial" in the Proxy's TempDir. Downloads in progress are
 	// written there too: when its disk is full, the downloads that need
 	// more space fail with 507 Insufficient Storage, and free what they
-	// held.
+	// held. It is resumed from only when it is a directory of this
+	// process's user that others may not write to; otherwise downloads
+	// use private files in a directory of their own in TempDir.
 	PartialDir string
 
 	// PartialBytes bounds the bytes of interrupted downloads kept in

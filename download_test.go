@@ -480,7 +480,9 @@ func TestFetchNobodyWaitsForFinishesWhileItProgresses(t *testing.T) {
 	srv := httptest.NewServer(faults.Wrap(up.Handler()))
 	defer srv.Close()
 	p := newTestProxy(t, srv.URL)
-	p.Download.BodyIdleTimeout = 100 * time.Millisecond
+	// A window long enough that a loaded machine's pauses do not pass for
+	// a stall: the download brings 2 MB in one.
+	p.Download.BodyIdleTimeout = 500 * time.Millisecond
 	leaveWhen(t, p, largeZipPath, func() bool { return faults.BodyBytes() > 0 })
 	testwait.For(t, p.flights.idle)
 	cf, err := p.Cacher.Get(context.Background(), strings.TrimPrefix(largeZipPath, "/"))
