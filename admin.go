@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/mod/module"
@@ -24,85 +23,6 @@ const (
 
 // maxIndexLimit caps one page of the index feed, as index.golang.org does.
 const maxIndexLimit = 2000
-
-// indexEntry is one line of the index feed.
-type indexEntry struct {
-	Path      string
-	Version   string
-	Timestamp time.Time
-}
-
-// versionIndex lists module versions in the order they entered the cache
-// or were published. It is built from the cache the first time it is asked
-// for, then kept up to date as versions arrive.
-type versionIndex struct {
-	mu      sync.Mutex
-	loaded  bool
-	entries []indexEntry // by Timestamp
-	seen    map[string]bool
-}
-
-// add records a version that just entered the cache. Before the index is
-// loaded there is nothing to do: loading finds it.
-func (x *versionIndex) add(path, version string, t time.Time) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if !x.loaded || x.seen[path+"@"+version] {
-		return
-	}
-	x.seen[path+"@"+version] = true
-	x.entries = append(x.entries, indexEntry{path, version, t.UTC()})
-}
-
-func (x *versionIndex) remove(path, version string) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if !x.seen[path+"@"+version] {
-		return
-	}
-	delete(x.seen, path+"@"+version)
-	x.entries = slices.DeleteFunc(x.entries, func(e indexEntry) bool { return e.Path == path && e.Version == version })
-}
-
-// load builds the index from the .info files of the cache and the hosted
-// store, timed by when they were stored.
-func (p *Proxy) loadIndex(ctx context.Context) error {
-	x := &p.index
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if x.loaded {
-		return nil
-	}
-	// Built aside and kept only when complete: a failed walk leaves the
-	// index unloaded and empty, for the next request to try again.
-	seen := map[string]bool{}
-	var entries []indexEntry
-	for _, c := range []Cacher{p.conf.cacher, p.conf.hosted} {
-		walker, ok := c.(CacheWalker)
-		if !ok {
-			continue
-		}
-		err := walker.Walk(ctx, "", func(name string) error {
-			path, version, ok := versionInfoName(name)
-			if !ok || seen[path+"@"+version] {
-				return nil
-			}
-			t, err := modTime(ctx, c, name)
-			if err != nil {
-				return nil
-			}
-			seen[path+"@"+version] = true
-			entries = append(entries, indexEntry{path, version, t.UTC()})
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-	}
-	slices.SortStableFunc(entries, func(a, b indexEntry) int { return a.Timestamp.Compare(b.Timestamp) })
-	x.seen, x.entries, x.loaded = seen, entries, true
-	return nil
-}
 
 // modTime returns when name was stored, without opening it if c can stat.
 func modTime(ctx context.Context, c Cacher, name string) (time.Time, error) {
@@ -143,7 +63,9 @@ func versionInfoName(name string) (path, version string, ok bool) {
 }
 
 // serveIndex answers /index?since=RFC3339&limit=N with newline-delimited
-// JSON, oldest first, in the format of index.golang.org.
+// JSON, oldest first, in the format of index.golang.org, from the feed
+// kept on the cache (see indexLog): a page is read from there, whatever
+// the size of the feed.
 func (p *Proxy) serveIndex(w http.ResponseWriter, r *http.Request) {
 	var since time.Time
 	if s := r.URL.Query().Get("since"); s != "" {
@@ -162,18 +84,14 @@ func (p *Proxy) serveIndex(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = min(n, maxIndexLimit)
 	}
-	if err := p.loadIndex(r.Context()); err != nil {
-		p.writeFailure(w, failed(failInternal, "reading the cache for the index: %w", err))
+	page, err := p.feed.page(r.Context(), since, limit)
+	if err != nil {
+		p.writeFailure(w, failed(failInternal, "%w", err))
 		return
 	}
-	p.index.mu.Lock()
-	i, _ := slices.BinarySearchFunc(p.index.entries, since, func(e indexEntry, t time.Time) int { return e.Timestamp.Compare(t) })
-	page := slices.Clone(p.index.entries[i:min(i+limit, len(p.index.entries))])
-	p.index.mu.Unlock()
 	var body []byte
 	for _, e := range page {
-		line, _ := json.Marshal(e)
-		body = append(append(body, line...), '\n')
+		body = indexLine(body, e)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
@@ -266,10 +184,9 @@ func (p *Proxy) serveDelete(w http.ResponseWriter, r *http.Request, req *request
 	case req.canonical:
 		escVersion, _ := module.EscapeVersion(req.version)
 		base := escPath + "/@v/" + escVersion
+		// The index feed keeps listing it, as index.golang.org lists
+		// what entered the proxy: a feed only grows.
 		names = append(names, base+".info", base+".mod", base+".zip")
-		if !p.isPublished(ctx, base) {
-			p.index.remove(req.modPath, req.version)
-		}
 	default:
 		p.writeFailure(w, failed(failBadRequest, "only canonical versions, lists and @latest can be removed"))
 		return

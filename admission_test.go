@@ -280,10 +280,10 @@ func BenchmarkAdmissionOfAList(b *testing.B) {
 	now := time.Now()
 	feed.start = now.Add(-feed.window())
 	for batch := range 100 {
-		var page []indexEntry
+		var page []IndexEntry
 		for i := range 2000 {
 			n := batch*2000 + i
-			page = append(page, indexEntry{fmt.Sprintf("example.com/n%d", n), "v1.0.0", now.Add(-time.Duration(200000-n) * time.Second)})
+			page = append(page, IndexEntry{fmt.Sprintf("example.com/n%d", n), "v1.0.0", now.Add(-time.Duration(200000-n) * time.Second)})
 		}
 		feed.remember(page)
 	}

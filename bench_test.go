@@ -44,6 +44,7 @@ func BenchmarkServeCached(b *testing.B) {
 			tt.p.Env = []string{"GOPROXY=" + up.URL, "GOSUMDB=off"}
 			tt.p.Transport = http.DefaultTransport
 			tt.p.TempDir = b.TempDir()
+			b.Cleanup(func() { tt.p.Close() })
 			benchmarkHandler(b, tt.p, path)
 		})
 	}

@@ -270,7 +270,8 @@ func (d DirCacher) DeleteUnchanged(ctx context.Context, e CacheEntryInfo) (bool,
 	dir, base := path.Split(e.Name)
 	var suffix [8]byte
 	rand.Read(suffix[:])
-	aside := dir + "." + base + ".evict-" + hex.EncodeToString(suffix[:])
+	// As in Put, the name must fit where base fits.
+	aside := dir + "." + base[:min(len(base), 200)] + ".evict-" + hex.EncodeToString(suffix[:])
 	if err := root.Rename(e.Name, aside); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return false, nil

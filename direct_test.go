@@ -2,7 +2,6 @@ package goproxy
 
 import (
 	"archive/zip"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -516,7 +515,7 @@ echo '{"Path":"example.com/m","Version":"v1.0.0","Time":"2024-01-02T03:04:05Z","
 	// the Proxy has its own.
 	t.Setenv("GOFLAGS", "-tags=leaked")
 	t.Setenv("GOVCS", "leaked")
-	var logs bytes.Buffer
+	var logs syncBuffer
 	p := newTestProxy(t, "direct",
 		"GOPRIVATE=example.com/private", "GONOSUMDB=example.com/nosum", "GOINSECURE=example.com/insecure",
 		"GOFLAGS=-insecure", "GOTOOLCHAIN=go1.99.0", "GIT_CONFIG_GLOBAL=/proxy/gitconfig")

@@ -26,8 +26,10 @@
 // or 410 when the upstreams have no such module or version (the go command
 // then tries its next GOPROXY entry), 403 when the egress policy or
 // GOPROXY=off refuses the fetch, 502 when the upstreams fail or send what
-// does not validate (a checksum mismatch says SECURITY ERROR), 504 when
-// they do not answer in time, 400 for a path the go command never sends.
+// does not validate (a checksum mismatch says SECURITY ERROR) and when the
+// egress proxy refuses the proxy's own credentials, 504 when they do not
+// answer in time, 400 for a path the go command never sends, 503 once the
+// Proxy is closed.
 //
 // # Publishing
 //
@@ -57,7 +59,20 @@
 //     order they entered the cache or were published, oldest first, as
 //     newline-delimited JSON objects with Path, Version and Timestamp, the
 //     format of index.golang.org. since is an RFC 3339 time (the
-//     beginning, if absent), limit at most 2000, the default.
+//     beginning, if absent), limit at most 2000, the default. The feed
+//     only grows: a version removed from the cache stays listed, and is
+//     listed again when it is fetched again. It is kept on the Cacher when
+//     the Cacher is a [CacheIndexLog] (DirCacher keeps a journal), so that
+//     a page is read from there whatever the size of the feed.
+//
+// # Operations
+//
+// With [Proxy.Eviction] set, what nobody uses leaves the cache; see
+// [Eviction]. [Proxy.Metrics] reports what the proxy does to hooks of the
+// embedder's, and [Proxy.LiveView] shows the downloads in flight. A Proxy
+// works in the background from its first request (eviction, the probes of
+// upstreams that are down, fetches that clients left): [Proxy.Close] ends
+// that work once the server has stopped serving.
 //
 // # Access control
 //

@@ -72,8 +72,9 @@ type DownloadOptions struct {
 	// DownAfter is how long an upstream host must fail every request, at
 	// least 20 in a row, before it is marked down: its requests then fail
 	// at once (the walk moving on where GOPROXY allows), while a probe in
-	// the background asks the host's root, with the backoff below, until
-	// it answers anything but 5xx. One success resets the count, so random
+	// the background asks the upstream's own URL (a checksum database's
+	// latest tree), with the backoff below, until it answers anything but
+	// 5xx; Proxy.Close ends it. One success resets the count, so random
 	// failures do not mark a host down. Zero means 10 s; negative never
 	// marks a host down.
 	DownAfter time.Duration
@@ -210,6 +211,12 @@ type downloader struct {
 	ownDirOnce sync.Once
 	ownDir     string
 	ownDirErr  error
+
+	// Probes of hosts that are down (retry.go) run until stopProbes is
+	// closed, by close.
+	probing    sync.Mutex // orders starting probes with close
+	probes     sync.WaitGroup
+	stopProbes chan struct{}
 }
 
 func newDownloader(opts DownloadOptions, client *http.Client, logger *slog.Logger, via, tempDir string) *downloader {
@@ -226,7 +233,8 @@ func newDownloader(opts DownloadOptions, client *http.Client, logger *slog.Logge
 		client = &c
 	}
 	return &downloader{opts: opts, client: client, sem: semaphore.NewWeighted(int64(opts.MaxConcurrent)), logger: logger, via: via,
-		writeAt: (*os.File).WriteAt, tempDir: tempDir, minGain: splitMinGain, saveEvery: saveInterval, saveBytes: saveBytes}
+		writeAt: (*os.File).WriteAt, tempDir: tempDir, minGain: splitMinGain, saveEvery: saveInterval, saveBytes: saveBytes,
+		stopProbes: make(chan struct{})}
 }
 
 // redirectRefused is a redirect the client's policy refused.
@@ -242,6 +250,9 @@ type target struct {
 	limit           int64 // most bytes accepted
 	// sink, if set, follows a file download as its bytes land.
 	sink downloadSink
+	// probe is a cheap URL of the same upstream, which is asked while
+	// the upstream's host is down; empty means the host's root.
+	probe string
 }
 
 // downloadSink follows a download to a file as its bytes land, so that
@@ -261,6 +272,9 @@ type downloadSink interface {
 
 // get downloads rawURL: a zip into a file, anything else into memory.
 func (d *downloader) get(ctx context.Context, rawURL string, t target) (*fetched, error) {
+	if t.probe != "" {
+		d.hosts.get(rawURL).probeWith(t.probe)
+	}
 	sem := d.sem
 	if d.prefetchSem != nil && prefetching(ctx) {
 		sem = d.prefetchSem
@@ -279,6 +293,7 @@ func (d *downloader) get(ctx context.Context, rawURL string, t target) (*fetched
 func (d *downloader) getSmall(ctx context.Context, rawURL string, t target) (*fetched, error) {
 	var data []byte
 	err := d.retry(ctx, rawURL, func() error {
+		trackedFrom(ctx).restart() // each attempt asks for the whole file
 		resp, err := d.send(ctx, rawURL, nil)
 		if err != nil {
 			return err
@@ -290,6 +305,7 @@ func (d *downloader) getSmall(ctx context.Context, rawURL string, t target) (*fe
 		if resp.ContentLength > t.limit {
 			return tooLarge(rawURL, t.limit)
 		}
+		trackedFrom(ctx).setTotal(resp.ContentLength)
 		var buf bytes.Buffer
 		if resp.ContentLength > 0 {
 			buf.Grow(int(resp.ContentLength))
@@ -360,7 +376,7 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 		return nil, retryable(fe)
 	}
 	resp.Body = &watchedBody{ReadCloser: resp.Body, ctx: actx, cancel: cancel, idle: d.opts.BodyIdleTimeout, meter: meterFrom(ctx),
-		timer: time.AfterFunc(d.opts.BodyIdleTimeout, func() { cancel(errBodyStalled) })}
+		tracked: trackedFrom(ctx), timer: time.AfterFunc(d.opts.BodyIdleTimeout, func() { cancel(errBodyStalled) })}
 	switch resp.StatusCode {
 	case http.StatusOK, http.StatusPartialContent:
 		return resp, nil
@@ -378,6 +394,11 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 			kind = failGone
 		}
 		return nil, &failure{kind: kind, msg: msg}
+	case code == http.StatusProxyAuthRequired:
+		// From an egress proxy (HTTP_PROXY), about the proxy's own
+		// credentials: the client can do nothing about it, another
+		// attempt neither.
+		return nil, upstreamAnswered(rawURL, code, "the egress proxy in front of this proxy refused its credentials")
 	case code == http.StatusTooManyRequests || code == http.StatusRequestTimeout || code >= 500:
 		fe := retryable(upstreamAnswered(rawURL, code, msg))
 		fe.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
@@ -401,14 +422,16 @@ func (d *downloader) send(ctx context.Context, rawURL string, header http.Header
 }
 
 // watchedBody is an answer's body, cut when it sends nothing for its idle
-// time, counting what arrives into the fetch's progress.
+// time, counting what arrives into the fetch's progress and into its
+// download in the live view.
 type watchedBody struct {
 	io.ReadCloser
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	timer  *time.Timer
-	idle   time.Duration
-	meter  *progressMeter
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	timer   *time.Timer
+	idle    time.Duration
+	meter   *progressMeter
+	tracked *trackedDownload
 }
 
 func (b *watchedBody) Read(p []byte) (int, error) {
@@ -416,6 +439,7 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 	if n > 0 {
 		b.timer.Reset(b.idle)
 		b.meter.add(int64(n))
+		b.tracked.add(int64(n))
 	}
 	if err != nil && err != io.EOF && errors.Is(context.Cause(b.ctx), errBodyStalled) {
 		err = fmt.Errorf("%w: nothing arrived for %v", errBodyStalled, b.idle)
@@ -434,7 +458,9 @@ func upstreamAnswered(rawURL string, code int, msg string) *failure {
 	if msg != "" {
 		msg = ": " + msg
 	}
-	return failed(failUnavailable, "upstream %s answered %d %s%s", redactURL(rawURL), code, http.StatusText(code), msg)
+	f := failed(failUnavailable, "upstream %s answered %d %s%s", redactURL(rawURL), code, http.StatusText(code), msg)
+	f.status = code
+	return f
 }
 
 func tooLarge(rawURL string, limit int64) *failure {
@@ -509,6 +535,8 @@ type fileDownload struct {
 	total  atomic.Int64 // bytes received, for Progress
 	sized  atomic.Int64 // total size once known, else -1
 	resume bool         // state came from disk
+	// tracked is the download in the live view, told the size.
+	tracked *trackedDownload
 	// resets counts reset calls, guarded by mu: a save that began before
 	// one must not put the state it took back on disk after it.
 	resets int
@@ -558,6 +586,7 @@ func (d *downloader) getFile(ctx context.Context, rawURL string, t target) (*fet
 		}
 		return nil, d.diskFailed(t, err)
 	}
+	dl.tracked = trackedFrom(ctx)
 	stopProgress := dl.reportProgress(ctx)
 	err = recovering(func() error { return dl.download(ctx) })
 	stopProgress()
@@ -681,6 +710,7 @@ func (dl *fileDownload) reset() {
 	dl.spans = nil
 	dl.mu.Unlock()
 	dl.total.Store(0)
+	dl.tracked.restart()
 	dl.sized.Store(-1)
 	dl.prefix.Store(0)
 	if dl.t.sink != nil {
@@ -806,6 +836,7 @@ func (dl *fileDownload) reportProgress(ctx context.Context) (stop func()) {
 }
 
 func (dl *fileDownload) progress() {
+	dl.tracked.setTotal(dl.sized.Load())
 	if hook := dl.d.opts.Progress; hook != nil {
 		hook(dl.t.module, dl.t.version, dl.total.Load(), dl.sized.Load())
 	}

@@ -1105,3 +1105,20 @@ func TestEgressProxyBoundsRequestHeaders(t *testing.T) {
 	}
 	t.Errorf("the proxy read a header of %d bytes and still wanted more", written)
 }
+
+// TestEgressProxyRefusingItsCredentialsAnswers502: a 407 from the egress
+// proxy is about the proxy's own configuration, which no client can do
+// anything about: it answers 502, not 407 (which would make the go
+// command ask its user for proxy credentials).
+func TestEgressProxyRefusingItsCredentialsAnswers502(t *testing.T) {
+	hp := &egresstest.HTTPProxy{Username: "proxy-user", Password: "right"}
+	hp.Start(t)
+	// Never reached: the egress proxy refuses first.
+	p := newTestProxy(t, "http://upstream.goproxy.test")
+	p.Transport = nil // through the Dialer's egress proxy
+	p.Dialer = &Dialer{Proxy: "http://proxy-user:wrong@" + hp.Addr}
+	w := do(p, "GET", "/example.com/a/@v/list")
+	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "407") || strings.Contains(w.Body.String(), "wrong") {
+		t.Errorf("%d %q, want 502 naming the 407, without the credentials", w.Code, w.Body)
+	}
+}

@@ -84,6 +84,8 @@ const (
 	failNotImplemented
 	// failConflict: a version published before with other content.
 	failConflict
+	// failClosed: the Proxy is closed (see Proxy.Close).
+	failClosed
 )
 
 var failKindNames = [...]string{
@@ -108,7 +110,12 @@ var failKindNames = [...]string{
 	failForbidden:        "forbidden",
 	failNotImplemented:   "not implemented",
 	failConflict:         "conflict",
+	failClosed:           "closed",
 }
+
+// errClosed answers the requests that come after Close, and ends the
+// fetches it cancels.
+var errClosed = failed(failClosed, "the proxy is shutting down")
 
 func (k failKind) Error() string { return failKindNames[k] }
 
@@ -131,7 +138,8 @@ type failure struct {
 	msg  string // what the client reads
 	err  error  // the cause, if any
 
-	// status is the upstream's status of a failUpstreamRefused.
+	// status is the upstream's HTTP status, when it answered one: the
+	// status a failUpstreamRefused answers with, and what metrics report.
 	status int
 	// allow is the Allow header of a failMethod.
 	allow string
@@ -243,6 +251,8 @@ func answerFor(err error) (status int, msg string) {
 		return http.StatusNotImplemented, msg
 	case failConflict:
 		return http.StatusConflict, msg
+	case failClosed:
+		return http.StatusServiceUnavailable, msg
 	}
 	// failUnavailable, failInvalidContent, failUnverifiable,
 	// failChecksumMismatch, failTooLarge: what the proxy stands in

@@ -46,7 +46,7 @@ type Eviction struct {
 	MaxBytes int64
 
 	// Interval is the time between runs, the first of which starts with
-	// the proxy. A run also starts when what was stored since the last one
+	// the proxy's first request. A run also starts when what was stored since the last one
 	// takes the total over MaxBytes, at most once a minute. Zero means an
 	// hour.
 	Interval time.Duration
@@ -71,12 +71,54 @@ const evictionLowWater = 9
 // walked after every write.
 const minTriggerGap = time.Minute
 
+// initEviction sets up eviction when it is on, failing when the Cacher
+// lacks what it needs: a configuration error is reported by Init. The
+// evictor and the usage recorder start with the Proxy's background work.
+func (p *Proxy) initEviction() error {
+	if !p.conf.eviction.enabled() {
+		return nil
+	}
+	e, err := newEvictor(p.conf.eviction, p.conf.cacher, p.serving.has, p.conf.logger, p.conf.metrics)
+	if err != nil {
+		return err
+	}
+	// What is removed from the cache leaves the hot tier too, so that a
+	// version goes whole, and the next request fetches it again.
+	e.removed = func(name string) {
+		if p.hot != nil {
+			p.hot.Delete(name)
+		}
+	}
+	p.evictor = e
+	p.usage = newUsageRecorder(p.conf.cacher.(CacheUsageRecorder), p.conf.logger)
+	return nil
+}
+
+// noteServed records, for eviction, that c (req's file) is being served:
+// its use and, when the client reads the file from the store as it is
+// served (a zip), that it is being read, so that no run removes it from
+// under a store whose removals break readers. It reports whether it did
+// the latter: then p.serving.done(req.name) must follow. Published files
+// are not the cache's.
+func (p *Proxy) noteServed(req *request, c *content) (reading bool) {
+	if p.usage == nil || c.from == fromPublished {
+		return false
+	}
+	p.usage.record(req.name)
+	if c.data != nil || (c.from != fromCache && c.from != fromStale) {
+		return false
+	}
+	p.serving.add(req.name)
+	return true
+}
+
 // evictor runs an Eviction over a Cacher.
 type evictor struct {
 	cfg     Eviction
 	walker  CacheInfoWalker
 	delete  func(context.Context, CacheEntryInfo) (bool, error)
 	inUse   func(name string) bool // entries being served; nil when removal cannot hurt their readers
+	removed func(name string)      // told of each file removed, if set
 	logger  *slog.Logger
 	metrics *Metrics
 	now     func() time.Time
@@ -164,9 +206,9 @@ func (e *evictor) stop() {
 }
 
 // noteStored counts a write of size bytes, starting a run if it takes the
-// cache over MaxBytes. It never blocks.
+// cache over MaxBytes. It never blocks; a nil evictor does nothing.
 func (e *evictor) noteStored(size int64) {
-	if e.cfg.MaxBytes <= 0 {
+	if e == nil || e.cfg.MaxBytes <= 0 {
 		return
 	}
 	stored := e.stored.Add(size)
@@ -229,7 +271,7 @@ func (e *evictor) run(ctx context.Context) (evictionRun, error) {
 		total += u.size - bytes
 		entries += len(u.files) - files
 		if !u.protected && e.cfg.MaxBytes > 0 {
-			usages = append(usages, usage{u.lastUse.UnixNano(), u.size})
+			usages = append(usages, usage{u.lastUse.UnixNano(), u.size - bytes})
 		}
 		return nil
 	})
@@ -383,6 +425,9 @@ func (e *evictor) remove(ctx context.Context, u *evictionUnit, reason EvictionRe
 		}
 		if !removed {
 			break
+		}
+		if e.removed != nil {
+			e.removed(f.Name)
 		}
 		files++
 		bytes += f.Size

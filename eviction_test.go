@@ -592,3 +592,64 @@ func (s *recordingStore) RecordUses(ctx context.Context, uses []CacheUse) error 
 	s.batches = append(s.batches, uses)
 	return nil
 }
+
+// TestDirCacherEvictsAFileWhoseNameIsAsLongAsAllowed: a name element may
+// be maxElemLen bytes, and DirCacher stores it; moving it aside under a
+// longer name must not make it impossible to evict.
+func TestDirCacherEvictsAFileWhoseNameIsAsLongAsAllowed(t *testing.T) {
+	ctx := context.Background()
+	c := DirCacher(filepath.Join(t.TempDir(), "cache"))
+	version := "v1.0.0-" + strings.Repeat("a", maxElemLen-len("v1.0.0-")-len(".info"))
+	name := "example.com/a/@v/" + version + ".info"
+	if err := checkElemLen(name); err != nil {
+		t.Fatal(err)
+	}
+	putAll(t, c, map[string]string{name: `{"Version":"` + version + `"}`})
+	var listed CacheEntryInfo
+	if err := c.WalkInfo(ctx, "", func(e CacheEntryInfo) error { listed = e; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := c.DeleteUnchanged(ctx, listed)
+	if err != nil || !removed {
+		t.Fatalf("DeleteUnchanged(%d-byte element) = %v, %v; want true, nil", len(version)+len(".info"), removed, err)
+	}
+	if _, err := c.Stat(ctx, name); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("after DeleteUnchanged: Stat = %v, want not found", err)
+	}
+}
+
+// refusingDeleter reports one name as changed since it was listed, as
+// when another process stores it again, and removes the rest.
+type refusingDeleter struct {
+	*MemCacher
+	refused string
+}
+
+func (r *refusingDeleter) DeleteUnchanged(ctx context.Context, e CacheEntryInfo) (bool, error) {
+	if e.Name == r.refused {
+		return false, nil
+	}
+	return r.MemCacher.DeleteUnchanged(ctx, e)
+}
+
+// TestEvictionCountsWhatAnAgeRemovalLeftOfAVersion: a version removed by
+// age only in part (its .zip gone, its .mod stored again meanwhile) weighs
+// what is left of it when the run then works out what to remove by size.
+func TestEvictionCountsWhatAnAgeRemovalLeftOfAVersion(t *testing.T) {
+	ctx := context.Background()
+	c := &refusingDeleter{MemCacher: &MemCacher{}, refused: "example.com/old/@v/v1.0.0.mod"}
+	putAll(t, c, testVersionFiles("example.com/old", "v1.0.0", 1000))
+	now := time.Now()
+	use(t, c, now.Add(-48*time.Hour), "example.com/old/@v/v1.0.0.zip")
+	putAll(t, c, map[string]string{"example.com/recent/@v/list": strings.Repeat("v1.0.0\n", 20)})
+	use(t, c, now.Add(2*time.Hour), "example.com/recent/@v/list")
+	// The old version's last use is its files' storing, now: past MaxAge
+	// two hours later; the list was used since.
+	res, err := testEvictor(t, Eviction{MaxAge: time.Hour, MaxBytes: 100}, c, now.Add(3*time.Hour)).run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Bytes > 100 {
+		t.Errorf("run = %+v: %d bytes left, over MaxBytes; left %v", res, res.Bytes, keys(cachedSet(t, c)))
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,12 +26,19 @@ var errProxyOff = failed(failRefused, "module lookup disabled by GOPROXY=off")
 // for GOPROXY: after ',' fall through only when the upstream says the file
 // does not exist, after '|' on any error. Within a group of equal
 // priority, each request starts with the next upstream in turn and falls
-// through to the others on any failure. The error returned is the most
-// telling one, ranked as the go command ranks them: direct's over a
-// proxy's, a real failure over a not-found.
+// through to the others on any failure. The error returned is the one the
+// go command would report (cmd/go/internal/modfetch.TryProxies), of the
+// upstreams in the order they were asked: direct's, else the last proxy
+// failure other than a not-found, else the last not-found ("off" counts
+// as one).
 func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched, error) {
+	const (
+		notFoundRank = iota
+		proxyRank
+		directRank
+	)
 	var bestErr error
-	bestIsNotFound := true
+	bestRank := notFoundRank
 	passing := false // an upstream failed in a way that may soon pass
 	for _, g := range p.routeFor(req.modPath).groups {
 		n := uint32(len(g.members))
@@ -49,8 +57,13 @@ func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched,
 			}
 			passing = passing || !remembered(err)
 			missing := notFound(err)
-			if up.URL == "direct" || bestErr == nil || (bestIsNotFound && !missing) {
-				bestErr, bestIsNotFound = err, missing
+			switch {
+			case up.URL == "direct":
+				bestErr, bestRank = err, directRank
+			case bestRank <= proxyRank && !missing && up.URL != "off":
+				bestErr, bestRank = err, proxyRank
+			case bestRank == notFoundRank:
+				bestErr = err
 			}
 			if !missing && !up.FallBackOnError {
 				fallThrough = false
@@ -80,11 +93,14 @@ func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (f *fe
 		return nil, errProxyOff
 	}
 	start := time.Now()
+	upstream := redactURL(up.URL)
+	ctx, tracked := p.trackFetch(ctx, req, upstream)
 	var zs *zipStream
 	if up.URL == "direct" {
 		f, err = p.fetchDirect(ctx, req)
 	} else {
-		t := target{module: req.modPath, version: req.version, toFile: req.kind == kindZip, limit: req.maxSize()}
+		t := target{module: req.modPath, version: req.version, toFile: req.kind == kindZip, limit: req.maxSize(),
+			probe: up.URL + "/"}
 		if req.kind == kindZip {
 			zs = newZipStream(nil)
 			if pub := publisherFrom(ctx); pub != nil {
@@ -120,6 +136,7 @@ func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (f *fe
 		f.close()
 		f = nil
 	}
+	tracked(f, err)
 	outcome := "ok"
 	var size int64
 	if f != nil {
@@ -129,7 +146,7 @@ func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (f *fe
 	}
 	p.logger().LogAttrs(ctx, levelFor(err), "upstream fetch",
 		slog.String("module", req.modPath), slog.String("version", req.version), slog.String("file", req.name),
-		slog.String("upstream", redactURL(up.URL)), slog.Int64("bytes", size),
+		slog.String("upstream", upstream), slog.Int64("bytes", size),
 		slog.Duration("duration", time.Since(start)), slog.String("outcome", outcome))
 	return f, err
 }
@@ -168,7 +185,9 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 			p.store(ctx, req, f)
 		}
 	}
+	var started atomic.Bool // this caller's fetch ran: it shared none
 	f, release, err = p.flights.do(ctx, req.name, func(ctx context.Context) (*fetched, error) {
+		started.Store(true)
 		ctx = withEgressModule(ctx, req.modPath)
 		ctx, cancel := context.WithTimeout(ctx, p.conf.download.Timeout)
 		defer cancel()
@@ -197,6 +216,9 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 		}
 		return f, err
 	}, storeLater)
+	if !started.Load() && ctx.Err() == nil {
+		p.conf.metrics.sharedFetch(SharedFetchMetric{Kind: req.metricKind()})
+	}
 	return f, release, err
 }
 
@@ -223,8 +245,9 @@ func (p *Proxy) store(ctx context.Context, req *request, f *fetched) {
 		p.logger().LogAttrs(ctx, slog.LevelError, "cache put failed", slog.String("file", req.name), slog.String("error", err.Error()))
 		return
 	}
+	p.evictor.noteStored(f.size)
 	if req.kind == kindInfo && req.canonical {
-		p.index.add(req.modPath, req.version, time.Now())
+		p.feed.add(ctx, req.modPath, req.version, time.Now())
 	}
 }
 

@@ -44,8 +44,13 @@ func TestGoproxyWalk(t *testing.T) {
 		{name: "pipe falls through on 404", list: "A|B", a: "404", b: "ok", wantStatus: 200, wantB: 1},
 		{name: "pipe falls through on 500", list: "A|B", a: "500", b: "ok", wantStatus: 200, wantB: 1},
 		{name: "pipe falls through on timeout", list: "A|B", a: "timeout", b: "ok", wantStatus: 200, wantB: 1},
-		{name: "all not found passes the first message on", list: "A,B", a: "404", b: "410", wantStatus: 404, wantBody: "no such module here", wantB: 1},
+		// The error passed on is the one the go command would report
+		// (cmd/go/internal/modfetch.TryProxies).
+		{name: "all not found passes the last message on", list: "A,B", a: "404", b: "410", wantStatus: 410, wantBody: "gone from here", wantB: 1},
 		{name: "a failure outranks a not-found", list: "A,B", a: "404", b: "500", wantStatus: 502, wantBody: "upstream exploded", wantB: 1},
+		{name: "a not-found does not replace a failure", list: "A|B", a: "500", b: "404", wantStatus: 502, wantBody: "upstream exploded", wantB: 1},
+		{name: "of two failures the last is passed on", list: "A|B", a: "500", b: "timeout", wantStatus: 502, wantBody: "timeout", wantB: 1},
+		{name: "direct's failure outranks a proxy's", list: "A|direct", a: "500", wantStatus: 404, wantBody: "unknown revision"},
 		{name: "off refuses", list: "off", wantStatus: 403, wantBody: "GOPROXY=off"},
 		{name: "off after a not-found refuses", list: "A,off,B", a: "404", b: "ok", wantStatus: 403, wantBody: "GOPROXY=off"},
 		{name: "comma falls through to direct", list: "A,direct", a: "404", wantStatus: 404, wantBody: "unknown revision"},
@@ -115,7 +120,7 @@ func TestParseUpstreams(t *testing.T) {
 func TestCredentialsStayOutOfMessages(t *testing.T) {
 	up := newUpstream(t, nil)
 	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool { http.Error(w, "boom", 500); return true })
-	var logs strings.Builder
+	var logs syncBuffer
 	p := newTestProxy(t, strings.Replace(up.URL, "http://", "http://user:s3cret@", 1))
 	p.Logger = newBufferLogger(&logs)
 	w := do(p, "GET", "/example.com/a/@v/list")
@@ -161,7 +166,7 @@ func TestRouteCredentials(t *testing.T) {
 	})
 	t.Run("credentials in the GOPROXY URL", func(t *testing.T) {
 		up := authUpstream(t, func(r *http.Request) bool { u, pw, ok := r.BasicAuth(); return ok && u == "alice" && pw == "s3cret" })
-		var logs strings.Builder
+		var logs syncBuffer
 		p := newTestProxy(t, strings.Replace(up.URL, "http://", "http://alice:s3cret@", 1))
 		p.Logger = newBufferLogger(&logs)
 		if w := do(p, "GET", mod); w.Code != 200 {

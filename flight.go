@@ -24,9 +24,11 @@ type flightGroup struct {
 
 	mu      sync.Mutex
 	flights map[string]*flight
-	// running counts the flights whose download or background work has
+	// active counts the flights whose download or background work has
 	// not ended, the abandoned ones included, which left flights.
-	running int
+	active  int
+	closed  bool           // close was called: no new flights
+	running sync.WaitGroup // run and background goroutines
 }
 
 // abandonedMinBytes is the least a download nobody waits for must bring
@@ -69,10 +71,15 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 		g.flights = make(map[string]*flight)
 	}
 	fl, ok := g.flights[key]
+	if !ok && g.closed {
+		g.mu.Unlock()
+		return nil, func() {}, errClosed
+	}
 	if !ok {
+		g.running.Add(1)
 		fl = &flight{key: key, ready: make(chan struct{}), done: make(chan struct{})}
 		g.flights[key] = fl
-		g.running++
+		g.active++
 		fctx, meter := withProgressMeter(context.WithoutCancel(ctx))
 		fctx, fl.cancel = context.WithCancelCause(fctx)
 		fctx = context.WithValue(fctx, publisherKey{}, &publisher{g: g, fl: fl})
@@ -188,6 +195,7 @@ func (g *flightGroup) watch(fl *flight) {
 }
 
 func (g *flightGroup) run(ctx context.Context, fl *flight, fn func(context.Context) (*fetched, error), background func(context.Context, *fetched)) {
+	defer g.running.Done()
 	// fn runs on a goroutine of its own, where a panic would end the
 	// whole process.
 	var res *fetched
@@ -208,7 +216,9 @@ func (g *flightGroup) run(ctx context.Context, fl *flight, fn func(context.Conte
 	fl.err, fl.ended = err, true
 	if err == nil && background != nil {
 		fl.users++ // held by the background work
+		g.running.Add(1)
 		go func() {
+			defer g.running.Done()
 			background(ctx, fl.res)
 			g.mu.Lock()
 			g.leave(fl)
@@ -234,7 +244,19 @@ func (g *flightGroup) leave(fl *flight) {
 	if g.flights[fl.key] == fl {
 		delete(g.flights, fl.key)
 	}
-	g.running--
+	g.active--
+}
+
+// close cancels the calls running, refuses new ones, and waits for the
+// running ones and for their background work to end.
+func (g *flightGroup) close() {
+	g.mu.Lock()
+	g.closed = true
+	for _, fl := range g.flights {
+		fl.cancel(errClosed)
+	}
+	g.mu.Unlock()
+	g.running.Wait()
 }
 
 // users reports how many callers share the running flight for key; tests
@@ -252,7 +274,7 @@ func (g *flightGroup) users(key string) int {
 func (g *flightGroup) idle() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.running == 0
+	return g.active == 0
 }
 
 // progressMeter counts what a fetch has done: bytes received, and steps

@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/mod/module"
@@ -89,7 +91,8 @@ type Proxy struct {
 	// a .zip or by Publish. They are served ahead of upstream versions,
 	// merged into version lists and @latest, never fetched and never
 	// removed, so Hosted must keep everything it is given: a DirCacher or
-	// an object store, not a MemCacher. If nil, publishing is refused.
+	// an object store, not a MemCacher, and a DirCacher neither within
+	// Cacher's directory nor holding it. If nil, publishing is refused.
 	// Published modules are usually private: exempt them from checksum
 	// databases with GONOSUMDB or a Private route. Unlike Cacher, a Hosted
 	// store that fails answers 502: falling back on the upstreams would
@@ -140,8 +143,19 @@ type Proxy struct {
 	// zero value prefetches.
 	Prefetch PrefetchOptions
 
-	// Metrics receives the proxy's measurements; see [Metrics]. A nil
-	// field is not reported, so the zero value reports nothing.
+	// Eviction removes from the Cacher what nobody uses, and keeps it
+	// under a size; see [Eviction]. The zero value evicts nothing. With
+	// MaxAge or MaxBytes set, the Cacher must list its entries with their
+	// times ([CacheInfoWalker]), keep last uses ([CacheUsageRecorder]) and
+	// remove entries ([CacheUnchangedDeleter], or [CacheDeleter]), as
+	// DirCacher and MemCacher do, or Init fails. Runs start with the
+	// Proxy's first request (or Publish) and end with Close.
+	Eviction Eviction
+
+	// Metrics receives the proxy's measurements: requests, upstream
+	// fetches, retries, verifications, downloads, shared fetches, cache
+	// size, evictions and prefetches; see [Metrics]. A nil field is not
+	// reported, so the zero value reports nothing.
 	Metrics Metrics
 
 	// Logger receives one line per upstream fetch, and one per answer at
@@ -164,8 +178,25 @@ type Proxy struct {
 	direct        *directRunner
 	via           string // the Via entry of this proxy's upstream requests
 	publishing    keyedMutex
-	index         versionIndex
+	feed          *indexLog // the /index feed
+	downloads     downloadTracker
 	prefetcher    *prefetcher // nil when prefetching is off
+
+	// With eviction on: the evictor, the uses gathered for it, and the
+	// cache entries being read by clients, which it leaves alone.
+	evictor *evictor
+	usage   *usageRecorder
+	serving servingSet
+
+	// The background work starts with the first use (see start) and ends
+	// with Close; what the flight group does not count runs under
+	// stopWork and is counted in working.
+	lifeMu       sync.Mutex // orders start and Close
+	startOnce    sync.Once
+	closed       atomic.Bool
+	stopWork     context.CancelFunc
+	working      sync.WaitGroup
+	ownTransport *http.Transport // built by Init, its connections closed by Close
 
 	egress *egressPolicy
 	dialer *Dialer // Dialer, checking every connection with egress
@@ -188,8 +219,8 @@ func (p *Proxy) init() error {
 		return fmt.Errorf("goproxy: %w", err)
 	}
 	p.conf = conf
-	if sameStore(conf.cacher, conf.hosted) {
-		return errors.New("goproxy: Hosted and Cacher must be different stores: published versions would be evicted or removed with cached ones")
+	if sharedStore(conf.cacher, conf.hosted) {
+		return errors.New("goproxy: Hosted and Cacher must be different stores, neither directory within the other: published versions would be evicted or removed with cached ones")
 	}
 	if p.egress, err = newEgressPolicy(conf.egress, conf.logger); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
@@ -202,7 +233,7 @@ func (p *Proxy) init() error {
 		if err != nil {
 			return fmt.Errorf("goproxy: %w", err)
 		}
-		transport = t
+		transport, p.ownTransport = t, t
 	}
 	if err := p.initRoutes(); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
@@ -229,21 +260,115 @@ func (p *Proxy) init() error {
 		// The go command verifies direct fetches against them itself.
 		p.directEgress.allowEndpoints(db.url)
 	}
+	p.downloads.metrics = conf.metrics
+	p.feed = newIndexLog(conf.cacher, conf.hosted, conf.logger)
+	if err := p.initEviction(); err != nil {
+		return fmt.Errorf("goproxy: %w", err)
+	}
+	return nil
+}
+
+// start starts the background work, once, at the Proxy's first use (a
+// request or a Publish), rather than in Init, which a configuration check
+// may call alone: eviction, and the index feed's creation from the cache
+// when it has none yet (once ever, for caches that predate it), so that
+// the feed is ready before anyone asks for it, and the removal of what
+// processes that died left in the cache. Close ends it.
+func (p *Proxy) start() {
+	p.startOnce.Do(func() {
+		p.lifeMu.Lock()
+		defer p.lifeMu.Unlock()
+		if p.closed.Load() {
+			return
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		p.stopWork = cancel
+		if p.evictor != nil {
+			p.usage.start()
+			p.evictor.start()
+		}
+		p.working.Go(func() { p.removeLeftovers(ctx) })
+		if p.feed.persistent() {
+			p.working.Go(func() {
+				if err := p.feed.prepare(ctx); err != nil && ctx.Err() == nil {
+					p.logger().LogAttrs(ctx, slog.LevelError, "preparing the index feed", slog.String("error", err.Error()))
+				}
+			})
+		}
+	})
+}
+
+// Close stops what the Proxy does in the background, for a server that is
+// shutting down or a Proxy no longer used: it ends eviction (a run under
+// way stops where it is), hands the uses of cached files recorded since
+// the last flush to the Cacher, ends the probes of upstream hosts that are
+// down, cancels the fetches no client waits for any more (a large
+// download keeps what it got for the next start), waits for files being
+// stored, and closes the idle connections of the Transport Init built.
+//
+// Call it once the Proxy serves no more requests, after
+// [http.Server.Shutdown]: requests that arrive after Close answer 503
+// Service Unavailable, and fetches started after it fail. Close returns
+// when the background work has ended. Calling it again does nothing;
+// closing a Proxy that was never initialized only keeps it from
+// starting. The error is for future use: it is always nil today.
+func (p *Proxy) Close() error {
+	p.lifeMu.Lock()
+	defer p.lifeMu.Unlock()
+	if p.closed.Swap(true) {
+		return nil
+	}
+	p.initOnce.Do(func() { p.initErr = errClosed })
+	if p.initErr != nil {
+		return nil
+	}
+	if p.stopWork != nil {
+		p.stopWork()
+	}
+	if p.evictor != nil {
+		p.evictor.stop()
+		p.usage.close()
+	}
+	p.downloader.close()
+	p.flights.close()
+	// Prefetches and checksum lookups run on flights, which fail at
+	// once from now on.
+	p.prefetcher.close()
+	if p.verifier != nil {
+		p.verifier.lookups.wait()
+	}
+	p.working.Wait()
+	if p.ownTransport != nil {
+		p.ownTransport.CloseIdleConnections()
+	}
 	return nil
 }
 
 // ServeHTTP implements [http.Handler].
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := p.Init(); err != nil {
+		if !errors.Is(err, errClosed) {
+			err = failed(failInternal, "%w", err)
+		}
+		p.writeFailure(w, err)
+		return
+	}
+	if p.conf.metrics.Request != nil {
+		m := measureResponse(w)
+		defer p.reportRequest(m)
+		w = m
+	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete:
 	default:
 		p.writeFailure(w, &failure{kind: failMethod, allow: "GET, HEAD, PUT, DELETE", msg: "method " + r.Method + " is not allowed"})
 		return
 	}
-	if err := p.Init(); err != nil {
-		p.writeFailure(w, failed(failInternal, "%w", err))
+	if p.closed.Load() {
+		p.writeFailure(w, errClosed)
 		return
 	}
+	p.start()
 	for _, via := range r.Header.Values("Via") {
 		if strings.Contains(via, p.via) {
 			// Waiting for our own fetch would only end at its timeout.
@@ -266,6 +391,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if r.URL.Path == indexPath || strings.HasPrefix(r.URL.Path, cachedPath) {
+		noteRequestKind(w, RequestAdmin)
 		p.serveAdmin(w, r)
 		return
 	}
@@ -276,14 +402,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch r.Method {
 	case http.MethodPut:
+		noteRequestKind(w, RequestPublish)
 		if p.authorize(w, r, OpPublish, req.modPath) {
 			p.servePublish(w, r, req)
 		}
 	case http.MethodDelete:
+		noteRequestKind(w, RequestAdmin)
 		if p.authorize(w, r, OpAdminister, req.modPath) {
 			p.serveDelete(w, r, req)
 		}
 	default:
+		noteRequestKind(w, req.metricKind())
 		if p.authorize(w, r, OpRead, req.modPath) {
 			p.serveRead(w, r, req)
 		}
@@ -326,7 +455,7 @@ func (p *Proxy) serveRead(w http.ResponseWriter, r *http.Request, req *request) 
 	c, err := p.open(r.Context(), req, !fetchDisabled(r))
 	if err != nil {
 		status := p.writeFailure(w, err)
-		p.answered(r, req, failedOutcome(err), status)
+		p.answered(w, r, req, failedOutcome(err), status)
 		return
 	}
 	defer c.close()
@@ -335,31 +464,33 @@ func (p *Proxy) serveRead(w http.ResponseWriter, r *http.Request, req *request) 
 		// so it waits for the verdict.
 		if err := c.stream.wait(r.Context()); err != nil {
 			status := p.writeFailure(w, err)
-			p.answered(r, req, failedOutcome(err), status)
+			p.answered(w, r, req, failedOutcome(err), status)
 			return
 		}
 	}
 	status := p.serve(w, r, req, c)
-	p.answered(r, req, c.from.String(), status)
+	p.answered(w, r, req, c.from.String(), status)
 	p.prefetcher.served(req, c, status)
 }
 
 // serveHot answers a read of a file of the hot tier.
 func (p *Proxy) serveHot(w http.ResponseWriter, r *http.Request, hf *hotFile) {
 	req := hf.req
+	noteRequestKind(w, req.metricKind())
 	if !p.authorize(w, r, OpRead, req.modPath) {
 		return
 	}
 	status := p.serve(w, r, req, hf.served)
-	p.answered(r, req, fromHot.String(), status)
+	p.answered(w, r, req, fromHot.String(), status)
 	p.prefetcher.served(req, hf.served, status)
 }
 
 // answered is told of every answer to a read of a file, once it is
 // written: where the file came from (hot, published, merged, hit, stale,
 // miss; for a failure, remembered or failed) and the status. It logs at
-// debug level.
-func (p *Proxy) answered(r *http.Request, req *request, outcome string, status int) {
+// debug level, and gives the Request metric its cache outcome.
+func (p *Proxy) answered(w http.ResponseWriter, r *http.Request, req *request, outcome string, status int) {
+	noteCacheOutcome(w, outcome)
 	if log := p.logger(); log.Enabled(r.Context(), slog.LevelDebug) {
 		log.LogAttrs(r.Context(), slog.LevelDebug, "answered", slog.String("file", req.name),
 			slog.String("outcome", outcome), slog.Int("status", status))

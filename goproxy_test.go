@@ -42,7 +42,10 @@ func newTestProxy(t *testing.T, goproxy string, env ...string) *Proxy {
 	}
 	// Files are stored in the background while clients are served: let
 	// that finish before the test's directories are removed.
-	t.Cleanup(func() { testwait.For(t, p.idle) })
+	t.Cleanup(func() {
+		testwait.For(t, p.idle)
+		p.Close()
+	})
 	return p
 }
 
@@ -423,7 +426,9 @@ func TestInitReportsBadConfiguration(t *testing.T) {
 	}
 }
 
-func newBufferLogger(w io.Writer) *slog.Logger {
+// newBufferLogger logs into a buffer that a test may read while the
+// Proxy logs from the background.
+func newBufferLogger(w *syncBuffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 

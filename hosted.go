@@ -190,19 +190,34 @@ func preferLatest(a, b string) bool {
 	return semver.Compare(a, b) > 0
 }
 
-// sameStore reports whether two stores are evidently the same: one
-// directory, or one value.
-func sameStore(a, b Cacher) bool {
+// sharedStore reports whether two stores evidently share files: one
+// value, or two directories one of which holds the other. A walk of the
+// outer directory (eviction's, the index feed's) lists the inner one's
+// files as its own: published versions would be evicted as cached ones,
+// or cached versions pass for published ones.
+func sharedStore(a, b Cacher) bool {
 	if a == nil || b == nil {
 		return false
 	}
 	if da, ok := a.(DirCacher); ok {
 		db, ok := b.(DirCacher)
-		return ok && filepath.Clean(string(da)) == filepath.Clean(string(db))
+		return ok && (dirWithin(string(da), string(db)) || dirWithin(string(db), string(da)))
 	}
 	if ma, ok := a.(*MemCacher); ok {
 		mb, ok := b.(*MemCacher)
 		return ok && ma == mb
 	}
 	return false
+}
+
+// dirWithin reports whether directory inner is outer or lies under it,
+// as their paths say.
+func dirWithin(outer, inner string) bool {
+	o, err1 := filepath.Abs(outer)
+	i, err2 := filepath.Abs(inner)
+	if err1 != nil || err2 != nil {
+		return filepath.Clean(outer) == filepath.Clean(inner)
+	}
+	rel, err := filepath.Rel(o, i)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }

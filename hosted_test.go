@@ -359,7 +359,7 @@ func TestCacheAdministration(t *testing.T) {
 	if w := getAs(p, "/index?limit=1", "admin", "admin-pw"); strings.Count(w.Body.String(), "\n") != 1 {
 		t.Errorf("index with limit=1: %q", w.Body)
 	}
-	var first indexEntry
+	var first IndexEntry
 	json.Unmarshal([]byte(lines[1]), &first)
 	since := first.Timestamp.Format(time.RFC3339Nano)
 	if w := getAs(p, "/index?since="+since, "admin", "admin-pw"); !strings.Contains(w.Body.String(), "corp.example.com/lib") || strings.Contains(w.Body.String(), `"example.com/a"`) {
@@ -520,5 +520,34 @@ func TestPublishDuringAReadIsNotShadowedByTheUpstreamCopy(t *testing.T) {
 	do(p, "GET", mod) // raced by the publish: either copy may answer
 	if w := do(p, "GET", mod); w.Code != 200 || w.Body.String() != published {
 		t.Errorf("after the publish: %d %q, want the published %q", w.Code, w.Body, published)
+	}
+}
+
+// TestInitRefusesAHostedStoreInsideTheCache: eviction walks the whole
+// cache directory, so a hosted store within it would have its published
+// versions evicted (and the other way round, cached files would pass for
+// published ones).
+func TestInitRefusesAHostedStoreInsideTheCache(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ cache, hosted string }{
+		{dir, filepath.Join(dir, "hosted")},
+		{filepath.Join(dir, "cache"), dir},
+		{filepath.Join(dir, "x") + "/", filepath.Join(dir, "x", "..", "x", "hosted")},
+	} {
+		p := &Proxy{Cacher: DirCacher(tc.cache), Hosted: DirCacher(tc.hosted), Env: []string{"GOPROXY=off", "GOSUMDB=off"}}
+		if err := p.Init(); err == nil {
+			t.Errorf("Init with Cacher %s and Hosted %s: no error", tc.cache, tc.hosted)
+		}
+		p.Close()
+	}
+	for _, tc := range []struct{ cache, hosted string }{
+		{filepath.Join(dir, "cache"), filepath.Join(dir, "cache-hosted")},
+		{filepath.Join(dir, "a", "cache"), filepath.Join(dir, "b", "cache")},
+	} {
+		p := &Proxy{Cacher: DirCacher(tc.cache), Hosted: DirCacher(tc.hosted), Env: []string{"GOPROXY=off", "GOSUMDB=off"}}
+		if err := p.Init(); err != nil {
+			t.Errorf("Init with Cacher %s and Hosted %s: %v", tc.cache, tc.hosted, err)
+		}
+		p.Close()
 	}
 }

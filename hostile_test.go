@@ -79,9 +79,18 @@ func TestHostileRequests(t *testing.T) {
 	if n := up.TotalRequests(); n != 0 {
 		t.Errorf("%d hostile requests reached the upstream", n)
 	}
+	p.Close() // waits for the index feed, made at start
 	entries, _ := os.ReadDir(root)
-	if len(entries) != 1 || entries[0].Name() != "secret" {
-		t.Errorf("files appeared beside the cache: %v", entries)
+	for _, e := range entries {
+		if e.Name() != "secret" && e.Name() != "cache" {
+			t.Errorf("a file appeared beside the cache: %v", e)
+		}
+	}
+	// The cache holds its index feed, made at start, and nothing else.
+	for _, f := range filesUnder(t, cacheDir) {
+		if f != filepath.Join(cacheDir, indexJournal) {
+			t.Errorf("a hostile request left %s", f)
+		}
 	}
 }
 
@@ -232,7 +241,7 @@ func TestLongPathElementsAreStoredOrRefused(t *testing.T) {
 				"/" + modPath + "/@v/list": []byte("v1.0.0\n"),
 				info:                       []byte(testInfo),
 			})
-			var logs strings.Builder
+			var logs syncBuffer
 			for _, c := range []Cacher{DirCacher(t.TempDir()), &MemCacher{}} {
 				p := newTestProxy(t, up.URL)
 				p.Cacher = c
@@ -438,7 +447,7 @@ func TestLongVersionElementIsCached(t *testing.T) {
 	version := "v1.0.0-" + strings.Repeat("a", maxElemLen-len("v1.0.0-.info"))
 	name := "example.com/a/@v/" + version + ".info"
 	up := newUpstream(t, map[string][]byte{"/" + name: fmt.Appendf(nil, `{"Version":%q}`, version)})
-	var logs strings.Builder
+	var logs syncBuffer
 	p := newTestProxy(t, up.URL)
 	c := DirCacher(t.TempDir())
 	p.Cacher = c

@@ -287,7 +287,7 @@ func (f *IndexFeed) readPages(ctx context.Context) error {
 }
 
 // readPage fetches one page and decodes its valid lines.
-func (f *IndexFeed) readPage(ctx context.Context, pageURL string, limit int) ([]indexEntry, error) {
+func (f *IndexFeed) readPage(ctx context.Context, pageURL string, limit int) ([]IndexEntry, error) {
 	ctx, cancel := context.WithTimeout(ctx, feedPageTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, pageURL, nil)
@@ -313,7 +313,7 @@ func (f *IndexFeed) readPage(ctx context.Context, pageURL string, limit int) ([]
 	}
 	sc := bufio.NewScanner(io.LimitReader(resp.Body, int64(limit+1)*maxFeedLine))
 	sc.Buffer(make([]byte, 0, 4096), maxFeedLine)
-	var page []indexEntry
+	var page []IndexEntry
 	bad := 0
 	tooNew := time.Now().Add(time.Minute)
 	for len(page) < limit && sc.Scan() {
@@ -321,13 +321,13 @@ func (f *IndexFeed) readPage(ctx context.Context, pageURL string, limit int) ([]
 		if len(line) == 0 {
 			continue
 		}
-		var e indexEntry
+		var e IndexEntry
 		if err := json.Unmarshal(line, &e); err != nil || e.Timestamp.IsZero() || e.Timestamp.After(tooNew) ||
 			module.Check(e.Path, e.Version) != nil || module.CanonicalVersion(e.Version) != e.Version {
 			// Counted in the page, so that a page of bad lines is
 			// still read past; skipped.
 			bad++
-			page = append(page, indexEntry{})
+			page = append(page, IndexEntry{})
 			continue
 		}
 		page = append(page, e)
@@ -344,7 +344,7 @@ func (f *IndexFeed) readPage(ctx context.Context, pageURL string, limit int) ([]
 // remember records the entries of a page, forgets what is older than the
 // Window or past MaxEntries, and returns how many versions were new and
 // the newest timestamp of the page.
-func (f *IndexFeed) remember(page []indexEntry) (added int, newest time.Time) {
+func (f *IndexFeed) remember(page []IndexEntry) (added int, newest time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, e := range page {

@@ -28,7 +28,7 @@ func testLogger(t *testing.T) *slog.Logger {
 type feedServer struct {
 	*httptest.Server
 	mu      sync.Mutex
-	entries []indexEntry // by Timestamp
+	entries []IndexEntry // by Timestamp
 	sinces  []string     // asked for, in order
 	status  int          // answered instead, if set
 	extra   string       // lines added to every page
@@ -44,8 +44,8 @@ func newFeedServer(t *testing.T) *feedServer {
 func (s *feedServer) add(path, version string, t time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.entries = append(s.entries, indexEntry{path, version, t.UTC()})
-	slices.SortStableFunc(s.entries, func(a, b indexEntry) int { return a.Timestamp.Compare(b.Timestamp) })
+	s.entries = append(s.entries, IndexEntry{path, version, t.UTC()})
+	slices.SortStableFunc(s.entries, func(a, b IndexEntry) int { return a.Timestamp.Compare(b.Timestamp) })
 }
 
 func (s *feedServer) setStatus(code int) {

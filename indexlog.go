@@ -107,7 +107,6 @@ func (x *indexLog) prepare(ctx context.Context) error {
 	}
 	x.prepareMu.Lock()
 	defer x.prepareMu.Unlock()
-	var walked map[string]bool
 	_, err := x.log.ReadIndex(ctx, time.Time{}, 1)
 	if errors.Is(err, fs.ErrNotExist) {
 		start := time.Now()
@@ -115,13 +114,14 @@ func (x *indexLog) prepare(ctx context.Context) error {
 		if entries, err = x.walk(ctx); err != nil {
 			return fmt.Errorf("listing the cache for the index feed: %w", err)
 		}
-		walked = make(map[string]bool, len(entries))
+		walked := make(map[string]bool, len(entries))
 		for _, e := range entries {
 			walked[e.Path+"@"+e.Version] = true
 		}
 		// Versions added during the walk go in now, unless it found them.
 		x.mu.Lock()
-		for _, e := range x.pending {
+		taken := x.pending
+		for _, e := range taken {
 			if !walked[e.Path+"@"+e.Version] {
 				entries = append(entries, e)
 			}
@@ -129,12 +129,20 @@ func (x *indexLog) prepare(ctx context.Context) error {
 		x.pending = nil
 		x.mu.Unlock()
 		err = x.log.CreateIndex(ctx, entries)
+		if err != nil {
+			// Kept for the next try, or, when another process created
+			// the feed first (from a walk that may have passed before
+			// this process stored them), appended below: a version
+			// twice in the feed beats one missing.
+			x.mu.Lock()
+			x.pending = append(taken, x.pending...)
+			x.mu.Unlock()
+		}
 		if errors.Is(err, fs.ErrExist) {
-			err = nil // another process created it first; append ours below
-		} else if err == nil {
+			err = nil
+		} else if err == nil && len(entries) > 0 { // a cache that predates the feed: worth a line
 			x.logger.LogAttrs(ctx, slog.LevelInfo, "created the index feed from the cache",
 				slog.Int("versions", len(entries)), slog.Duration("took", time.Since(start)))
-			walked = nil
 		}
 	}
 	if err != nil {
@@ -142,8 +150,7 @@ func (x *indexLog) prepare(ctx context.Context) error {
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	pending := slices.DeleteFunc(x.pending, func(e IndexEntry) bool { return walked[e.Path+"@"+e.Version] })
-	if err := x.log.AppendIndex(ctx, pending); err != nil {
+	if err := x.log.AppendIndex(ctx, x.pending); err != nil {
 		return fmt.Errorf("adding to the index feed: %w", err)
 	}
 	x.pending, x.ready = nil, true

@@ -328,3 +328,43 @@ func (w walkOnlyCacher) Put(ctx context.Context, name string, r io.ReadSeeker) e
 func (w walkOnlyCacher) Walk(ctx context.Context, prefix string, fn func(string) error) error {
 	return w.c.Walk(ctx, prefix, fn)
 }
+
+// racingCreator is a DirCacher whose walk, as the feed is created from
+// it, sees a version stored by this process and the feed created by
+// another one.
+type racingCreator struct {
+	DirCacher
+	during func()
+}
+
+func (c racingCreator) WalkInfo(ctx context.Context, prefix string, fn func(CacheEntryInfo) error) error {
+	c.during()
+	return c.DirCacher.WalkInfo(ctx, prefix, fn)
+}
+
+// TestIndexLogKeepsWhatWasStoredWhileAnotherProcessCreatedTheFeed: two
+// processes create the feed of one cache at once; the one that loses
+// must still append the versions it stored during its walk, which the
+// other's walk may have missed.
+func TestIndexLogKeepsWhatWasStoredWhileAnotherProcessCreatedTheFeed(t *testing.T) {
+	ctx := context.Background()
+	dir := DirCacher(filepath.Join(t.TempDir(), "cache"))
+	var x *indexLog
+	c := racingCreator{DirCacher: dir, during: func() {
+		// Stored by this process during its walk, after the walk passed.
+		x.add(ctx, "example.com/stored", "v1.0.0", t0.Add(time.Hour))
+		// The other process's walk found nothing, and it won.
+		if err := dir.CreateIndex(ctx, []IndexEntry{{"example.com/other", "v1.0.0", t0}}); err != nil {
+			t.Fatal(err)
+		}
+	}}
+	x = newIndexLog(c, nil, slog.Default())
+	got, err := x.page(ctx, time.Time{}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []IndexEntry{{"example.com/other", "v1.0.0", t0}, {"example.com/stored", "v1.0.0", t0.Add(time.Hour)}}
+	if !sameEntries(got, want) {
+		t.Errorf("feed:\n got %v\nwant %v", got, want)
+	}
+}

@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"slices"
@@ -8,6 +9,56 @@ import (
 	"sync/atomic"
 	"time"
 )
+
+// LiveView returns what the Proxy is doing now: the downloads from its
+// upstreams in flight, and the latest that failed. It is cheap enough to
+// call every second for a status page or progress bars; before Init it
+// is empty.
+func (p *Proxy) LiveView() LiveView {
+	return p.downloads.view()
+}
+
+// trackFetch registers a fetch of req's file from upstream (a name
+// without credentials) with the live view and the Download metric. The
+// context it returns carries the download to the engine, which counts its
+// bytes, size and retries into it; done ends it and reports the
+// UpstreamFetch metric.
+func (p *Proxy) trackFetch(ctx context.Context, req *request, upstream string) (context.Context, func(f *fetched, err error)) {
+	start := time.Now()
+	d := p.downloads.start(req.modPath, req.version, req.metricKind(), upstream, func() int { return p.flights.users(req.name) })
+	fctx := context.WithValue(ctx, trackedKey{}, d)
+	return fctx, func(f *fetched, err error) {
+		p.downloads.finish(d, err)
+		outcome, status := fetchOutcome(fctx, err)
+		if upstream == "direct" {
+			status = 0
+		}
+		var size int64
+		if f != nil {
+			size = f.size
+		}
+		p.conf.metrics.upstreamFetch(UpstreamFetchMetric{Upstream: upstream, Kind: d.kind, Outcome: outcome, Status: status,
+			Bytes: size, Duration: time.Since(start), Prefetch: prefetching(fctx)})
+	}
+}
+
+type trackedKey struct{}
+
+// trackedFrom returns the download ctx carries, or nil; a nil download
+// counts nothing.
+func trackedFrom(ctx context.Context) *trackedDownload {
+	d, _ := ctx.Value(trackedKey{}).(*trackedDownload)
+	return d
+}
+
+// untracked returns ctx without its download, for requests that are not
+// part of it.
+func untracked(ctx context.Context) context.Context {
+	if trackedFrom(ctx) == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, trackedKey{}, (*trackedDownload)(nil))
+}
 
 // LiveView is what the proxy is doing now, for status pages and progress
 // bars: the downloads from upstreams in flight and the latest failures.
@@ -26,7 +77,7 @@ type DownloadStatus struct {
 	Kind     RequestKind
 	Upstream string // without credentials
 	Started  time.Time
-	Done     int64   // bytes received
+	Done     int64   // bytes received, at most Total once that is known
 	Total    int64   // bytes expected, -1 while unknown
 	Rate     float64 // bytes per second, since the previous look at least rateWindow ago
 	Waiting  int     // clients waiting for it
@@ -95,6 +146,9 @@ func (t *downloadTracker) start(module, version string, kind RequestKind, upstre
 
 // add counts n bytes received.
 func (d *trackedDownload) add(n int64) {
+	if d == nil {
+		return
+	}
 	d.done.Add(n)
 	d.tracker.metrics.download(DownloadMetric{Upstream: d.upstream, Event: DownloadProgress, InFlight: int(d.tracker.inFlight.Load()), Bytes: n})
 }
@@ -105,8 +159,33 @@ func (d *trackedDownload) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// restart forgets the bytes counted so far, for a download that starts
+// over from its first byte (an answer cut and asked again whole, a
+// partial file emptied): Done must not count a byte twice.
+func (d *trackedDownload) restart() {
+	if d == nil || d.done.Load() == 0 {
+		return
+	}
+	d.tracker.mu.Lock()
+	d.done.Store(0)
+	d.sampleAt, d.sampleDone, d.rate = time.Now(), 0, 0
+	d.tracker.mu.Unlock()
+}
+
 // setTotal records the size expected, once known.
-func (d *trackedDownload) setTotal(n int64) { d.total.Store(n) }
+func (d *trackedDownload) setTotal(n int64) {
+	if d != nil && n >= 0 {
+		d.total.Store(n)
+	}
+}
+
+// retried reports the Retry metric for an attempt that failed with status
+// (0 without one) and is tried again.
+func (d *trackedDownload) retried(attempt, status int) {
+	if d != nil {
+		d.tracker.metrics.retry(RetryMetric{Upstream: d.upstream, Kind: d.kind, Attempt: attempt, Status: status})
+	}
+}
 
 // finish unregisters a download; a failure other than not-found is kept
 // among the recent ones.
@@ -142,8 +221,13 @@ func (t *downloadTracker) view() LiveView {
 				d.sampleAt, d.sampleDone = now, done
 			}
 		}
+		total := d.total.Load()
+		if total >= 0 {
+			// Parts asked again after a cut may bring bytes twice.
+			done = min(done, total)
+		}
 		v.Downloads = append(v.Downloads, DownloadStatus{Module: d.module, Version: d.version, Kind: d.kind,
-			Upstream: d.upstream, Started: d.started, Done: done, Total: d.total.Load(), Rate: d.rate})
+			Upstream: d.upstream, Started: d.started, Done: done, Total: total, Rate: d.rate})
 	}
 	t.mu.Unlock()
 	// Counted outside the lock: it takes the flight group's.

@@ -1,14 +1,20 @@
 package goproxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 func TestLiveViewShowsDownloadsInFlightAndRecentFailures(t *testing.T) {
@@ -84,5 +90,111 @@ func BenchmarkLiveViewProgress(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		d.add(32 << 10)
+	}
+}
+
+// TestProxyLiveViewShowsAFetchAsItGoes: a zip the upstream sends half of,
+// then holds back, is in the Proxy's live view with its size, the bytes
+// received and the clients waiting, its upstream without credentials; a
+// failed fetch is among the failures once it ends.
+func TestProxyLiveViewShowsAFetchAsItGoes(t *testing.T) {
+	files := testModuleFiles(t)
+	zip := files["/example.com/a/@v/v1.0.0.zip"]
+	half, release := make(chan struct{}), make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/example.com/a/@v/v1.0.0.zip":
+			w.Header().Set("Content-Length", strconv.Itoa(len(zip)))
+			w.Write(zip[:len(zip)/2])
+			w.(http.Flusher).Flush()
+			close(half)
+			<-release
+			w.Write(zip[len(zip)/2:])
+		case "/example.com/a/@v/v1.0.0.mod":
+			http.Error(w, "broken", http.StatusInternalServerError)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer up.Close()
+	p := newTestProxy(t, strings.Replace(up.URL, "http://", "http://user:s3cret@", 1))
+	p.Download.Attempts = 1
+	if v := p.LiveView(); len(v.Downloads) != 0 || len(v.Failures) != 0 {
+		t.Fatalf("live view before anything: %+v", v)
+	}
+	done := make(chan *recorded)
+	go func() { done <- do(p, "GET", "/example.com/a/@v/v1.0.0.zip") }()
+	<-half
+	var d DownloadStatus
+	testwait.For(t, func() bool {
+		v := p.LiveView()
+		if len(v.Downloads) != 1 {
+			return false
+		}
+		d = v.Downloads[0]
+		return d.Total == int64(len(zip)) && d.Done >= int64(len(zip)/2)
+	}, "the download with its size and half its bytes in the live view")
+	if d.Module != "example.com/a" || d.Version != "v1.0.0" || d.Kind != RequestZip || d.Waiting != 1 ||
+		strings.Contains(d.Upstream, "s3cret") || !strings.HasPrefix(d.Upstream, "http://") || d.Started.IsZero() {
+		t.Errorf("download in flight: %+v", d)
+	}
+	close(release)
+	if w := <-done; w.Code != 200 || !bytes.Equal(w.Body.Bytes(), zip) {
+		t.Fatalf("GET zip: %d, %d bytes", w.Code, w.Body.Len())
+	}
+	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code != http.StatusBadGateway {
+		t.Fatalf("GET mod: %d %s", w.Code, w.Body)
+	}
+	v := p.LiveView()
+	if len(v.Downloads) != 0 || len(v.Failures) != 1 || v.Failures[0].Kind != RequestMod || !strings.Contains(v.Failures[0].Error, "broken") ||
+		strings.Contains(v.Failures[0].Upstream, "s3cret") {
+		t.Errorf("live view after: %+v", v)
+	}
+}
+
+// TestLiveViewNeverShowsMoreDoneThanTotal: an answer cut midway is asked
+// again from its start; the bytes of the cut attempt must not be counted
+// into the next one, which would show a download past its size.
+func TestLiveViewNeverShowsMoreDoneThanTotal(t *testing.T) {
+	mod := []byte("module example.com/a\n\n// " + strings.Repeat("x", 4000) + "\n")
+	var attempts atomic.Int32
+	held, release := make(chan struct{}), make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/example.com/a/@v/v1.0.0.mod" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(mod)))
+		if attempts.Add(1) == 1 {
+			w.Write(mod[:len(mod)-10])
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler) // cut: the client retries
+		}
+		w.Write(mod[:len(mod)-1])
+		w.(http.Flusher).Flush()
+		close(held)
+		<-release
+		w.Write(mod[len(mod)-1:])
+	}))
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	done := make(chan *recorded)
+	go func() { done <- do(p, "GET", "/example.com/a/@v/v1.0.0.mod") }()
+	<-held
+	var d DownloadStatus
+	testwait.For(t, func() bool {
+		v := p.LiveView()
+		if len(v.Downloads) != 1 {
+			return false
+		}
+		d = v.Downloads[0]
+		return d.Done >= int64(len(mod)-1)
+	}, "the second attempt's bytes in the live view")
+	close(release)
+	if d.Total != int64(len(mod)) || d.Done > d.Total {
+		t.Errorf("download in flight: Done %d, Total %d; want Total %d and Done at most Total", d.Done, d.Total, len(mod))
+	}
+	if w := <-done; w.Code != 200 || !bytes.Equal(w.Body.Bytes(), mod) {
+		t.Fatalf("GET mod: %d, %d bytes", w.Code, w.Body.Len())
 	}
 }

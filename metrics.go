@@ -1,6 +1,13 @@
 package goproxy
 
-import "time"
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+)
 
 // Metrics receives the proxy's measurements, for the embedder to export to
 // the monitoring system of its choice (Prometheus, OpenTelemetry, expvar):
@@ -12,7 +19,9 @@ import "time"
 // must be quick and must not block. What they are passed is a small value
 // whose strings are constants or strings the proxy already holds, so that
 // reporting costs no allocation; keep it that way by not retaining more
-// than the counts.
+// than the counts. They must not panic either: a hook's panic is no
+// request's failure, and on the proxy's background goroutines (eviction
+// runs) nothing recovers it.
 type Metrics struct {
 	// Request reports every answered request, when its response is done.
 	Request func(RequestMetric)
@@ -64,6 +73,9 @@ const (
 	RequestSumDB   RequestKind = "sumdb"   // /sumdb/<db>/...
 	RequestPublish RequestKind = "publish" // PUT of a .zip
 	RequestAdmin   RequestKind = "admin"   // /index, /-/cached/, DELETE
+	// RequestOther is a request refused before it named a file: a path
+	// the protocol has no such file for, a method not allowed, a loop.
+	RequestOther RequestKind = "other"
 )
 
 // CacheOutcome says where a request's answer came from.
@@ -73,8 +85,8 @@ type CacheOutcome string
 // malformed, publish, admin) has none: the empty string.
 const (
 	CacheHot          CacheOutcome = "hot"            // from the proxy's memory
-	CacheHit          CacheOutcome = "hit"            // from the Cacher, or a published version
-	CacheMiss         CacheOutcome = "miss"           // fetched from upstream
+	CacheHit          CacheOutcome = "hit"            // from the Cacher, or published (merged with the upstreams' list, for lists and queries)
+	CacheMiss         CacheOutcome = "miss"           // fetched from upstream, or failed to be
 	CacheStale        CacheOutcome = "stale"          // a cached answer past its time, upstreams failing
 	CacheNotFoundMemo CacheOutcome = "not-found-memo" // a remembered not-found answer
 )
@@ -110,6 +122,10 @@ type UpstreamFetchMetric struct {
 	Status   int // the last HTTP status, 0 without one
 	Bytes    int64
 	Duration time.Duration
+	// Prefetch is set for a fetch that prefetching started (see
+	// PrefetchOptions), its checksum database lookups included: no
+	// client had asked for the file yet.
+	Prefetch bool
 }
 
 // RetryMetric describes an attempt that is tried again.
@@ -127,7 +143,7 @@ type VerificationOutcome string
 const (
 	VerifyOK          VerificationOutcome = "ok"
 	VerifyMismatch    VerificationOutcome = "mismatch"    // the hashes differ: the file is refused
-	VerifyUnreachable VerificationOutcome = "unreachable" // the database could not be asked: refused
+	VerifyUnreachable VerificationOutcome = "unreachable" // the database could not be asked, or had no answer for it: refused
 	VerifyUnverified  VerificationOutcome = "unverified"  // could not be asked, let through by AllowUnverified
 )
 
@@ -272,4 +288,116 @@ func (req *request) metricKind() RequestKind {
 		return RequestZip
 	}
 	return RequestSumDB
+}
+
+// measuredResponse passes a response on, keeping what the Request metric
+// reports of it. Pooled, so that measuring a hit allocates nothing.
+type measuredResponse struct {
+	http.ResponseWriter
+	arrived time.Time
+	status  int
+	bytes   int64
+	kind    RequestKind
+	cache   CacheOutcome
+}
+
+var measuredResponses = sync.Pool{New: func() any { return new(measuredResponse) }}
+
+// measureResponse starts measuring the response to a request arriving now.
+func measureResponse(w http.ResponseWriter) *measuredResponse {
+	m := measuredResponses.Get().(*measuredResponse)
+	*m = measuredResponse{ResponseWriter: w, arrived: time.Now(), kind: RequestOther}
+	return m
+}
+
+func (m *measuredResponse) WriteHeader(status int) {
+	if m.status == 0 && status >= 200 {
+		m.status = status
+	}
+	m.ResponseWriter.WriteHeader(status)
+}
+
+func (m *measuredResponse) Write(b []byte) (int, error) {
+	if m.status == 0 {
+		m.status = http.StatusOK
+	}
+	n, err := m.ResponseWriter.Write(b)
+	m.bytes += int64(n)
+	return n, err
+}
+
+// ReadFrom keeps the connection's own ReadFrom (sendfile) within reach.
+func (m *measuredResponse) ReadFrom(r io.Reader) (int64, error) {
+	if m.status == 0 {
+		m.status = http.StatusOK
+	}
+	n, err := io.Copy(m.ResponseWriter, r)
+	m.bytes += n
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (m *measuredResponse) Unwrap() http.ResponseWriter { return m.ResponseWriter }
+
+// reportRequest reports the Request metric of a response measured by m,
+// once written (or aborted), and gives m back to the pool.
+func (p *Proxy) reportRequest(m *measuredResponse) {
+	status := m.status
+	if status == 0 {
+		status = http.StatusOK // what net/http sends for an empty answer
+	}
+	p.conf.metrics.request(RequestMetric{Kind: m.kind, Status: status, Cache: m.cache, Bytes: m.bytes, Duration: time.Since(m.arrived)})
+	*m = measuredResponse{}
+	measuredResponses.Put(m)
+}
+
+// noteRequestKind tells the Request metric, if measured, what the
+// request asks for.
+func noteRequestKind(w http.ResponseWriter, k RequestKind) {
+	if m, ok := w.(*measuredResponse); ok {
+		m.kind = k
+	}
+}
+
+// noteCacheOutcome tells the Request metric, if measured, where the
+// answer came from, given the outcome's name in logs.
+func noteCacheOutcome(w http.ResponseWriter, outcome string) {
+	m, ok := w.(*measuredResponse)
+	if !ok {
+		return
+	}
+	switch outcome {
+	case "hot":
+		m.cache = CacheHot
+	case "hit", "published", "merged":
+		m.cache = CacheHit
+	case "stale":
+		m.cache = CacheStale
+	case "miss", "failed":
+		m.cache = CacheMiss
+	case "remembered":
+		m.cache = CacheNotFoundMemo
+	}
+}
+
+// fetchOutcome says how a fetch from one upstream ended, and the last
+// HTTP status it had (0 when unknown). ctx is the fetch's.
+func fetchOutcome(ctx context.Context, err error) (FetchOutcome, int) {
+	var f *failure
+	errors.As(err, &f)
+	switch kind := kindOf(err); {
+	case err == nil:
+		return FetchOK, http.StatusOK
+	case kind == failNotFound || kind == failNotCached:
+		return FetchNotFound, http.StatusNotFound
+	case kind == failGone:
+		return FetchNotFound, http.StatusGone
+	case ctx.Err() != nil:
+		return FetchCanceled, 0
+	case kind == failInvalidContent || kind == failChecksumMismatch || kind == failUnverifiable || kind == failTooLarge:
+		return FetchInvalid, http.StatusOK // what failed was the content of an answer
+	case f != nil:
+		return FetchError, f.status
+	}
+	return FetchError, 0
 }

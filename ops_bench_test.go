@@ -1,9 +1,11 @@
 package goproxy
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -11,7 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -59,10 +61,11 @@ func heapAfterGC() uint64 {
 }
 
 // BenchmarkOperations measures, over a DirCacher of 100,000 files, what
-// eviction and the index feed cost: the time of an eviction run and the
-// memory it allocates and keeps per entry, the first /index page after a
-// restart against today's walk of the cache (the baseline), and what
-// recording a use adds to a warm hit.
+// eviction and the index feed cost: the time of an eviction run (against
+// a plain walk) and the memory it allocates and keeps per entry, the first
+// /index request to a restarted Proxy against a walk of the cache (what
+// /index cost before the feed was kept), and a warm hit through ServeHTTP
+// with eviction and metrics on against one with both off.
 func BenchmarkOperations(b *testing.B) {
 	ctx := context.Background()
 	dir := filepath.Join(b.TempDir(), "cache")
@@ -156,13 +159,12 @@ func BenchmarkOperations(b *testing.B) {
 			b.ReportMetric(float64(int64(after)-int64(before))/benchEntries, "pending-use-B/name")
 
 			before = heapAfterGC()
-			p := &Proxy{Cacher: c, Env: []string{"GOPROXY=off", "GOSUMDB=off"}, Logger: quiet}
-			p.Init()
-			if err := p.loadIndex(ctx); err != nil {
+			baseline := newIndexLog(walkAndStatCacher{c}, nil, quiet)
+			if _, err := baseline.page(ctx, time.Time{}, 10); err != nil {
 				b.Fatal(err)
 			}
 			after = heapAfterGC()
-			runtime.KeepAlive(p)
+			runtime.KeepAlive(baseline)
 			b.ReportMetric(float64(int64(after)-int64(before))/benchEntries, "baseline-index-B/entry")
 		}
 	})
@@ -179,6 +181,20 @@ func BenchmarkOperations(b *testing.B) {
 			if err != nil || len(page) != maxIndexLimit {
 				b.Fatalf("page of %d, %v", len(page), err)
 			}
+		}
+	})
+	// The same through a Proxy started anew over the cache: its first
+	// request, Init and the feed's check included.
+	b.Run("IndexFirstPage/restarted-Proxy", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			p := &Proxy{Cacher: DirCacher(dir), Env: []string{"GOPROXY=off", "GOSUMDB=off"}, Logger: quiet}
+			w := httptest.NewRecorder()
+			p.ServeHTTP(w, httptest.NewRequest("GET", "/index", nil))
+			if w.Code != 200 || bytes.Count(w.Body.Bytes(), []byte("\n")) != maxIndexLimit {
+				b.Fatalf("GET /index: %d, %d lines", w.Code, bytes.Count(w.Body.Bytes(), []byte("\n")))
+			}
+			p.Close()
 		}
 	})
 	b.Run("IndexFirstPage/journal-middle", func(b *testing.B) {
@@ -214,12 +230,9 @@ func BenchmarkOperations(b *testing.B) {
 	b.Run("IndexFirstPage/baseline-walk", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			p := &Proxy{Cacher: DirCacher(dir), Env: []string{"GOPROXY=off", "GOSUMDB=off"}, Logger: quiet}
-			p.Init()
-			w := httptest.NewRecorder()
-			p.serveIndex(w, httptest.NewRequest("GET", "/index", nil))
-			if w.Code != 200 || strings.Count(w.Body.String(), "\n") != maxIndexLimit {
-				b.Fatalf("index: %d", w.Code)
+			page, err := newIndexLog(walkAndStatCacher{DirCacher(dir)}, nil, quiet).page(ctx, time.Time{}, maxIndexLimit)
+			if err != nil || len(page) != maxIndexLimit {
+				b.Fatalf("page of %d, %v", len(page), err)
 			}
 		}
 	})
@@ -239,57 +252,107 @@ func BenchmarkOperations(b *testing.B) {
 			io.Copy(io.Discard, f)
 			f.Close()
 		}
-		compareWithRecording(b, hit, func() { hit(); r.record(name) })
+		compareHits(b, []string{"plain", "recorded"}, hit, func() { hit(); r.record(name) })
 	})
-	// The cheapest hit there is, from the proxy's memory, through
-	// ServeHTTP: the use is recorded from every tier.
-	b.Run("WarmHit/hot", func(b *testing.B) {
-		files := testModuleFiles(&testing.T{})
-		up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(files[r.URL.Path]) }))
-		defer up.Close()
-		p := &Proxy{Cacher: &MemCacher{}, Env: []string{"GOPROXY=" + up.URL, "GOSUMDB=off"}, Transport: http.DefaultTransport, TempDir: b.TempDir(), Logger: quiet}
-		const path = "/example.com/a/@v/v1.0.0.info"
-		req := httptest.NewRequest("GET", path, nil)
-		w := &discardWriter{h: http.Header{}}
-		p.ServeHTTP(w, req)
-		r := newUsageRecorder(p.Cacher.(CacheUsageRecorder), quiet)
-		r.start()
-		defer r.close()
-		name := path[1:]
-		hit := func() {
-			clear(w.h)
-			p.ServeHTTP(w, req)
-		}
-		compareWithRecording(b, hit, func() { hit(); r.record(name) })
-	})
+	// Warm hits through ServeHTTP, from the hot tier and from the
+	// DirCacher of 100,000 files: a Proxy with eviction and every metric
+	// on against one with both off, over the same cache, alternating.
+	for _, tier := range []struct {
+		name     string
+		hotBytes int64
+		path     string
+	}{
+		{"hot-info", 0, "/example.com/m00001/@v/v1.0.1.info"},
+		{"DirCacher-info", -1, "/example.com/m00001/@v/v1.0.1.info"},
+		{"DirCacher-zip", -1, "/example.com/m00001/@v/v1.0.1.zip"},
+	} {
+		b.Run("WarmHit/ServeHTTP/"+tier.name, func(b *testing.B) {
+			newProxy := func(eviction, metrics bool) func() {
+				p := &Proxy{Cacher: c, Env: []string{"GOPROXY=off", "GOSUMDB=off"}, HotCacheBytes: tier.hotBytes, Logger: quiet}
+				var runs atomic.Int64
+				if eviction {
+					p.Eviction = Eviction{MaxAge: 10 * 365 * 24 * time.Hour, MaxBytes: 1 << 40, Interval: time.Hour}
+				}
+				if metrics {
+					p.Metrics = countingMetrics(&runs)
+				} else {
+					// Not on a hit's path: it tells when the run is over.
+					p.Metrics.CacheSize = func(CacheSizeMetric) { runs.Add(1) }
+				}
+				b.Cleanup(func() { p.Close() })
+				r := httptest.NewRequest("GET", tier.path, nil)
+				w := &discardWriter{h: http.Header{}}
+				p.ServeHTTP(w, r)
+				for i := 0; eviction && runs.Load() == 0; i++ {
+					// The run at start walks the cache: not while timing.
+					if i == 6000 {
+						b.Fatal("no eviction run in a minute")
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				return func() {
+					clear(w.h)
+					p.ServeHTTP(w, r)
+				}
+			}
+			hits := []func(){newProxy(false, false), newProxy(true, false), newProxy(true, true)}
+			names := []string{"plain", "evicting", "evicting-metered"}
+			var allocs []float64
+			for _, hit := range hits {
+				allocs = append(allocs, testing.AllocsPerRun(1000, hit))
+			}
+			compareHits(b, names, hits...)
+			for i, n := range names {
+				b.ReportMetric(allocs[i], "allocs/"+n+"-hit")
+			}
+		})
+	}
 }
 
-// compareWithRecording times plain and recorded hits in alternating
-// batches and reports both and the overhead of recording.
-func compareWithRecording(b *testing.B, plain, recorded func()) {
+// countingMetrics sets every metric hook, each counting into n; CacheSize
+// (reported after each eviction run) counts into runs.
+func countingMetrics(runs *atomic.Int64) Metrics {
+	var n atomic.Int64
+	return Metrics{
+		Request:       func(RequestMetric) { n.Add(1) },
+		UpstreamFetch: func(UpstreamFetchMetric) { n.Add(1) },
+		Retry:         func(RetryMetric) { n.Add(1) },
+		Verification:  func(VerificationMetric) { n.Add(1) },
+		Download:      func(DownloadMetric) { n.Add(1) },
+		SharedFetch:   func(SharedFetchMetric) { n.Add(1) },
+		CacheSize:     func(CacheSizeMetric) { runs.Add(1) },
+		Eviction:      func(EvictionMetric) { n.Add(1) },
+	}
+}
+
+// compareHits times hits of each kind in alternating batches, so that
+// all see the same machine, and reports each one's time and the overhead
+// of each over the first.
+func compareHits(b *testing.B, names []string, hits ...func()) {
 	const batch = 200
-	for range batch { // warm both
-		plain()
-		recorded()
+	for range batch { // warm them all
+		for _, hit := range hits {
+			hit()
+		}
 	}
 	b.ReportAllocs()
-	var tPlain, tRecorded time.Duration
+	spent := make([]time.Duration, len(hits))
 	for b.Loop() {
-		start := time.Now()
-		for range batch {
-			plain()
+		for i, hit := range hits {
+			start := time.Now()
+			for range batch {
+				hit()
+			}
+			spent[i] += time.Since(start)
 		}
-		mid := time.Now()
-		for range batch {
-			recorded()
-		}
-		tPlain += mid.Sub(start)
-		tRecorded += time.Since(mid)
 	}
 	n := float64(b.N * batch)
-	b.ReportMetric(float64(tPlain.Nanoseconds())/n, "ns/plain-hit")
-	b.ReportMetric(float64(tRecorded.Nanoseconds())/n, "ns/recorded-hit")
-	b.ReportMetric(100*(float64(tRecorded)/float64(tPlain)-1), "%overhead")
+	for i, name := range names {
+		b.ReportMetric(float64(spent[i].Nanoseconds())/n, "ns/"+name+"-hit")
+		if i > 0 {
+			b.ReportMetric(100*(float64(spent[i])/float64(spent[0])-1), "%overhead-"+name)
+		}
+	}
 }
 
 // dryRemover counts removals as done without doing them.
@@ -308,4 +371,23 @@ func BenchmarkUsageRecord(b *testing.B) {
 	for b.Loop() {
 		r.record(name)
 	}
+}
+
+// walkAndStatCacher is a DirCacher that keeps no index feed and lists its
+// entries without their times: its feed is built in memory by a walk that
+// stats every .info, as the proxy's /index did before the feed was kept
+// on the store. It is the baseline of the index benchmarks.
+type walkAndStatCacher struct{ d DirCacher }
+
+func (c walkAndStatCacher) Get(ctx context.Context, name string) (CachedFile, error) {
+	return c.d.Get(ctx, name)
+}
+func (c walkAndStatCacher) Put(ctx context.Context, name string, r io.ReadSeeker) error {
+	return c.d.Put(ctx, name, r)
+}
+func (c walkAndStatCacher) Stat(ctx context.Context, name string) (fs.FileInfo, error) {
+	return c.d.Stat(ctx, name)
+}
+func (c walkAndStatCacher) Walk(ctx context.Context, prefix string, fn func(string) error) error {
+	return c.d.Walk(ctx, prefix, fn)
 }

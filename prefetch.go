@@ -76,7 +76,13 @@ type prefetcher struct {
 	jobs chan prefetchJob
 
 	mu      sync.Mutex
-	workers int // running, at most opts.Concurrency; guarded by mu
+	workers int  // running, at most opts.Concurrency; guarded by mu
+	closed  bool // Close was called: nothing more is queued; guarded by mu
+	// stopped is broadcast when a worker stops.
+	stopped sync.Cond
+	// ctx ends with Close.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	// expanded holds the names of the go.mod files whose requirements
 	// were queued.
@@ -98,8 +104,29 @@ func newPrefetcher(p *Proxy, opts PrefetchOptions) *prefetcher {
 	if opts.Off {
 		return nil
 	}
-	return &prefetcher{p: p, opts: opts, jobs: make(chan prefetchJob, prefetchQueue),
+	pf := &prefetcher{p: p, opts: opts, jobs: make(chan prefetchJob, prefetchQueue),
 		expanded: lru.New(prefetchExpanded, func(struct{}) int64 { return 1 })}
+	pf.stopped.L = &pf.mu
+	pf.ctx, pf.cancel = context.WithCancel(withPrefetch(context.Background()))
+	return pf
+}
+
+// close stops the prefetching: what waits is dropped, and close returns
+// once the prefetches running have ended.
+func (pf *prefetcher) close() {
+	if pf == nil {
+		return
+	}
+	pf.mu.Lock()
+	defer pf.mu.Unlock()
+	pf.closed = true
+	pf.cancel()
+	for len(pf.jobs) > 0 {
+		<-pf.jobs
+	}
+	for pf.workers > 0 {
+		pf.stopped.Wait()
+	}
 }
 
 type prefetchKey struct{}
@@ -144,6 +171,12 @@ func (pf *prefetcher) served(req *request, c *content, status int) {
 // enqueue queues j, dropping it if the queue is full, and starts a worker
 // if fewer than allowed run.
 func (pf *prefetcher) enqueue(j prefetchJob) {
+	pf.mu.Lock()
+	closed := pf.closed
+	pf.mu.Unlock()
+	if closed {
+		return
+	}
 	select {
 	case pf.jobs <- j:
 	default:
@@ -152,7 +185,7 @@ func (pf *prefetcher) enqueue(j prefetchJob) {
 		return
 	}
 	pf.mu.Lock()
-	if pf.workers < pf.opts.Concurrency {
+	if pf.workers < pf.opts.Concurrency && !pf.closed {
 		pf.workers++
 		go pf.work()
 	}
@@ -169,11 +202,12 @@ func (pf *prefetcher) work() {
 		default:
 		}
 		pf.mu.Lock()
-		if len(pf.jobs) > 0 {
+		if len(pf.jobs) > 0 && !pf.closed {
 			pf.mu.Unlock()
 			continue
 		}
 		pf.workers--
+		pf.stopped.Broadcast()
 		pf.mu.Unlock()
 		return
 	}
@@ -194,7 +228,7 @@ func (pf *prefetcher) run(j prefetchJob) {
 		pf.expand(j)
 		return
 	}
-	ctx, cancel := context.WithTimeout(withPrefetch(context.Background()), pf.p.conf.download.Timeout)
+	ctx, cancel := context.WithTimeout(pf.ctx, pf.p.conf.download.Timeout)
 	defer cancel()
 	req, err := pf.p.parseRequest(j.name)
 	if err != nil || !pf.p.admitPrefetch(ctx, req) {

@@ -53,6 +53,17 @@ func TestPrefetchBringsTheRequirementsGoModFiles(t *testing.T) {
 	p := newTestProxy(t, up.URL)
 	var counts prefetchCounts
 	p.Metrics.Prefetch = counts.hook
+	var prefetchFetches, clientFetches atomic.Int32
+	p.Metrics.UpstreamFetch = func(m UpstreamFetchMetric) {
+		if m.Kind != RequestMod {
+			return
+		}
+		if m.Prefetch {
+			prefetchFetches.Add(1)
+		} else {
+			clientFetches.Add(1)
+		}
+	}
 	p.Prefetch.Depth = 2
 	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
 		t.Fatalf("%d %s", w.Code, w.Body)
@@ -73,6 +84,10 @@ func TestPrefetchBringsTheRequirementsGoModFiles(t *testing.T) {
 	}
 	if n := counts.get(PrefetchFetched); n != 5 {
 		t.Errorf("%d prefetches reported, want 5", n)
+	}
+	// Counted apart from the clients' in the upstream fetch metric.
+	if n, c := prefetchFetches.Load(), clientFetches.Load(); n != 5 || c != 1 {
+		t.Errorf("upstream fetches of .mod files: %d marked prefetches, %d not; want 5 and the client's 1", n, c)
 	}
 	// The go command's next request is a hit.
 	before := up.Requests("/" + graphMod(3, "v1.1.0"))

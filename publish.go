@@ -35,6 +35,10 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 	if err := p.Init(); err != nil {
 		return err
 	}
+	if p.closed.Load() {
+		return errClosed
+	}
+	p.start()
 	if p.conf.hosted == nil {
 		return ErrPublishingDisabled
 	}
@@ -112,7 +116,7 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 	}
 	// An upstream copy of the same version may be in memory.
 	p.hotForget(base+".info", base+".mod")
-	p.index.add(modulePath, version, time.Now())
+	p.feed.add(ctx, modulePath, version, time.Now())
 	p.logger().Info("published", "module", modulePath, "version", version, "bytes", n)
 	return nil
 }

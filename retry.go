@@ -140,6 +140,7 @@ func (d *downloader) retry(ctx context.Context, rawURL string, attempt func() er
 		}
 		d.logger.LogAttrs(ctx, slog.LevelInfo, "upstream retry", slog.String("url", redactURL(rawURL)),
 			slog.Int("attempt", n+1), slog.Duration("delay", delay), slog.String("error", fe.msg))
+		trackedFrom(ctx).retried(n+1, fe.status)
 		if err := sleep(ctx, delay); err != nil {
 			return fe
 		}
@@ -184,6 +185,16 @@ type hostHealth struct {
 	down     bool
 	asked    time.Time // when a request last wanted the host
 	answered time.Time // when a request last got an answer
+	probeURL string    // what a probe asks; empty for the host's root
+}
+
+// probeWith sets what a probe of the host asks: a cheap URL of an
+// upstream on it, which answers as the upstream does where the host's
+// root (another application, or nothing, under a path prefix) may not.
+func (h *hostHealth) probeWith(url string) {
+	h.mu.Lock()
+	h.probeURL = url
+	h.mu.Unlock()
 }
 
 // hostTable holds the hosts' health, created on first use.
@@ -282,14 +293,40 @@ func (d *downloader) noteFailure(h *hostHealth, fe *failure, rawURL string) {
 	h.down = true
 	d.logger.LogAttrs(context.Background(), slog.LevelWarn, "upstream down", slog.String("upstream", redactURL(h.name)),
 		slog.Int("failures", h.failures), slog.Time("since", h.since), slog.String("error", fe.msg))
-	go d.probe(h)
+	d.probing.Lock()
+	defer d.probing.Unlock()
+	select {
+	case <-d.stopProbes:
+		// Closed: requests fail fast until the process ends.
+	default:
+		d.probes.Go(func() { d.probe(h) })
+	}
 }
 
-// probe asks a host that is down for its root until it answers anything
-// but a failure, then marks it up. A host nobody asks for is forgotten.
+// close ends the probes and waits for them.
+func (d *downloader) close() {
+	d.probing.Lock()
+	select {
+	case <-d.stopProbes:
+	default:
+		close(d.stopProbes)
+	}
+	d.probing.Unlock()
+	d.probes.Wait()
+}
+
+// probe asks a host that is down for its upstream's probe URL until it
+// answers anything but a failure, then marks it up. A host nobody asks for
+// is forgotten. Close ends it.
 func (d *downloader) probe(h *hostHealth) {
 	for n := 0; ; n++ {
-		time.Sleep(max(backoff(n, d.opts.BaseDelay, d.opts.MaxDelay), minProbeDelay))
+		t := time.NewTimer(max(backoff(n, d.opts.BaseDelay, d.opts.MaxDelay), minProbeDelay))
+		select {
+		case <-d.stopProbes:
+			t.Stop()
+			return
+		case <-t.C:
+		}
 		h.mu.Lock()
 		idle := time.Since(h.asked) > probeIdle
 		h.mu.Unlock()
@@ -309,7 +346,20 @@ func (d *downloader) probe(h *hostHealth) {
 func (d *downloader) probeOnce(h *hostHealth) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), d.opts.HeaderTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.name+"/", nil)
+	go func() { // Close ends a probe under way too
+		select {
+		case <-d.stopProbes:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	h.mu.Lock()
+	probeURL := h.probeURL
+	h.mu.Unlock()
+	if probeURL == "" {
+		probeURL = h.name + "/"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, probeURL, nil)
 	if err != nil {
 		return false
 	}

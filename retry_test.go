@@ -3,6 +3,8 @@ package goproxy
 import (
 	"math"
 	"net/http"
+	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -192,3 +194,68 @@ func TestDownHostTellsNoOtherClientsModule(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestProbeAsksTheUpstreamNotTheHostRoot: an upstream under a path
+// prefix, on a host whose root fails (another application, or none, is
+// there), comes back once the upstream itself answers again.
+func TestProbeAsksTheUpstreamNotTheHostRoot(t *testing.T) {
+	var healed atomic.Bool
+	files := testModuleFiles(t)
+	host := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		name, underPrefix := strings.CutPrefix(r.URL.Path, "/goproxy")
+		switch {
+		case !underPrefix:
+			http.Error(w, "nothing here", http.StatusInternalServerError)
+		case !healed.Load():
+			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+		case files[name] != nil:
+			w.Write(files[name])
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer host.Close()
+	p := newTestProxy(t, host.URL+"/goproxy")
+	p.Download.DownAfter = 20 * time.Millisecond
+	p.Download.RetryBudget = -1
+	p.NotFoundTTL = -1
+	mod := "/example.com/a/@v/v1.0.0.mod"
+	testwait.For(t, func() bool {
+		return strings.Contains(do(p, "GET", mod).Body.String(), "is down")
+	}, "the upstream to be marked down")
+	healed.Store(true)
+	testwait.For(t, func() bool { return do(p, "GET", mod).Code == http.StatusOK }, "the probe to find the upstream up")
+}
+
+// TestCloseEndsTheProbes: a Proxy closed while a host is down leaves no
+// probe running.
+func TestCloseEndsTheProbes(t *testing.T) {
+	up := newUpstream(t, testModuleFiles(t))
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+		return true
+	})
+	p := newTestProxy(t, up.URL)
+	p.Download.DownAfter = 20 * time.Millisecond
+	p.Download.RetryBudget = -1
+	p.NotFoundTTL = -1
+	testwait.For(t, func() bool {
+		return strings.Contains(do(p, "GET", "/example.com/a/@v/list").Body.String(), "is down")
+	}, "the upstream to be marked down")
+	if !strings.Contains(goroutines(), "(*downloader).probe(") {
+		t.Fatal("no probe runs while the host is down")
+	}
+	p.Close()
+	if stacks := goroutines(); strings.Contains(stacks, "(*downloader).probe") {
+		t.Errorf("a probe runs after Close:\n%s", stacks)
+	}
+	if w := do(p, "GET", "/example.com/a/@v/list"); w.Code != http.StatusServiceUnavailable {
+		t.Errorf("after Close: %d %q, want 503", w.Code, w.Body)
+	}
+}
+
+// goroutines returns the stacks of every goroutine.
+func goroutines() string {
+	buf := make([]byte, 1<<20)
+	return string(buf[:runtime.Stack(buf, true)])
+}

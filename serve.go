@@ -43,6 +43,9 @@ const gzipMinSize = 1 << 10
 // without conditions is answered with its prepared headers, as
 // ServeContent would answer it.
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, req *request, c *content) int {
+	if p.noteServed(req, c) {
+		defer p.serving.done(req.name)
+	}
 	// Header keys are written in canonical form: this is the path of
 	// every answer.
 	h := w.Header()

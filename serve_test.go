@@ -86,7 +86,7 @@ func TestConditionalRequestsThroughGzip(t *testing.T) {
 		for _, tt := range cases {
 			t.Run(tier.name+"/"+tt.name, func(t *testing.T) {
 				up := newUpstream(t, files)
-				var logs bytes.Buffer
+				var logs syncBuffer
 				p := newTestProxy(t, up.URL)
 				p.Logger = newBufferLogger(&logs)
 				p.HotCacheBytes = tier.hotBytes

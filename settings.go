@@ -94,6 +94,7 @@ type config struct {
 	download                          DownloadOptions
 	prefetch                          PrefetchOptions
 	direct                            DirectOptions
+	eviction                          Eviction
 	metrics                           *Metrics // never nil
 }
 
@@ -115,6 +116,8 @@ func (p *Proxy) configure() (*config, error) {
 		hotCacheBytes:   p.HotCacheBytes,
 		allowUnverified: p.AllowUnverified,
 		tempDir:         p.TempDir,
+		eviction:        p.Eviction,
+		metrics:         new(p.Metrics),
 	}
 	c.env = c.proxyEnv
 	if c.env == nil {

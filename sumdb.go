@@ -144,11 +144,14 @@ func (p *Proxy) initSumDBs() error {
 // the proxy's own verification.
 func (p *Proxy) fetchFromSumDB(ctx context.Context, req *request) (*fetched, error) {
 	start := time.Now()
-	base, err := p.sumDBBase(ctx, req.db)
+	base, err := p.sumDBBase(untracked(ctx), req.db)
 	if err != nil {
 		return nil, err
 	}
-	f, err := p.downloader.get(ctx, base+"/"+escapeURLPath(req.dbPath), target{module: req.modPath, version: req.version, limit: maxSumDBSize})
+	ctx, tracked := p.trackFetch(ctx, req, "sumdb/"+req.db.name)
+	f, err := p.downloader.get(ctx, base+"/"+escapeURLPath(req.dbPath), target{module: req.modPath, version: req.version, limit: maxSumDBSize,
+		probe: base + "/latest"})
+	tracked(f, err)
 	var size int64
 	outcome := "ok"
 	if err != nil {
@@ -222,10 +225,11 @@ func (p *Proxy) verifiesModule(modPath string) bool {
 // module (whose path is then never sent to the database). The version's
 // lookup runs already, most of the time (see sumlookup.go): the file is
 // hashed meanwhile.
-func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
+func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) (err error) {
 	if !p.verifies(req) {
 		return nil
 	}
+	defer func() { p.reportVerification(req, err) }()
 	db := p.verifier
 	if report := db.broken.Load(); report != nil {
 		return failed(failUnverifiable,
@@ -235,7 +239,6 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) error {
 	l := p.lookupOf(ctx, req.modPath, req.version)
 
 	var got, lookup string
-	var err error
 	switch req.kind {
 	case kindZip:
 		got, err = zipHash(ctx, f)
@@ -302,6 +305,24 @@ func zipHash(ctx context.Context, f *fetched) (string, error) {
 		}
 	}
 	return dirhash.HashZip(f.file.Name(), dirhash.Hash1)
+}
+
+// reportVerification reports the Verification metric of a check of req's
+// file that ended with err.
+func (p *Proxy) reportVerification(req *request, err error) {
+	outcome := VerifyOK
+	switch {
+	case err == nil:
+	case errors.Is(err, errUnverified):
+		outcome = VerifyUnverified
+	case kindOf(err) == failChecksumMismatch:
+		outcome = VerifyMismatch
+	case kindOf(err) == failUnverifiable:
+		outcome = VerifyUnreachable
+	default:
+		return // the file could not be hashed: no check was made
+	}
+	p.conf.metrics.verification(VerificationMetric{DB: p.verifier.name, Kind: req.metricKind(), Outcome: outcome})
 }
 
 // lookup asks the database's client for the go.sum lines of path@version.

@@ -37,6 +37,8 @@ type recordLookups struct {
 	mu      sync.Mutex
 	m       map[string]*recordLookup
 	running int // guarded by mu
+	// ended is broadcast when a lookup ends; its L is mu, once set.
+	ended sync.Cond
 }
 
 // idle reports whether no lookup runs.
@@ -44,6 +46,15 @@ func (ls *recordLookups) idle() bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	return ls.running == 0
+}
+
+// wait waits until no lookup runs.
+func (ls *recordLookups) wait() {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	for ls.running > 0 {
+		ls.ended.Wait()
+	}
 }
 
 // startLookup starts the lookup of req's module version, unless it runs or
@@ -67,6 +78,7 @@ func (p *Proxy) lookupOf(ctx context.Context, path, version string) *recordLooku
 	}
 	if db.lookups.m == nil {
 		db.lookups.m = make(map[string]*recordLookup)
+		db.lookups.ended.L = &db.lookups.mu
 	}
 	l := &recordLookup{done: make(chan struct{})}
 	db.lookups.m[key] = l
@@ -92,6 +104,7 @@ func (p *Proxy) lookupOf(ctx context.Context, path, version string) *recordLooku
 		}
 		db.lookups.mu.Lock()
 		db.lookups.running--
+		db.lookups.ended.Broadcast()
 		db.lookups.mu.Unlock()
 	}()
 	return l

@@ -189,6 +189,12 @@ wait:
 		srv.Close()
 	}
 	<-served
+	// No request is served any more: the Proxies' background work
+	// (eviction, probes, fetches nobody waits for) ends, and what they
+	// were storing is stored.
+	for _, r := range s.state.Load().repos {
+		r.inst.proxy.Close()
+	}
 	logs.main.Info("stopped")
 	return nil
 }

@@ -447,10 +447,13 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 		p.add(join(key, "hosted"), "%s is also the cache: published versions must be kept apart from cached ones, which may be removed", r.Hosted)
 		return rp
 	}
-	// The library has the last word on what it is given.
-	// (Init makes nothing on disk and starts nothing.)
-	if _, err := newProxy(s, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, nil); err != nil {
+	// The library has the last word on what it is given. (Init makes
+	// nothing on disk and starts nothing: that waits for the first
+	// request.)
+	if check, err := newProxy(s, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, nil); err != nil {
 		p.add(cmpKeyOr(key), "%v", err)
+	} else {
+		check.Close()
 	}
 	return rp
 }

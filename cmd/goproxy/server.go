@@ -97,6 +97,12 @@ func (s *server) apply(pl *plan) error {
 	gen := s.gen + 1
 	st := &serverState{plan: pl, mux: http.NewServeMux()}
 	kept := map[*proxyInstance]bool{}
+	var made []*goproxy.Proxy
+	defer func() {
+		for _, p := range made { // nil once switched to
+			p.Close()
+		}
+	}()
 	holders := map[string]*atomic.Pointer[goproxy.StaticAuth]{}
 	for _, rp := range pl.repos {
 		holder := s.auths[rp.Name]
@@ -121,12 +127,14 @@ func (s *server) apply(pl *plan) error {
 			if err != nil {
 				return fmt.Errorf("%s: %w", cmpKeyOr(rp.key), err)
 			}
+			made = append(made, proxy)
 			inst = &proxyInstance{proxy: proxy, spec: rp.spec, directDir: dir}
 		}
 		st.repos = append(st.repos, &repository{repoPlan: rp, inst: inst})
 	}
 	// Everything is made: switch. Access rules and credentials apply to
 	// the next request, in kept Proxies too.
+	made = nil
 	s.gen = gen
 	for _, r := range st.repos {
 		holders[r.Name].Store(r.auth)
@@ -144,12 +152,13 @@ func (s *server) apply(pl *plan) error {
 	return nil
 }
 
-// retire removes the direct-fetch directory of a Proxy no longer served,
-// once its requests are done.
+// retire closes a Proxy no longer served and removes its direct-fetch
+// directory, once its requests are done.
 func (s *server) retire(inst *proxyInstance) {
 	s.retiring.Add(1)
 	go func() {
 		defer s.retiring.Done()
+		defer inst.proxy.Close()
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for inst.inflight.Load() > 0 {
@@ -159,6 +168,7 @@ func (s *server) retire(inst *proxyInstance) {
 				return // removed with the base at exit, or kept for the next start
 			}
 		}
+		inst.proxy.Close() // before its directory goes
 		os.RemoveAll(inst.directDir)
 	}()
 }

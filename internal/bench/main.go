@@ -75,8 +75,14 @@
 //     FailFraction, CutUnvalidatedFraction), each as a ratio to the same
 //     runs against the same upstream with no fault; -faultreps runs each.
 //     Targets: no failed run, at most 1.5x.
+//  7. Operations, over a DirCacher of -opentries files (see operations):
+//     a warm hit through Proxy.ServeHTTP with Eviction on against off
+//     (target: at most 1.05x), and with every metric hook set too; one
+//     eviction run against a walk of the cache; the first /index request
+//     to a restarted Proxy against the walk /index made before the feed
+//     was kept on the store.
 //
-// Run a full measurement (about eight minutes on two cores) from the
+// Run a full measurement (about ten minutes on two cores) from the
 // module root with
 //
 //	go run ./internal/bench
@@ -132,7 +138,10 @@ var (
 	warmProfile = flag.String("warmprofile", "", "write a CPU profile of the last warm go mod download run through the proxy to `file`")
 	bigProfile  = flag.String("bigprofile", "", "write a CPU profile of the last big zip download through the proxy on loopback to `file`")
 	tmpRoot     = flag.String("tmpdir", "", "directory for the proxy's caches, its temporary files and the big zip (default: the system's temporary directory)")
-	figures     = flag.String("figures", "cold,bigzip,paced,warm,faults", "the figures to measure, of cold, bigzip, paced, warm (with req/s) and faults")
+	figures     = flag.String("figures", "cold,bigzip,paced,warm,faults,ops", "the figures to measure, of cold, bigzip, paced, warm (with req/s), faults and ops")
+	opEntries   = flag.Int("opentries", 100_000, "files in the cache of the operations figures (eviction, index feed, warm hits)")
+	opReps      = flag.Int("opreps", 3, "runs (or rounds) of each side of the operations figures")
+	opDur       = flag.Duration("opdur", 2*time.Second, "length of each round of the operations figures' warm hits")
 	goRoot      = flag.String("godir", "", "directory for the go commands' module caches, GOPATH, GOCACHE and HOME (default: /dev/shm if usable, else -tmpdir)")
 )
 
@@ -154,6 +163,8 @@ func applyShort() {
 		"bigreps":   "2",
 		"dlreps":    "1",
 		"faultreps": "1",
+		"opentries": "30000",
+		"opdur":     "1s",
 	}
 	for name, v := range short {
 		if !set[name] {
@@ -207,6 +218,7 @@ func (b *bench) newProxy(up string, opts ...func(*goproxy.Proxy)) (*goproxy.Prox
 	if err := p.Init(); err != nil {
 		fatalf("%v", err)
 	}
+	atExit(func() { p.Close() })
 	return p, cache
 }
 
@@ -300,6 +312,13 @@ func main() {
 		b.rows = append(b.rows, faultRows...)
 		b.raw = append(b.raw, faultRaw...)
 	}
+	if want["ops"] {
+		// Eviction runs, the index feed, and what eviction and the
+		// metrics add to a warm hit.
+		opRows, opRaw := operations(tmp, *opEntries, *opReps, *opDur)
+		b.rows = append(b.rows, opRows...)
+		b.raw = append(b.raw, opRaw...)
+	}
 
 	fmt.Println()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 3, ' ', 0)
@@ -319,6 +338,11 @@ func main() {
 	fmt.Println("- warm: the same go command against http.FileServer over the same files (reference: a file:// tree)")
 	fmt.Println("- req/s: a trivial net/http handler answering the same paths with the same bytes from a map")
 	fmt.Println("- faults: the same cold proxy run (GOSUMDB=off) against an upstream failing no request")
+	if want["ops"] {
+		fmt.Println("- eviction run: DirCacher.Walk of the same cache (the run finds it within its limits: it lists, removes nothing)")
+		fmt.Println("- first /index: a walk of the cache that stats every .info and sorts in memory, what /index did before the feed")
+		fmt.Println("- warm hit: the same Proxy.ServeHTTP call with eviction off, sides alternating in batches, in this process")
+	}
 	fmt.Println("\nraw:")
 	for _, l := range b.raw {
 		fmt.Println("  " + l)
