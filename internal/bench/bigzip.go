@@ -47,6 +47,7 @@ func (b *bench) bigZipLoopback() {
 			waitCached(p, strings.TrimPrefix(bigZipPath, "/"), 2*time.Minute)
 			proxyReqs = append(proxyReqs, b.counted.take())
 			srv.Close()
+			p.Close()
 			os.RemoveAll(cache)
 		},
 		func() { verify = append(verify, verifyAlone(b.large)) },
@@ -190,6 +191,7 @@ func (b *bench) pacedRun(upURL string, faults *moduletest.Faults, size int64, op
 		}
 	}
 	srv.Close()
+	p.Close()
 	os.RemoveAll(cache)
 	return pacedResult{res, reqs, ranged}
 }

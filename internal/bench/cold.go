@@ -90,6 +90,7 @@ func (b *bench) cold() {
 			res.db[k] = dbAfter[k] - dbBefore[k]
 		}
 		srv.Close()
+		p.Close()
 		return res
 	}
 	sides := []*coldSide{
