@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -329,10 +330,13 @@ func BenchmarkAdmissionOfAList(b *testing.B) {
 // A policy refusing two ranges of versions, exempting the organization's
 // own modules from the cooldown, refusing known-vulnerable versions, and
 // holding back for three days the versions index.golang.org has listed
-// for less than that.
+// for less than that, applied by a Proxy.
 func ExampleAdmissionPolicy() {
 	ctx := context.Background()
-	feed := &IndexFeed{URL: "https://index.golang.org/index"}
+	proxy := &Proxy{Cacher: DirCacher("/var/cache/goproxy")}
+	// Local: the versions the feed does not list yet are dated by the
+	// proxy's own record of when it first saw them.
+	feed := &IndexFeed{URL: "https://index.golang.org/index", Local: proxy}
 	policy := &AdmissionPolicy{
 		Deny: []AdmissionRule{
 			{Match: "github.com/foo/*@<v1.2.3", Reason: "versions before v1.2.3 leak tokens"},
@@ -342,9 +346,16 @@ func ExampleAdmissionPolicy() {
 		Vulnerabilities: &VulnerabilityList{Path: "/var/lib/vulndb.zip"},
 		Cooldown:        Cooldown{Age: 72 * time.Hour, FirstSeen: feed},
 	}
+	proxy.Admission = policy.Decide
+	if err := proxy.Init(); err != nil {
+		log.Fatal(err)
+	}
+	// The feed is reached as the upstreams are: egress policy, dialer.
+	feed.Client = proxy.Client()
 	if err := errors.Join(policy.Init(), feed.Update(ctx)); err != nil {
 		log.Fatal(err)
 	}
 	d := policy.Decide(ctx, AdmissionCandidate{Path: "github.com/foo/bar", Version: "v1.2.0"})
 	fmt.Println(d.Refused(), d.Reason)
+	http.Handle("/", proxy)
 }

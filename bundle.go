@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"time"
@@ -113,6 +114,12 @@ type BundleOptions struct {
 	MaxBytes int64
 	// Created is the time ExportBundle records; zero means now.
 	Created time.Time
+	// Admit, if set, decides whether ImportBundle may store each module
+	// version once the bundle has passed its checks: a version for which
+	// it returns an error is not stored, and is listed in
+	// BundleImport.Refused with that error (an admission policy's
+	// refusal). Nil stores everything.
+	Admit func(ctx context.Context, path, version string) error
 }
 
 // DefaultBundleMaxBytes is BundleOptions.MaxBytes's zero value.

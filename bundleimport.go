@@ -33,6 +33,9 @@ type BundleImport struct {
 	// included.
 	Files int
 	Bytes int64
+	// Refused lists the module versions BundleOptions.Admit refused,
+	// which were not stored.
+	Refused []FillFailure
 }
 
 // ErrBundleRefused is wrapped by the error of ImportBundle when it stored
@@ -90,6 +93,15 @@ func ImportBundle(ctx context.Context, r io.Reader, dst Cacher, opts *BundleOpti
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBundleRefused, err)
 	}
+	if opts != nil && opts.Admit != nil {
+		u.refused = map[int]bool{}
+		for i, bm := range u.m.Modules {
+			if err := opts.Admit(ctx, bm.Path, bm.Version); err != nil {
+				u.refused[i] = true
+				report.Refused = append(report.Refused, FillFailure{Item: FillItem{Path: bm.Path, Version: bm.Version, Files: bm.files()}, Err: err})
+			}
+		}
+	}
 	if err := u.store(ctx, dst, report); err != nil {
 		return report, err
 	}
@@ -106,6 +118,20 @@ type unpackedBundle struct {
 	treeNote []byte
 	tiles    map[tlog.Tile]*unpackedFile
 	verified map[int]bool // indexes in m.Modules checked against the database
+	refused  map[int]bool // indexes in m.Modules not to store (BundleOptions.Admit)
+}
+
+// files says which files of a module version a bundle holds.
+func (bm BundleModule) files() FillFiles {
+	var files FillFiles
+	for _, bf := range bm.Files {
+		for _, e := range moduleFileExts {
+			if strings.HasSuffix(bf.Name, e.ext) {
+				files |= e.files
+			}
+		}
+	}
+	return files
 }
 
 type unpackedFile struct {
@@ -513,7 +539,7 @@ func (u *unpackedBundle) store(ctx context.Context, dst Cacher, report *BundleIm
 		}
 	}
 	for i, bm := range u.m.Modules {
-		if !u.verified[i] {
+		if !u.verified[i] || u.refused[i] {
 			continue
 		}
 		rec, err := tlog.FormatRecord(bm.Record.ID, []byte(bm.Record.Text))
@@ -527,7 +553,10 @@ func (u *unpackedBundle) store(ctx context.Context, dst Cacher, report *BundleIm
 			return err
 		}
 	}
-	for _, bm := range u.m.Modules {
+	for i, bm := range u.m.Modules {
+		if u.refused[i] {
+			continue
+		}
 		for _, bf := range bm.Files {
 			if err := putFile(bf.Name); err != nil {
 				return err

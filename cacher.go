@@ -21,7 +21,8 @@ import (
 // Optional capabilities are separate interfaces ([CacheStater],
 // [CacheDeleter], [CacheWalker]; for eviction [CacheUsageRecorder],
 // [CacheInfoWalker] and [CacheUnchangedDeleter]; for the index feed
-// [CacheIndexLog]) discovered by type assertion.
+// [CacheIndexLog]; for stores shared by several proxies [CacheCreator],
+// [CacheLeaser] and [CacheRedirector]) discovered by type assertion.
 type Cacher interface {
 	// Get returns the content stored under name. A miss is an error for which
 	// errors.Is(err, fs.ErrNotExist) is true; any other error is a failure of
@@ -109,6 +110,11 @@ type CacheEntryInfo struct {
 	// LastUse is its latest recorded use, or ModTime if that is later or
 	// no use was recorded.
 	LastUse time.Time
+	// ETag, when the store's listing gives one (an object store's does),
+	// names the entry's content, changing whenever it does: a
+	// CacheUnchangedDeleter then removes the entry only while it still has
+	// it. Empty when unknown.
+	ETag string
 }
 
 // CacheInfoWalker is a [Cacher] that lists its entries with their sizes and

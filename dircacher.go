@@ -48,7 +48,29 @@ func (d DirCacher) Get(ctx context.Context, name string) (CachedFile, error) {
 }
 
 // Put implements [Cacher].
-func (d DirCacher) Put(ctx context.Context, name string, content io.ReadSeeker) (err error) {
+func (d DirCacher) Put(ctx context.Context, name string, content io.ReadSeeker) error {
+	return d.write(ctx, name, content, func(root *os.Root, tmp string) error {
+		return root.Rename(tmp, name)
+	})
+}
+
+// Create implements [CacheCreator]: the file is written aside, as by Put,
+// then hard-linked into place, which fails when the name is taken, whoever
+// took it (another process sharing the directory included).
+func (d DirCacher) Create(ctx context.Context, name string, content io.ReadSeeker) error {
+	return d.write(ctx, name, content, func(root *os.Root, tmp string) error {
+		err := root.Link(tmp, name)
+		root.Remove(tmp)
+		if errors.Is(err, fs.ErrExist) {
+			return &fs.PathError{Op: "create", Path: name, Err: fs.ErrExist}
+		}
+		return err
+	})
+}
+
+// write writes content to a temporary file beside name, synced and with
+// content's ModTime, then lets place put it where it belongs.
+func (d DirCacher) write(ctx context.Context, name string, content io.ReadSeeker, place func(root *os.Root, tmp string) error) (err error) {
 	if err := checkCacheName(name); err != nil {
 		return err
 	}
@@ -97,7 +119,7 @@ func (d DirCacher) Put(ctx context.Context, name string, content io.ReadSeeker) 
 			return err
 		}
 	}
-	return root.Rename(tmp, name)
+	return place(root, tmp)
 }
 
 // Stat implements [CacheStater].

@@ -86,6 +86,9 @@ const (
 	failConflict
 	// failClosed: the Proxy is closed (see Proxy.Close).
 	failClosed
+	// failAdmission: the admission policy refuses the module version
+	// (an AdmissionError).
+	failAdmission
 )
 
 var failKindNames = [...]string{
@@ -111,6 +114,7 @@ var failKindNames = [...]string{
 	failNotImplemented:   "not implemented",
 	failConflict:         "conflict",
 	failClosed:           "closed",
+	failAdmission:        "refused by admission",
 }
 
 // errClosed answers the requests that come after Close, and ends the
@@ -179,9 +183,12 @@ func (e *failure) Is(target error) bool {
 // plain error means. An unknown error is a source's failure.
 func kindOf(err error) failKind {
 	var f *failure
+	var ae *AdmissionError
 	switch {
 	case errors.As(err, &f):
 		return f.kind
+	case errors.As(err, &ae):
+		return failAdmission
 	case errors.Is(err, fs.ErrNotExist):
 		return failNotFound
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
@@ -225,7 +232,9 @@ func answerFor(err error) (status int, msg string) {
 		var f *failure
 		errors.As(err, &f)
 		return f.status, msg
-	case failRefused, failForbidden:
+	case failRefused, failForbidden, failAdmission:
+		// Never 404 or 410, on which the go command would try its next
+		// GOPROXY entry or direct.
 		return http.StatusForbidden, msg
 	case failTimedOut:
 		var f *failure

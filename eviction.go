@@ -24,7 +24,10 @@ import (
 // restarts and are shared by the proxies sharing the store. A run lists the
 // cache with [CacheInfoWalker] and removes with [CacheUnchangedDeleter]
 // (DirCacher and MemCacher have both). Runs never hold anything a request
-// waits for.
+// waits for. Of several proxies sharing a store that grants leases
+// ([CacheLeaser], such as an object store), the one holding the lease
+// "eviction" runs for all, keeping it from run to run until it closes or
+// dies; the others' runs do nothing.
 //
 // A module version's .info, .mod and .zip go together, as one entry whose
 // last use is the latest of its files', the .zip first and the .info last:
@@ -32,8 +35,9 @@ import (
 // listed version whose other files are fetched again when asked for, never
 // a listed version that cannot be. Version lists, @latest and query answers
 // and checksum database files are entries of their own; the checksum
-// databases' verified trees (sumdb/<db>/verified/) are never removed, nor
-// are published versions, which live in the Hosted store.
+// databases' verified trees (sumdb/<db>/verified/) and the record of when
+// versions were first seen (firstseen/, see Proxy.Admission) are never
+// removed, nor are published versions, which live in the Hosted store.
 type Eviction struct {
 	// MaxAge removes what has not been used for this long. Zero means no
 	// limit by age.
@@ -124,6 +128,14 @@ type evictor struct {
 	now     func() time.Time
 	minGap  time.Duration // minTriggerGap, shorter in tests
 
+	// lease takes the eviction lease of a store shared with other
+	// proxies (a CacheLeaser), nil for others; leased releases it once
+	// taken. The lease is kept from run to run: the proxy that has it
+	// evicts for all, every Interval, and another takes over when it
+	// stops or dies.
+	lease  func(ctx context.Context, name string) (func(), error)
+	leased func()
+
 	total   atomic.Int64 // the last run's total, -1 before the first
 	stored  atomic.Int64 // bytes stored since the last run began
 	trigger chan struct{}
@@ -145,6 +157,9 @@ func newEvictor(cfg Eviction, c Cacher, inUse func(string) bool, logger *slog.Lo
 	e := &evictor{cfg: cfg, walker: walker, inUse: inUse, logger: logger, metrics: metrics,
 		now: time.Now, minGap: minTriggerGap, trigger: make(chan struct{}, 1)}
 	e.total.Store(-1)
+	if l, ok := c.(CacheLeaser); ok {
+		e.lease = l.HoldLease
+	}
 	switch d := c.(type) {
 	case CacheUnchangedDeleter:
 		e.delete = d.DeleteUnchanged
@@ -176,7 +191,7 @@ func (e *evictor) start() {
 		defer close(e.done)
 		timer := time.NewTimer(0)
 		defer timer.Stop()
-		var last time.Time
+		var last, next time.Time // the last run's start, the next run by Interval
 		for {
 			select {
 			case <-ctx.Done():
@@ -184,7 +199,9 @@ func (e *evictor) start() {
 			case <-timer.C:
 			case <-e.trigger:
 				if wait := time.Until(last.Add(e.minGap)); wait > 0 {
-					timer.Reset(wait)
+					// Not before the gap, but never after the run
+					// Interval asks for: it may be the shorter.
+					timer.Reset(min(wait, time.Until(next)))
 					continue
 				}
 			}
@@ -192,17 +209,41 @@ func (e *evictor) start() {
 			if _, err := e.run(ctx); err != nil && ctx.Err() == nil {
 				e.logger.LogAttrs(ctx, slog.LevelError, "eviction failed", slog.String("error", err.Error()))
 			}
+			next = time.Now().Add(e.cfg.interval())
 			timer.Reset(e.cfg.interval())
 		}
 	}()
 }
 
-// stop ends the runs, interrupting one under way.
+// stop ends the runs, interrupting one under way, and gives the eviction
+// lease up.
 func (e *evictor) stop() {
 	if e.cancel != nil {
 		e.cancel()
 		<-e.done
 	}
+	if e.leased != nil {
+		e.leased()
+		e.leased = nil
+	}
+}
+
+// ourTurn reports whether this proxy is to evict: always, unless the
+// store is shared with other proxies and another has the eviction lease.
+func (e *evictor) ourTurn(ctx context.Context) (bool, error) {
+	if e.lease == nil || e.leased != nil {
+		return true, nil
+	}
+	release, err := e.lease(ctx, "eviction")
+	if errors.Is(err, ErrLeaseHeld) {
+		e.logger.LogAttrs(ctx, slog.LevelDebug, "eviction left to another proxy sharing the cache", slog.String("lease", err.Error()))
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("taking the eviction lease: %w", err)
+	}
+	e.leased = release
+	return true, nil
 }
 
 // noteStored counts a write of size bytes, starting a run if it takes the
@@ -247,9 +288,15 @@ type evictionUnit struct {
 // sorting those finds the last use below which units must go, and a second
 // pass removes them. Memory thus stays small with millions of entries, and
 // anything used between the passes is spared.
+//
+// Of several proxies sharing a store with leases, only the one holding
+// the eviction lease runs; the others' runs do nothing.
 func (e *evictor) run(ctx context.Context) (evictionRun, error) {
-	e.stored.Store(0)
 	var res evictionRun
+	if ours, err := e.ourTurn(ctx); !ours {
+		return res, err
+	}
+	e.stored.Store(0)
 	now := e.now()
 	type usage struct {
 		lastUse int64
@@ -369,8 +416,14 @@ func (u *evictionUnit) add(info CacheEntryInfo, rank int) {
 // evictionKey returns what unit name belongs to: a canonical version's
 // file belongs to its version ("<module>/@v/<version>", with rank giving
 // the order of removal), anything else is a unit of its own (rank -1).
-// Files of the checksum databases' verified trees are protected.
+// Files of the checksum databases' verified trees and the first-seen
+// record of the admission policy are protected.
 func evictionKey(name string) (key string, rank int, protected bool) {
+	if strings.HasPrefix(name, firstSeenPrefix) {
+		// The admission record of first sightings: lost, its versions
+		// would be taken for new again.
+		return name, -1, true
+	}
 	if rest, ok := strings.CutPrefix(name, "sumdb/"); ok {
 		_, rest, _ = strings.Cut(rest, "/")
 		return name, -1, strings.HasPrefix(rest, "verified/")

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -388,6 +389,29 @@ func TestEvictionRunsWhenWritesCrossMaxBytes(t *testing.T) {
 		}
 	}
 	testwait.For(t, func() bool { t := e.total.Load(); return t > 0 && t <= 1800 })
+}
+
+// TestEvictionWritesDoNotPostponeTheIntervalsRun: with an Interval
+// shorter than the gap between runs that writes start, writes crossing
+// MaxBytes just after a run must not push the next run back to the gap.
+func TestEvictionWritesDoNotPostponeTheIntervalsRun(t *testing.T) {
+	c := &MemCacher{}
+	var runs atomic.Int64
+	metrics := &Metrics{CacheSize: func(CacheSizeMetric) { runs.Add(1) }}
+	e, err := newEvictor(Eviction{MaxBytes: 2000, Interval: 50 * time.Millisecond}, c, nil, slog.Default(), metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.minGap = time.Hour
+	e.start()
+	defer e.stop()
+	testwait.For(t, func() bool { return runs.Load() >= 1 }) // the run at start
+	files := testVersionFiles("example.com/m", "v1.0.0", 3000)
+	putAll(t, c, files)
+	for _, content := range files {
+		e.noteStored(int64(len(content))) // crosses MaxBytes: a trigger within the gap
+	}
+	testwait.For(t, func() bool { return runs.Load() >= 3 && e.total.Load() <= 1800 })
 }
 
 func TestEvictionNeedsACacherThatListsRecordsAndRemoves(t *testing.T) {

@@ -3,6 +3,7 @@ package goproxy_test
 import (
 	"archive/zip"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -149,4 +150,61 @@ func ExampleStaticAuth() {
 	// list: 200 "v1.0.0\n"
 	// @latest: 200 v1.0.0
 	// .mod: 200 module corp.example.com/lib
+}
+
+// A fill brings into the cache what a build needs; a bundle carries it,
+// with the checksum database's proofs, to a proxy beyond an air gap,
+// which serves it offline and answers the go command's checksum database
+// requests from what the bundle brought.
+func ExampleProxy_Fill() {
+	ctx := context.Background()
+	online := &goproxy.Proxy{
+		Cacher: goproxy.DirCacher("/var/cache/goproxy"),
+		Env:    []string{"GOPROXY=https://proxy.golang.org", "GOSUMDB=sum.golang.org"},
+	}
+	defer online.Close()
+	goMod, err := os.ReadFile("go.mod")
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Everything go mod download all needs in that module.
+	plan, err := online.PlanFill(ctx, "go.mod", goMod)
+	if err != nil {
+		log.Fatal(err)
+	}
+	report, err := online.Fill(ctx, plan, &goproxy.FillOptions{Journal: "/var/tmp/goproxy-fill.journal"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, f := range report.Failed {
+		log.Printf("%s: %v", f.Item, f.Err)
+	}
+	log.Print(report.Summary())
+	bundle, err := os.Create("bundle.tar.gz")
+	if err != nil {
+		log.Fatal(err)
+	}
+	if _, err := online.ExportBundle(ctx, bundle, plan.Items); err != nil {
+		log.Fatal(err)
+	}
+	if err := bundle.Close(); err != nil {
+		log.Fatal(err)
+	}
+
+	// Beyond the gap: the same database key, no network.
+	offline := &goproxy.Proxy{
+		Cacher:  goproxy.DirCacher("/srv/goproxy"),
+		Env:     []string{"GOPROXY=off", "GOSUMDB=sum.golang.org"},
+		Offline: true,
+	}
+	defer offline.Close()
+	in, err := os.Open("bundle.tar.gz")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer in.Close()
+	if _, err := offline.ImportBundle(ctx, in); err != nil {
+		log.Fatal(err) // errors.Is(err, goproxy.ErrBundleRefused): nothing stored
+	}
+	http.Handle("/", offline)
 }

@@ -92,6 +92,10 @@ func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (f *fe
 	if up.URL == "off" {
 		return nil, errProxyOff
 	}
+	if err := p.cannotVerify(req); err != nil {
+		// Reported as any verification is.
+		return nil, p.verify(ctx, req, nil)
+	}
 	start := time.Now()
 	upstream := redactURL(up.URL)
 	ctx, tracked := p.trackFetch(ctx, req, upstream)
@@ -168,6 +172,11 @@ func refuseDowngrade(req *http.Request, via []*http.Request) error {
 // with concurrent requests for the same file. Not-found answers are
 // remembered for NotFoundTTL. The caller must call release when done.
 func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release func(), err error) {
+	if p.conf.offline {
+		// Every fetch comes here, whoever asks (a client, a fill, the
+		// checksum verifier, a prefetch): offline, none may leave.
+		return nil, nil, errOffline(req)
+	}
 	if err := p.notFound.get(req.name); err != nil {
 		return nil, nil, err
 	}
@@ -175,11 +184,13 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 	// its .mod and .zip: it is asked for now, beside the download.
 	p.startLookup(ctx, req)
 	var storeLater func(context.Context, *fetched)
+	var claim *fetchClaim // taken by the fetch, given up once the file is stored
 	if !req.mutable() {
 		// Immutable files are stored while the waiting clients are
 		// served: a write (and its fsync) to a disk or an object store
 		// need not delay them, and any copy is as good as another.
 		storeLater = func(ctx context.Context, f *fetched) {
+			defer claim.done()
 			ctx, cancel := context.WithTimeout(ctx, p.conf.download.Timeout)
 			defer cancel()
 			p.store(ctx, req, f)
@@ -191,35 +202,55 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 		ctx = withEgressModule(ctx, req.modPath)
 		ctx, cancel := context.WithTimeout(ctx, p.conf.download.Timeout)
 		defer cancel()
-		if storeLater != nil {
-			// A fetch that ended just before this one started stored
-			// the file after the caller looked for it.
-			if cf, err := p.conf.cacher.Get(ctx, req.name); err == nil {
-				cf.Close()
-				return nil, errStoredMeanwhile
-			}
+		if storeLater == nil {
+			return p.fetchFromSources(ctx, req)
 		}
-		var f *fetched
+		// A fetch that ended just before this one started stored the
+		// file after the caller looked for it.
+		if cf, err := p.conf.cacher.Get(ctx, req.name); err == nil {
+			cf.Close()
+			return nil, errStoredMeanwhile
+		}
+		// Other proxies sharing the cache may be fetching it.
 		var err error
-		if req.kind == kindSumDB {
-			f, err = p.fetchFromSumDB(ctx, req)
-		} else {
-			f, err = p.fetchFromUpstreams(ctx, req)
+		if claim, err = p.claimFetch(ctx, req); err != nil {
+			return nil, err
 		}
-		if remembered(err) {
-			p.notFound.put(req.name, err)
-		}
-		if err == nil && req.mutable() {
-			// Stored before anyone is served, so that a later fetch's
-			// newer answer can never be overwritten by this one.
-			p.store(ctx, req, f)
-		}
+		handedOver := false // to storeLater, which runs after a success
+		defer func() {
+			if !handedOver {
+				claim.done()
+			}
+		}()
+		f, err := p.fetchFromSources(ctx, req)
+		handedOver = err == nil
 		return f, err
 	}, storeLater)
 	if !started.Load() && ctx.Err() == nil {
 		p.conf.metrics.sharedFetch(SharedFetchMetric{Kind: req.metricKind()})
 	}
 	return f, release, err
+}
+
+// fetchFromSources gets req's file from the checksum database or the
+// upstreams, remembering a lasting failure, and stores a mutable file.
+func (p *Proxy) fetchFromSources(ctx context.Context, req *request) (*fetched, error) {
+	var f *fetched
+	var err error
+	if req.kind == kindSumDB {
+		f, err = p.fetchFromSumDB(ctx, req)
+	} else {
+		f, err = p.fetchFromUpstreams(ctx, req)
+	}
+	if remembered(err) {
+		p.notFound.put(req.name, err)
+	}
+	if err == nil && req.mutable() {
+		// Stored before anyone is served, so that a later fetch's
+		// newer answer can never be overwritten by this one.
+		p.store(ctx, req, f)
+	}
+	return f, err
 }
 
 // errStoredMeanwhile tells the callers of a fetch that the file is in the
@@ -243,6 +274,7 @@ func (p *Proxy) store(ctx context.Context, req *request, f *fetched) {
 	if err := p.conf.cacher.Put(ctx, req.name, timedReader{f.reader(), f.modTime}); err != nil {
 		// What is served was validated; the next request tries again.
 		p.logger().LogAttrs(ctx, slog.LevelError, "cache put failed", slog.String("file", req.name), slog.String("error", err.Error()))
+		p.conf.metrics.storeError(StoreErrorMetric{Role: StoreCache, Op: StorePut})
 		return
 	}
 	p.evictor.noteStored(f.size)

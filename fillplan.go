@@ -80,9 +80,9 @@ type FillPlan struct {
 // module replaced by a directory.
 type FillSkip struct {
 	// Entry is the entry as the input names it: a package URL, a line.
-	Entry string
+	Entry string `json:"entry"`
 	// Reason says why it is left out.
-	Reason string
+	Reason string `json:"reason"`
 }
 
 // planBuilder merges the items an input names into a FillPlan.

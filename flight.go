@@ -53,6 +53,9 @@ type flight struct {
 	watched     bool // a watch runs; guarded by flightGroup.mu
 	meter       *progressMeter
 	cancel      context.CancelCauseFunc
+	// settled is closed once the flight has left the group, its
+	// background work (storing the result) done.
+	settled chan struct{}
 }
 
 // do returns the result of fn for key, starting fn unless a call for key is
@@ -77,7 +80,7 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 	}
 	if !ok {
 		g.running.Add(1)
-		fl = &flight{key: key, ready: make(chan struct{}), done: make(chan struct{})}
+		fl = &flight{key: key, ready: make(chan struct{}), done: make(chan struct{}), settled: make(chan struct{})}
 		g.flights[key] = fl
 		g.active++
 		fctx, meter := withProgressMeter(context.WithoutCancel(ctx))
@@ -239,12 +242,15 @@ func (g *flightGroup) run(ctx context.Context, fl *flight, fn func(context.Conte
 	close(fl.done)
 }
 
-// leave takes fl out of the group, if it is still there; g.mu is held.
+// leave takes fl out of the group, if it is still there, and tells
+// settle's waiters; g.mu is held. It runs once per flight, when its
+// background work is done.
 func (g *flightGroup) leave(fl *flight) {
 	if g.flights[fl.key] == fl {
 		delete(g.flights, fl.key)
 	}
 	g.active--
+	close(fl.settled)
 }
 
 // close cancels the calls running, refuses new ones, and waits for the
@@ -257,6 +263,24 @@ func (g *flightGroup) close() {
 	}
 	g.mu.Unlock()
 	g.running.Wait()
+}
+
+// settle returns once no flight for key is running, its background work
+// included, or when ctx ends: a fill waits so, after a fetch, for the
+// file to be stored before it counts it as done.
+func (g *flightGroup) settle(ctx context.Context, key string) error {
+	g.mu.Lock()
+	fl := g.flights[key]
+	g.mu.Unlock()
+	if fl == nil {
+		return nil
+	}
+	select {
+	case <-fl.settled:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // users reports how many callers share the running flight for key; tests

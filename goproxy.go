@@ -143,6 +143,12 @@ type Proxy struct {
 	// zero value prefetches.
 	Prefetch PrefetchOptions
 
+	// Redirect answers requests for cached zips with a redirect to the
+	// store, so that the bytes flow from it rather than through the proxy,
+	// when the Cacher is a [CacheRedirector]. Off by default; see
+	// [DownloadRedirect].
+	Redirect DownloadRedirect
+
 	// Eviction removes from the Cacher what nobody uses, and keeps it
 	// under a size; see [Eviction]. The zero value evicts nothing. With
 	// MaxAge or MaxBytes set, the Cacher must list its entries with their
@@ -154,9 +160,59 @@ type Proxy struct {
 
 	// Metrics receives the proxy's measurements: requests, upstream
 	// fetches, retries, verifications, downloads, shared fetches, cache
-	// size, evictions and prefetches; see [Metrics]. A nil field is not
-	// reported, so the zero value reports nothing.
+	// size, evictions, store errors, admission decisions and prefetches;
+	// see [Metrics]. A nil field is not reported, so the zero value
+	// reports nothing.
 	Metrics Metrics
+
+	// Offline makes the proxy serve only what it has: the cache and the
+	// published versions. It never contacts an upstream or a checksum
+	// database: version lists, @latest and query answers are served from
+	// the cache however old, a version list the cache lacks is made of the
+	// versions cached (for a Cacher that is a [CacheWalker]), and what is
+	// not cached answers 404 saying that the proxy is offline. For a proxy
+	// filled in advance ([Proxy.Fill]) or from a bundle
+	// ([Proxy.ImportBundle]) where there is no network. The zero value
+	// fetches what is missing, as usual.
+	Offline bool
+
+	// StaleWhileRevalidate is how long past MutableTTL a cached version
+	// list, @latest or query answer is still answered at once, marked
+	// stale, while one fetch in the background refreshes it for the
+	// next client. Zero waits for the upstreams as soon as the entry is
+	// past its time (and serves the stale copy only when they fail).
+	StaleWhileRevalidate time.Duration
+
+	// Scrub re-checks the cached .mod and .zip files against the checksum
+	// database and golang.org/x/mod/zip.CheckZip, removing those that no
+	// longer pass; see [ScrubOptions] and [Proxy.ScrubNow]. The zero value
+	// never scrubs on its own.
+	Scrub ScrubOptions
+
+	// Admission, if set, decides which module versions the proxy serves,
+	// lists and fetches; [AdmissionPolicy.Decide] is a ready-made one. It
+	// is asked about every version of a list being served (those it does
+	// not list are left out), about the answer of @latest and of version
+	// queries (resolved first: when the answer is not listed, @latest and
+	// the queries "latest", "v1" and "v1.2" answer the highest version of
+	// the filtered list that matches, by the go command's preference of a
+	// release over a pre-release over a pseudo-version), about every
+	// request for a version's .info, .mod or .zip, and before a prefetch,
+	// fill or import fetches a version. A refused version answers 403
+	// Forbidden with the decision's reason, never 404 or 410, which would
+	// send the go command on to its next GOPROXY entry; a version hidden
+	// is served when asked for by name. Decisions other than the zero one
+	// are logged and reported to Metrics.Admission. It is called on the
+	// serving path, from many goroutines: it must be quick (look-ups in
+	// memory). If nil, every version is admitted.
+	//
+	// The Proxy keeps its own record of when it first saw each version:
+	// in an upstream's list, as the answer to @latest or a query, or
+	// asked for by name, admitted or not. It is kept in the Cacher (one
+	// small entry per module, under firstseen/, never evicted) and read
+	// by [Proxy.FirstSeen], which makes the Proxy a FirstSeenSource for a
+	// Cooldown. The record is kept only while Admission is set.
+	Admission func(ctx context.Context, c AdmissionCandidate) AdmissionDecision
 
 	// Logger receives one line per upstream fetch, and one per answer at
 	// debug level, saying where the file came from. If nil,
@@ -180,7 +236,11 @@ type Proxy struct {
 	publishing    keyedMutex
 	feed          *indexLog // the /index feed
 	downloads     downloadTracker
-	prefetcher    *prefetcher // nil when prefetching is off
+	prefetcher    *prefetcher      // nil when prefetching is off
+	revalidating  sync.Map         // names of stale entries being fetched again in the background
+	scrubbing     sync.Mutex       // held by the scrub running
+	firstSeen     *firstSeenRecord // nil without Admission
+	client        *http.Client     // the upstreams' client; see Client
 
 	// With eviction on: the evictor, the uses gathered for it, and the
 	// cache entries being read by clients, which it leaves alone.
@@ -222,6 +282,9 @@ func (p *Proxy) init() error {
 	if sharedStore(conf.cacher, conf.hosted) {
 		return errors.New("goproxy: Hosted and Cacher must be different stores, neither directory within the other: published versions would be evicted or removed with cached ones")
 	}
+	if err := conf.redirect.check(conf.cacher); err != nil {
+		return fmt.Errorf("goproxy: %w", err)
+	}
 	if p.egress, err = newEgressPolicy(conf.egress, conf.logger); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
 	}
@@ -243,6 +306,7 @@ func (p *Proxy) init() error {
 	}
 	transport = newCredentialsTransport(transport, p.routes, conf.goEnv.netrc)
 	client := &http.Client{Transport: transport, CheckRedirect: p.egress.checkRedirect(refuseDowngrade)}
+	p.client = client
 	var id [8]byte
 	rand.Read(id[:])
 	p.via = "1.1 goproxy-" + hex.EncodeToString(id[:])
@@ -262,6 +326,9 @@ func (p *Proxy) init() error {
 	}
 	p.downloads.metrics = conf.metrics
 	p.feed = newIndexLog(conf.cacher, conf.hosted, conf.logger)
+	if conf.admission != nil {
+		p.firstSeen = newFirstSeenRecord(conf.cacher, conf.logger)
+	}
 	if err := p.initEviction(); err != nil {
 		return fmt.Errorf("goproxy: %w", err)
 	}
@@ -287,6 +354,9 @@ func (p *Proxy) start() {
 			p.usage.start()
 			p.evictor.start()
 		}
+		if p.conf.scrub.Interval > 0 {
+			p.working.Go(func() { p.scrubOnSchedule(ctx) })
+		}
 		p.working.Go(func() { p.removeLeftovers(ctx) })
 		if p.feed.persistent() {
 			p.working.Go(func() {
@@ -300,7 +370,8 @@ func (p *Proxy) start() {
 
 // Close stops what the Proxy does in the background, for a server that is
 // shutting down or a Proxy no longer used: it ends eviction (a run under
-// way stops where it is), hands the uses of cached files recorded since
+// way stops where it is) and scheduled scrubs (one under way keeps its
+// place for the next), hands the uses of cached files recorded since
 // the last flush to the Cacher, ends the probes of upstream hosts that are
 // down, cancels the fetches no client waits for any more (a large
 // download keeps what it got for the next start), waits for files being
@@ -354,9 +425,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if p.conf.metrics.Request != nil {
-		m := measureResponse(w)
+		m := measureResponse(w, r)
 		defer p.reportRequest(m)
 		w = m
+	}
+	if isOperationPath(r.URL.Path) {
+		noteRequestKind(w, RequestAdmin)
+		p.serveOperation(w, r)
+		return
 	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete:
@@ -382,9 +458,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.writeFailure(w, failed(failBadRequest, "the path holds an encoded slash (%%2F), which the go command never sends"))
 		return
 	}
-	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && p.hot != nil {
+	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && p.hot != nil && p.conf.admission == nil {
 		// The most frequent request: a small immutable file in memory,
-		// whose path was checked when it got there.
+		// whose path was checked when it got there. (With an admission
+		// policy, the version is decided first, on the usual path.)
 		if hf, ok := p.hot.Get(strings.TrimPrefix(r.URL.Path, "/")); ok {
 			p.serveHot(w, r, hf)
 			return
@@ -467,6 +544,10 @@ func (p *Proxy) serveRead(w http.ResponseWriter, r *http.Request, req *request) 
 			p.answered(w, r, req, failedOutcome(err), status)
 			return
 		}
+	}
+	if p.redirect(w, r, req, c) {
+		p.answered(w, r, req, c.from.String(), http.StatusTemporaryRedirect)
+		return
 	}
 	status := p.serve(w, r, req, c)
 	p.answered(w, r, req, c.from.String(), status)

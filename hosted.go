@@ -56,6 +56,7 @@ func (p *Proxy) openPublished(ctx context.Context, req *request) (*content, bool
 		return nil, false, nil
 	}
 	if err != nil {
+		p.conf.metrics.storeError(StoreErrorMetric{Role: StoreHosted, Op: StoreGet})
 		return nil, false, failed(failUnavailable, "reading the published versions: %w", err)
 	}
 	cf := info
@@ -94,6 +95,7 @@ func (p *Proxy) publishedVersions(ctx context.Context, req *request) ([]string, 
 	escPath, _ := module.EscapePath(req.modPath)
 	versions, err := p.hostedVersions(ctx, escPath)
 	if err != nil {
+		p.conf.metrics.storeError(StoreErrorMetric{Role: StoreHosted, Op: StoreList})
 		return nil, failed(failUnavailable, "listing the published versions of %s: %w", req.modPath, err)
 	}
 	return versions, nil

@@ -29,8 +29,8 @@ import (
 // Window, which the cooldown takes for old enough when Window is at least
 // its Age. A version that has not reached the feed yet (index.golang.org
 // lags proxy.golang.org by a few minutes, and never lists what it did not
-// serve) is taken for old too: when the upstream is proxy.golang.org, a
-// fresh version is first refused once the feed lists it.
+// serve) would be taken for old too: Local closes that gap, with the
+// proxy's own record of when it saw each version.
 //
 // The feed is read on demand: FirstSeen starts a read in the background
 // when the last one is older than PollInterval, and answers from memory
@@ -61,6 +61,22 @@ type IndexFeed struct {
 	// forgotten, which shortens the Window. Zero means 1<<20 (about 50
 	// MiB).
 	MaxEntries int
+
+	// Local, if set, is this proxy's own record of when it first saw each
+	// version (a [Proxy] is one: give the Proxy whose Admission the
+	// cooldown decides), asked about the versions the feed does not list.
+	// One that the proxy first saw after the newest entry the feed has
+	// read, less FeedLag, may be new and not in the feed yet: it cannot
+	// be dated (FirstSeen fails, and the cooldown holds it back, saying
+	// so) until the feed has moved FeedLag past that sighting, a few
+	// minutes; then, still unlisted, it is taken for older than the
+	// Window. A version the feed lists is first seen at the earlier of
+	// the two times. If nil, a version the feed does not list is taken
+	// for older than the Window at once. The feed dates what the proxy
+	// it indexes serves: with other upstreams (direct, a private proxy),
+	// a version it never lists passes after that delay, and a cooldown
+	// over the Proxy's own record alone is the one to use.
+	Local FirstSeenSource
 
 	// Logger receives read failures, and each read at debug level. If
 	// nil, [slog.Default] is used.
@@ -147,27 +163,51 @@ func (f *IndexFeed) Status() IndexFeedStatus {
 	return IndexFeedStatus{Versions: len(f.seen), Since: f.start, Newest: f.cursor, CaughtUp: f.caughtUp, Err: f.lastErr}
 }
 
+// FeedLag is how long after a version is first fetched it may take to
+// appear in an index feed: index.golang.org lists a version a few minutes
+// after proxy.golang.org first serves it. See IndexFeed.Local.
+const FeedLag = 10 * time.Minute
+
 // FirstSeen implements [FirstSeenSource]: when path@version appeared in the
-// feed, or, for a version it does not remember, the start of its Window.
+// feed, or, for a version it does not remember, the start of its Window;
+// it fails for a version Local saw too recently to tell (see Local).
 func (f *IndexFeed) FirstSeen(ctx context.Context, path, version string) (time.Time, error) {
 	f.init()
 	f.refreshInBackground()
 	key := f.key(path, version)
 	f.mu.RLock()
-	defer f.mu.RUnlock()
-	if t, ok := f.seen[key]; ok {
-		return time.Unix(0, t), nil
-	}
-	if f.caughtUp.IsZero() {
-		if f.lastErr != nil {
-			return time.Time{}, fmt.Errorf("the index feed has not been read yet: %w", f.lastErr)
+	t, listed := f.seen[key]
+	start, newest, caughtUp, lastErr := f.start, f.cursor, f.caughtUp, f.lastErr
+	f.mu.RUnlock()
+	seen := time.Unix(0, t)
+	if !listed {
+		switch {
+		case caughtUp.IsZero() && lastErr != nil:
+			return time.Time{}, fmt.Errorf("the index feed has not been read yet: %w", lastErr)
+		case caughtUp.IsZero():
+			return time.Time{}, errors.New("the index feed has not been read yet")
+		case time.Since(caughtUp) > 10*f.pollInterval():
+			return time.Time{}, fmt.Errorf("the index feed has not been read since %s", caughtUp.UTC().Format(time.RFC3339))
 		}
-		return time.Time{}, errors.New("the index feed has not been read yet")
+		seen = start
 	}
-	if time.Since(f.caughtUp) > 10*f.pollInterval() {
-		return time.Time{}, fmt.Errorf("the index feed has not been read since %s", f.caughtUp.UTC().Format(time.RFC3339))
+	if f.Local == nil {
+		return seen, nil
 	}
-	return f.start, nil
+	local, err := f.Local.FirstSeen(ctx, path, version)
+	switch {
+	case err != nil || local.IsZero():
+		// Nothing known here: the feed alone decides.
+	case listed && local.Before(seen):
+		seen = local
+	case !listed && local.After(newest.Add(-FeedLag)):
+		// Seen here after the feed's newest entries (less the feed's
+		// lag): new and not in the feed yet, or older than the feed
+		// remembers; the feed tells once it has moved past.
+		return time.Time{}, fmt.Errorf("first seen here %s ago and not in the index feed yet, whose newest entry is from %s; the feed tells by %s whether it is new",
+			roughDuration(time.Since(local)), newest.UTC().Format("2006-01-02 15:04 MST"), local.Add(FeedLag).UTC().Format("15:04 MST"))
+	}
+	return seen, nil
 }
 
 func (f *IndexFeed) init() {

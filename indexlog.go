@@ -107,6 +107,7 @@ func (x *indexLog) prepare(ctx context.Context) error {
 	}
 	x.prepareMu.Lock()
 	defer x.prepareMu.Unlock()
+	var listed map[string]bool // of the entries pending, those the feed lists already
 	_, err := x.log.ReadIndex(ctx, time.Time{}, 1)
 	if errors.Is(err, fs.ErrNotExist) {
 		start := time.Now()
@@ -133,13 +134,14 @@ func (x *indexLog) prepare(ctx context.Context) error {
 			// Kept for the next try, or, when another process created
 			// the feed first (from a walk that may have passed before
 			// this process stored them), appended below: a version
-			// twice in the feed beats one missing.
+			// twice in the feed beats one missing, and those the feed
+			// lists already are left out.
 			x.mu.Lock()
 			x.pending = append(taken, x.pending...)
 			x.mu.Unlock()
 		}
 		if errors.Is(err, fs.ErrExist) {
-			err = nil
+			listed, err = x.listed(ctx, taken)
 		} else if err == nil && len(entries) > 0 { // a cache that predates the feed: worth a line
 			x.logger.LogAttrs(ctx, slog.LevelInfo, "created the index feed from the cache",
 				slog.Int("versions", len(entries)), slog.Duration("took", time.Since(start)))
@@ -150,11 +152,42 @@ func (x *indexLog) prepare(ctx context.Context) error {
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if err := x.log.AppendIndex(ctx, x.pending); err != nil {
+	pending := slices.DeleteFunc(x.pending, func(e IndexEntry) bool { return listed[e.Path+"@"+e.Version] })
+	if err := x.log.AppendIndex(ctx, pending); err != nil {
 		return fmt.Errorf("adding to the index feed: %w", err)
 	}
 	x.pending, x.ready = nil, true
 	return nil
+}
+
+// listed returns which of entries the feed lists, reading it from a
+// minute before the earliest of them (a version is listed at its storing,
+// which comes before its adding).
+func (x *indexLog) listed(ctx context.Context, entries []IndexEntry) (map[string]bool, error) {
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	since := entries[0].Timestamp
+	for _, e := range entries {
+		if e.Timestamp.Before(since) {
+			since = e.Timestamp
+		}
+	}
+	since = since.Add(-time.Minute)
+	listed := map[string]bool{}
+	for {
+		page, err := x.log.ReadIndex(ctx, since, 2000)
+		if err != nil {
+			return nil, err
+		}
+		if len(page) == 0 {
+			return listed, nil
+		}
+		for _, e := range page {
+			listed[e.Path+"@"+e.Version] = true
+		}
+		since = page[len(page)-1].Timestamp.Add(time.Nanosecond)
+	}
 }
 
 // walk lists the canonical versions in the stores, timed by when their

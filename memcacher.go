@@ -26,9 +26,10 @@ type MemCacher struct {
 	// It must not change once the MemCacher is used.
 	MaxBytes int64
 
-	once    sync.Once
-	entries *lru.Cache[*memEntry]
-	index   memIndexLog
+	once     sync.Once
+	entries  *lru.Cache[*memEntry]
+	index    memIndexLog
+	createMu sync.Mutex // makes Create's check and store one step
 }
 
 type memEntry struct {
@@ -89,6 +90,16 @@ func (c *MemCacher) Put(ctx context.Context, name string, content io.ReadSeeker)
 	e.lastUse.Store(now.UnixNano())
 	c.cache().Put(name, e)
 	return nil
+}
+
+// Create implements [CacheCreator].
+func (c *MemCacher) Create(ctx context.Context, name string, content io.ReadSeeker) error {
+	c.createMu.Lock()
+	defer c.createMu.Unlock()
+	if _, ok := c.cache().Peek(name); ok {
+		return &fs.PathError{Op: "create", Path: name, Err: fs.ErrExist}
+	}
+	return c.Put(ctx, name, content)
 }
 
 // Stat implements [CacheStater].

@@ -57,6 +57,21 @@ type Metrics struct {
 	// upstream ahead of the clients, a client asking for one, a file
 	// dropped because too many waited.
 	Prefetch func(PrefetchMetric)
+
+	// Scrub reports every .mod and .zip a scrub checked (see
+	// [ScrubOptions]).
+	Scrub func(ScrubMetric)
+
+	// Admission reports every decision of the Proxy's Admission hook
+	// other than the zero one (an admission without a rule): refusals,
+	// versions hidden, reports, and exceptions that admitted what a rule
+	// would have refused.
+	Admission func(AdmissionMetric)
+
+	// StoreError reports every failure of a store: of the Cacher, which
+	// the proxy then bypasses (the upstreams answer), or of the Hosted
+	// store, whose failures answer 502.
+	StoreError func(StoreErrorMetric)
 }
 
 // RequestKind is what a request asks for, as metrics and the live view name
@@ -98,6 +113,12 @@ type RequestMetric struct {
 	Cache    CacheOutcome
 	Bytes    int64         // body bytes written
 	Duration time.Duration // from arrival to the end of the response
+
+	// Context is the request's context, so that the embedder can tie the
+	// measurement to what it keeps of the request (its ID, its access log
+	// line) through a value it put there. It is valid during the call
+	// only: keep none of it.
+	Context context.Context
 }
 
 // FetchOutcome is how a fetch from an upstream ended.
@@ -216,6 +237,89 @@ type PrefetchMetric struct {
 	Event PrefetchEvent
 }
 
+// ScrubOutcome is what a scrub found of a file.
+type ScrubOutcome string
+
+// The scrub outcomes.
+const (
+	ScrubOK ScrubOutcome = "ok"
+	// ScrubMismatch: the file does not hash to what the checksum database
+	// recorded.
+	ScrubMismatch ScrubOutcome = "mismatch"
+	// ScrubInvalid: the file is damaged: a zip that fails CheckZip or a
+	// CRC, a go.mod that does not parse.
+	ScrubInvalid ScrubOutcome = "invalid"
+	// ScrubUnverifiable: the checksum database could not be asked, or
+	// has no record of the version: the file is kept.
+	ScrubUnverifiable ScrubOutcome = "unverifiable"
+)
+
+// ScrubMetric describes one file a scrub checked.
+type ScrubMetric struct {
+	Kind    RequestKind // RequestMod or RequestZip
+	Outcome ScrubOutcome
+	// Published is set for a file of the published store, which a
+	// scrub never removes.
+	Published bool
+	// Removed is set when the scrub removed the file from the cache.
+	Removed bool
+	Bytes   int64
+}
+
+// AdmissionUse says what an admission decision was made for.
+type AdmissionUse string
+
+// The uses of admission decisions.
+const (
+	// AdmissionRequest: a client asked for the version's .info, .mod or
+	// .zip, or a query or @latest resolved to it.
+	AdmissionRequest AdmissionUse = "request"
+	// AdmissionList: the version is in a version list being served, or is
+	// a candidate for @latest. Every version of every list served is
+	// decided: these count list entries, not versions.
+	AdmissionList AdmissionUse = "list"
+	// AdmissionFetch: the proxy is about to fetch the version for itself:
+	// a prefetch, a fill or an import.
+	AdmissionFetch AdmissionUse = "fetch"
+)
+
+// AdmissionMetric describes one admission decision.
+type AdmissionMetric struct {
+	// Rule is the decision's Rule, as the hook gave it ("deny",
+	// "vulnerable", "cooldown", "allow", "policy" for AdmissionPolicy).
+	Rule       string
+	Verdict    AdmissionVerdict
+	ReportOnly bool
+	Use        AdmissionUse
+}
+
+// StoreRole says which store failed.
+type StoreRole string
+
+// The roles of stores.
+const (
+	StoreCache  StoreRole = "cache"  // the Cacher: bypassed when it fails
+	StoreHosted StoreRole = "hosted" // the Hosted store: 502 when it fails
+)
+
+// StoreOperation is what the proxy asked of a store that failed.
+type StoreOperation string
+
+// The operations on stores.
+const (
+	StoreGet      StoreOperation = "get"      // reading an entry (or finding it missing)
+	StorePut      StoreOperation = "put"      // storing an entry
+	StoreList     StoreOperation = "list"     // listing entries
+	StoreLease    StoreOperation = "lease"    // taking a lease shared with other proxies
+	StoreRedirect StoreOperation = "redirect" // making a URL to download an entry from the store
+)
+
+// StoreErrorMetric describes a failure of a store.
+type StoreErrorMetric struct {
+	Role StoreRole
+	Op   StoreOperation
+}
+
 // The report methods check for nil, so that call sites stay one line; they
 // are small enough to be inlined, so an unset hook costs a comparison.
 
@@ -273,6 +377,24 @@ func (m *Metrics) prefetch(r PrefetchMetric) {
 	}
 }
 
+func (m *Metrics) scrub(r ScrubMetric) {
+	if m != nil && m.Scrub != nil {
+		m.Scrub(r)
+	}
+}
+
+func (m *Metrics) admission(r AdmissionMetric) {
+	if m != nil && m.Admission != nil {
+		m.Admission(r)
+	}
+}
+
+func (m *Metrics) storeError(r StoreErrorMetric) {
+	if m != nil && m.StoreError != nil {
+		m.StoreError(r)
+	}
+}
+
 // metricKind names a request's kind for metrics.
 func (req *request) metricKind() RequestKind {
 	switch req.kind {
@@ -299,14 +421,15 @@ type measuredResponse struct {
 	bytes   int64
 	kind    RequestKind
 	cache   CacheOutcome
+	ctx     context.Context
 }
 
 var measuredResponses = sync.Pool{New: func() any { return new(measuredResponse) }}
 
-// measureResponse starts measuring the response to a request arriving now.
-func measureResponse(w http.ResponseWriter) *measuredResponse {
+// measureResponse starts measuring the response to r, arriving now.
+func measureResponse(w http.ResponseWriter, r *http.Request) *measuredResponse {
 	m := measuredResponses.Get().(*measuredResponse)
-	*m = measuredResponse{ResponseWriter: w, arrived: time.Now(), kind: RequestOther}
+	*m = measuredResponse{ResponseWriter: w, arrived: time.Now(), kind: RequestOther, ctx: r.Context()}
 	return m
 }
 
@@ -346,7 +469,8 @@ func (p *Proxy) reportRequest(m *measuredResponse) {
 	if status == 0 {
 		status = http.StatusOK // what net/http sends for an empty answer
 	}
-	p.conf.metrics.request(RequestMetric{Kind: m.kind, Status: status, Cache: m.cache, Bytes: m.bytes, Duration: time.Since(m.arrived)})
+	p.conf.metrics.request(RequestMetric{Kind: m.kind, Status: status, Cache: m.cache, Bytes: m.bytes, Duration: time.Since(m.arrived),
+		Context: m.ctx})
 	*m = measuredResponse{}
 	measuredResponses.Put(m)
 }

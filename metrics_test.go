@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -331,5 +332,34 @@ func TestAHitAllocatesNoMoreWithMetricsAndEviction(t *testing.T) {
 				t.Error("no metric was reported")
 			}
 		})
+	}
+}
+
+// TestTheRequestMetricCarriesTheRequestsContext: an embedder finds in the
+// Request metric the context of the request it describes, and with it
+// what it put there (such as the holder of its access log line), for a
+// miss, a hit and a refusal.
+func TestTheRequestMetricCarriesTheRequestsContext(t *testing.T) {
+	type holderKey struct{}
+	type holder struct{ cache CacheOutcome }
+	up := newUpstream(t, testModuleFiles(t))
+	p := newTestProxy(t, up.URL)
+	p.Metrics.Request = func(m RequestMetric) {
+		if h, ok := m.Context.Value(holderKey{}).(*holder); ok {
+			h.cache = m.Cache
+		}
+	}
+	for _, tc := range []struct {
+		method string
+		want   CacheOutcome
+	}{{"GET", CacheMiss}, {"GET", CacheHot}, {"POST", ""}} {
+		h := &holder{cache: "unset"}
+		r := httptest.NewRequest(tc.method, "/example.com/a/@v/v1.0.0.info", nil)
+		r = r.WithContext(context.WithValue(r.Context(), holderKey{}, h))
+		p.ServeHTTP(httptest.NewRecorder(), r)
+		if h.cache != tc.want {
+			t.Errorf("%s: the holder in the request's context got %q, want %q", tc.method, h.cache, tc.want)
+		}
+		testwait.For(t, p.flights.idle)
 	}
 }

@@ -219,6 +219,11 @@ type ModuleDirImport struct {
 	TempDir string
 	// Concurrency is how many versions are checked at once; zero means 4.
 	Concurrency int
+	// Admit, if set, decides whether each module version may be stored,
+	// before its files are checked: a version for which it returns an
+	// error is refused with that error (an admission policy's refusal).
+	// Nil admits every version.
+	Admit func(ctx context.Context, path, version string) error
 }
 
 // ModuleDirReport is what ImportModuleDir did.
@@ -320,6 +325,11 @@ func importModuleVersion(ctx context.Context, root *os.Root, v ModuleDirVersion,
 				return false, err
 			}
 			names[cacheName] = f.name
+		}
+	}
+	if opts.Admit != nil {
+		if err := opts.Admit(ctx, v.Path, v.Version); err != nil {
+			return false, err
 		}
 	}
 	if st, ok := dst.(CacheStater); ok {

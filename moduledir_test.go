@@ -275,3 +275,67 @@ func TestWalkModuleDirStaysInsideTheDirectory(t *testing.T) {
 		t.Errorf("skipped %q, want %q", entries, want)
 	}
 }
+
+// TestImportsAskTheAdmissionHook refuses one module version by an
+// admission hook: a module directory import and a bundle import both
+// leave it out, name it with the hook's reason, and store the rest.
+func TestImportsAskTheAdmissionHook(t *testing.T) {
+	vs := moduletest.Graph(10)
+	db := newTestSumDB(t, vs)
+	denied := moduletest.GraphPath(3)
+	admit := func(ctx context.Context, path, version string) error {
+		if path == denied {
+			return &AdmissionError{Path: path, Version: version, Decision: AdmissionDecision{Verdict: Refuse, Rule: "deny", Reason: "not here"}}
+		}
+		return nil
+	}
+	refusedOnly := func(t *testing.T, refused []FillFailure, dst Cacher) {
+		t.Helper()
+		if len(refused) == 0 {
+			t.Fatal("nothing refused")
+		}
+		for _, r := range refused {
+			if r.Item.Path != denied || !strings.Contains(r.Err.Error(), "not here") {
+				t.Errorf("refused %s: %v", r.Item, r.Err)
+			}
+		}
+		for _, name := range cachedNames(dst) {
+			if strings.HasPrefix(name, denied+"/") || strings.Contains(name, "/lookup/"+denied+"@") {
+				t.Errorf("%s was stored", name)
+			}
+		}
+	}
+	t.Run("module directory", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := moduletest.WriteDir(dir, vs); err != nil {
+			t.Fatal(err)
+		}
+		dst := &MemCacher{}
+		report, err := ImportModuleDir(context.Background(), dir, dst, &ModuleDirImport{Lookup: lookupIn(db), Admit: admit})
+		if err != nil {
+			t.Fatal(err)
+		}
+		refusedOnly(t, report.Refused, dst)
+		if len(report.Imported)+len(report.Refused) != len(vs) {
+			t.Errorf("%d imported, %d refused of %d", len(report.Imported), len(report.Refused), len(vs))
+		}
+	})
+	t.Run("bundle", func(t *testing.T) {
+		var items []FillItem
+		for _, v := range vs {
+			items = append(items, FillItem{Path: v.Path, Version: v.Version, Files: FillModule})
+		}
+		opts := &BundleOptions{SumDB: db.vkey}
+		var bundle bytes.Buffer
+		if _, err := ExportBundle(context.Background(), &bundle, newBundleSource(t, &MemCacher{}, vs, db), items, opts); err != nil {
+			t.Fatal(err)
+		}
+		opts.Admit = admit
+		dst := &MemCacher{}
+		report, err := ImportBundle(context.Background(), &bundle, dst, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refusedOnly(t, report.Refused, dst)
+	})
+}

@@ -110,7 +110,20 @@ func (p *Proxy) Publish(ctx context.Context, modulePath, version string, zipCont
 		name string
 		r    io.ReadSeeker
 	}{{base + ".zip", tmp}, {base + ".mod", bytes.NewReader(mod)}, {base + ".info", bytes.NewReader(info)}} {
-		if err := p.conf.hosted.Put(ctx, f.name, f.r); err != nil {
+		err := p.putPublished(ctx, f.name, f.r)
+		if errors.Is(err, fs.ErrExist) && f.name == base+".zip" {
+			// Another proxy sharing the store published the version
+			// since we looked: the same bytes, or a conflict.
+			if _, err = p.samePublished(ctx, f.name, tmp); errors.Is(err, ErrVersionConflict) {
+				return fmt.Errorf("publishing %s: %w", m, err)
+			}
+		} else if errors.Is(err, fs.ErrExist) {
+			// Derived from the same zip: the .mod is the same, and the
+			// first publishing time stands.
+			err = nil
+		}
+		if err != nil {
+			p.conf.metrics.storeError(StoreErrorMetric{Role: StoreHosted, Op: StorePut})
 			return failed(failInternal, "publishing %s: storing %s: %w", m, f.name, err)
 		}
 	}
@@ -175,6 +188,18 @@ func goModOfZip(f *os.File, size int64, m module.Version) ([]byte, error) {
 		return data, nil
 	}
 	return []byte("module " + m.Path + "\n"), nil
+}
+
+// putPublished stores a published file. With a Hosted store that creates
+// conditionally (a [CacheCreator]), nothing stored is ever replaced, and a
+// file stored already fails with fs.ErrExist: of several proxies sharing
+// the store that publish one version at once, one writes it, and the
+// others find the bytes that won.
+func (p *Proxy) putPublished(ctx context.Context, name string, r io.ReadSeeker) error {
+	if c, ok := p.conf.hosted.(CacheCreator); ok {
+		return c.Create(ctx, name, r)
+	}
+	return p.conf.hosted.Put(ctx, name, r)
 }
 
 // samePublished reports whether name is published already with the same

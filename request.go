@@ -158,7 +158,7 @@ func (p *Proxy) parseSumDBRequest(path string) (*request, error) {
 		if module.CanonicalVersion(req.version) != req.version {
 			return nil, failed(failBadRequest, "%s@%s: version is not canonical", req.modPath, req.version)
 		}
-		if module.MatchPrefixPatterns(p.conf.goEnv.noSumDB, req.modPath) || p.routeFor(req.modPath).private {
+		if p.sumDBExempt(req.modPath) {
 			// A private module's path must not reach a public database,
 			// even when a client that was not told so asks.
 			return nil, failed(failNotFound, "%s is private (GONOSUMDB): it is not looked up in checksum databases", req.modPath)

@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -94,8 +95,13 @@ type config struct {
 	download                          DownloadOptions
 	prefetch                          PrefetchOptions
 	direct                            DirectOptions
+	redirect                          DownloadRedirect
 	eviction                          Eviction
 	metrics                           *Metrics // never nil
+	offline                           bool
+	staleGrace                        time.Duration // zero: no stale-while-revalidate
+	scrub                             ScrubOptions  // defaults applied
+	admission                         func(context.Context, AdmissionCandidate) AdmissionDecision
 }
 
 // configure copies the exported fields into a config, applying the
@@ -116,8 +122,13 @@ func (p *Proxy) configure() (*config, error) {
 		hotCacheBytes:   p.HotCacheBytes,
 		allowUnverified: p.AllowUnverified,
 		tempDir:         p.TempDir,
+		redirect:        p.Redirect.withDefaults(),
 		eviction:        p.Eviction,
 		metrics:         new(p.Metrics),
+		offline:         p.Offline,
+		staleGrace:      max(p.StaleWhileRevalidate, 0),
+		scrub:           p.Scrub.withDefaults(),
+		admission:       p.Admission,
 	}
 	c.env = c.proxyEnv
 	if c.env == nil {

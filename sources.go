@@ -125,6 +125,11 @@ func fetchedContent(ctx context.Context, f *fetched, release func()) *content {
 // queries take the published versions into account. The caller must call
 // close on the result.
 func (p *Proxy) open(ctx context.Context, req *request, mayFetch bool) (*content, error) {
+	// The admission policy first: a refused version is not served from
+	// anywhere.
+	if err := p.admitFile(ctx, req, mayFetch); err != nil {
+		return nil, err
+	}
 	if c, ok := p.openHot(req); ok {
 		return c, nil
 	}
@@ -142,9 +147,12 @@ func (p *Proxy) open(ctx context.Context, req *request, mayFetch bool) (*content
 	c, err := p.openStored(ctx, req, mayFetch, gen)
 	if len(published) > 0 {
 		// The upstreams failing does not hide the published versions.
-		return p.mergePublished(ctx, req, published, c)
+		c, err = p.mergePublished(ctx, req, published, c)
 	}
-	return c, err
+	if err != nil {
+		return nil, err
+	}
+	return p.admitAnswer(ctx, req, c, published, mayFetch)
 }
 
 // openHot returns req's file from the hot tier, if it is there.
@@ -162,9 +170,19 @@ func (p *Proxy) openHot(req *request) (*content, bool) {
 // the hot tier only if its generation is still gen (see hotGen): a version
 // published since must not be shadowed by the upstream copy.
 func (p *Proxy) openStored(ctx context.Context, req *request, mayFetch bool, gen uint64) (*content, error) {
+	mayFetch = mayFetch && !p.conf.offline
 	cached := p.cacheGet(ctx, req)
+	if p.conf.offline && req.kind == kindList {
+		cached = p.offlineList(ctx, req, cached)
+	}
 	if cached != nil {
-		fresh := !req.mutable() || time.Since(cached.modTime) < p.ttl(req)
+		age := time.Since(cached.modTime)
+		fresh := !req.mutable() || age < p.ttl(req)
+		if !fresh && mayFetch && p.revalidates(req, age) {
+			// Answered now; the next client gets the refreshed copy.
+			p.revalidate(req)
+			mayFetch = false
+		}
 		if fresh || !mayFetch {
 			if !fresh {
 				cached.from = fromStale
@@ -172,6 +190,9 @@ func (p *Proxy) openStored(ctx context.Context, req *request, mayFetch bool, gen
 			return p.keepHot(req, cached, gen), nil
 		}
 	} else if !mayFetch {
+		if p.conf.offline {
+			return nil, errOffline(req)
+		}
 		// Not to be kept by shared caches: other clients may fetch.
 		return nil, failed(failNotCached, "%s is not cached and Disable-Module-Fetch is set", req)
 	}
@@ -243,6 +264,7 @@ func (p *Proxy) cacheGet(ctx context.Context, req *request) *content {
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		p.logger().LogAttrs(ctx, slog.LevelError, "cache get failed", slog.String("file", req.name), slog.String("error", err.Error()))
+		p.conf.metrics.storeError(StoreErrorMetric{Role: StoreCache, Op: StoreGet})
 	}
 	return nil
 }

@@ -209,16 +209,37 @@ walk:
 var errUnverified = errors.New("not verified: the checksum database could not be reached")
 
 // verifies reports whether req's file is checked against the checksum
-// database before it is cached.
+// database before it is cached: Go toolchains always are (see
+// sumDBExempt).
 func (p *Proxy) verifies(req *request) bool {
 	return (req.kind == kindMod || req.kind == kindZip) && p.verifiesModule(req.modPath)
 }
 
 // verifiesModule reports whether the .mod and .zip files of modPath are
-// checked against the checksum database.
+// checked against the checksum database: a Go toolchain's always, even
+// without a database (when they fail), others unless exempt.
 func (p *Proxy) verifiesModule(modPath string) bool {
-	return p.verifier != nil && !module.MatchPrefixPatterns(p.conf.goEnv.noSumDB, modPath) && !p.routeFor(modPath).private
+	return isToolchain(modPath) || p.verifier != nil && !p.sumDBExempt(modPath)
 }
+
+// sumDBExempt reports whether GONOSUMDB (or GOPRIVATE) or a Private
+// route keeps modPath away from checksum databases. A Go toolchain never
+// is: the go command checks golang.org/toolchain against the checksum
+// database whatever GONOSUMDB says (toolchains cannot be listed in go.sum;
+// cmd/go/internal/modfetch.useSumDB), and so does the proxy.
+func (p *Proxy) sumDBExempt(modPath string) bool {
+	if isToolchain(modPath) {
+		return false
+	}
+	return module.MatchPrefixPatterns(p.conf.goEnv.noSumDB, modPath) || p.routeFor(modPath).private
+}
+
+// toolchainModule is the module of Go toolchains, which the go command
+// downloads through GOPROXY for GOTOOLCHAIN switches: versions such as
+// v0.0.1-go1.22.0.linux-amd64, a zip of a whole Go distribution.
+const toolchainModule = "golang.org/toolchain"
+
+func isToolchain(modPath string) bool { return modPath == toolchainModule }
 
 // verify checks a downloaded .mod or .zip against the checksum database
 // named by GOSUMDB, unless verification is off or GONOSUMDB exempts the
@@ -230,12 +251,10 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) (err error
 		return nil
 	}
 	defer func() { p.reportVerification(req, err) }()
-	db := p.verifier
-	if report := db.broken.Load(); report != nil {
-		return failed(failUnverifiable,
-			"SECURITY ERROR: checksum database %s served inconsistent data earlier, so nothing is verified against it any more; %s@%s cannot be verified:\n%s",
-			db.name, req.modPath, req.version, *report)
+	if err := p.cannotVerify(req); err != nil {
+		return err
 	}
+	db := p.verifier
 	l := p.lookupOf(ctx, req.modPath, req.version)
 
 	var got, lookup string
@@ -260,7 +279,7 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) (err error
 	// the module, which the client's flattened errors no longer tell
 	// apart.
 	if err := l.fetchErr; err != nil {
-		if !notFound(err) && p.conf.allowUnverified {
+		if !notFound(err) && p.conf.allowUnverified && !isToolchain(req.modPath) {
 			p.logger().LogAttrs(ctx, slog.LevelWarn, "serving unverified", slog.String("module", req.modPath),
 				slog.String("version", req.version), slog.String("error", err.Error()))
 			return errUnverified
@@ -296,6 +315,27 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) (err error
 	return &failure{kind: failChecksumMismatch, msg: msg}
 }
 
+// cannotVerify returns the failure of any verification of req's file
+// known before it is downloaded: a toolchain without a checksum database,
+// or a database that served inconsistent data. The fetch then fails at
+// once, rather than stream a zip that could only be aborted.
+func (p *Proxy) cannotVerify(req *request) error {
+	if !p.verifies(req) {
+		return nil
+	}
+	db := p.verifier
+	if db == nil {
+		// A toolchain with GOSUMDB=off: the go command refuses it too.
+		return failed(failUnverifiable, "%s@%s: Go toolchains are always verified against a checksum database, and GOSUMDB=off names none", req.modPath, req.version)
+	}
+	if report := db.broken.Load(); report != nil {
+		return failed(failUnverifiable,
+			"SECURITY ERROR: checksum database %s served inconsistent data earlier, so nothing is verified against it any more; %s@%s cannot be verified:\n%s",
+			db.name, req.modPath, req.version, *report)
+	}
+	return nil
+}
+
 // zipHash returns a fetched zip's dirhash.Hash1: the one its scan took as
 // it arrived, if the scan could follow it; else read from the file.
 func zipHash(ctx context.Context, f *fetched) (string, error) {
@@ -322,7 +362,11 @@ func (p *Proxy) reportVerification(req *request, err error) {
 	default:
 		return // the file could not be hashed: no check was made
 	}
-	p.conf.metrics.verification(VerificationMetric{DB: p.verifier.name, Kind: req.metricKind(), Outcome: outcome})
+	db := "off" // a toolchain with GOSUMDB=off
+	if p.verifier != nil {
+		db = p.verifier.name
+	}
+	p.conf.metrics.verification(VerificationMetric{DB: db, Kind: req.metricKind(), Outcome: outcome})
 }
 
 // lookup asks the database's client for the go.sum lines of path@version.

@@ -61,7 +61,7 @@ func (ls *recordLookups) wait() {
 // has just run, when req is a file of a version that will be verified.
 func (p *Proxy) startLookup(ctx context.Context, req *request) {
 	if !req.canonical || (req.kind != kindInfo && req.kind != kindMod && req.kind != kindZip) ||
-		!p.verifiesModule(req.modPath) || p.verifier.broken.Load() != nil {
+		p.verifier == nil || !p.verifiesModule(req.modPath) || p.verifier.broken.Load() != nil {
 		return
 	}
 	p.lookupOf(ctx, req.modPath, req.version)

@@ -11,10 +11,13 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/minio/minio-go/v7"
+
+	"github.com/goproxy-team/goproxy"
 )
 
 // leaseDir is where leases live, under Prefix. Its leading dot keeps them
@@ -55,8 +58,11 @@ func (e *LeaseHeldError) Error() string {
 	return fmt.Sprintf("s3cacher: lease %s is held by %q for %v more", e.Name, e.Holder, e.Remaining)
 }
 
-// Is makes errors.Is(err, ErrLeaseHeld) true.
-func (e *LeaseHeldError) Is(target error) bool { return target == ErrLeaseHeld }
+// Is makes errors.Is(err, ErrLeaseHeld) and errors.Is(err,
+// goproxy.ErrLeaseHeld) true.
+func (e *LeaseHeldError) Is(target error) bool {
+	return target == ErrLeaseHeld || target == goproxy.ErrLeaseHeld
+}
 
 // Lease is a claim on a name that several proxies sharing the bucket
 // honour: for one fetching a file while the others wait for it, or one
@@ -85,6 +91,10 @@ type Lease struct {
 	mu       sync.Mutex
 	etag     string
 	deadline time.Time
+	// written are the nonces of this holder's latest writes, answered or
+	// not: a write whose answer was lost (a timeout, a retry that the
+	// condition refused) is recognized as its own when read back.
+	written []string
 }
 
 // leaseRecord is the content of a lease object.
@@ -99,10 +109,42 @@ type leaseRecord struct {
 }
 
 func newLeaseRecord(holder string, ttl time.Duration, released bool) []byte {
-	var nonce [12]byte
-	rand.Read(nonce[:])
-	b, _ := json.Marshal(leaseRecord{Holder: holder, TTL: ttl.Milliseconds(), Released: released, Nonce: hex.EncodeToString(nonce[:])})
+	b, _ := leaseRecordWithNonce(holder, ttl, released)
 	return b
+}
+
+// leaseRecordWithNonce returns a new lease record and its nonce.
+func leaseRecordWithNonce(holder string, ttl time.Duration, released bool) ([]byte, string) {
+	var n [12]byte
+	rand.Read(n[:])
+	nonce := hex.EncodeToString(n[:])
+	b, _ := json.Marshal(leaseRecord{Holder: holder, TTL: ttl.Milliseconds(), Released: released, Nonce: nonce})
+	return b, nonce
+}
+
+// record returns a new record for l, remembering its nonce; l.mu is held.
+func (l *Lease) record(released bool) []byte {
+	b, nonce := leaseRecordWithNonce(l.Holder, l.TTL, released)
+	l.written = append(l.written, nonce)
+	if len(l.written) > 8 {
+		l.written = l.written[1:]
+	}
+	return b
+}
+
+// ownsLocked reports whether the lease object, as read, is one of l's own
+// writes, and if so takes its ETag and the deadline its age gives; l.mu is
+// held.
+func (l *Lease) ownsLocked(current leaseRecord, etag string, age time.Duration) bool {
+	if current.Holder != l.Holder || !slices.Contains(l.written, current.Nonce) {
+		return false
+	}
+	l.etag = etag
+	l.deadline = time.Now().Add(l.TTL - age - clockSlack)
+	if current.Released {
+		l.deadline = time.Now()
+	}
+	return true
 }
 
 // AcquireLease takes the lease called name for holder (any string that
@@ -126,7 +168,7 @@ func (c *Cacher) AcquireLease(ctx context.Context, name, holder string, ttl time
 	// that changed the lease and so looks again; three rounds are plenty.
 	for range 3 {
 		sent := time.Now()
-		record := newLeaseRecord(holder, ttl, false)
+		record := l.record(false)
 		etag, err := c.putIf(ctx, l.key, bytes.NewReader(record), int64(len(record)), "", true)
 		if err == nil {
 			l.set(etag, sent)
@@ -142,11 +184,15 @@ func (c *Cacher) AcquireLease(ctx context.Context, name, holder string, ttl time
 		if err != nil {
 			return nil, c.wrap("lease", name, err)
 		}
+		if !current.Released && l.ownsLocked(current, etag, age) {
+			// Our own create, whose answer was lost and retried.
+			return l, nil
+		}
 		if limit := time.Duration(current.TTL)*time.Millisecond + clockSlack; !current.Released && age < limit {
 			return nil, &LeaseHeldError{Name: name, Holder: current.Holder, Remaining: (limit - age).Round(time.Second)}
 		}
 		sent = time.Now()
-		record = newLeaseRecord(holder, ttl, false)
+		record = l.record(false)
 		newETag, err := c.putIf(ctx, l.key, bytes.NewReader(record), int64(len(record)), etag, false)
 		if err == nil {
 			l.set(newETag, sent)
@@ -256,8 +302,18 @@ func (l *Lease) rewrite(ctx context.Context, op string, released bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	sent := time.Now()
-	record := newLeaseRecord(l.Holder, l.TTL, released)
+	record := l.record(released)
 	etag, err := l.c.putIf(ctx, l.key, bytes.NewReader(record), int64(len(record)), l.etag, false)
+	if errors.Is(err, errChanged) {
+		// Changed by another, or by a write of ours whose answer was
+		// lost: then it is still ours, and written once more.
+		current, curETag, age, rerr := l.c.readLease(ctx, l.key)
+		if rerr == nil && l.ownsLocked(current, curETag, age) {
+			sent = time.Now()
+			record = l.record(released)
+			etag, err = l.c.putIf(ctx, l.key, bytes.NewReader(record), int64(len(record)), l.etag, false)
+		}
+	}
 	if errors.Is(err, errChanged) {
 		return &fs.PathError{Op: "s3 " + op + " lease", Path: l.Name, Err: fmt.Errorf("%w (%w)", ErrLeaseLost, err)}
 	}
@@ -270,4 +326,66 @@ func (l *Lease) rewrite(ctx context.Context, op string, released bool) error {
 		l.deadline = sent
 	}
 	return nil
+}
+
+// HoldLease implements [goproxy.CacheLeaser]: it acquires the lease for
+// Holder with LeaseTTL and renews it every third of LeaseTTL until release,
+// which removes the lease object, so that the bucket does not keep one per
+// file ever fetched. The removal is a DELETE with If-Match on the lease's
+// last write: where the store ignores the condition (MinIO), a lease taken
+// over after this one expired unrenewed could be removed with it, which
+// for the proxy costs at most a second fetch of one file or an eviction
+// run beside another, never a wrong answer. A lease lost to a takeover is
+// left alone.
+func (c *Cacher) HoldLease(ctx context.Context, name string) (release func(), err error) {
+	if err := c.Init(); err != nil {
+		return nil, err
+	}
+	l, err := c.AcquireLease(ctx, name, c.holder, c.leaseTTL)
+	if err != nil {
+		return nil, err
+	}
+	stop := make(chan struct{})
+	done := make(chan bool, 1) // whether the lease was taken over
+	go func() { done <- l.keep(stop) }()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			close(stop)
+			if <-done {
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+			defer cancel()
+			l.mu.Lock()
+			etag := l.etag
+			l.mu.Unlock()
+			c.deleteIfMatch(ctx, l.key, trimETag(etag))
+		})
+	}, nil
+}
+
+// keep renews l every third of its TTL until stop is closed, and reports
+// whether another holder took l over. A renewal under way when stop
+// closes is finished first, so that the lease's last write is known. A
+// renewal that fails otherwise (a slow store) is tried again at the next
+// tick: if nobody took the lease meanwhile, it is still this holder's, to
+// renew or to remove.
+func (l *Lease) keep(stop <-chan struct{}) bool {
+	tick := time.NewTicker(l.TTL / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return false
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), l.TTL)
+		err := l.Renew(ctx)
+		cancel()
+		if errors.Is(err, ErrLeaseLost) {
+			<-stop
+			return true
+		}
+	}
 }

@@ -187,3 +187,34 @@ func race(t *testing.T, n int, f func(i int) error) []int {
 	wg.Wait()
 	return won
 }
+
+func TestALeaseWriteWhoseAnswerWasLostIsStillTheHolders(t *testing.T) {
+	c := newCacher(t)
+	ctx := t.Context()
+	l, err := c.AcquireLease(ctx, "eviction", "replica-a", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A renewal reaches the store, but its answer never comes back (a
+	// timeout under load): the holder does not know the lease's new ETag.
+	l.mu.Lock()
+	record := l.record(false)
+	l.mu.Unlock()
+	if _, err := c.client.PutObject(ctx, c.Bucket, l.key, bytes.NewReader(record), int64(len(record)), c.putOptions()); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Renew(ctx); err != nil {
+		t.Fatalf("Renew after a renewal whose answer was lost: %v, want the lease still held", err)
+	}
+	if _, err := c.AcquireLease(ctx, "eviction", "replica-b", time.Minute); !errors.Is(err, ErrLeaseHeld) {
+		t.Errorf("another's AcquireLease: %v, want ErrLeaseHeld", err)
+	}
+	// A write of another holder is not mistaken for one's own.
+	other := newLeaseRecord("replica-a", time.Minute, false) // same name, not this Lease's write
+	if _, err := c.client.PutObject(ctx, c.Bucket, l.key, bytes.NewReader(other), int64(len(other)), c.putOptions()); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Renew(ctx); !errors.Is(err, ErrLeaseLost) {
+		t.Errorf("Renew after another's write: %v, want ErrLeaseLost", err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/goproxy-team/goproxy/s3cacher/internal/miniotest"
 )
@@ -22,7 +23,7 @@ import (
 func TestMain(m *testing.M) {
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if k == miniotest.EnvBinary || k == miniotest.EnvRequire {
+		if k == miniotest.EnvBinary || k == miniotest.EnvRequire || k == replicaEnv {
 			continue
 		}
 		if (strings.HasPrefix(k, "GO") && k != "GOROOT" && k != "GOCACHE" && k != "GOPATH" && k != "GOMODCACHE") ||
@@ -42,6 +43,9 @@ func TestMain(m *testing.M) {
 			return nil, fmt.Errorf("test dialed %s: tests may only reach loopback", addr)
 		}
 		return dialer.DialContext(ctx, network, addr)
+	}
+	if cfg := os.Getenv(replicaEnv); cfg != "" {
+		os.Exit(runReplica(cfg))
 	}
 	code := m.Run()
 	if s := shared.server; s != nil {
@@ -103,6 +107,8 @@ func cacherFor(t testing.TB, s *miniotest.Server, bucket, prefix string, configu
 		Region:          "us-east-1",
 		AccessKeyID:     miniotest.AccessKey,
 		SecretAccessKey: miniotest.SecretKey,
+		// The contract tests look at last uses a second apart.
+		UsePrecision: time.Second,
 	}
 	for _, f := range configure {
 		f(c)

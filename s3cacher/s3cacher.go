@@ -3,16 +3,21 @@
 // Storage's XML interoperability API and others. Several proxies may share
 // one bucket, each with its own Prefix or all with the same one.
 //
-// Besides the Cacher methods it offers what proxies sharing a bucket need
-// to coordinate through the bucket alone: a conditional create that never
+// Besides the Cacher methods it has every capability the proxy uses, and
+// what proxies sharing a bucket need to coordinate through the bucket
+// alone, with no other service: a conditional create that never
 // overwrites ([Cacher.Create]), leases that expire when their holder dies
-// ([Cacher.AcquireLease]) and short-lived presigned download URLs
+// ([Cacher.HoldLease], [Cacher.AcquireLease]), last uses every replica
+// sees ([Cacher.RecordUses]), an index feed every replica appends to
+// ([Cacher.AppendIndex]) and short-lived presigned download URLs
 // ([Cacher.PresignGet]).
 package s3cacher
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +25,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path"
 	"strings"
 	"sync"
@@ -33,7 +39,14 @@ import (
 
 // Cacher is a [goproxy.Cacher] that keeps each entry as an object named
 // Prefix + name in Bucket. It implements [goproxy.CacheStater],
-// [goproxy.CacheDeleter] and [goproxy.CacheWalker] too.
+// [goproxy.CacheDeleter], [goproxy.CacheWalker], the capabilities of
+// eviction ([goproxy.CacheUsageRecorder], [goproxy.CacheInfoWalker],
+// [goproxy.CacheUnchangedDeleter]) and of the index feed
+// ([goproxy.CacheIndexLog]), and those of stores shared by several
+// proxies ([goproxy.CacheCreator], [goproxy.CacheLeaser],
+// [goproxy.CacheRedirector]) too. Its own objects (leases, use marks, the
+// index feed) live under Prefix + ".lease/", ".use/" and ".index/", where
+// no entry's name can reach.
 //
 // Get returns a file that fetches what is read lazily, in ranges that grow
 // while reading goes on sequentially, so a client asking for a kilobyte of a
@@ -124,12 +137,35 @@ type Cacher struct {
 	// Zero means 16 MiB; S3 wants at least 5 MiB.
 	PartSize int64
 
-	initOnce sync.Once
-	initErr  error
-	client   *minio.Client
-	core     minio.Core
-	prefix   string
-	timeout  time.Duration
+	// UsePrecision is how precisely last uses are kept for eviction
+	// (RecordUses): an entry in steady use costs one small PUT per
+	// UsePrecision and proxy. Zero means an hour, plenty for eviction by
+	// days or by the order of uses.
+	UsePrecision time.Duration
+
+	// LeaseTTL is how long a lease taken by HoldLease lasts after each
+	// renewal: how long the other proxies wait for a file whose fetcher
+	// died before one of them takes the fetch over. The holder renews it
+	// every third of LeaseTTL. Zero means 30 seconds.
+	LeaseTTL time.Duration
+
+	// Holder names this Cacher's leases, in the errors and logs of the
+	// other proxies. Empty means the host name, the process ID and a
+	// random suffix.
+	Holder string
+
+	initOnce     sync.Once
+	initErr      error
+	client       *minio.Client
+	core         minio.Core
+	http         *http.Client // for the requests minio-go cannot make
+	prefix       string
+	timeout      time.Duration
+	usePrecision time.Duration
+	leaseTTL     time.Duration
+	holder       string
+	uses         useMemo
+	index        indexCache
 }
 
 // Addressing is how a bucket's name appears in the URLs of requests.
@@ -205,7 +241,32 @@ func (c *Cacher) init() error {
 	}
 	c.client = client
 	c.core = minio.Core{Client: client}
+	c.http = &http.Client{Transport: transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	c.usePrecision = c.UsePrecision
+	if c.usePrecision <= 0 {
+		c.usePrecision = time.Hour
+	}
+	c.leaseTTL = c.LeaseTTL
+	if c.leaseTTL <= 0 {
+		c.leaseTTL = 30 * time.Second
+	}
+	if c.leaseTTL < time.Second {
+		return fmt.Errorf("s3cacher: LeaseTTL %v is under a second, the precision of the store's clock", c.LeaseTTL)
+	}
+	c.holder = c.Holder
+	if c.holder == "" {
+		c.holder = defaultHolder()
+	}
 	return nil
+}
+
+// defaultHolder names a process: host, process ID and a random suffix
+// (a restarted process in a container often has the same ID).
+func defaultHolder() string {
+	host, _ := os.Hostname()
+	var suffix [4]byte
+	rand.Read(suffix[:])
+	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(suffix[:]))
 }
 
 // parseEndpoint splits an Endpoint into what minio-go wants: a host[:port]
@@ -372,6 +433,7 @@ func (c *Cacher) Delete(ctx context.Context, name string) error {
 			return c.wrap("delete", name, err)
 		}
 	}
+	c.uses.forget(name)
 	return nil
 }
 
@@ -384,7 +446,7 @@ func (c *Cacher) Walk(ctx context.Context, prefix string, fn func(name string) e
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // stops the listing if fn returns early
-	for obj := range c.client.ListObjectsIter(ctx, c.Bucket, minio.ListObjectsOptions{Prefix: c.prefix + prefix, Recursive: true}) {
+	for obj := range c.listEntries(ctx, prefix) {
 		if obj.Err != nil {
 			return c.wrap("walk", prefix, obj.Err)
 		}

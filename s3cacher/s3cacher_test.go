@@ -25,7 +25,7 @@ var (
 	_ goproxy.CacheStater  = (*Cacher)(nil)
 	_ goproxy.CacheDeleter = (*Cacher)(nil)
 	_ goproxy.CacheWalker  = (*Cacher)(nil)
-	_ cachertest.Creator   = (*Cacher)(nil)
+	_ goproxy.CacheCreator = (*Cacher)(nil)
 	_ io.ReaderAt          = (*objectFile)(nil)
 )
 

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
+
+	"github.com/goproxy-team/goproxy"
 )
 
 func TestWalkInfoReportsSizesAndTheLastUseByAnyReplica(t *testing.T) {
@@ -34,11 +36,11 @@ func TestWalkInfoReportsSizesAndTheLastUseByAnyReplica(t *testing.T) {
 	if err := other.MarkUsed(ctx, "example.com/gone/@v/list"); err != nil { // a mark without an entry
 		t.Fatal(err)
 	}
-	var got []EntryInfo
-	if err := c.WalkInfo(ctx, "", func(e EntryInfo) error { got = append(got, e); return nil }); err != nil {
+	var got []goproxy.CacheEntryInfo
+	if err := c.WalkInfo(ctx, "", func(e goproxy.CacheEntryInfo) error { got = append(got, e); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	slices.SortFunc(got, func(a, b EntryInfo) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(got, func(a, b goproxy.CacheEntryInfo) int { return strings.Compare(a.Name, b.Name) })
 	if len(got) != 3 {
 		t.Fatalf("WalkInfo = %+v, want the 3 entries", got)
 	}
@@ -53,7 +55,7 @@ func TestWalkInfoReportsSizesAndTheLastUseByAnyReplica(t *testing.T) {
 		}
 	}
 	var some []string
-	c.WalkInfo(ctx, "example.com/a/", func(e EntryInfo) error { some = append(some, e.Name); return nil })
+	c.WalkInfo(ctx, "example.com/a/", func(e goproxy.CacheEntryInfo) error { some = append(some, e.Name); return nil })
 	if len(some) != 2 {
 		t.Errorf("WalkInfo(example.com/a/) = %q", some)
 	}

@@ -45,11 +45,11 @@ type moduleSummary struct {
 	Bytes     int64 // of the versions' files and the module's lists, in both
 }
 
-// cacheStatsSource gives the status page what a repository's stores
-// hold: nil before the first walk. The library's metrics hook
-// (CacheSize, after eviction runs) can take over the totals; the module
-// list stays a walk (or the index feed).
-type cacheStatsSource interface {
+// storeWalkSource gives the status page what a walk of a repository's
+// stores found: nil before the first walk. The cache's size is the
+// newer of the walk's and the last eviction run's (cacheStatsSource);
+// the module list is the walk's.
+type storeWalkSource interface {
 	cacheSnapshot(repo string) *cacheSnapshot
 }
 
@@ -58,6 +58,8 @@ type cacheStatsSource interface {
 // asked for again at once (after an admin action changed it).
 type cacheScanner struct {
 	logger *slog.Logger
+	// measured, if set, is told the cache's size found by each walk.
+	measured func(repo string, size cacheSize)
 
 	mu    sync.Mutex
 	snaps map[string]*cacheSnapshot // by repository name
@@ -163,22 +165,22 @@ func (c *cacheScanner) scanRepo(ctx context.Context, r *repository) {
 	c.mu.Lock()
 	c.snaps[r.Name] = snap
 	c.mu.Unlock()
+	if c.measured != nil && err == nil && snap.Cached.Walkable {
+		// As of the walk's start: an eviction run that ended during it
+		// may have removed what it counted.
+		c.measured(r.Name, cacheSize{Bytes: snap.Cached.Bytes, Entries: snap.Cached.Entries, At: start, By: "walk", Known: true})
+	}
 }
 
 // scanStore walks a store, adding up its size into size and its modules
 // into mods.
 func scanStore(ctx context.Context, c goproxy.Cacher, published bool, size *storeSize, mods map[string]*moduleSummary) error {
-	walker, ok := c.(goproxy.CacheWalker)
-	if !ok {
+	if _, ok := c.(goproxy.CacheWalker); !ok {
 		return nil
 	}
 	size.Walkable = true
 	seen := map[string]bool{} // module@version, counted once for its three files
-	return walker.Walk(ctx, "", func(name string) error {
-		n, err := entrySize(ctx, c, name)
-		if err != nil {
-			return nil // removed meanwhile
-		}
+	return walkEntries(ctx, c, "", func(name string, n int64, _ time.Time) error {
 		size.Bytes += n
 		size.Entries++
 		path, version, ok := parseCacheName(name)
@@ -200,6 +202,31 @@ func scanStore(ctx context.Context, c goproxy.Cacher, published bool, size *stor
 			}
 		}
 		return nil
+	})
+}
+
+// walkEntries calls fn for every entry of c whose name starts with
+// prefix, with its size and time: from the listing itself where the store
+// lists them (an object store: no request per entry), else from a Stat of
+// each. Entries removed while the walk goes on are skipped.
+func walkEntries(ctx context.Context, c goproxy.Cacher, prefix string, fn func(name string, size int64, modTime time.Time) error) error {
+	if w, ok := c.(goproxy.CacheInfoWalker); ok {
+		return w.WalkInfo(ctx, prefix, func(e goproxy.CacheEntryInfo) error { return fn(e.Name, e.Size, e.ModTime) })
+	}
+	walker, ok := c.(goproxy.CacheWalker)
+	if !ok {
+		return nil
+	}
+	return walker.Walk(ctx, prefix, func(name string) error {
+		n, err := entrySize(ctx, c, name)
+		if err != nil {
+			return nil // removed meanwhile
+		}
+		t, err := modTime(ctx, c, name)
+		if err != nil {
+			return nil
+		}
+		return fn(name, n, t)
 	})
 }
 
@@ -264,16 +291,8 @@ func moduleVersions(ctx context.Context, p *goproxy.Proxy, modPath string) (vers
 	}
 	byVersion := map[string]*versionFiles{}
 	walk := func(c goproxy.Cacher, published bool) error {
-		walker, ok := c.(goproxy.CacheWalker)
-		if !ok {
-			return nil
-		}
-		return walker.Walk(ctx, escPath+"/@", func(name string) error {
+		return walkEntries(ctx, c, escPath+"/@", func(name string, n int64, mt time.Time) error {
 			if !strings.HasPrefix(name, escPath+"/@v/") && name != escPath+"/@latest" {
-				return nil
-			}
-			n, err := entrySize(ctx, c, name)
-			if err != nil {
 				return nil
 			}
 			_, version, _ := parseCacheName(name)
@@ -290,9 +309,7 @@ func moduleVersions(ctx context.Context, p *goproxy.Proxy, modPath string) (vers
 			v.Files = append(v.Files, strings.TrimPrefix(name, escPath+"/@v/"+mustEscapeVersion(version)))
 			v.Bytes += n
 			if strings.HasSuffix(name, ".info") {
-				if mt, err := modTime(ctx, c, name); err == nil {
-					v.Time = mt
-				}
+				v.Time = mt
 			}
 			return nil
 		})

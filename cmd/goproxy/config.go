@@ -37,9 +37,7 @@ type Config struct {
 	Progress  ProgressConfig  `yaml:"progress" json:"progress"`
 	Status    StatusConfig    `yaml:"status_page" json:"status_page"`
 	Dialer    DialerConfig    `yaml:"dialer" json:"dialer"`
-	// Metrics is reserved for the Prometheus endpoint, which needs the
-	// library's metrics hook (not there yet).
-	Metrics MetricsConfig `yaml:"metrics,omitempty" json:"metrics,omitempty"`
+	Metrics   MetricsConfig   `yaml:"metrics" json:"metrics"`
 
 	// Users are the basic-auth identities, by name.
 	Users map[string]UserConfig `yaml:"users,omitempty" json:"users,omitempty"`
@@ -150,8 +148,31 @@ type StatusConfig struct {
 	PageSize int `yaml:"page_size" json:"page_size"`
 }
 
-// MetricsConfig is reserved for /metrics (issue 14): no key is accepted yet.
-type MetricsConfig struct{}
+// MetricsConfig is the Prometheus endpoint: what every repository's
+// Proxy measures (requests, upstream fetches, downloads, the cache,
+// eviction), with the Go runtime's and the process's figures.
+type MetricsConfig struct {
+	// Enabled serves the metrics. The status page's figures are kept
+	// either way.
+	Enabled bool `yaml:"enabled" json:"enabled"`
+	// Path is where they are served: on the server's addr, or on Addr
+	// when it is set.
+	Path string `yaml:"path" json:"path"`
+	// Access is who may read them: open (anyone who reaches the server),
+	// or admin (an identity with admin: true, by basic auth or bearer
+	// token, as Prometheus's scrape configuration can send).
+	Access string `yaml:"access" json:"access"`
+	// Addr, if set, serves the metrics on a listen address of their own
+	// (plain HTTP, only there), such as one that only the monitoring
+	// network reaches. Empty means the server's addr.
+	Addr string `yaml:"addr" json:"addr"`
+}
+
+// Metrics access levels (metrics.access).
+const (
+	metricsOpen  = "open"
+	metricsAdmin = "admin"
+)
 
 // DialerConfig is how the server reaches upstreams, checksum databases
 // and, through the go command, origin repositories.
@@ -223,6 +244,14 @@ type Repository struct {
 	// Hosted is the directory of published versions, for hosted and group
 	// repositories. It must keep everything and differ from Cache.
 	Hosted string `yaml:"hosted" json:"hosted"`
+	// CacheS3 keeps the cache in a bucket of an S3-compatible store
+	// instead of the Cache directory: every server (replica) configured
+	// with the same bucket and prefix shares it, fetching each file once
+	// between them.
+	CacheS3 *S3Config `yaml:"cache_s3,omitempty" json:"cache_s3,omitempty"`
+	// HostedS3 keeps the published versions in a bucket instead of the
+	// Hosted directory.
+	HostedS3 *S3Config `yaml:"hosted_s3,omitempty" json:"hosted_s3,omitempty"`
 
 	// The go command's settings, as the go command reads them. Unset, each
 	// is taken from the environment of the server, as the go command would.
@@ -244,13 +273,71 @@ type Repository struct {
 	NotFoundTTL     Duration `yaml:"not_found_ttl" json:"not_found_ttl"`
 	HotCacheBytes   ByteSize `yaml:"hot_cache_bytes" json:"hot_cache_bytes"`
 
+	// Offline serves only what the cache and the hosted store hold: no
+	// upstream and no checksum database is ever contacted, and what is
+	// not cached answers 404 saying so. For a repository filled in
+	// advance (goproxy fill, goproxy import) where there is no network.
+	Offline bool `yaml:"offline" json:"offline"`
+	// StaleWhileRevalidate is how long past mutable_ttl a version list,
+	// @latest or query answer is still answered at once from the cache
+	// while it is refreshed in the background. Zero (the default) waits
+	// for the upstreams once the answer is past mutable_ttl.
+	StaleWhileRevalidate Duration `yaml:"stale_while_revalidate" json:"stale_while_revalidate"`
+	// Scrub re-checks the cached .mod and .zip files on a schedule.
+	Scrub ScrubConfig `yaml:"scrub" json:"scrub"`
+
 	Direct   DirectConfig   `yaml:"direct" json:"direct"`
 	Download DownloadConfig `yaml:"download" json:"download"`
 	Prefetch PrefetchConfig `yaml:"prefetch" json:"prefetch"`
 	Access   AccessConfig   `yaml:"access" json:"access"`
-	// Eviction is reserved for bounding the cache (issue 14): no key is
-	// accepted yet.
-	Eviction EvictionConfig `yaml:"eviction,omitempty" json:"eviction,omitempty"`
+	// Admission decides which module versions the repository serves,
+	// lists and fetches.
+	Admission AdmissionConfig `yaml:"admission" json:"admission"`
+	// Eviction bounds the cache (not the hosted store) by age and size.
+	Eviction EvictionConfig `yaml:"eviction" json:"eviction"`
+}
+
+// S3Config is a bucket of an S3-compatible store (s3cacher.Cacher). Its
+// credentials come from environment variables or files (one of the two
+// for each), never from the config file; with none given, the store's
+// usual search applies: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,
+// MINIO_ROOT_USER and MINIO_ROOT_PASSWORD, the AWS shared credentials
+// file, and the machine's IAM role.
+type S3Config struct {
+	// Endpoint is the store's URL, https://host[:port] or
+	// http://host[:port]. Empty means AWS S3.
+	Endpoint string `yaml:"endpoint" json:"endpoint"`
+	// Bucket must exist: the server never creates it.
+	Bucket string `yaml:"bucket" json:"bucket"`
+	// Prefix is put before every key, so that repositories (or other
+	// users) can share a bucket.
+	Prefix string `yaml:"prefix" json:"prefix"`
+	// Region is the bucket's. Empty means asking the store once.
+	Region string `yaml:"region" json:"region"`
+
+	AccessKeyIDEnv      string `yaml:"access_key_id_env" json:"access_key_id_env"`
+	AccessKeyIDFile     string `yaml:"access_key_id_file" json:"access_key_id_file"`
+	SecretAccessKeyEnv  string `yaml:"secret_access_key_env" json:"secret_access_key_env"`
+	SecretAccessKeyFile string `yaml:"secret_access_key_file" json:"secret_access_key_file"`
+	SessionTokenEnv     string `yaml:"session_token_env" json:"session_token_env"`
+	SessionTokenFile    string `yaml:"session_token_file" json:"session_token_file"`
+
+	// Addressing is auto, path (host/bucket/key: MinIO and most
+	// self-hosted stores) or virtual_host (bucket.host/key).
+	Addressing string `yaml:"addressing" json:"addressing"`
+	// CAFile lists in PEM the certificates trusted for the store's. Empty
+	// means the system's.
+	CAFile string `yaml:"ca_file" json:"ca_file"`
+	// Timeout bounds each request's waits for the store.
+	Timeout Duration `yaml:"timeout" json:"timeout"`
+
+	// RedirectDownloads answers requests for cached zips of modules
+	// anyone may read (access.anonymous_read) with a redirect to the
+	// bucket, so that the bytes come from the store. For cache_s3 only;
+	// the clients must reach the endpoint.
+	RedirectDownloads bool `yaml:"redirect_downloads" json:"redirect_downloads"`
+	// RedirectExpiry is how long a redirect's URL works.
+	RedirectExpiry Duration `yaml:"redirect_expiry" json:"redirect_expiry"`
 }
 
 // RouteConfig is a goproxy.Route.
@@ -311,6 +398,22 @@ type PrefetchConfig struct {
 	Concurrency int  `yaml:"concurrency" json:"concurrency"`
 }
 
+// ScrubConfig is goproxy.ScrubOptions: scrubs of the cache, which
+// re-check every cached .mod and .zip against the checksum database and
+// golang.org/x/mod/zip.CheckZip and remove those that no longer pass.
+// goproxy scrub and POST <prefix>/-/scrub run one at any time.
+type ScrubConfig struct {
+	// Interval is how often a scrub starts while the server runs; zero
+	// (the default) never starts one on its own.
+	Interval Duration `yaml:"interval" json:"interval"`
+	// Rate caps how fast a scrub reads the cache, per second. Zero means
+	// 32MiB.
+	Rate ByteSize `yaml:"rate" json:"rate"`
+	// Quarantine is a directory that receives a copy of every file a
+	// scrub removes, for inspection. Empty: removed files are gone.
+	Quarantine string `yaml:"quarantine" json:"quarantine"`
+}
+
 // AccessConfig is who may do what in a repository.
 type AccessConfig struct {
 	// AnonymousRead lists the modules anyone may read, in GOPRIVATE syntax.
@@ -327,8 +430,18 @@ type GrantConfig struct {
 	Administer bool   `yaml:"administer" json:"administer"`
 }
 
-// EvictionConfig is reserved for bounding the cache (issue 14).
-type EvictionConfig struct{}
+// EvictionConfig is goproxy.Eviction: it removes from a repository's
+// cache what has not been served for MaxAge, and keeps it under MaxBytes
+// (least recently served first). Zero values turn each limit off; both
+// off, nothing is removed.
+type EvictionConfig struct {
+	MaxAge   Duration `yaml:"max_age" json:"max_age"`
+	MaxBytes ByteSize `yaml:"max_bytes" json:"max_bytes"`
+	// Interval is the time between runs (0: an hour); a run also starts
+	// when what was stored takes the cache over MaxBytes, at most once a
+	// minute.
+	Interval Duration `yaml:"interval" json:"interval"`
+}
 
 // Repository types.
 const (
@@ -352,7 +465,8 @@ func defaultConfig() *Config {
 		Readyz: ReadyzConfig{Timeout: Duration(5 * time.Second)},
 		Progress: ProgressConfig{Mode: progressAuto, Interval: Duration(10 * time.Second),
 			MinSize: 16 << 20, MinDuration: Duration(10 * time.Second)},
-		Status: StatusConfig{ScanInterval: Duration(5 * time.Minute), PageSize: 100},
+		Status:  StatusConfig{ScanInterval: Duration(5 * time.Minute), PageSize: 100},
+		Metrics: MetricsConfig{Enabled: true, Path: "/metrics", Access: metricsOpen},
 	}
 }
 
@@ -389,7 +503,7 @@ func (r *Repository) fillDefaults(cacheBase string) {
 	if r.Type == "" {
 		r.Type = typeProxy
 	}
-	if r.Cache == "" && cacheBase != "" {
+	if r.Cache == "" && r.CacheS3 == nil && cacheBase != "" {
 		r.Cache = cacheBase + "/" + r.Name
 	}
 }

@@ -72,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: goproxy [flags]
+       goproxy fill|export|import|scrub [flags] [args] (see goproxy fill -h)
 
 goproxy serves the Go module proxy protocol. With no configuration it caches
 under the user cache directory and fetches from the upstreams in GOPROXY, as
@@ -95,7 +96,12 @@ Flags:
 
 Signals: SIGHUP reloads the configuration; SIGINT and SIGTERM shut down
 gracefully.
+
+Subcommands, on one repository of the same configuration:
 `)
+		for _, name := range sortedKeys(cacheOps) {
+			fmt.Fprintf(fs.Output(), "  %-7s %s\n", name, cacheOps[name].summary)
+		}
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err

@@ -5,22 +5,23 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/goproxy-team/goproxy"
 )
 
 // transfer is a download from an upstream in flight, as the progress
 // display and the status page show it.
 type transfer struct {
-	Repo    string // the repository whose Proxy downloads it
-	Module  string
-	Version string
-	Started time.Time
-	Done    int64   // bytes received
-	Total   int64   // bytes expected, -1 while unknown
-	Rate    float64 // bytes per second lately, 0 while unknown
-	// Waiting and Upstream are not known yet (0 and ""): the library's
-	// live view will tell them.
-	Waiting  int
-	Upstream string
+	Repo     string // the repository whose Proxy downloads it
+	Module   string
+	Version  string // the version or query; empty for a list or @latest
+	Kind     goproxy.RequestKind
+	Upstream string // without credentials; "direct" for the go command
+	Started  time.Time
+	Done     int64   // bytes received
+	Total    int64   // bytes expected, -1 while unknown
+	Rate     float64 // bytes per second lately, 0 while unknown
+	Waiting  int     // clients waiting for it
 }
 
 // Percent is how much is done, -1 while the total is unknown.
@@ -39,108 +40,132 @@ func (t transfer) ETA() time.Duration {
 	return time.Duration(float64(max(t.Total-t.Done, 0)) / t.Rate * float64(time.Second))
 }
 
-// Label names the download: module@version.
-func (t transfer) Label() string { return t.Module + "@" + t.Version }
+// Label names the download: module@version for a zip, with the file for
+// the others.
+func (t transfer) Label() string { return downloadLabel(t.Module, t.Version, t.Kind, t.Upstream) }
 
-// downloadSource lists the downloads in flight, oldest first. The
-// progress bars, the progress lines and the status page read it, so that
-// the library's live view of downloads (which knows the rate, the waiting
-// clients and the upstream) can replace today's progressTracker behind
-// it without changing them.
+// key tells downloads apart, for the displays that follow them.
+func (t transfer) key() transferKey {
+	return transferKey{t.Repo, t.Module, t.Version, t.Kind, t.Upstream, t.Started}
+}
+
+type transferKey struct {
+	repo, module, version string
+	kind                  goproxy.RequestKind
+	upstream              string
+	started               time.Time
+}
+
+// downloadLabel names a download of the library's live view.
+func downloadLabel(module, version string, kind goproxy.RequestKind, upstream string) string {
+	switch kind {
+	case goproxy.RequestZip:
+		return module + "@" + version
+	case goproxy.RequestInfo:
+		return module + "@" + version + " (.info)"
+	case goproxy.RequestMod:
+		return module + "@" + version + " (.mod)"
+	case goproxy.RequestList:
+		return module + " (version list)"
+	case goproxy.RequestLatest:
+		return module + "@latest"
+	}
+	if module != "" { // a checksum database lookup
+		return module + "@" + version + " (" + upstream + ")"
+	}
+	return upstream + " (tile)"
+}
+
+// failedDownload is a download from an upstream that failed, as the
+// status page shows it.
+type failedDownload struct {
+	Repo     string
+	Module   string
+	Version  string
+	Kind     goproxy.RequestKind
+	Upstream string
+	Time     time.Time
+	Error    string
+}
+
+// Label names the download, as transfer.Label does.
+func (f failedDownload) Label() string { return downloadLabel(f.Module, f.Version, f.Kind, f.Upstream) }
+
+// downloadSource lists the downloads in flight, oldest first, for the
+// progress bars, the progress lines and the status page.
 type downloadSource interface {
 	downloads() []transfer
 }
 
-// progressTracker is the downloadSource fed by each Proxy's
-// DownloadOptions.Progress hook. The hook reports zips downloaded from
-// upstream proxies (not the go command's direct fetches) every quarter
-// second while they run and once at the end, but never says that a
-// download ended: one is over when all its bytes are in, or when the
-// hook has not been called for staleAfter (a failure).
-type progressTracker struct {
-	now func() time.Time
-
-	mu     sync.Mutex
-	active map[transferKey]*trackedTransfer
+// failureSource lists the downloads that failed lately, newest first,
+// for the status page.
+type failureSource interface {
+	recentFailures() []failedDownload
 }
 
-type transferKey struct{ repo, module, version string }
+// maxFailuresShown bounds the failed downloads the status page lists.
+const maxFailuresShown = 50
 
-type trackedTransfer struct {
-	transfer
-	lastCall time.Time
-	// samples are the latest (time, bytes) reports, oldest first, for the rate.
-	samples []progressSample
+// liveViews is the downloadSource and failureSource of the server: the
+// library's live view of every Proxy that serves or finishes requests
+// (a reload retires Proxies when their requests are done), each download
+// with the repository it is for.
+type liveViews struct {
+	mu      sync.Mutex
+	proxies map[*goproxy.Proxy]string // to repository names
 }
 
-type progressSample struct {
-	at   time.Time
-	done int64
+func newLiveViews() *liveViews { return &liveViews{proxies: map[*goproxy.Proxy]string{}} }
+
+// add makes p's downloads seen, as repo's.
+func (l *liveViews) add(p *goproxy.Proxy, repo string) {
+	l.mu.Lock()
+	l.proxies[p] = repo
+	l.mu.Unlock()
 }
 
-const (
-	// staleAfter is how long a download may go without a report before
-	// it is taken for ended. The hook is called every 250 ms, stalled
-	// or not, so this leaves room for a busy machine.
-	staleAfter = 3 * time.Second
-	// rateSamples is how many reports the rate is measured over: about
-	// two seconds' worth.
-	rateSamples = 9
-)
-
-func newProgressTracker() *progressTracker {
-	return &progressTracker{now: time.Now, active: map[transferKey]*trackedTransfer{}}
+// remove forgets p, once it is closed.
+func (l *liveViews) remove(p *goproxy.Proxy) {
+	l.mu.Lock()
+	delete(l.proxies, p)
+	l.mu.Unlock()
 }
 
-// hook returns the DownloadOptions.Progress hook of a repository's Proxy.
-// It never blocks for long: one map update under a mutex.
-func (pt *progressTracker) hook(repo string) func(module, version string, done, total int64) {
-	return func(module, version string, done, total int64) {
-		pt.report(repo, module, version, done, total)
+// views takes every Proxy's live view, outside the lock.
+func (l *liveViews) views(fn func(repo string, v goproxy.LiveView)) {
+	l.mu.Lock()
+	proxies := make(map[*goproxy.Proxy]string, len(l.proxies))
+	for p, repo := range l.proxies {
+		proxies[p] = repo
+	}
+	l.mu.Unlock()
+	for p, repo := range proxies {
+		fn(repo, p.LiveView())
 	}
 }
 
-func (pt *progressTracker) report(repo, module, version string, done, total int64) {
-	now := pt.now()
-	key := transferKey{repo, module, version}
-	pt.mu.Lock()
-	defer pt.mu.Unlock()
-	if total >= 0 && done >= total {
-		delete(pt.active, key) // the last report of a finished download
-		return
-	}
-	t := pt.active[key]
-	if t == nil {
-		t = &trackedTransfer{transfer: transfer{Repo: repo, Module: module, Version: version, Started: now}}
-		pt.active[key] = t
-	}
-	if done < t.Done {
-		t.samples = t.samples[:0] // started over: the file changed upstream
-	}
-	t.Done, t.Total, t.lastCall = done, total, now
-	if len(t.samples) == rateSamples {
-		t.samples = append(t.samples[:0], t.samples[1:]...)
-	}
-	t.samples = append(t.samples, progressSample{now, done})
-	if first := t.samples[0]; now.Sub(first.at) > 0 {
-		t.Rate = float64(done-first.done) / now.Sub(first.at).Seconds()
-	}
-}
-
-func (pt *progressTracker) downloads() []transfer {
-	now := pt.now()
-	pt.mu.Lock()
-	defer pt.mu.Unlock()
-	out := make([]transfer, 0, len(pt.active))
-	for key, t := range pt.active {
-		if now.Sub(t.lastCall) > staleAfter {
-			delete(pt.active, key)
-			continue
+func (l *liveViews) downloads() []transfer {
+	var out []transfer
+	l.views(func(repo string, v goproxy.LiveView) {
+		for _, d := range v.Downloads {
+			out = append(out, transfer{Repo: repo, Module: d.Module, Version: d.Version, Kind: d.Kind, Upstream: d.Upstream,
+				Started: d.Started, Done: d.Done, Total: d.Total, Rate: d.Rate, Waiting: d.Waiting})
 		}
-		out = append(out, t.transfer)
-	}
+	})
 	slices.SortFunc(out, func(a, b transfer) int {
 		return cmp.Or(a.Started.Compare(b.Started), cmp.Compare(a.Repo, b.Repo), cmp.Compare(a.Label(), b.Label()))
 	})
 	return out
+}
+
+func (l *liveViews) recentFailures() []failedDownload {
+	var out []failedDownload
+	l.views(func(repo string, v goproxy.LiveView) {
+		for _, f := range v.Failures {
+			out = append(out, failedDownload{Repo: repo, Module: f.Module, Version: f.Version, Kind: f.Kind,
+				Upstream: f.Upstream, Time: f.Time, Error: truncate(f.Error)})
+		}
+	})
+	slices.SortStableFunc(out, func(a, b failedDownload) int { return b.Time.Compare(a.Time) })
+	return out[:min(len(out), maxFailuresShown)]
 }

@@ -5,85 +5,115 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/goproxy-team/goproxy"
 )
 
 // fakeClock is a time that tests move by hand.
 type fakeClock struct{ t time.Time }
 
 func newFakeClock() *fakeClock               { return &fakeClock{time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
-func (c *fakeClock) now() time.Time          { return c.t }
 func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
-func trackerAt(c *fakeClock) *progressTracker {
-	pt := newProgressTracker()
-	pt.now = c.now
-	return pt
-}
-
-// only returns the one download in flight.
-func (pt *progressTracker) only(t *testing.T) transfer {
-	t.Helper()
-	ds := pt.downloads()
-	if len(ds) != 1 {
-		t.Fatalf("%d downloads in flight, want 1: %+v", len(ds), ds)
-	}
-	return ds[0]
-}
-
-func TestProgressTrackerMeasuresRateAndETA(t *testing.T) {
-	clock := newFakeClock()
-	pt := trackerAt(clock)
-	hook := pt.hook("public")
-	hook("example.com/m", "v1.0.0", 0, -1)
-	if d := pt.only(t); d.Percent() != -1 || d.ETA() != -1 || d.Rate != 0 {
-		t.Errorf("before anything is known: %d %%, ETA %v, rate %v", d.Percent(), d.ETA(), d.Rate)
-	}
-	for i := 1; i <= 4; i++ {
-		clock.advance(250 * time.Millisecond)
-		hook("example.com/m", "v1.0.0", int64(i)*256<<10, 10<<20)
-	}
-	d := pt.only(t)
-	if d.Rate != 1<<20 {
-		t.Errorf("rate %v B/s, want 1 MiB/s", d.Rate)
-	}
+func TestTransferProgressAndLabels(t *testing.T) {
+	d := transfer{Module: "example.com/m", Version: "v1.0.0", Kind: goproxy.RequestZip, Done: 1 << 20, Total: 10 << 20, Rate: 1 << 20}
 	if d.Percent() != 10 || d.ETA() != 9*time.Second {
 		t.Errorf("%d %%, ETA %v; want 10 %%, 9s", d.Percent(), d.ETA())
 	}
-	if d.Label() != "example.com/m@v1.0.0" || d.Repo != "public" {
-		t.Errorf("%q in %q", d.Label(), d.Repo)
+	d.Total, d.Rate = -1, 0
+	if d.Percent() != -1 || d.ETA() != -1 {
+		t.Errorf("with the size unknown: %d %%, ETA %v", d.Percent(), d.ETA())
+	}
+	for _, tc := range []struct {
+		module, version string
+		kind            goproxy.RequestKind
+		upstream, want  string
+	}{
+		{"example.com/m", "v1.0.0", goproxy.RequestZip, "direct", "example.com/m@v1.0.0"},
+		{"example.com/m", "v1.0.0", goproxy.RequestInfo, "direct", "example.com/m@v1.0.0 (.info)"},
+		{"example.com/m", "", goproxy.RequestList, "direct", "example.com/m (version list)"},
+		{"example.com/m", "", goproxy.RequestLatest, "direct", "example.com/m@latest"},
+		{"example.com/m", "v1.0.0", goproxy.RequestSumDB, "sumdb/sum.golang.org", "example.com/m@v1.0.0 (sumdb/sum.golang.org)"},
+		{"", "", goproxy.RequestSumDB, "sumdb/sum.golang.org", "sumdb/sum.golang.org (tile)"},
+	} {
+		if got := downloadLabel(tc.module, tc.version, tc.kind, tc.upstream); got != tc.want {
+			t.Errorf("%s %s %s: %q, want %q", tc.kind, tc.module, tc.version, got, tc.want)
+		}
 	}
 }
 
-func TestProgressTrackerForgetsEndedDownloads(t *testing.T) {
-	clock := newFakeClock()
-	pt := trackerAt(clock)
-	hook := pt.hook("public")
-	t.Run("finished", func(t *testing.T) {
-		hook("example.com/done", "v1.0.0", 10, 100)
-		hook("example.com/done", "v1.0.0", 100, 100)
-		if ds := pt.downloads(); len(ds) != 0 {
-			t.Errorf("a finished download is in flight: %+v", ds)
+// TestLiveViewsShowEachRepositorysDownloadsAndFailures runs two
+// repositories' Proxies: a slow download of one shows with its
+// repository, upstream and waiting client; a failed fetch of the other
+// among the recent failures; and a Proxy removed (retired) shows no more.
+func TestLiveViewsShowEachRepositorysDownloadsAndFailures(t *testing.T) {
+	const large, version = "example.com/large", "v1.0.0"
+	upstream := slowUpstream(t, large, version, 4<<20, 256<<10)
+	// An upstream that refuses connections: every fetch fails.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := "http://" + ln.Addr().String()
+	ln.Close()
+	newTestProxy := func(goproxyList string) *goproxy.Proxy {
+		p := &goproxy.Proxy{Cacher: goproxy.DirCacher(t.TempDir()), TempDir: t.TempDir(),
+			Env:      []string{"GOPROXY=" + goproxyList, "GOSUMDB=off"},
+			Download: goproxy.DownloadOptions{Attempts: 1, Connections: 1},
+			Logger:   slog.New(slog.DiscardHandler)}
+		if err := p.Init(); err != nil {
+			t.Fatal(err)
 		}
-	})
-	t.Run("failed: no report for a while", func(t *testing.T) {
-		hook("example.com/failed", "v1.0.0", 10, 100)
-		clock.advance(staleAfter / 2)
-		pt.only(t)
-		clock.advance(staleAfter)
-		if ds := pt.downloads(); len(ds) != 0 {
-			t.Errorf("a download not reported for %v is in flight: %+v", staleAfter*3/2, ds)
+		t.Cleanup(func() { p.Close() })
+		return p
+	}
+	a, b := newTestProxy(upstream), newTestProxy(down)
+	live := newLiveViews()
+	live.add(a, "a")
+	live.add(b, "b")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		r := httptest.NewRequestWithContext(ctx, "GET", "/"+large+"/@v/"+version+".zip", nil)
+		a.ServeHTTP(httptest.NewRecorder(), r)
+	}()
+	b.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/example.com/m/@v/v1.0.0.info", nil))
+
+	deadline := time.Now().Add(20 * time.Second)
+	var d transfer
+	for {
+		ds := live.downloads()
+		if len(ds) == 1 && ds[0].Done > 0 && ds[0].Total > 0 {
+			d = ds[0]
+			break
 		}
-	})
-	t.Run("two repositories", func(t *testing.T) {
-		hook("example.com/m", "v1.0.0", 10, 100)
-		pt.hook("corp")("example.com/m", "v1.0.0", 20, 100)
-		if ds := pt.downloads(); len(ds) != 2 {
-			t.Errorf("%d downloads, want one per repository", len(ds))
+		if time.Now().After(deadline) {
+			t.Fatalf("downloads in flight: %+v", ds)
 		}
-	})
+		time.Sleep(20 * time.Millisecond)
+	}
+	if d.Repo != "a" || d.Label() != large+"@"+version || d.Upstream != upstream || d.Waiting != 1 || d.Total != 4<<20 {
+		t.Errorf("the download in flight: %+v", d)
+	}
+	fs := live.recentFailures()
+	if len(fs) != 1 || fs[0].Repo != "b" || fs[0].Label() != "example.com/m@v1.0.0 (.info)" || fs[0].Upstream != down || fs[0].Error == "" {
+		t.Errorf("recent failures: %+v", fs)
+	}
+
+	live.remove(a)
+	if ds := live.downloads(); len(ds) != 0 {
+		t.Errorf("a removed Proxy's downloads are shown: %+v", ds)
+	}
+	cancel()
+	<-served
 }
 
 // listSource is a downloadSource with a fixed list.
@@ -95,9 +125,10 @@ func TestProgressLinesAreThrottledAndOnlyForLargeDownloads(t *testing.T) {
 	clock := newFakeClock()
 	start := clock.t
 	src := listSource{
-		{Repo: "r", Module: "example.com/large", Version: "v1.0.0", Started: start, Done: 1 << 20, Total: 64 << 20, Rate: 1 << 20},
-		{Repo: "r", Module: "example.com/small", Version: "v1.0.0", Started: start.Add(25 * time.Second), Done: 1 << 10, Total: 1 << 20},
-		{Repo: "r", Module: "example.com/slow", Version: "v1.0.0", Started: start, Done: 1 << 10, Total: -1},
+		{Repo: "r", Module: "example.com/large", Version: "v1.0.0", Kind: goproxy.RequestZip, Upstream: "https://proxy.example.com",
+			Started: start, Done: 1 << 20, Total: 64 << 20, Rate: 1 << 20, Waiting: 2},
+		{Repo: "r", Module: "example.com/small", Version: "v1.0.0", Kind: goproxy.RequestZip, Started: start.Add(25 * time.Second), Done: 1 << 10, Total: 1 << 20},
+		{Repo: "r", Module: "example.com/slow", Version: "v1.0.0", Kind: goproxy.RequestZip, Started: start, Done: 1 << 10, Total: -1},
 	}
 	var buf bytes.Buffer
 	l := &lineDisplay{source: src, every: 10 * time.Second, minSize: 16 << 20, minDuration: 30 * time.Second}
@@ -121,7 +152,9 @@ func TestProgressLinesAreThrottledAndOnlyForLargeDownloads(t *testing.T) {
 	if len(counts) != len(want) || counts["example.com/large@v1.0.0"] != 4 || counts["example.com/slow@v1.0.0"] != 2 {
 		t.Errorf("lines by download: %v, want %v\n%s", counts, want, buf.String())
 	}
-	if !strings.Contains(buf.String(), `"percent":1,`) || !strings.Contains(buf.String(), `"eta":63000000000`) {
-		t.Errorf("the large download's line:\n%s", buf.String())
+	for _, want := range []string{`"percent":1,`, `"eta":63000000000`, `"upstream":"https://proxy.example.com"`, `"waiting":2`} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("the large download's line has no %s:\n%s", want, buf.String())
+		}
 	}
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"archive/zip"
 	"bytes"
+	"encoding/base64"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -52,6 +54,7 @@ log:
   format: json
 audit_log:
   file: AUDIT
+metrics: {access: admin}
 users:
   alice:
     password_env: ALICE_PASSWORD
@@ -88,7 +91,9 @@ repositories:
 // TestServerTwoRepositories runs the built server with a config file
 // and drives it with the go command and curl: a public proxy and a
 // group with hosted modules, publishing, a private module readable only
-// with a token, health checks, request IDs, the audit log, and a reload
+// with a token, /metrics counting the go command's requests (misses,
+// then hits) and the upstream fetches, health checks, request IDs and
+// the cache outcome in the access log, the audit log, and a reload
 // (SIGHUP and the admin endpoint) that changes an access rule.
 func TestServerTwoRepositories(t *testing.T) {
 	buildServer(t)
@@ -145,6 +150,65 @@ func TestServerTwoRepositories(t *testing.T) {
 		gocmd.MustRun(t, "mod", "download")
 		if _, err := os.Stat(filepath.Join(dir, "cache", "public", moduletest.GraphPath(1), "@v", "v1.2.0.info")); err != nil {
 			t.Errorf("the public repository's cache is not cache/public: %v", err)
+		}
+	})
+
+	t.Run("metrics count the run", func(t *testing.T) {
+		if code, _, _ := get("/metrics"); code != 401 {
+			t.Errorf("/metrics without credentials: %d", code)
+		}
+		if code, _, _ := get("/metrics", "Authorization", "Bearer "+readerToken); code != 403 {
+			t.Errorf("/metrics for a token without admin: %d", code)
+		}
+		alice := []string{"Authorization", "Basic " + base64.StdEncoding.EncodeToString([]byte("alice:alice-pw"))}
+		first := countedRun(t, srv, client, alice, "public")
+		// A cold cache: the go command's requests for module files were
+		// answered from upstream, or by a fetch that one of them started
+		// (prefetches aside, every one a miss).
+		if first.misses == 0 || first.misses+first.hits != first.moduleFiles {
+			t.Errorf("the cold run: %v", first)
+		}
+		m := first.metrics
+		// Every file was asked of the upstream once, and every request
+		// the upstream had is a fetch counted, with its bytes, once the
+		// fetches the proxy makes on its own (prefetches) are done.
+		for _, path := range first.paths {
+			if n := up.Requests(strings.TrimPrefix(path, "/public")); n != 1 {
+				t.Errorf("%s was asked of the upstream %d times", path, n)
+			}
+		}
+		m = settledMetrics(t, client, srv.URL+"/metrics", alice, func(m scraped) error {
+			switch upstreamRequests := up.TotalRequests(); {
+			case int(m.sum("goproxy_upstream_fetches_total", "repository", "public", "upstream", up.URL, "outcome", "ok")) != upstreamRequests:
+				return fmt.Errorf("%v upstream fetches counted, the upstream had %d requests", m.sum("goproxy_upstream_fetches_total", "repository", "public", "upstream", up.URL, "outcome", "ok"), upstreamRequests)
+			case int(m.sum("goproxy_upstream_fetches_total", "repository", "public")) != upstreamRequests:
+				return fmt.Errorf("%v upstream fetches in all, the upstream had %d requests", m.sum("goproxy_upstream_fetches_total", "repository", "public"), upstreamRequests)
+			case int64(m.sum("goproxy_upstream_fetch_bytes_total", "repository", "public")) != up.BytesSent():
+				return fmt.Errorf("%v bytes fetched counted, the upstream sent %d", m.sum("goproxy_upstream_fetch_bytes_total", "repository", "public"), up.BytesSent())
+			case m.sum("goproxy_downloads_in_flight", "repository", "public") != 0:
+				return fmt.Errorf("%v downloads in flight after the run", m.sum("goproxy_downloads_in_flight", "repository", "public"))
+			case int64(m.sum("goproxy_download_bytes_total", "repository", "public")) < up.BytesSent():
+				return fmt.Errorf("%v bytes downloaded counted, the upstream sent %d", m.sum("goproxy_download_bytes_total", "repository", "public"), up.BytesSent())
+			}
+			return nil
+		})
+		for _, name := range []string{"go_goroutines", "process_open_fds", "go_build_info"} {
+			if !m.has(name) {
+				t.Errorf("/metrics has no %s", name)
+			}
+		}
+
+		// The same again with an empty module cache: all hits, nothing
+		// asked of the upstream.
+		upstreamRequests := up.TotalRequests()
+		gocmd.FreshModCache(t)
+		gocmd.MustRun(t, "mod", "download")
+		second := countedRun(t, srv, client, alice, "public")
+		if second.moduleFiles != 2*first.moduleFiles || second.misses != first.misses || second.hits != first.hits+first.moduleFiles {
+			t.Errorf("after the warm run: %v; after the cold run: %v", second, first)
+		}
+		if up.TotalRequests() != upstreamRequests {
+			t.Errorf("the warm run asked the upstream %d times", up.TotalRequests()-upstreamRequests)
 		}
 	})
 
@@ -207,8 +271,17 @@ func TestServerTwoRepositories(t *testing.T) {
 			t.Errorf("X-Request-ID answered: %q", hdr.Get("X-Request-ID"))
 		}
 		line := srv.waitLog(t, 10*time.Second, func(m map[string]any) bool { return m["msg"] == "request" && m["request_id"] == "test-id-42" })
-		if line["status"] != float64(200) || line["repository"] != "public" || line["bytes"] == float64(0) {
+		if line["status"] != float64(200) || line["repository"] != "public" || line["bytes"] == float64(0) || line["cache"] != "miss" {
 			t.Errorf("access log line: %v", line)
+		}
+		// Asked again, the list is in the cache.
+		get("/public/"+moduletest.GraphPath(1)+"/@v/list", "X-Request-ID", "test-id-43")
+		line = srv.waitLog(t, 10*time.Second, func(m map[string]any) bool { return m["msg"] == "request" && m["request_id"] == "test-id-43" })
+		if line["cache"] != "hot" && line["cache"] != "hit" {
+			t.Errorf("access log line of a cached list: %v", line)
+		}
+		if line := srv.waitLog(t, 10*time.Second, func(m map[string]any) bool { return m["msg"] == "request" && m["path"] == "/healthz" }); line["cache"] != nil {
+			t.Errorf("a request that reaches no cache has a cache outcome: %v", line)
 		}
 		_, _, hdr = get("/healthz")
 		if len(hdr.Get("X-Request-ID")) < 16 {
@@ -259,7 +332,7 @@ func TestServerTwoRepositories(t *testing.T) {
 		refused := srv.waitLog(t, 20*time.Second, func(m map[string]any) bool {
 			return m["msg"] == "configuration refused, the previous one stays in force"
 		})
-		if e, _ := refused["error"].(string); !strings.Contains(e, "goproxy.yaml:42:") || !strings.Contains(e, "unknown_key") {
+		if e, _ := refused["error"].(string); !strings.Contains(e, "goproxy.yaml:43:") || !strings.Contains(e, "unknown_key") {
 			t.Errorf("the refusal does not say where: %q", e)
 		}
 		if code := anonymousList(); code != 200 {
@@ -321,4 +394,118 @@ func TestServerTwoRepositories(t *testing.T) {
 			t.Errorf("the group after the reload: %d", code)
 		}
 	})
+}
+
+// runCounts is what /metrics and the access log say of a repository's
+// requests so far (since the server started).
+type runCounts struct {
+	metrics     scraped
+	paths       []string // of the requests for module files, by the access log
+	moduleFiles int      // requests for module files (lists, @latest, .info, .mod, .zip)
+	misses      int      // of those, answered from upstream
+	hits        int      // answered from the proxy's memory or the cache
+}
+
+func (c runCounts) String() string {
+	return fmt.Sprintf("%d requests for module files: %d misses, %d hits", c.moduleFiles, c.misses, c.hits)
+}
+
+// countedRun scrapes the metrics once they count every request the
+// access log has for repo, and checks that both agree, kind by kind and
+// cache outcome by cache outcome.
+func countedRun(t *testing.T, srv *proc, client *http.Client, auth []string, repo string) runCounts {
+	t.Helper()
+	lines := func() []map[string]any {
+		var out []map[string]any
+		for _, l := range srv.logLines("request") {
+			if l["repository"] == repo {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	// The client has every answer, but the server's handlers may still
+	// be at their last step: the Request metric is reported before the
+	// access log line is written, so once the two counts agree, both
+	// have every request.
+	var m scraped
+	var logged []map[string]any
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		m = scrape(t, client, srv.URL+"/metrics", auth...)
+		logged = lines()
+		if int(m.sum("goproxy_requests_total", "repository", repo)) == len(logged) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics counts %v requests of %s, the access log %d", m.sum("goproxy_requests_total", "repository", repo), repo, len(logged))
+		}
+	}
+	c := runCounts{metrics: m}
+	byOutcome := map[[3]string]int{}
+	for _, l := range logged {
+		path, _ := l["path"].(string)
+		cache, _ := l["cache"].(string)
+		kind := kindOfPath(path)
+		if cache == "" {
+			cache = "none"
+		}
+		byOutcome[[3]string{kind, cache, fmt.Sprintf("%dxx", int(l["status"].(float64))/100)}]++
+		switch kind {
+		case "list", "latest", "info", "mod", "zip":
+			c.moduleFiles++
+			c.paths = append(c.paths, path)
+			switch cache {
+			case "miss":
+				c.misses++
+			case "hit", "hot":
+				c.hits++
+			default:
+				t.Errorf("%s: cache %q", path, cache)
+			}
+		}
+	}
+	for k, n := range byOutcome {
+		if got := m.sum("goproxy_requests_total", "repository", repo, "kind", k[0], "cache", k[1], "code", k[2]); int(got) != n {
+			t.Errorf("/metrics counts %v requests of kind %s, cache %s, status %s; the access log %d", got, k[0], k[1], k[2], n)
+		}
+	}
+	return c
+}
+
+// settledMetrics scrapes the metrics until check finds nothing wrong
+// with them, failing with what it found at the deadline: what the proxy
+// does in the background after the client has its answers (a prefetch,
+// storing a file) settles in a moment.
+func settledMetrics(t *testing.T, client *http.Client, url string, auth []string, check func(scraped) error) scraped {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		m := scrape(t, client, url, auth...)
+		err := check(m)
+		if err == nil {
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+	}
+}
+
+// kindOfPath is the metrics' kind of a request for path, in a
+// repository under a prefix.
+func kindOfPath(path string) string {
+	switch {
+	case strings.Contains(path, "/sumdb/"):
+		return "sumdb"
+	case strings.HasSuffix(path, "/@v/list"):
+		return "list"
+	case strings.HasSuffix(path, "/@latest"):
+		return "latest"
+	case strings.HasSuffix(path, ".info"):
+		return "info"
+	case strings.HasSuffix(path, ".mod"):
+		return "mod"
+	case strings.HasSuffix(path, ".zip"):
+		return "zip"
+	}
+	return "other"
 }

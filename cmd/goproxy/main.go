@@ -1,8 +1,8 @@
 // Command goproxy is a Go module proxy server built on the goproxy
 // library: one or several repositories (caching proxies, hosted modules,
 // or groups of both) under their own path prefixes, with access control,
-// an audit log, TLS, health checks, reload on SIGHUP and graceful
-// shutdown.
+// an audit log, TLS, health checks, Prometheus metrics, a status page,
+// cache eviction, reload on SIGHUP and graceful shutdown.
 //
 // With no configuration it caches under the user cache directory and
 // fetches from the upstreams in GOPROXY:
@@ -51,8 +51,14 @@ var errUsage = errors.New("usage")
 
 // run is the whole server: it reads its configuration from args and env,
 // serves until ctx ends, then shuts down gracefully. SIGHUP reloads the
-// configuration.
+// configuration. A first argument naming a subcommand (fill, export,
+// import, scrub) runs that instead, on the same configuration.
 func run(ctx context.Context, args, env []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		if _, ok := cacheOps[args[0]]; ok {
+			return runCacheOp(ctx, args[0], args[1:], env, stdin, stdout, stderr)
+		}
+	}
 	opts, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
@@ -81,8 +87,8 @@ func run(ctx context.Context, args, env []string, stdin io.Reader, stdout, stder
 
 	// Downloads in flight are shown while the server runs: as bars below
 	// the log on a terminal, else as log lines now and then.
-	tracker := newProgressTracker()
-	display := newProgressDisplay(cfg.Progress, stderr, lookupIn(env), tracker)
+	live := newLiveViews()
+	display := newProgressDisplay(cfg.Progress, stderr, lookupIn(env), live)
 	logs, err := newLogs(cfg, display.logWriter())
 	if err != nil {
 		return err
@@ -91,10 +97,13 @@ func run(ctx context.Context, args, env []string, stdin io.Reader, stdout, stder
 	display.setLogger(logs.main)
 	display.start()
 	defer display.stop()
+	metrics := newServerMetrics()
 	s := &server{opts: opts, env: env, logs: logs, started: time.Now(), stopping: make(chan struct{}),
-		progress: tracker, downloads: tracker, requests: newRequestCounters(), errors: logs.errors,
-		scanner: newCacheScanner(logs.main), forms: newFormGuard()}
-	s.stats, s.caches = s.requests, s.scanner
+		live: live, downloads: live, failures: live, metrics: metrics, metricsHTTP: metrics.handler(logs.main),
+		stats: metrics, caches: metrics, scanner: newCacheScanner(logs.main), errors: logs.errors, forms: newFormGuard(),
+		admissions: newAdmissionCounters()}
+	s.walks = s.scanner
+	s.scanner.measured = metrics.measured
 	if s.directBase = cfg.DirectDir; s.directBase == "" {
 		if s.directBase, err = os.MkdirTemp(cfg.TempDir, "goproxy-direct-"); err != nil {
 			return fmt.Errorf("a directory for direct fetches: %w", err)
@@ -160,6 +169,22 @@ func run(ctx context.Context, args, env []string, stdin io.Reader, stdout, stder
 	for _, r := range s.state.Load().repos {
 		names = append(names, r.Name+"="+r.Prefix)
 	}
+	// The metrics may have a listener of their own, for a network that
+	// only the monitoring reaches.
+	var metricsSrv *http.Server
+	metricsServed := make(chan error, 1)
+	if cfg.Metrics.Addr != "" {
+		mln, err := net.Listen("tcp", cfg.Metrics.Addr)
+		if err != nil {
+			srv.Close()
+			<-served
+			return fmt.Errorf("metrics.addr: %w", err)
+		}
+		metricsSrv = &http.Server{Handler: s.metricsListener(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+			ErrorLog: srv.ErrorLog}
+		go func() { metricsServed <- metricsSrv.Serve(mln) }()
+		logs.main.Info("serving metrics", "url", "http://"+mln.Addr().String()+cfg.Metrics.Path)
+	}
 	logs.main.Info("serving", "url", scheme+"://"+ln.Addr().String(), "repositories", strings.Join(names, " "))
 
 	hup := make(chan os.Signal, 1)
@@ -189,10 +214,15 @@ wait:
 		srv.Close()
 	}
 	<-served
+	if metricsSrv != nil {
+		metricsSrv.Close()
+		<-metricsServed
+	}
 	// No request is served any more: the Proxies' background work
 	// (eviction, probes, fetches nobody waits for) ends, and what they
 	// were storing is stored.
 	for _, r := range s.state.Load().repos {
+		r.inst.admission.close()
 		r.inst.proxy.Close()
 	}
 	logs.main.Info("stopped")

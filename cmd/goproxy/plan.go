@@ -47,6 +47,7 @@ type repoPlan struct {
 // its repository did not change.
 type proxySpec struct {
 	Cache, Hosted, TempDir string
+	CacheS3, HostedS3      *s3Spec // instead of Cache, Hosted
 	Env                    []string
 	Netrc                  string // the content of the .netrc the Proxy reads
 	Routes                 []goproxy.Route
@@ -56,10 +57,22 @@ type proxySpec struct {
 	NotFoundTTL            time.Duration
 	AllowUnverified        bool
 	HotCacheBytes          int64
+	Offline                bool
+	StaleWhileRevalidate   time.Duration
+	Scrub                  scrubSpec
 	Direct                 goproxy.DirectOptions
 	Download               goproxy.DownloadOptions
 	Prefetch               goproxy.PrefetchOptions
 	Dialer                 dialerSpec
+	Admission              AdmissionConfig
+	Eviction               goproxy.Eviction
+}
+
+// scrubSpec is goproxy.ScrubOptions, its quarantine a directory.
+type scrubSpec struct {
+	Interval       time.Duration
+	BytesPerSecond int64
+	Quarantine     string
 }
 
 // dialerSpec is a goproxy.Dialer and its Resolver, comparable.
@@ -81,8 +94,8 @@ var (
 )
 
 // reservedPrefixes are the server's own paths, which no repository may
-// shadow.
-var reservedPrefixes = []string{"/-", "/healthz", "/readyz", "/metrics"}
+// shadow. (The metrics' path is checked apart: it is configured.)
+var reservedPrefixes = []string{"/-", "/healthz", "/readyz"}
 
 // Validate checks the configuration, every problem at once (errors.Join),
 // each naming its key and, for keys from the config file, the file and
@@ -140,6 +153,7 @@ func newPlan(cfg *Config, src *configSources, env []string) (*plan, error) {
 	}
 	pl.identities = resolveIdentities(cfg, getenv, p)
 	dialer := resolveDialer(cfg.Dialer, getenv, p)
+	checkMetrics(cfg, pl.identities, p)
 
 	if len(cfg.Repositories) > 0 {
 		top := cfg.Repository
@@ -163,6 +177,7 @@ func newPlan(cfg *Config, src *configSources, env []string) (*plan, error) {
 		prefixes[r.Prefix] = cmpKey(key)
 		pl.repos = append(pl.repos, rp)
 	}
+	checkMetricsPath(cfg, pl.repos, p)
 	for i, a := range pl.repos {
 		for _, b := range pl.repos[i+1:] {
 			if a.Prefix != "/" && b.Prefix != "/" && (strings.HasPrefix(a.Prefix, b.Prefix+"/") || strings.HasPrefix(b.Prefix, a.Prefix+"/")) {
@@ -174,6 +189,11 @@ func newPlan(cfg *Config, src *configSources, env []string) (*plan, error) {
 			for _, x := range [][2]string{{a.Hosted, b.Hosted}, {a.Hosted, b.Cache}, {a.Cache, b.Hosted}} {
 				if x[0] != "" && sameDir(x[0], x[1]) {
 					p.add(join(b.key, "hosted"), "%s is used by %s and %s: published versions would be mixed with other files", x[0], cmpKey(a.key), cmpKey(b.key))
+				}
+			}
+			for _, x := range [][2]*s3Spec{{a.spec.CacheS3, b.spec.CacheS3}, {a.spec.HostedS3, b.spec.HostedS3}, {a.spec.CacheS3, b.spec.HostedS3}, {a.spec.HostedS3, b.spec.CacheS3}} {
+				if x[0].nests(x[1]) {
+					p.add(b.key, "the buckets of %s (%s) and %s (%s) overlap: give each store its own prefix, none within another", cmpKey(a.key), x[0], cmpKey(b.key), x[1])
 				}
 			}
 		}
@@ -209,12 +229,14 @@ func sameDir(a, b string) bool {
 }
 
 func isZeroRepository(r Repository) bool {
-	return r.Name == "" && r.Prefix == "" && r.Type == "" && r.Hosted == "" &&
+	return r.Name == "" && r.Prefix == "" && r.Type == "" && r.Hosted == "" && r.CacheS3 == nil && r.HostedS3 == nil &&
 		r.GOPROXY == nil && r.GONOPROXY == nil && r.GOPRIVATE == nil && r.GOSUMDB == nil &&
 		r.GONOSUMDB == nil && r.GOINSECURE == nil && r.NETRC == nil && len(r.Routes) == 0 &&
 		len(r.SumDBs) == 0 && r.SumDBTTL == 0 && !r.AllowUnverified && r.MutableTTL == 0 &&
-		r.NotFoundTTL == 0 && r.HotCacheBytes == 0 && r.Direct == (DirectConfig{}) &&
-		r.Download == (DownloadConfig{}) && r.Prefetch == (PrefetchConfig{}) && r.Access.AnonymousRead == nil && len(r.Access.Grants) == 0
+		r.NotFoundTTL == 0 && r.HotCacheBytes == 0 && !r.Offline && r.StaleWhileRevalidate == 0 && r.Scrub == (ScrubConfig{}) &&
+		r.Direct == (DirectConfig{}) &&
+		r.Download == (DownloadConfig{}) && r.Prefetch == (PrefetchConfig{}) && r.Access.AnonymousRead == nil && len(r.Access.Grants) == 0 &&
+		r.Admission.isZero() && r.Eviction == (EvictionConfig{})
 }
 
 func checkTLS(t TLSConfig, p *problems) {
@@ -361,7 +383,13 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 			}
 		}
 	}
-	if r.Cache == "" {
+	if r.CacheS3 != nil && r.Cache != "" {
+		p.add(join(key, "cache_s3"), "cache is set too: give the directory or the bucket")
+	}
+	if r.HostedS3 != nil && r.Hosted != "" {
+		p.add(join(key, "hosted_s3"), "hosted is set too: give the directory or the bucket")
+	}
+	if r.Cache == "" && r.CacheS3 == nil {
 		dir, err := os.UserCacheDir()
 		if err != nil {
 			p.add(join(key, "cache"), "not set, and there is no user cache directory to default to (%v): set cache or -cache", err)
@@ -376,11 +404,11 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 		"GOSUMDB": r.GOSUMDB, "GONOSUMDB": r.GONOSUMDB, "GOINSECURE": r.GOINSECURE, "NETRC": r.NETRC}
 	switch r.Type {
 	case typeProxy:
-		if r.Hosted != "" {
+		if r.Hosted != "" || r.HostedS3 != nil {
 			p.add(join(key, "hosted"), "a proxy repository has no hosted store: make it type group (published and upstream modules) or hosted")
 		}
 	case typeHosted:
-		if r.Hosted == "" {
+		if r.Hosted == "" && r.HostedS3 == nil {
 			p.add(join(key, "hosted"), "a hosted repository needs the directory of its published versions")
 		}
 		for _, k := range []string{"GOPROXY", "GONOPROXY"} {
@@ -394,7 +422,7 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 		off := "off"
 		vars["GOPROXY"], vars["GONOPROXY"] = &off, new(string)
 	case typeGroup:
-		if r.Hosted == "" {
+		if r.Hosted == "" && r.HostedS3 == nil {
 			p.add(join(key, "hosted"), "a group repository needs the directory of its published versions")
 		}
 	default:
@@ -403,6 +431,11 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 
 	s := &rp.spec
 	s.Cache, s.Hosted, s.TempDir = rp.Cache, r.Hosted, cfg.TempDir
+	s.CacheS3 = resolveS3(r.CacheS3, join(key, "cache_s3"), true, lookupIn(env), p)
+	s.HostedS3 = resolveS3(r.HostedS3, join(key, "hosted_s3"), false, lookupIn(env), p)
+	if s.CacheS3.nests(s.HostedS3) {
+		p.add(join(key, "hosted_s3"), "%s and the cache's %s overlap: published versions must be kept apart from cached ones, which may be removed", s.HostedS3, s.CacheS3)
+	}
 	s.Env = slices.Clone(env)
 	for _, k := range goEnvKeys {
 		if v := vars[k]; v != nil {
@@ -424,6 +457,13 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	s.SumDBs = r.SumDBs
 	s.SumDBTTL, s.MutableTTL, s.NotFoundTTL = time.Duration(r.SumDBTTL), time.Duration(r.MutableTTL), time.Duration(r.NotFoundTTL)
 	s.AllowUnverified, s.HotCacheBytes = r.AllowUnverified, int64(r.HotCacheBytes)
+	s.Offline, s.StaleWhileRevalidate = r.Offline, time.Duration(r.StaleWhileRevalidate)
+	s.Scrub = scrubSpec{Interval: time.Duration(r.Scrub.Interval), BytesPerSecond: int64(r.Scrub.Rate), Quarantine: r.Scrub.Quarantine}
+	for _, dir := range []string{rp.Cache, r.Hosted} {
+		if sameDir(r.Scrub.Quarantine, dir) {
+			p.add(join(key, "scrub.quarantine"), "%s is also the cache or the hosted store: give the quarantine a directory of its own", dir)
+		}
+	}
 	s.Direct = goproxy.DirectOptions{GoBin: r.Direct.GoBin, Timeout: time.Duration(r.Direct.Timeout),
 		MaxConcurrent: r.Direct.MaxConcurrent, MaxCacheBytes: int64(r.Direct.MaxCacheBytes)}
 	d := r.Download
@@ -436,12 +476,16 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 		"prefetch.depth": int64(r.Prefetch.Depth), "prefetch.concurrency": int64(r.Prefetch.Concurrency),
 		"download.max_concurrent": int64(d.MaxConcurrent), "download.attempts": int64(d.Attempts), "download.range_threshold": int64(d.RangeThreshold),
 		"direct.timeout": int64(r.Direct.Timeout), "download.timeout": int64(d.Timeout), "download.base_delay": int64(d.BaseDelay),
-		"download.max_delay": int64(d.MaxDelay), "sumdb_ttl": int64(r.SumDBTTL)} {
+		"download.max_delay": int64(d.MaxDelay), "sumdb_ttl": int64(r.SumDBTTL),
+		"stale_while_revalidate": int64(r.StaleWhileRevalidate), "scrub.interval": int64(r.Scrub.Interval), "scrub.rate": int64(r.Scrub.Rate)} {
 		if v < 0 {
 			p.add(join(key, k), "must not be negative")
 		}
 	}
+	s.Eviction = resolveEviction(r.Eviction, key, p)
 	rp.auth = resolveAccess(r.Access, key, ids, p)
+	s.Admission = r.Admission
+	checkAdmission(&s.Admission, key, p)
 
 	if sameDir(rp.Cache, r.Hosted) {
 		p.add(join(key, "hosted"), "%s is also the cache: published versions must be kept apart from cached ones, which may be removed", r.Hosted)
@@ -450,7 +494,11 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 	// The library has the last word on what it is given. (Init makes
 	// nothing on disk and starts nothing: that waits for the first
 	// request.)
-	if check, err := newProxy(s, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, nil); err != nil {
+	// (The admission policy is checked above: its vulnerability database
+	// need not be read twice.)
+	checked := *s
+	checked.Admission = AdmissionConfig{}
+	if check, _, err := newProxy(&checked, filepath.Join(os.TempDir(), "goproxy-check"), nil, nil, goproxy.Metrics{}, nil); err != nil {
 		p.add(cmpKeyOr(key), "%v", err)
 	} else {
 		check.Close()
@@ -545,25 +593,29 @@ func resolveAccess(a AccessConfig, key string, ids *identities, p *problems) *go
 	return auth
 }
 
-// newProxy makes and initializes a repository's Proxy. progress, if not
-// nil, receives its download progress. (It is not in the spec: funcs do
-// not compare, and a kept Proxy keeps the hook it was made with.)
+// newProxy makes and initializes a repository's Proxy, and its admission
+// policy. metrics are its hooks, admission decisions included. (They are
+// not in the spec: funcs do not compare, and a kept Proxy keeps the hooks
+// it was made with, which are its repository's.)
+//
+// anonymous, if not nil, reports whether a module may be read without
+// credentials: with cache_s3.redirect_downloads, only such modules' zips
+// are redirected to the bucket, since the redirect's URL is readable by
+// whoever holds it.
 func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize func(*http.Request, goproxy.Operation, string) error,
-	progress func(module, version string, done, total int64)) (*goproxy.Proxy, error) {
+	metrics goproxy.Metrics, anonymous func(modulePath string) bool) (*goproxy.Proxy, *admission, error) {
 	dialer, err := s.Dialer.dialer(s.Env)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var hosted goproxy.Cacher
-	if s.Hosted != "" {
-		hosted = goproxy.DirCacher(s.Hosted)
+	cache, hosted, err := s.stores()
+	if err != nil {
+		return nil, nil, err
 	}
 	direct := s.Direct
 	direct.Dir = directDir
-	download := s.Download
-	download.Progress = progress
 	p := &goproxy.Proxy{
-		Cacher:          goproxy.DirCacher(s.Cache),
+		Cacher:          cache,
 		Hosted:          hosted,
 		Env:             s.Env,
 		Dialer:          dialer,
@@ -575,16 +627,34 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 		NotFoundTTL:     s.NotFoundTTL,
 		AllowUnverified: s.AllowUnverified,
 		HotCacheBytes:   s.HotCacheBytes,
+		Offline:         s.Offline,
 		Direct:          direct,
-		Download:        download,
+		Download:        s.Download,
+		Eviction:        s.Eviction,
+		Metrics:         metrics,
 		Prefetch:        s.Prefetch,
 		Authorize:       authorize,
 		Logger:          logger,
+
+		StaleWhileRevalidate: s.StaleWhileRevalidate,
+		Scrub:                goproxy.ScrubOptions{Interval: s.Scrub.Interval, BytesPerSecond: s.Scrub.BytesPerSecond},
 	}
+	if s.Scrub.Quarantine != "" {
+		p.Scrub.Quarantine = goproxy.DirCacher(s.Scrub.Quarantine)
+	}
+	if c := s.CacheS3; c != nil && c.Redirect {
+		p.Redirect = goproxy.DownloadRedirect{Enabled: true, Expiry: c.RedirectExpiry,
+			Allow: func(_ *http.Request, modulePath string) bool { return anonymous != nil && anonymous(modulePath) }}
+	}
+	adm := newAdmission(s.Admission, p, logger)
 	if err := p.Init(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return p, nil
+	if err := adm.connect(p); err != nil {
+		p.Close()
+		return nil, nil, err
+	}
+	return p, adm, nil
 }
 
 // dialer makes the Dialer of the spec. env gives the proxy variables

@@ -145,11 +145,20 @@ func (d *barDisplay) start() {
 	}()
 }
 
+// barMinAge is how long a download runs before it gets a bar: most
+// fetches (a .info, a small zip) end sooner, and bars that come and go
+// at once would only flicker.
+const barMinAge = time.Second
+
 // update makes the bars match the downloads in flight.
 func (d *barDisplay) update() {
 	seen := map[transferKey]bool{}
+	now := time.Now()
 	for _, t := range d.source.downloads() {
-		key := transferKey{t.Repo, t.Module, t.Version}
+		key := t.key()
+		if d.bars[key] == nil && now.Sub(t.Started) < barMinAge {
+			continue
+		}
 		seen[key] = true
 		sb := d.bars[key]
 		if sb == nil {
@@ -164,6 +173,7 @@ func (d *barDisplay) update() {
 				mpb.AppendDecorators(
 					decor.Any(func(decor.Statistics) string { return formatRate(sb.get().Rate) }, decor.WC{W: 12}),
 					decor.Any(func(decor.Statistics) string { return formatETA(sb.get()) }, decor.WC{W: 10}),
+					decor.Any(func(decor.Statistics) string { return formatWaiting(sb.get()) }, decor.WC{W: 12}),
 				),
 			)
 			if err != nil {
@@ -257,7 +267,7 @@ func (l *lineDisplay) start() {
 func (l *lineDisplay) report(ctx context.Context, now time.Time) {
 	seen := map[transferKey]bool{}
 	for _, t := range l.source.downloads() {
-		key := transferKey{t.Repo, t.Module, t.Version}
+		key := t.key()
 		seen[key] = true
 		large := t.Total >= l.minSize || now.Sub(t.Started) >= l.minDuration
 		if last, ok := l.last[key]; !large || ok && now.Sub(last) < l.every {
@@ -265,11 +275,11 @@ func (l *lineDisplay) report(ctx context.Context, now time.Time) {
 		}
 		l.last[key] = now
 		attrs := []slog.Attr{slog.String("repository", t.Repo), slog.String("module", t.Label()),
-			slog.Int64("done", t.Done)}
+			slog.String("upstream", t.Upstream), slog.Int64("done", t.Done)}
 		if t.Total >= 0 {
 			attrs = append(attrs, slog.Int64("total", t.Total), slog.Int("percent", t.Percent()))
 		}
-		attrs = append(attrs, slog.String("rate", formatRate(t.Rate)))
+		attrs = append(attrs, slog.String("rate", formatRate(t.Rate)), slog.Int("waiting", t.Waiting))
 		if eta := t.ETA(); eta >= 0 {
 			attrs = append(attrs, slog.Duration("eta", eta.Round(time.Second)))
 		}
@@ -309,4 +319,13 @@ func formatETA(t transfer) string {
 		return "ETA -"
 	}
 	return "ETA " + eta.Round(time.Second).String()
+}
+
+// formatWaiting says how many clients wait for a download, when more
+// than one does (the one that started it is the rule).
+func formatWaiting(t transfer) string {
+	if t.Waiting <= 1 {
+		return ""
+	}
+	return fmt.Sprintf(" %d clients", t.Waiting)
 }

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/mod/module"
@@ -24,12 +23,10 @@ type requestInfo struct {
 	who  string // the identity's name, "anonymous", or the name given with bad credentials
 	auth string // how: none, password, token, invalid
 	repo string // the repository that served it, if any
-	// cache is the cache outcome (hit, miss, ...), which the library will
-	// report through a hook; until then it stays empty and is not logged.
+	// cache is where the answer came from (hot, hit, miss, stale,
+	// not-found-memo), as the library's Request metric says once the
+	// Proxy has answered; empty for requests that reach no cache.
 	cache string
-	// fetched is set when the Proxy logs an upstream fetch or a go
-	// command run in the request's context (see fetchObserver).
-	fetched atomic.Bool
 }
 
 type requestInfoKey struct{}
@@ -206,6 +203,10 @@ func auditAction(r *http.Request) string {
 		return "read-index"
 	case strings.HasPrefix(r.URL.Path, "/-/cached/"):
 		return "list-cached"
+	case r.URL.Path == "/-/fill" || r.URL.Path == "/-/export" || r.URL.Path == "/-/import" || r.URL.Path == "/-/scrub":
+		// The cache's operations (POST; anything else is refused, and
+		// audited as refused).
+		return strings.TrimPrefix(r.URL.Path, "/-/")
 	}
 	return ""
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/mod/module"
 
 	"github.com/goproxy-team/goproxy"
 )
@@ -34,20 +35,28 @@ type server struct {
 	directBase       string
 	removeDirectBase bool
 
-	// progress receives the download progress of every repository's
-	// Proxy; downloads lists the downloads in flight, for the progress
-	// display and the status page.
-	progress  *progressTracker
+	// live follows the Proxies that serve or finish requests, for their
+	// live views: the downloads in flight (the progress display and the
+	// status page) and the recent failures (the status page).
+	live      *liveViews
 	downloads downloadSource
+	failures  failureSource
 
-	// What the status page shows, each behind the interface the
-	// library's metrics hook and live view will implement.
-	requests *requestCounters
-	stats    requestStatsSource
-	scanner  *cacheScanner
-	caches   cacheStatsSource
-	errors   errorSource
-	forms    *formGuard
+	// metrics receives what the Proxies measure, for /metrics and the
+	// status page; metricsHTTP serves it.
+	metrics     *serverMetrics
+	metricsHTTP http.Handler
+
+	// What the status page shows, each behind a small interface.
+	stats   requestStatsSource
+	caches  cacheStatsSource
+	scanner *cacheScanner
+	walks   storeWalkSource
+	errors  errorSource
+	forms   *formGuard
+
+	// admissions counts each repository's admission decisions.
+	admissions *admissionCounters
 
 	state atomic.Pointer[serverState]
 
@@ -76,6 +85,7 @@ type repository struct {
 // reloads while the repository's spec is unchanged.
 type proxyInstance struct {
 	proxy     *goproxy.Proxy
+	admission *admission // nil without an admission policy
 	spec      proxySpec
 	directDir string
 	inflight  atomic.Int64
@@ -98,6 +108,7 @@ func (s *server) apply(pl *plan) error {
 	st := &serverState{plan: pl, mux: http.NewServeMux()}
 	kept := map[*proxyInstance]bool{}
 	var made []*goproxy.Proxy
+	var started []*admission
 	defer func() {
 		for _, p := range made { // nil once switched to
 			p.Close()
@@ -122,13 +133,20 @@ func (s *server) apply(pl *plan) error {
 			authorize := func(r *http.Request, op goproxy.Operation, modulePath string) error {
 				return holder.Load().Authorize(r, op, modulePath)
 			}
-			logger := slog.New(fetchObserver{s.logs.main.Handler()}).With("repository", rp.Name)
-			proxy, err := newProxy(&rp.spec, dir, logger, authorize, s.progress.hook(rp.Name))
+			logger := s.logs.main.With("repository", rp.Name)
+			name := rp.Name
+			metrics := s.metrics.hooks(name, func() { s.scanner.rescan(name) })
+			metrics.Admission = s.admissions.hook(name)
+			anonymous := func(modulePath string) bool {
+				return module.MatchPrefixPatterns(holder.Load().AnonymousRead, modulePath)
+			}
+			proxy, adm, err := newProxy(&rp.spec, dir, logger, authorize, metrics, anonymous)
 			if err != nil {
 				return fmt.Errorf("%s: %w", cmpKeyOr(rp.key), err)
 			}
 			made = append(made, proxy)
-			inst = &proxyInstance{proxy: proxy, spec: rp.spec, directDir: dir}
+			inst = &proxyInstance{proxy: proxy, admission: adm, spec: rp.spec, directDir: dir}
+			started = append(started, adm)
 		}
 		st.repos = append(st.repos, &repository{repoPlan: rp, inst: inst})
 	}
@@ -141,7 +159,16 @@ func (s *server) apply(pl *plan) error {
 	}
 	s.auths = holders
 	s.routes(st)
+	served := map[string]bool{}
+	for _, r := range st.repos {
+		s.live.add(r.inst.proxy, r.Name)
+		served[r.Name] = true
+	}
 	s.state.Store(st)
+	for _, a := range started {
+		a.start()
+	}
+	s.metrics.forget(served)
 	if old != nil {
 		for _, r := range old.repos {
 			if !kept[r.inst] {
@@ -158,7 +185,9 @@ func (s *server) retire(inst *proxyInstance) {
 	s.retiring.Add(1)
 	go func() {
 		defer s.retiring.Done()
+		defer s.live.remove(inst.proxy)
 		defer inst.proxy.Close()
+		defer inst.admission.close()
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for inst.inflight.Load() > 0 {
@@ -174,12 +203,14 @@ func (s *server) retire(inst *proxyInstance) {
 }
 
 // routes sets up the state's mux: the server's own endpoints, the
-// status page, and each repository under its prefix. /metrics will be
-// registered here.
+// status page, and each repository under its prefix.
 func (s *server) routes(st *serverState) {
 	st.mux.HandleFunc("/healthz", s.serveHealthz)
 	st.mux.HandleFunc("/readyz", s.serveReadyz)
 	st.mux.HandleFunc("/-/reload", s.serveReload)
+	if m := st.plan.cfg.Metrics; m.Enabled && m.Addr == "" {
+		st.mux.HandleFunc(m.Path, func(w http.ResponseWriter, r *http.Request) { s.serveMetrics(w, r, st) })
+	}
 	root := false
 	for _, r := range st.repos {
 		h := s.repositoryHandler(r)
@@ -210,8 +241,7 @@ func (s *server) repositoryHandler(r *repository) http.Handler {
 		info := infoFrom(req.Context())
 		info.repo = r.Name
 		action := auditAction(req)
-		counted := isModuleFileRequest(req)
-		if action == "" && !counted {
+		if action == "" {
 			r.inst.proxy.ServeHTTP(w, req)
 			return
 		}
@@ -219,15 +249,10 @@ func (s *server) repositoryHandler(r *repository) http.Handler {
 		if !ok {
 			rec = &responseRecorder{ResponseWriter: w}
 		}
-		if counted {
-			defer func() { s.requests.count(r.Name, rec.status, info.fetched.Load()) }()
-		}
-		if action != "" {
-			mod, version := moduleOf(req.URL.Path)
-			defer func() {
-				s.audit(req.Context(), action, r.Name, mod, version, rec.status, rec.reasonText())
-			}()
-		}
+		mod, version := moduleOf(req.URL.Path)
+		defer func() {
+			s.audit(req.Context(), action, r.Name, mod, version, rec.status, rec.reasonText())
+		}()
 		r.inst.proxy.ServeHTTP(rec, req)
 	})
 }
@@ -287,6 +312,7 @@ var restartOnly = []struct {
 	{"audit_log", func(c *Config) any { return c.AuditLog }},
 	{"direct_dir", func(c *Config) any { return c.DirectDir }},
 	{"progress", func(c *Config) any { return c.Progress }},
+	{"metrics.addr", func(c *Config) any { return c.Metrics.Addr }},
 }
 
 // reload reads the configuration again and applies it. A configuration
@@ -323,6 +349,7 @@ func (s *server) reload(ctx context.Context, why string) error {
 		}
 		return nil
 	}()
+	s.metrics.reloaded(err)
 	if err != nil {
 		logger.ErrorContext(ctx, "configuration refused, the previous one stays in force", "trigger", why, "error", err)
 		return err
@@ -360,8 +387,23 @@ func (s *server) serveReadyz(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(&b, "%s: %s: ok\n", repo, what)
 	}
 	for _, repo := range st.repos {
-		report(repo.Name, "cache "+repo.Cache, checkWritable(repo.Cache))
-		if repo.Hosted != "" {
+		if c := repo.spec.CacheS3; c != nil {
+			// A failing bucket in the cache role is bypassed (the
+			// upstreams answer): degraded, not unready. Every replica
+			// shares it, so sending clients elsewhere would not help.
+			if err := checkStore(ctx, repo.inst.proxy.Cacher, ""); err != nil {
+				fmt.Fprintf(&b, "%s: cache %s: bypassed, the upstreams answer: %v\n", repo.Name, c, err)
+				s.logs.main.WarnContext(ctx, "cache store failing", "repository", repo.Name, "error", err)
+			} else {
+				report(repo.Name, "cache "+c.String(), nil)
+			}
+		} else {
+			report(repo.Name, "cache "+repo.Cache, checkWritable(repo.Cache))
+		}
+		switch {
+		case repo.spec.HostedS3 != nil:
+			report(repo.Name, "hosted "+repo.spec.HostedS3.String(), checkStore(ctx, repo.inst.proxy.Hosted, ""))
+		case repo.Hosted != "":
 			report(repo.Name, "hosted "+repo.Hosted, checkWritable(repo.Hosted))
 		}
 		if cfg.Readyz.CheckUpstreams {

@@ -44,7 +44,8 @@ var statusTemplates = template.Must(template.New("status").Funcs(template.FuncMa
 		}
 		return "—"
 	},
-	"ago": func(t time.Time) string { return formatDuration(time.Since(t)) + " ago" },
+	"ago":   func(t time.Time) string { return formatDuration(time.Since(t)) + " ago" },
+	"since": func(t time.Time) string { return formatDuration(time.Since(t)) },
 }).Parse(statusHTML))
 
 // statusCSP is the page's Content-Security-Policy: no script, no
@@ -81,7 +82,10 @@ type repoStatus struct {
 	Name, Prefix, Type string
 	Link               string
 	Stats              requestStats
-	Snapshot           *cacheSnapshot // nil before the first walk
+	Cache              cacheStats
+	Eviction           goproxy.Eviction
+	Snapshot           *cacheSnapshot   // nil before the first walk
+	Admission          *admissionStatus // nil without an admission policy
 }
 
 // statusPage is what the templates are given.
@@ -96,6 +100,7 @@ type statusPage struct {
 	Started   time.Time
 	Repos     []repoStatus
 	Downloads []transfer
+	Failures  []failedDownload
 	Errors    []loggedError
 
 	// A repository's modules.
@@ -183,7 +188,8 @@ func repositoryLink(name string) string { return "/-/status/repositories/" + nam
 
 func (s *server) repoStatus(repo *repository) repoStatus {
 	return repoStatus{Name: repo.Name, Prefix: repo.Prefix, Type: repo.Type, Link: repositoryLink(repo.Name),
-		Stats: s.stats.requestStats(repo.Name), Snapshot: s.caches.cacheSnapshot(repo.Name)}
+		Stats: s.stats.requestStats(repo.Name), Cache: s.caches.cacheStats(repo.Name), Eviction: repo.spec.Eviction,
+		Snapshot: s.walks.cacheSnapshot(repo.Name), Admission: repo.inst.admission.status(s.admissions.of(repo.Name))}
 }
 
 // serveStatus serves the overview at /, and signing in at /?signin.
@@ -213,6 +219,11 @@ func (s *server) serveStatus(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	admin := s.administersAny(r, st)
+	for _, f := range s.failures.recentFailures() {
+		if f.Module == "" && admin || f.Module != "" && mayReadIn(r, st, repos, f.Repo, f.Module) {
+			page.Failures = append(page.Failures, f)
+		}
+	}
 	for _, e := range s.errors.recentErrors() {
 		if e.Module == "" && admin || e.Module != "" && mayReadIn(r, st, repos, e.Repo, e.Module) {
 			page.Errors = append(page.Errors, e)
@@ -294,6 +305,8 @@ func (s *server) serveRepositoryStatus(w http.ResponseWriter, r *http.Request) {
 	page := s.newPage(r, repo.Name)
 	page.Repo = &rs
 	page.Query = r.URL.Query().Get("q")
+	// What fails may name files of the server's: for its administrators.
+	page.CanAdminister = repo.auth.Authorize(r, goproxy.OpAdminister, "") == nil
 	if rs.Snapshot != nil {
 		mods := readableModules(r, repo, rs.Snapshot.Modules, page.Query)
 		size := s.state.Load().plan.cfg.Status.PageSize

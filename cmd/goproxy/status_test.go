@@ -246,9 +246,13 @@ func TestStatusPageInABrowser(t *testing.T) {
 
 	t.Run("anonymous overview", func(t *testing.T) {
 		b.t = t
-		// The download in flight, and the public repository's cache
-		// walked since it was filled: 4 files of one module.
-		text := b.openUntil(srv.URL+"/", regexp.MustCompile(regexp.QuoteMeta(large+"@"+largeVersion)+`\s+\d+ %`),
+		// The download in flight, from the library's live view: its
+		// upstream and the client waiting for it; and the public
+		// repository's cache walked since it was filled: 4 files of one
+		// module.
+		inFlight := regexp.MustCompile(regexp.QuoteMeta(large+"@"+largeVersion) + `\s+from ` + regexp.QuoteMeta(upstream) +
+			` · for \S+\s+1 client waiting\s+\d+ %\s+[\d.]+ [KM]iB of 16\.0 MiB\s+[\d.]+ [KM]iB/s`)
+		text := b.openUntil(srv.URL+"/", inFlight,
 			regexp.MustCompile(`public\s+/public\s+proxy\s+\d+\s+\S+ %\s+[\d.]+ K?i?B\s+4\s+—\s+1\s`))
 		for _, want := range []string{"public", "/public", "corp", "/corp", "hosted", "anonymous", "sign in"} {
 			if !strings.Contains(text, want) {
@@ -499,7 +503,8 @@ func TestStatusPageEscapes(t *testing.T) {
 	hostile := `<script>alert(1)</script>"'><img src=x onerror=alert(2)>`
 	page := &statusPage{Title: hostile, Viewer: viewer{Name: hostile, SignedIn: true}, Now: time.Now(),
 		Repos:     []repoStatus{{Name: hostile, Prefix: hostile, Type: hostile, Link: "javascript:alert(3)"}},
-		Downloads: []transfer{{Repo: hostile, Module: hostile, Version: hostile, Total: -1}},
+		Downloads: []transfer{{Repo: hostile, Module: hostile, Version: hostile, Upstream: hostile, Waiting: 2, Total: -1}},
+		Failures:  []failedDownload{{Repo: hostile, Module: hostile, Version: hostile, Upstream: hostile, Error: hostile}},
 		Errors:    []loggedError{{Message: hostile, Repo: hostile, Module: hostile, Attrs: []loggedAttr{{hostile, hostile}}}},
 	}
 	var buf bytes.Buffer
@@ -537,5 +542,64 @@ func waitAudit(t *testing.T, file string, parts ...string) {
 			t.Fatalf("no audit line with %q in:\n%s", parts, data)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestStatusPageShowsFailedDownloads fetches two modules through an
+// upstream that answers 502: the overview lists both failures, from the
+// library's live view, with their upstream and error, each only to
+// viewers who may read its module.
+func TestStatusPageShowsFailedDownloads(t *testing.T) {
+	buildServer(t)
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "the upstream is failing", http.StatusBadGateway)
+	}))
+	defer failing.Close()
+	dir := t.TempDir()
+	config := writeFile(t, filepath.Join(dir, "goproxy.yaml"), `addr: 127.0.0.1:0
+log: {format: json}
+progress: {mode: "off"}
+users:
+  alice: {password_env: ALICE_PASSWORD}
+cache: `+dir+`/cache
+goproxy: `+failing.URL+`
+gosumdb: "off"
+download: {attempts: 1}
+access:
+  anonymous_read: example.com/seen
+  grants:
+    alice: {read: "*"}
+`)
+	srv := startServer(t, []string{"-config", config}, serverEnv(t, "ALICE_PASSWORD=alice-pw"))
+	get := func(path, user string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", srv.URL+path, nil)
+		if user != "" {
+			req.SetBasicAuth(user, user+"-pw")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode, readAll(t, resp.Body)
+	}
+	for _, mod := range []string{"example.com/seen", "example.com/hidden"} {
+		if code, _ := get("/"+mod+"/@v/v1.0.0.zip", "alice"); code != http.StatusBadGateway {
+			t.Fatalf("%s through a failing upstream: %d", mod, code)
+		}
+	}
+	for _, tc := range []struct {
+		user  string
+		shown []string
+	}{{"alice", []string{"example.com/seen", "example.com/hidden"}}, {"", []string{"example.com/seen"}}} {
+		_, page := get("/", tc.user)
+		text := pageText(page)
+		for _, mod := range []string{"example.com/seen", "example.com/hidden"} {
+			row := regexp.MustCompile(`\d\d:\d\d:\d\d root ` + regexp.QuoteMeta(mod) + `@v1\.0\.0 ` + regexp.QuoteMeta(failing.URL) + ` [^<]*502`)
+			if want := slices.Contains(tc.shown, mod); row.MatchString(text) != want {
+				t.Errorf("%q sees the failure of %s: %v, want %v\n%s", tc.user, mod, !want, want, text)
+			}
+		}
 	}
 }

@@ -46,6 +46,8 @@ type goRunner struct {
 	goMod []byte
 	// wantZips is how many zips each run must leave in the module cache.
 	wantZips int
+	// args is the command each run times: "mod download" unless set.
+	args []string
 }
 
 func newGoRunner(dir string, goproxy string, goMod []byte, wantZips int) *goRunner {
@@ -79,7 +81,11 @@ func (r *goRunner) tryModDownload() (time.Duration, error) {
 	os.Remove(filepath.Join(r.env.Dir, "go.sum"))
 	r.env.WriteGoMod(r.goMod)
 	start := time.Now()
-	stdout, stderr, err := r.env.Run("mod", "download")
+	args := r.args
+	if args == nil {
+		args = []string{"mod", "download"}
+	}
+	stdout, stderr, err := r.env.Run(args...)
 	d := time.Since(start)
 	defer r.dropModCache()
 	if err != nil {

@@ -81,6 +81,12 @@
 //     eviction run against a walk of the cache; the first /index request
 //     to a restarted Proxy against the walk /index made before the feed
 //     was kept on the store.
+//  8. Fill: Proxy.Fill of the graph's go.mod (the plan, which reads the
+//     graph's .mod files through the proxy, then the fill at the default
+//     concurrency, every file stored before it counts) into a fresh proxy
+//     and cache, against "go mod download all" in the same main module
+//     through a fresh proxy and cache; both cold, GOSUMDB=off, -reps runs
+//     each, taking turns; the medians are compared. Target: at most 1.0x.
 //
 // Run a full measurement (about ten minutes on two cores) from the
 // module root with
@@ -138,7 +144,7 @@ var (
 	warmProfile = flag.String("warmprofile", "", "write a CPU profile of the last warm go mod download run through the proxy to `file`")
 	bigProfile  = flag.String("bigprofile", "", "write a CPU profile of the last big zip download through the proxy on loopback to `file`")
 	tmpRoot     = flag.String("tmpdir", "", "directory for the proxy's caches, its temporary files and the big zip (default: the system's temporary directory)")
-	figures     = flag.String("figures", "cold,bigzip,paced,warm,faults,ops", "the figures to measure, of cold, bigzip, paced, warm (with req/s), faults and ops")
+	figures     = flag.String("figures", "cold,bigzip,paced,warm,faults,ops,fill", "the figures to measure, of cold, bigzip, paced, warm (with req/s), faults, ops and fill")
 	opEntries   = flag.Int("opentries", 100_000, "files in the cache of the operations figures (eviction, index feed, warm hits)")
 	opReps      = flag.Int("opreps", 3, "runs (or rounds) of each side of the operations figures")
 	opDur       = flag.Duration("opdur", 2*time.Second, "length of each round of the operations figures' warm hits")
@@ -319,6 +325,16 @@ func main() {
 		b.rows = append(b.rows, opRows...)
 		b.raw = append(b.raw, opRaw...)
 	}
+	if want["fill"] {
+		// Fill of the graph's go.mod against go mod download all
+		// through the proxy, both without checksum verification.
+		newProxy := func(up string, opts ...func(*goproxy.Proxy)) (*goproxy.Proxy, string) {
+			return b.newProxy(up, append([]func(*goproxy.Proxy){noSumDB(up)}, opts...)...)
+		}
+		fillRows, fillRaw := fillFigure(b.upURL, b.goMod, b.wantZips, b.godir, *reps, newProxy)
+		b.rows = append(b.rows, fillRows...)
+		b.raw = append(b.raw, fillRaw...)
+	}
 
 	fmt.Println()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 3, ' ', 0)
@@ -342,6 +358,9 @@ func main() {
 		fmt.Println("- eviction run: DirCacher.Walk of the same cache (the run finds it within its limits: it lists, removes nothing)")
 		fmt.Println("- first /index: a walk of the cache that stats every .info and sorts in memory, what /index did before the feed")
 		fmt.Println("- warm hit: the same Proxy.ServeHTTP call with eviction off, sides alternating in batches, in this process")
+	}
+	if want["fill"] {
+		fmt.Println("- fill: go mod download all through a fresh proxy (GOSUMDB=off), the same graph and upstream")
 	}
 	fmt.Println("\nraw:")
 	for _, l := range b.raw {

@@ -26,8 +26,9 @@ const clockSlack = 2 * time.Second
 
 // Run checks the contract on Cachers that newCacher returns: each call must
 // return an empty Cacher not shared with any other call. Optional
-// capabilities (Stat, Delete, Walk, ETag, ReadAt, Create) are checked when
-// the Cacher or its files have them.
+// capabilities (Stat, Delete, Walk, ETag, ReadAt, Create, and those of
+// eviction and the index feed) are checked when the Cacher or its files
+// have them.
 func Run(t *testing.T, newCacher func(t *testing.T) goproxy.Cacher) {
 	t.Run("get of a missing name is not-exist", func(t *testing.T) { t.Parallel(); testMiss(t, newCacher(t)) })
 	t.Run("put then get returns the content", func(t *testing.T) { t.Parallel(); testPutGet(t, newCacher(t)) })
@@ -44,13 +45,11 @@ func Run(t *testing.T, newCacher func(t *testing.T) goproxy.Cacher) {
 	t.Run("names of every kind the proxy stores", func(t *testing.T) { t.Parallel(); testNames(t, newCacher(t)) })
 	t.Run("names outside the rule are refused", func(t *testing.T) { t.Parallel(); testBadNames(t, newCacher(t)) })
 	t.Run("create never overwrites", func(t *testing.T) { t.Parallel(); testCreate(t, newCacher(t)) })
-}
-
-// Creator is the conditional create some Cachers offer: it stores content
-// only if name is not stored, failing with an error for which
-// errors.Is(err, fs.ErrExist) is true otherwise.
-type Creator interface {
-	Create(ctx context.Context, name string, content io.ReadSeeker) error
+	t.Run("uses are recorded and listed with sizes and times", func(t *testing.T) { t.Parallel(); testUses(t, newCacher(t)) })
+	t.Run("delete unchanged removes only what was listed", func(t *testing.T) { t.Parallel(); testDeleteUnchanged(t, newCacher(t)) })
+	t.Run("index feed is created once and appended in order", func(t *testing.T) { t.Parallel(); testIndexLog(t, newCacher(t)) })
+	t.Run("index feed pages like a reference", func(t *testing.T) { t.Parallel(); testIndexPaging(t, newCacher(t)) })
+	t.Run("index feed appended by many at once stays ordered", func(t *testing.T) { t.Parallel(); testIndexConcurrentAppends(t, newCacher(t)) })
 }
 
 const listName = "example.com/a/@v/list"
@@ -399,7 +398,7 @@ func testBadNames(t *testing.T, c goproxy.Cacher) {
 }
 
 func testCreate(t *testing.T, c goproxy.Cacher) {
-	cr, ok := c.(Creator)
+	cr, ok := c.(goproxy.CacheCreator)
 	if !ok {
 		t.Skip("no Create method")
 	}

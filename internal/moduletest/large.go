@@ -65,12 +65,19 @@ func LargeVersion(dir, path, version string, size int64) (*Version, error) {
 // Go file, mod as its go.mod if withGoMod, and pseudo-random data stored
 // without compression, and returns its file name.
 func writeSizedZip(dir, path, version, key string, mod []byte, withGoMod bool, size int64) (string, error) {
-	name := filepath.Join(dir, url.PathEscape(key)+".zip")
-	prefix := path + "@" + version + "/"
 	small := []memFile{{"large.go", []byte("// Package large is generated test content.\npackage large\n")}}
 	if withGoMod {
 		small = append(small, memFile{"go.mod", mod})
 	}
+	return writeZipOfSize(dir, path, version, key, small, size)
+}
+
+// writeZipOfSize writes to dir a module zip of about size bytes holding
+// small and pseudo-random data stored without compression, and returns
+// its file name.
+func writeZipOfSize(dir, path, version, key string, small []memFile, size int64) (string, error) {
+	name := filepath.Join(dir, url.PathEscape(key)+".zip")
+	prefix := path + "@" + version + "/"
 
 	// Budget the data so that the zip file itself comes out at about size
 	// bytes: stored entries cost a local header, a data descriptor and a
