@@ -312,7 +312,10 @@ func (p *Proxy) init() error {
 	p.via = "1.1 goproxy-" + hex.EncodeToString(id[:])
 	p.downloader = newDownloader(conf.download, client, conf.logger, p.via, conf.tempDir)
 	p.downloader.prefetchSem = semaphore.NewWeighted(int64(conf.prefetch.Concurrency))
-	p.prefetcher = newPrefetcher(p, conf.prefetch)
+	if !conf.offline {
+		// Offline, nothing may be fetched: there is nothing to prefetch.
+		p.prefetcher = newPrefetcher(p, conf.prefetch)
+	}
 	p.flights.abandonAfter = conf.download.BodyIdleTimeout
 	p.notFound.ttl = conf.notFoundTTL
 	p.initHotCache()

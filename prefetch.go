@@ -20,7 +20,12 @@ import (
 // the same validation and checksum verification as any fetch, so that the
 // go command's next requests are hits. It never delays a client's own
 // request: it has download slots of its own, and a request for a file
-// being prefetched shares that download.
+// being prefetched shares that download. Before a version is prefetched
+// the Admission hook is asked, as before any fetch the proxy makes for
+// itself: a version it refuses is not fetched. A prefetch takes the fetch
+// lease of a store shared by several proxies ([CacheLeaser]) as any fetch
+// does, so a file another proxy is fetching is waited for, not fetched
+// twice. An Offline proxy never prefetches.
 //
 // The zero value prefetches the .mod files of the requirements of every
 // go.mod served, four at a time.
@@ -149,6 +154,7 @@ func (pf *prefetcher) served(req *request, c *content, status int) {
 	if pf == nil || status != 200 || (req.kind != kindMod && req.kind != kindInfo) {
 		return
 	}
+
 	// Loads first: every hot .mod answer passes here, and a write would
 	// have the serving cores fight over the file's cache line.
 	if c.hot != nil && c.hot.prefetched.Load() && c.hot.prefetched.CompareAndSwap(true, false) {
@@ -285,12 +291,11 @@ func (pf *prefetcher) expand(j prefetchJob) {
 	}
 }
 
-// admitPrefetch decides whether req's file may be prefetched. The admission
-// policy (AdmissionPolicy, issue 19) applies here as to any fetch: a
-// version it refuses is never prefetched. Until it is wired, everything
-// is admitted.
+// admitPrefetch decides whether req's file may be prefetched: the
+// admission policy is asked, as before any fetch the proxy makes for
+// itself (admitFetch), and a version it refuses is never prefetched.
 func (p *Proxy) admitPrefetch(ctx context.Context, req *request) bool {
-	return true
+	return p.admitFetch(ctx, req.modPath, req.version) == nil
 }
 
 // reportPrefetch reports a prefetch event for req's file.

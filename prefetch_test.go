@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 	"strings"
@@ -185,5 +186,137 @@ func TestPrefetchOfInfoFiles(t *testing.T) {
 	}
 	if cached(t, p, graphMod(2, "v1.0.0")) {
 		t.Errorf("%s was prefetched, deeper than the default depth", graphMod(2, "v1.0.0"))
+	}
+}
+
+func TestPrefetchAsksTheAdmissionPolicyBeforeFetching(t *testing.T) {
+	up := moduletest.NewServer(moduletest.Graph(12))
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	refused := moduletest.GraphPath(3)
+	var mu sync.Mutex
+	asked := map[string]int{}
+	p.Admission = func(_ context.Context, c AdmissionCandidate) AdmissionDecision {
+		mu.Lock()
+		asked[c.Path+"@"+c.Version]++
+		mu.Unlock()
+		if c.Path == refused {
+			return AdmissionDecision{Verdict: Refuse, Rule: "deny", Reason: "denied by the test"}
+		}
+		return AdmissionDecision{}
+	}
+	var fetchRefusals atomic.Int32
+	p.Metrics.Admission = func(m AdmissionMetric) {
+		if m.Use == AdmissionFetch && m.Verdict == Refuse {
+			fetchRefusals.Add(1)
+		}
+	}
+	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	testwait.For(t, p.idle)
+	if !cached(t, p, graphMod(1, "v1.0.0")) {
+		t.Errorf("%s, admitted, was not prefetched", graphMod(1, "v1.0.0"))
+	}
+	if cached(t, p, graphMod(3, "v1.1.0")) {
+		t.Errorf("%s, refused, was prefetched", graphMod(3, "v1.1.0"))
+	}
+	if n := up.Requests("/" + graphMod(3, "v1.1.0")); n != 0 {
+		t.Errorf("the refused version's go.mod was asked of the upstream %d times", n)
+	}
+	mu.Lock()
+	n := asked[refused+"@v1.1.0"]
+	mu.Unlock()
+	if n == 0 {
+		t.Error("the policy was not asked about the requirement")
+	}
+	if fetchRefusals.Load() != 1 {
+		t.Errorf("%d refusals of a fetch reported, want the prefetch's 1", fetchRefusals.Load())
+	}
+}
+
+func TestAnOfflineProxyNeverPrefetches(t *testing.T) {
+	up := moduletest.NewServer(moduletest.Graph(12))
+	defer up.Close()
+	// An online proxy without prefetching fills the cache with one go.mod.
+	online := newTestProxy(t, up.URL)
+	online.Prefetch.Off = true
+	if w := do(online, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	testwait.For(t, online.idle)
+	before := up.TotalRequests()
+
+	p := newTestProxy(t, up.URL)
+	p.Cacher = online.Cacher
+	p.Offline = true
+	var asked atomic.Int32
+	p.Admission = func(_ context.Context, c AdmissionCandidate) AdmissionDecision {
+		if c.Path != moduletest.GraphPath(0) {
+			asked.Add(1)
+		}
+		return AdmissionDecision{}
+	}
+	var counts prefetchCounts
+	p.Metrics.Prefetch = counts.hook
+	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
+		t.Fatalf("offline, the cached go.mod: %d %s", w.Code, w.Body)
+	}
+	testwait.For(t, p.idle)
+	if n := up.TotalRequests() - before; n != 0 {
+		t.Errorf("an offline proxy made %d upstream requests", n)
+	}
+	if n := asked.Load(); n != 0 {
+		t.Errorf("an offline proxy considered prefetching %d versions", n)
+	}
+	if n := counts.get(PrefetchFetched) + counts.get(PrefetchDropped); n != 0 {
+		t.Errorf("%d prefetch events offline", n)
+	}
+}
+
+func TestPrefetchWaitsForTheFetchAnotherProxySharingTheStoreHolds(t *testing.T) {
+	vs := moduletest.Graph(12)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	store := newLeasingStore()
+	p := newTestProxy(t, up.URL)
+	p.Cacher = store
+	var counts prefetchCounts
+	p.Metrics.Prefetch = counts.hook
+	// Another proxy sharing the store is fetching one requirement's go.mod.
+	held := graphMod(3, "v1.1.0")
+	release, err := store.HoldLease(context.Background(), "fetch/"+held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	// The other requirement is prefetched; the held one waits.
+	testwait.For(t, func() bool { return cached(t, p, graphMod(1, "v1.0.0")) })
+	if n := up.Requests("/" + held); n != 0 {
+		t.Fatalf("the go.mod another proxy is fetching was asked of the upstream %d times", n)
+	}
+	// The other proxy stores it and lets the lease go: the prefetch
+	// finds it stored and fetches nothing.
+	var mod []byte
+	for _, v := range vs {
+		if v.Path == moduletest.GraphPath(3) && v.Version == "v1.1.0" {
+			mod = v.Mod
+		}
+	}
+	if err := store.Put(context.Background(), held, bytes.NewReader(mod)); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	testwait.For(t, p.idle)
+	if n := up.Requests("/" + held); n != 0 {
+		t.Errorf("the go.mod another proxy fetched was asked of the upstream %d times", n)
+	}
+	if n := counts.get(PrefetchFetched); n != 1 {
+		t.Errorf("%d prefetches reported, want 1 (the other requirement)", n)
+	}
+	if store.held("fetch/" + graphMod(1, "v1.0.0")) {
+		t.Error("the prefetch's lease is still held")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -349,5 +350,61 @@ func TestAbortedClientsHoldNoZipTheyCouldOpen(t *testing.T) {
 	}
 	if _, err := zip.NewReader(bytes.NewReader(c.body), int64(len(c.body))); err == nil {
 		t.Errorf("the %d bytes the client got open as a zip", len(c.body))
+	}
+}
+
+// A Go toolchain is verified against the checksum database whatever
+// GONOSUMDB or AllowUnverified say, and so its end waits for the
+// database when it is streamed: a toolchain the database contradicts
+// reaches no client whole.
+func TestAToolchainStreamedIsAbortedWhenTheChecksumDatabaseDisagrees(t *testing.T) {
+	served, err := moduletest.ToolchainVersion(t.TempDir(), "go1.99.4", "linux", "amd64", toolchainScript("go1.99.4"), 6<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recorded, err := moduletest.ToolchainVersion(t.TempDir(), "go1.99.4", "linux", "amd64", []byte("#!/bin/sh\necho genuine\n"), 6<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(served.ZipFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := moduletest.NewServer([]*moduletest.Version{served})
+	defer up.Close()
+	faults := &moduletest.Faults{BytesPerSecond: 8 << 20}
+	upSrv := httptest.NewServer(faults.Wrap(up.Handler()))
+	defer closeNow(upSrv)
+	db := newTestSumDB(t, []*moduletest.Version{recorded})
+	p := newVerifyingProxy(t, upSrv.URL, db, "GONOSUMDB=golang.org/toolchain")
+	p.AllowUnverified = true
+	srv := httptest.NewServer(p)
+	defer closeNow(srv)
+
+	path := "/" + moduletest.ToolchainPath + "/@v/" + served.Version + ".zip"
+	cd := centralDirOffset(t, want)
+	var clients []*streamClient
+	for range 3 {
+		clients = append(clients, startClient(t, srv.URL+path))
+	}
+	for i, c := range clients {
+		c.wait(t)
+		switch {
+		case c.status != 200 || c.got.Load() == 0:
+			t.Errorf("client %d: %d, %d bytes; want a stream started", i, c.status, c.got.Load())
+		case c.err == nil:
+			t.Errorf("client %d read %d bytes to the end; want the connection cut", i, len(c.body))
+		case int64(len(c.body)) > cd:
+			t.Errorf("client %d got %d bytes, past the central directory at %d", i, len(c.body), cd)
+		}
+		if _, err := zip.NewReader(bytes.NewReader(c.body), int64(len(c.body))); err == nil {
+			t.Errorf("client %d holds a zip that opens", i)
+		}
+	}
+	testwait.For(t, p.flights.idle)
+	for _, name := range cachedNames(p.Cacher) {
+		if !strings.HasPrefix(name, "sumdb/") {
+			t.Errorf("cached %s", name)
+		}
 	}
 }
