@@ -236,11 +236,13 @@ type Proxy struct {
 	publishing    keyedMutex
 	feed          *indexLog // the /index feed
 	downloads     downloadTracker
-	prefetcher    *prefetcher      // nil when prefetching is off
-	revalidating  sync.Map         // names of stale entries being fetched again in the background
-	scrubbing     sync.Mutex       // held by the scrub running
-	firstSeen     *firstSeenRecord // nil without Admission
-	client        *http.Client     // the upstreams' client; see Client
+	prefetcher    *prefetcher // nil when prefetching is off
+	// What was read of the Cacher and of Hosted.
+	storedMemo, hostedMemo storedMemo
+	revalidating           sync.Map         // names of stale entries being fetched again in the background
+	scrubbing              sync.Mutex       // held by the scrub running
+	firstSeen              *firstSeenRecord // nil without Admission
+	client                 *http.Client     // the upstreams' client; see Client
 
 	// With eviction on: the evictor, the uses gathered for it, and the
 	// cache entries being read by clients, which it leaves alone.

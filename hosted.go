@@ -66,7 +66,7 @@ func (p *Proxy) openPublished(ctx context.Context, req *request) (*content, bool
 			return nil, false, failed(failUnavailable, "reading the published %s: %w", req, err)
 		}
 	}
-	c, err := storedContent(req, cf, fromPublished)
+	c, err := storedContent(req, cf, fromPublished, &p.hostedMemo)
 	if err != nil {
 		return nil, false, failed(failUnavailable, "reading the published %s: %w", req, err)
 	}

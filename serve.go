@@ -49,7 +49,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, req *request, c *c
 	// Header keys are written in canonical form: this is the path of
 	// every answer.
 	h := w.Header()
-	var gz []byte
+	var gz, lazy []byte // compressed now, or to compress on a 200
 	if hf := c.hot; hf != nil {
 		hh := &hf.header
 		h["Content-Type"] = hh.contentType
@@ -72,8 +72,8 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, req *request, c *c
 		}
 		if req.compressible() {
 			addVary(h)
-			if acceptsGzip(r) {
-				gz = gzipped(c.data)
+			if acceptsGzip(r) && len(c.data) >= gzipMinSize {
+				lazy = c.data
 			}
 		}
 		if c.etag != "" {
@@ -93,7 +93,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, req *request, c *c
 	if _, isFile := body.(*os.File); !isFile {
 		body = abortOnError{body}
 	}
-	if gz == nil {
+	if gz == nil && lazy == nil {
 		// A file goes out with sendfile, the status writer passing
 		// http.ServeContent's copy to the connection's ReadFrom. A
 		// read error from a file leaves the answer short of its
@@ -103,7 +103,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, req *request, c *c
 		http.ServeContent(sw, r, "", c.modTime, body)
 		return sw.status
 	}
-	gw := &gzipOnFull{ResponseWriter: w, gz: gz, head: r.Method == http.MethodHead}
+	gw := &gzipOnFull{ResponseWriter: w, gz: gz, data: lazy, head: r.Method == http.MethodHead}
 	http.ServeContent(gw, r, "", c.modTime, body)
 	return gw.status
 }
@@ -183,13 +183,15 @@ func (s *statusWriter) ReadFrom(r io.Reader) (int64, error) {
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // gzipOnFull passes http.ServeContent's answer on, except that a full 200
-// carries gz, when set, in place of the content: ServeContent has decided
-// the status as for the content as stored, and its copy of the content
-// stops at the first write. A 304 then carries the compressed answer's
-// weak tag.
+// carries the compressed content in place of the content: ServeContent has
+// decided the status as for the content as stored, and its copy of the
+// content stops at the first write. The compressed content is gz, or else
+// data compressed then, on a 200 only: a 304, 206 or 412 costs no
+// compression. A 304 carries the compressed answer's weak tag.
 type gzipOnFull struct {
 	http.ResponseWriter
 	gz      []byte
+	data    []byte // compressed on a 200 when gz is nil
 	head    bool
 	status  int
 	swapped bool
@@ -204,7 +206,10 @@ func (g *gzipOnFull) WriteHeader(status int) {
 		return
 	}
 	g.status = status
-	if status == http.StatusNotModified && g.gz != nil {
+	if status == http.StatusOK && g.gz == nil && g.data != nil {
+		g.gz = gzipped(g.data) // nil if not worth it: sent as it is
+	}
+	if status == http.StatusNotModified && (g.gz != nil || len(g.data) >= gzipMinSize) {
 		// It stands for the compressed answer: its tag is that one's
 		// (RFC 9110, 15.4.5).
 		if h := g.Header(); h.Get("Etag") != "" {

@@ -82,7 +82,9 @@ func (c *content) reader() io.ReadSeeker {
 // storedContent is req's file as read from a store: a zip read from it
 // as it is served, anything else (all size-capped) read into memory,
 // closing cf.
-func storedContent(req *request, cf CachedFile, o provenance) (*content, error) {
+//
+// memo, if not nil, remembers what it read (see storedMemo).
+func storedContent(req *request, cf CachedFile, o provenance, memo *storedMemo) (*content, error) {
 	if req.kind == kindZip {
 		etag, err := storedETagOf(cf)
 		if err != nil {
@@ -96,14 +98,29 @@ func storedContent(req *request, cf CachedFile, o provenance) (*content, error) 
 		return &content{body: body, modTime: cf.ModTime(), etag: etag, from: o, close: func() { cf.Close() }}, nil
 	}
 	defer cf.Close()
-	data, err := io.ReadAll(io.LimitReader(cf, req.maxSize()+1))
-	if err != nil {
-		return nil, err
+	modTime := cf.ModTime()
+	var data []byte
+	var err error
+	df, sized := cf.(*dirFile)
+	switch {
+	case sized && df.size <= req.maxSize():
+		if f, ok := memo.lookup(req.name, modTime, df.size); ok {
+			return &content{data: f.data, modTime: modTime, etag: f.etag, from: o, close: func() {}}, nil
+		}
+		// Its size is known: one read, no buffer grown on the way.
+		data = make([]byte, df.size)
+		if _, err = io.ReadFull(df.File, data); err != nil {
+			return nil, err
+		}
+	default:
+		if data, err = io.ReadAll(io.LimitReader(cf, req.maxSize()+1)); err != nil {
+			return nil, err
+		}
 	}
 	if int64(len(data)) > req.maxSize() {
 		return nil, fmt.Errorf("%s is larger than its limit of %d bytes", req.name, req.maxSize())
 	}
-	return memContent(data, cf.ModTime(), o), nil
+	return &content{data: data, modTime: modTime, etag: memo.etag(req.name, modTime, data, sized), from: o, close: func() {}}, nil
 }
 
 // fetchedContent is what a fetch brought, served until release to a
@@ -258,7 +275,7 @@ func (p *Proxy) cacheGet(ctx context.Context, req *request) *content {
 	cf, err := p.conf.cacher.Get(ctx, req.name)
 	if err == nil {
 		var c *content
-		if c, err = storedContent(req, cf, fromCache); err == nil {
+		if c, err = storedContent(req, cf, fromCache, &p.storedMemo); err == nil {
 			return c
 		}
 	}
