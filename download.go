@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,13 +30,19 @@ import (
 // DownloadOptions tunes the download engine that every upstream request of
 // the proxy goes through. The zero value gives the defaults.
 type DownloadOptions struct {
-	// Connections is how many HTTP Range requests fetch one large file at
-	// once, when the upstream supports ranges. Zero means 4; 1 fetches every
-	// file in a single stream.
+	// Connections is the most connections that fetch one file at once.
+	// A file starts on one, whose first request asks for all of it; more
+	// join, each taking over part of the rest with an HTTP Range request
+	// tied to the file's version by If-Range, only when the first one's
+	// rate says they would finish the file at least a second sooner (a
+	// paced or distant upstream) and the upstream answers ranges with a
+	// strong validator. Zero means 12; 1 fetches every file in a single
+	// stream.
 	Connections int
 
-	// RangeThreshold is the size above which a file is fetched in parallel
-	// ranges. Zero means 512 KiB.
+	// RangeThreshold is the smallest part of a file another connection
+	// takes over: a file under twice this size is fetched on one
+	// connection. Zero means 512 KiB.
 	RangeThreshold int64
 
 	// MaxConcurrent bounds the downloads in progress across the proxy;
@@ -101,7 +106,9 @@ type DownloadOptions struct {
 	// "goproxy-partial" in the Proxy's TempDir. Downloads in progress are
 	// written there too: when its disk is full, the downloads that need
 	// more space fail with 507 Insufficient Storage, and free what they
-	// held.
+	// held. It is resumed from only when it is a directory of this
+	// process's user that others may not write to; otherwise downloads
+	// use private files in a directory of their own in TempDir.
 	PartialDir string
 
 	// PartialBytes bounds the bytes of interrupted downloads kept in
@@ -135,11 +142,26 @@ type fetched struct {
 	// unverified is set when the checksum database could not be reached
 	// and AllowUnverified let the file through: it is served, not cached.
 	unverified bool
+	// stream is set for a zip that clients may read while it arrives;
+	// its file is the download's until owned is set, when the download
+	// has ended well.
+	stream    *zipStream
+	owned     atomic.Bool
+	closeOnce sync.Once
 }
 
 // reader returns an independent reader over the content, so that every
 // request sharing one download reads it at its own pace.
 func (f *fetched) reader() io.ReadSeeker {
+	return f.readerFor(context.Background())
+}
+
+// readerFor is reader for a client whose request lives in ctx: a zip still
+// arriving is read as it does, until ctx ends.
+func (f *fetched) readerFor(ctx context.Context) io.ReadSeeker {
+	if f.stream != nil {
+		return f.stream.reader(ctx)
+	}
 	if f.file != nil {
 		return io.NewSectionReader(f.file, 0, f.size)
 	}
@@ -147,12 +169,16 @@ func (f *fetched) reader() io.ReadSeeker {
 }
 
 // close removes the file before closing it: it is locked while open, so
-// nobody can take the name over in between.
+// nobody can take the name over in between. A stream's file that the
+// download did not hand over is the download's to keep or remove.
 func (f *fetched) close() {
-	if f.file != nil {
+	f.closeOnce.Do(func() {
+		if f.file == nil || f.stream != nil && !f.owned.Load() {
+			return
+		}
 		os.Remove(f.file.Name())
 		f.file.Close()
-	}
+	})
 }
 
 // downloader is the download engine: bounded concurrency, retries with
@@ -161,9 +187,12 @@ type downloader struct {
 	opts   DownloadOptions
 	client *http.Client
 	sem    *semaphore.Weighted
-	logger *slog.Logger
-	via    string // this proxy's Via entry, which reveals a loop
-	hosts  hostTable
+	// prefetchSem bounds the prefetches' downloads instead (see
+	// prefetch.go), which never take a client's slot.
+	prefetchSem *semaphore.Weighted
+	logger      *slog.Logger
+	via         string // this proxy's Via entry, which reveals a loop
+	hosts       hostTable
 
 	// writeAt writes to the files of PartialDir; tests replace it to
 	// fill the disk.
@@ -171,6 +200,17 @@ type downloader struct {
 	// tidied is set once PartialDir has been rid of what killed
 	// processes left.
 	tidied atomic.Bool
+	// minGain is splitMinGain, and saveEvery and saveBytes the
+	// saveInterval and saveBytes of progress, which tests shorten.
+	minGain   time.Duration
+	saveEvery time.Duration
+	saveBytes int64
+	// tempDir is the Proxy's TempDir; ownDir a directory of this
+	// downloader's own in it, made when PartialDir is not private.
+	tempDir    string
+	ownDirOnce sync.Once
+	ownDir     string
+	ownDirErr  error
 
 	// Probes of hosts that are down (retry.go) run until stopProbes is
 	// closed, by close.
@@ -179,7 +219,7 @@ type downloader struct {
 	stopProbes chan struct{}
 }
 
-func newDownloader(opts DownloadOptions, client *http.Client, logger *slog.Logger, via string) *downloader {
+func newDownloader(opts DownloadOptions, client *http.Client, logger *slog.Logger, via, tempDir string) *downloader {
 	if check := client.CheckRedirect; check != nil {
 		// A redirect refused is refused again on every attempt: final.
 		c := *client
@@ -193,7 +233,8 @@ func newDownloader(opts DownloadOptions, client *http.Client, logger *slog.Logge
 		client = &c
 	}
 	return &downloader{opts: opts, client: client, sem: semaphore.NewWeighted(int64(opts.MaxConcurrent)), logger: logger, via: via,
-		writeAt: (*os.File).WriteAt, stopProbes: make(chan struct{})}
+		writeAt: (*os.File).WriteAt, tempDir: tempDir, minGain: splitMinGain, saveEvery: saveInterval, saveBytes: saveBytes,
+		stopProbes: make(chan struct{})}
 }
 
 // redirectRefused is a redirect the client's policy refused.
@@ -207,9 +248,26 @@ type target struct {
 	module, version string
 	toFile          bool  // zips go to a file, the rest to memory
 	limit           int64 // most bytes accepted
+	// sink, if set, follows a file download as its bytes land.
+	sink downloadSink
 	// probe is a cheap URL of the same upstream, which is asked while
 	// the upstream's host is down; empty means the host's root.
 	probe string
+}
+
+// downloadSink follows a download to a file as its bytes land, so that
+// they can be checked and sent on while the rest arrives.
+type downloadSink interface {
+	// begin says that the file f will have size bytes, once the first
+	// answer (or the saved state) tells the size, again after a restart.
+	// An error fails the download for good.
+	begin(f *os.File, size int64) error
+	// landed says that the first n bytes of the file are on disk.
+	landed(n int64)
+	// restart says that the download starts over. It returns how many
+	// bytes from the start reached clients: the new answer must bring
+	// them again, unchanged, or the download fails.
+	restart() int64
 }
 
 // get downloads rawURL: a zip into a file, anything else into memory.
@@ -217,10 +275,14 @@ func (d *downloader) get(ctx context.Context, rawURL string, t target) (*fetched
 	if t.probe != "" {
 		d.hosts.get(rawURL).probeWith(t.probe)
 	}
-	if err := d.sem.Acquire(ctx, 1); err != nil {
+	sem := d.sem
+	if d.prefetchSem != nil && prefetching(ctx) {
+		sem = d.prefetchSem
+	}
+	if err := sem.Acquire(ctx, 1); err != nil {
 		return nil, err
 	}
-	defer d.sem.Release(1)
+	defer sem.Release(1)
 	if t.toFile {
 		return d.getFile(ctx, rawURL, t)
 	}
@@ -458,17 +520,21 @@ type partState struct {
 
 // fileDownload is one download of a file to disk.
 type fileDownload struct {
-	d      *downloader
-	url    string
-	t      target
-	f      *os.File
-	meta   string // path of the saved partialState; "" when not resumable
-	mu     sync.Mutex
-	state  partialState
-	done   []atomic.Int64 // per part, mirrors state.Parts[i].Done
-	total  atomic.Int64   // bytes received, for Progress
-	sized  atomic.Int64   // total size once known, else -1
-	resume bool           // state came from disk
+	d    *downloader
+	url  string
+	t    target
+	f    *os.File
+	meta string // path of the saved partialState; "" when not resumable
+	mu   sync.Mutex
+	// state holds the file's size and validators; its Parts are taken
+	// from spans when it is saved. Guarded by mu.
+	state partialState
+	// spans cover the file in order, each fetched by one connection at a
+	// time (see spans.go). Guarded by mu.
+	spans  []*span
+	total  atomic.Int64 // bytes received, for Progress
+	sized  atomic.Int64 // total size once known, else -1
+	resume bool         // state came from disk
 	// tracked is the download in the live view, told the size.
 	tracked *trackedDownload
 	// resets counts reset calls, guarded by mu: a save that began before
@@ -479,10 +545,31 @@ type fileDownload struct {
 	// nothing (no ETag, no Last-Modified) to tie other parts to its
 	// version: from then on the file is asked for whole.
 	unvalidated bool
+	// rangesOK is set when the upstream answers Range requests, so that
+	// more connections may share the file.
+	rangesOK bool
+	// rtt is how long the first answer's header took: what one more
+	// connection costs before it brings anything.
+	rtt time.Duration
+	// requests counts the requests made for the file, guarded by mu: the
+	// splitting of spans stops at a bound.
+	requests int
 	// stashed is a whole-file answer a part request got, to start over
 	// with; stashCancel ends its request. Guarded by mu.
 	stashed     *http.Response
 	stashCancel func()
+
+	// prefix is how many bytes from the start of the file are on disk,
+	// what t.sink is told of.
+	prefix atomic.Int64
+	// keep is how many bytes from the start reached clients before the
+	// download started over: the new answer must bring them again,
+	// unchanged, or the download fails (see writeAt).
+	keep int64
+	// connRate is the latest rate of one connection, in bytes per second
+	// (float64 bits), which tells whether taking over half of a span
+	// pays.
+	connRate atomic.Uint64
 }
 
 // getFile downloads a file to disk, in parallel ranges when it is large and
@@ -525,41 +612,56 @@ func (d *downloader) getFile(ctx context.Context, rawURL string, t target) (*fet
 
 // openPartial opens the partial file for rawURL, taking it over (and its
 // saved state) if no other download holds it; a download that finds it
-// held gets a private, non-resumable file instead.
+// held gets a private, non-resumable file instead, and so does one whose
+// PartialDir another user could have written to.
 func (d *downloader) openPartial(rawURL string, t target) (*fileDownload, error) {
-	dir := d.opts.PartialDir
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	dir, resumable, err := d.partialDir()
+	if err != nil {
 		return nil, err
 	}
 	key := partialKey(rawURL)
 	dl := &fileDownload{d: d, url: rawURL, t: t}
 	dl.sized.Store(-1)
+	private := func() (*fileDownload, error) {
+		// Locked too, so that tidying PartialDir tells it from a
+		// dead one's.
+		f, err := os.CreateTemp(dir, key+"-*"+privateSuffix)
+		if err != nil {
+			return nil, err
+		}
+		filelock.TryLock(f)
+		dl.f = f
+		dl.reset()
+		return dl, nil
+	}
+	if !resumable {
+		return private()
+	}
 	f, err := os.OpenFile(filepath.Join(dir, key+partSuffix), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	if ok, err := filelock.TryLock(f); err != nil || !ok || !stillNamed(f) {
 		// Held by another download, or unlinked by one that finished
-		// between our open and our lock: work on a private file, locked
-		// too, so that tidying PartialDir tells it from a dead one's.
+		// between our open and our lock.
 		f.Close()
-		if f, err = os.CreateTemp(dir, key+"-*"+privateSuffix); err != nil {
-			return nil, err
-		}
-		filelock.TryLock(f)
-		dl.f = f
-		return dl, nil
+		return private()
 	}
 	dl.f = f
 	dl.meta = filepath.Join(dir, key+stateSuffix)
-	if b, err := os.ReadFile(dl.meta); err == nil && json.Unmarshal(b, &dl.state) == nil && dl.state.valid(t.limit) {
+	var st partialState
+	if b, err := os.ReadFile(dl.meta); err == nil && json.Unmarshal(b, &st) == nil && st.valid(t.limit) {
 		dl.resume = true
-		dl.done = make([]atomic.Int64, len(dl.state.Parts))
-		for i, p := range dl.state.Parts {
-			dl.done[i].Store(p.Done)
+		dl.state = st
+		for _, p := range st.Parts {
+			s := &span{start: p.Start, end: p.End}
+			s.done.Store(p.Done)
+			dl.spans = append(dl.spans, s)
 			dl.total.Add(p.Done)
 		}
-		dl.sized.Store(dl.state.Size)
+		dl.state.Parts = nil
+		dl.sized.Store(st.Size)
+		dl.rangesOK = true // it was split, or resumed, with ranges
 		return dl, nil
 	}
 	dl.reset()
@@ -597,19 +699,24 @@ func (s *partialState) valid(limit int64) bool {
 	return next == s.Size
 }
 
-// reset forgets any progress and empties the file. A stashed answer stays:
-// it is what the download starts over with.
+// reset forgets any progress and empties the file, but for the bytes that
+// reached clients, which the next answer must bring again. A stashed
+// answer stays: it is what the download starts over with.
 func (dl *fileDownload) reset() {
 	dl.resume = false
 	dl.mu.Lock()
 	dl.resets++
 	dl.state = partialState{}
-	dl.done = nil
+	dl.spans = nil
 	dl.mu.Unlock()
 	dl.total.Store(0)
 	dl.tracked.restart()
 	dl.sized.Store(-1)
-	dl.f.Truncate(0)
+	dl.prefix.Store(0)
+	if dl.t.sink != nil {
+		dl.keep = dl.t.sink.restart()
+	}
+	dl.f.Truncate(dl.keep)
 	if dl.meta != "" {
 		os.Remove(dl.meta)
 	}
@@ -629,12 +736,24 @@ func (dl *fileDownload) discard() {
 // for the next attempt: bytes tied by validators to one version of the
 // file, with no disk trouble.
 func (dl *fileDownload) keepable(err error) bool {
-	if dl.meta == "" || dl.d.opts.PartialBytes < 0 || errors.Is(err, errFileChanged) || isDiskError(err) {
+	if dl.meta == "" || dl.d.opts.PartialBytes < 0 || errors.Is(err, errFileChanged) || errors.Is(err, errReleasedChanged) || isDiskError(err) {
 		return false
 	}
+	st, _ := dl.snapshot()
+	return st.valid(dl.t.limit) && dl.total.Load() > 0
+}
+
+// snapshot returns the state with the spans' progress, and the count of
+// resets it was taken after.
+func (dl *fileDownload) snapshot() (partialState, int) {
 	dl.mu.Lock()
 	defer dl.mu.Unlock()
-	return dl.state.valid(dl.t.limit) && dl.total.Load() > 0
+	st := dl.state
+	st.Parts = make([]partState, 0, len(dl.spans))
+	for _, s := range dl.spans {
+		st.Parts = append(st.Parts, partState{Start: s.start, End: s.limit(), Done: s.done.Load()})
+	}
+	return st, dl.resets
 }
 
 // save writes the progress beside the file, after syncing the file, so the
@@ -643,19 +762,9 @@ func (dl *fileDownload) save() error {
 	if dl.meta == "" {
 		return errors.New("not resumable")
 	}
-	// Snapshot under the lock; state.Parts itself is never written after
-	// it is set up, so the parts' readers need no lock.
-	dl.mu.Lock()
-	st := dl.state
-	st.Parts = slices.Clone(dl.state.Parts)
-	done := dl.done
-	resets := dl.resets
-	dl.mu.Unlock()
+	st, resets := dl.snapshot()
 	if len(st.Parts) == 0 {
 		return errors.New("nothing to resume")
-	}
-	for i := range st.Parts {
-		st.Parts[i].Done = done[i].Load()
 	}
 	if err := dl.f.Sync(); err != nil {
 		return err
@@ -688,21 +797,34 @@ func (dl *fileDownload) save() error {
 	return err
 }
 
-// reportProgress calls the Progress hook and saves the state periodically
-// until the returned func is called, which reports once more.
+// Saving the progress syncs the file, which costs the disk: it is done
+// when saveInterval has passed and saveBytes have arrived since the last
+// save, whichever comes first. A process killed in between refetches at
+// most that much.
+const (
+	saveInterval = 2 * time.Second
+	saveBytes    = 8 << 20
+)
+
+// reportProgress calls the Progress hook, and saves the state now and
+// then, until the returned func is called, which reports once more.
 func (dl *fileDownload) reportProgress(ctx context.Context) (stop func()) {
 	quit := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		ticker := time.NewTicker(progressInterval)
 		defer ticker.Stop()
+		savedAt, savedBytes := time.Now(), dl.total.Load()
 		for {
 			select {
 			case <-quit:
 				return
 			case <-ticker.C:
-				dl.progress()
+			}
+			dl.progress()
+			if n := dl.total.Load(); time.Since(savedAt) >= dl.d.saveEvery || n-savedBytes >= dl.d.saveBytes {
 				dl.save()
+				savedAt, savedBytes = time.Now(), n
 			}
 		}
 	})
@@ -739,18 +861,29 @@ func (dl *fileDownload) download(ctx context.Context) error {
 	}
 }
 
-// run fetches whatever the file still lacks.
+// run fetches whatever the file still lacks: from the first answer on one
+// connection, more joining when that pays (see spans.go).
 func (dl *fileDownload) run(ctx context.Context) error {
+	var resp *http.Response
 	if !dl.resume {
-		if err := dl.d.retry(ctx, dl.url, func() error { return dl.first(ctx) }); err != nil {
+		whole := false
+		err := dl.d.retry(ctx, dl.url, func() error {
+			r, w, err := dl.first(ctx)
+			resp, whole = r, w
+			if err != nil || !w {
+				return err
+			}
+			defer r.Body.Close()
+			return dl.whole(r)
+		})
+		if err != nil || whole {
 			return err
 		}
+	} else if err := dl.begin(dl.sized.Load()); err != nil {
+		return err
 	}
 	dl.resume = false
-	if len(dl.state.Parts) == 0 {
-		return nil // the upstream sent the whole file in one answer
-	}
-	return dl.fetchParts(ctx)
+	return dl.fetchSpans(ctx, resp)
 }
 
 // strongETag returns the ETag of h if it is strong: If-Range needs one.
@@ -780,98 +913,139 @@ func strongDate(h http.Header) string {
 }
 
 // first makes the first request, or takes the whole-file answer a part
-// request got. It asks for the first RangeThreshold bytes (or, with one
-// connection, everything) as a range: a small file comes whole, a large
-// one reveals its size and validators and whether ranges work, with no
-// extra round trip for a HEAD request. Parts follow only an answer with
-// validators, which tie them to one version of the file; a file without
-// is fetched in one answer, and from its start again when that is cut.
-func (dl *fileDownload) first(ctx context.Context) error {
-	opts := dl.d.opts
+// request got. It asks for the whole file as the range "bytes=0-": one
+// request brings it all, and the answer says whether ranges work, with
+// no extra round trip for a HEAD request or a probe. Other connections
+// may join later (see spans.go), but only after an answer with
+// validators, which tie their parts to one version of the file; an
+// answer without is reported as whole, for whole to read in one go,
+// from its start again when it is cut. Otherwise the answer returned
+// brings the first span, for fetchSpans to read.
+func (dl *fileDownload) first(ctx context.Context) (resp *http.Response, whole bool, err error) {
 	dl.reset()
-	resp := dl.takeStash()
+	resp = dl.takeStash()
 	if resp == nil {
 		var h http.Header
 		if !dl.unvalidated {
-			want := "bytes=0-"
-			if opts.Connections > 1 {
-				want += strconv.FormatInt(opts.RangeThreshold-1, 10)
-			}
-			h = http.Header{"Range": {want}}
+			h = http.Header{"Range": {"bytes=0-"}}
 		}
-		var err error
+		sent := time.Now()
 		if resp, err = dl.d.send(ctx, dl.url, h); err != nil {
-			return err
+			return nil, false, err
 		}
+		dl.rtt = time.Since(sent)
+		dl.mu.Lock()
+		dl.requests++
+		dl.mu.Unlock()
 	}
-	defer resp.Body.Close()
 	etag, lastModified := strongETag(resp.Header), strongDate(resp.Header)
 	validated := etag != "" || lastModified != ""
 	st := partialState{ETag: etag, LastModified: lastModified}
 	if etag == "" {
 		st.WeakETag = resp.Header.Get("ETag")
 	}
+	var firstEnd int64
 	if resp.StatusCode == http.StatusOK {
 		if !validated || resp.ContentLength < 0 {
-			return dl.whole(resp)
+			return resp, true, nil
 		}
-		if resp.ContentLength > dl.t.limit {
-			return tooLarge(dl.url, dl.t.limit)
-		}
-		st.Size = resp.ContentLength
-		st.Parts = []partState{{Start: 0, End: st.Size}}
+		st.Size, firstEnd = resp.ContentLength, resp.ContentLength
+		dl.rangesOK = strings.EqualFold(resp.Header.Get("Accept-Ranges"), "bytes")
 	} else {
 		start, end, size, ok := parseContentRange(resp.Header.Get("Content-Range"))
 		if dl.unvalidated || !ok || start != 0 || size <= 0 {
-			return failed(failInvalidContent, "upstream %s sent an unusable Content-Range %q", redactURL(dl.url), resp.Header.Get("Content-Range"))
-		}
-		if size > dl.t.limit {
-			return tooLarge(dl.url, dl.t.limit)
-		}
-		if !validated && end+1 < size {
-			// Nothing would tie the other parts to the version of
-			// these bytes.
-			dl.unvalidated = true
 			resp.Body.Close()
-			return dl.first(ctx)
+			return nil, false, failed(failInvalidContent, "upstream %s sent an unusable Content-Range %q", redactURL(dl.url), resp.Header.Get("Content-Range"))
 		}
-		st.Size = size
-		st.Parts = splitParts(end+1, size, opts.Connections, opts.RangeThreshold)
+		if !validated {
+			if end+1 < size {
+				// Nothing would tie the other parts to the version of
+				// these bytes.
+				dl.unvalidated = true
+				resp.Body.Close()
+				return dl.first(ctx)
+			}
+			return resp, true, nil
+		}
+		st.Size, firstEnd = size, end+1
+		dl.rangesOK = true
+	}
+	if st.Size > dl.t.limit {
+		resp.Body.Close()
+		return nil, false, tooLarge(dl.url, dl.t.limit)
+	}
+	spans := []*span{{start: 0, end: firstEnd}}
+	if firstEnd < st.Size {
+		spans = append(spans, &span{start: firstEnd, end: st.Size})
 	}
 	dl.sized.Store(st.Size)
 	dl.mu.Lock()
-	dl.state = st
-	dl.done = make([]atomic.Int64, len(st.Parts))
+	dl.state, dl.spans = st, spans
 	dl.mu.Unlock()
-	err := dl.copyPart(0, resp.Body)
-	if err != nil && validated && !isDiskError(err) {
-		return nil // fetchParts resumes the first part where it broke off
+	if err := dl.begin(st.Size); err != nil {
+		resp.Body.Close()
+		return nil, false, err
 	}
-	return err
+	return resp, false, nil
 }
 
-// whole stores an answer that cannot be resumed: a 200 without validators
+// begin tells the sink, if any, that the file has size bytes, and what of
+// it is on disk already.
+func (dl *fileDownload) begin(size int64) error {
+	if dl.t.sink == nil || size < 0 {
+		return nil
+	}
+	if err := dl.t.sink.begin(dl.f, size); err != nil {
+		return err
+	}
+	dl.advanced(nil)
+	return nil
+}
+
+// whole stores an answer that cannot be resumed: one without validators
 // or size, as from an upstream that ignores ranges. If it breaks off, the
 // next attempt starts from zero.
 func (dl *fileDownload) whole(resp *http.Response) error {
-	if resp.ContentLength > dl.t.limit {
+	size := resp.ContentLength
+	if size > dl.t.limit {
 		return tooLarge(dl.url, dl.t.limit)
 	}
-	dl.sized.Store(resp.ContentLength)
-	var done atomic.Int64
-	w := &partWriter{dl: dl, done: &done}
-	n, err := io.Copy(w, io.LimitReader(resp.Body, dl.t.limit+1))
+	dl.sized.Store(size)
+	s := &span{start: 0, end: dl.t.limit + 1}
+	if size >= 0 {
+		s.end = size
+	}
+	dl.mu.Lock()
+	dl.spans = []*span{s}
+	dl.mu.Unlock()
+	if err := dl.begin(size); err != nil {
+		return err
+	}
+	w := &spanWriter{dl: dl, s: s}
+	buf := copyBuffers.Get().(*[]byte)
+	n, err := io.CopyBuffer(w, resp.Body, *buf)
+	copyBuffers.Put(buf)
 	switch {
 	case w.err != nil:
 		return dl.d.diskFailed(dl.t, w.err)
+	case errors.Is(err, errReleasedChanged):
+		return err
+	case errors.Is(err, errSpanEnd) || n > dl.t.limit:
+		if size >= 0 {
+			break // the answer is longer than it said: its length holds
+		}
+		return tooLarge(dl.url, dl.t.limit)
 	case err != nil:
 		return retryable(readFailed(dl.url, err))
-	case n > dl.t.limit:
-		return tooLarge(dl.url, dl.t.limit)
-	case resp.ContentLength >= 0 && n != resp.ContentLength:
+	case size >= 0 && n != size:
 		return retryable(readFailed(dl.url, io.ErrUnexpectedEOF))
 	}
-	dl.sized.Store(n)
+	if size < 0 {
+		s.mu.Lock()
+		s.end = n
+		s.mu.Unlock()
+		dl.sized.Store(n)
+	}
 	return nil
 }
 
@@ -917,69 +1091,16 @@ func (c *cancelOnClose) Close() error {
 	return err
 }
 
-// splitParts cuts [0, size) into parts: the first ends at firstEnd (what
-// the first answer covers), the rest is shared among conns connections.
-func splitParts(firstEnd, size int64, conns int, minPart int64) []partState {
-	parts := []partState{{Start: 0, End: min(firstEnd, size)}}
-	rest := size - parts[0].End
-	if rest <= 0 {
-		return parts
-	}
-	// One part per connection: each part costs a round trip, and parts
-	// resume from where they stopped, so more parts buy nothing.
-	partSize := max((rest+int64(conns)-1)/int64(conns), minPart)
-	for start := parts[0].End; start < size; start += partSize {
-		parts = append(parts, partState{Start: start, End: min(start+partSize, size)})
-	}
-	return parts
-}
-
-// fetchParts fetches the unfinished parts over the configured number of
-// connections, each part retried on its own from where it stopped. The
-// first part to meet another version of the file (or a whole-file answer)
-// stops the others.
-func (dl *fileDownload) fetchParts(ctx context.Context) error {
-	todo := make(chan int, len(dl.state.Parts))
-	for i, p := range dl.state.Parts {
-		if dl.done[i].Load() < p.End-p.Start {
-			todo <- i
-		}
-	}
-	close(todo)
-	pctx, stop := context.WithCancelCause(ctx)
-	defer stop(nil)
-	var wg sync.WaitGroup
-	for range min(dl.d.opts.Connections, len(todo)) {
-		wg.Go(func() {
-			for i := range todo {
-				err := recovering(func() error {
-					return dl.d.retry(pctx, dl.url, func() error { return dl.fetchPart(ctx, pctx, stop, i) })
-				})
-				if err != nil {
-					stop(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if pctx.Err() != nil {
-		return context.Cause(pctx)
-	}
-	return nil
-}
-
-// fetchPart requests what part i lacks, tied by If-Range to the version of
-// the file the other parts came from. Its request lives in ctx while
-// pctx, which stops the parts, has not ended, so that a whole-file answer
-// can outlive the other parts to be started over with.
-func (dl *fileDownload) fetchPart(ctx, pctx context.Context, stop context.CancelCauseFunc, i int) error {
-	p := dl.state.Parts[i]
-	from := p.Start + dl.done[i].Load()
-	if from >= p.End {
+// fetchSpan requests what span s lacks, tied by If-Range to the version of
+// the file the other spans came from. Its request lives in ctx while
+// pctx, which stops the spans, has not ended, so that a whole-file answer
+// can outlive the other spans to be started over with.
+func (dl *fileDownload) fetchSpan(ctx, pctx context.Context, stop context.CancelCauseFunc, s *span) error {
+	from, end := s.start+s.done.Load(), s.limit()
+	if from >= end {
 		return nil
 	}
-	h := http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", from, p.End-1)}}
+	h := http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", from, end-1)}}
 	if dl.state.ETag != "" {
 		h.Set("If-Range", dl.state.ETag)
 	} else if dl.state.LastModified != "" {
@@ -987,6 +1108,9 @@ func (dl *fileDownload) fetchPart(ctx, pctx context.Context, stop context.Cancel
 	}
 	reqCtx, cancelReq := context.WithCancel(ctx)
 	unlink := context.AfterFunc(pctx, cancelReq)
+	dl.mu.Lock()
+	dl.requests++
+	dl.mu.Unlock()
 	resp, err := dl.d.send(reqCtx, dl.url, h)
 	if err != nil {
 		unlink()
@@ -1009,11 +1133,11 @@ func (dl *fileDownload) fetchPart(ctx, pctx context.Context, stop context.Cancel
 		unlink()
 		cancelReq()
 	}()
-	start, end, size, ok := parseContentRange(resp.Header.Get("Content-Range"))
-	if !ok || start != from || end != p.End-1 || size != dl.state.Size || !dl.sameVersion(resp.Header) {
+	start, last, size, ok := parseContentRange(resp.Header.Get("Content-Range"))
+	if !ok || start != from || last != end-1 || size != dl.state.Size || !dl.sameVersion(resp.Header) {
 		return errFileChanged
 	}
-	return dl.copyPart(i, resp.Body)
+	return dl.copySpan(s, resp.Body)
 }
 
 // sameVersion reports whether a part's answer carries no validator that
@@ -1029,41 +1153,138 @@ func (dl *fileDownload) sameVersion(h http.Header) bool {
 	return true
 }
 
-// copyPart writes body into part i from where it stands, counting progress
-// as bytes land; a short body is a retryable error, a failed write a disk
-// error.
-func (dl *fileDownload) copyPart(i int, body io.Reader) error {
-	p := dl.state.Parts[i]
-	off := p.Start + dl.done[i].Load()
-	w := &partWriter{dl: dl, off: off, done: &dl.done[i]}
-	_, err := io.Copy(w, io.LimitReader(body, p.End-off))
-	if err == nil && dl.done[i].Load() < p.End-p.Start {
+// copySpan writes body into span s from where it stands until the span's
+// end (which may move down meanwhile), counting progress as bytes land; a
+// short body is a retryable error, a failed write a disk error.
+func (dl *fileDownload) copySpan(s *span, body io.Reader) error {
+	s.mu.Lock()
+	s.claimed = s.done.Load()
+	s.mu.Unlock()
+	w := &spanWriter{dl: dl, s: s}
+	buf := copyBuffers.Get().(*[]byte)
+	_, err := io.CopyBuffer(w, body, *buf)
+	copyBuffers.Put(buf)
+	if errors.Is(err, errSpanEnd) {
+		err = nil
+	}
+	if err == nil && !s.finished() {
 		err = io.ErrUnexpectedEOF
 	}
 	switch {
 	case w.err != nil:
 		return dl.d.diskFailed(dl.t, w.err)
+	case errors.Is(err, errReleasedChanged):
+		return err
 	case err != nil:
 		return retryable(readFailed(dl.url, err))
 	}
 	return nil
 }
 
-// partWriter writes at a moving offset and counts what it wrote.
-type partWriter struct {
-	dl   *fileDownload
-	off  int64
-	done *atomic.Int64
-	err  error // of the last write
+// copyBuffers hold the buffers answers are copied to disk through: large,
+// so that a fast download costs few system calls and few wake-ups of the
+// clients streaming it.
+var copyBuffers = sync.Pool{New: func() any {
+	b := make([]byte, 256<<10)
+	return &b
+}}
+
+// errSpanEnd stops the copy of an answer at the end of its span, which
+// another connection took over from there.
+var errSpanEnd = errors.New("the span ends here")
+
+// errReleasedChanged fails a download that started over with a file other
+// than the one whose first bytes clients already have: they must not get
+// the rest of another.
+var errReleasedChanged = failed(failUnavailable,
+	"the upstream file changed during the download, after its first bytes were sent; try again")
+
+// spanWriter writes into its span at the span's moving offset, never past
+// its end.
+type spanWriter struct {
+	dl  *fileDownload
+	s   *span
+	err error // of the last write to disk
 }
 
-func (w *partWriter) Write(b []byte) (int, error) {
-	n, err := w.dl.d.writeAt(w.dl.f, b, w.off)
-	w.off += int64(n)
-	w.done.Add(int64(n))
+func (w *spanWriter) Write(b []byte) (int, error) {
+	s := w.s
+	s.mu.Lock()
+	off := s.start + s.claimed
+	k := min(int64(len(b)), s.end-off)
+	if k > 0 {
+		s.claimed += k
+	}
+	s.mu.Unlock()
+	if k <= 0 {
+		return 0, errSpanEnd
+	}
+	n, err := w.dl.writeAt(b[:k], off)
+	s.done.Add(int64(n))
 	w.dl.total.Add(int64(n))
-	w.err = err
-	return n, err
+	w.dl.advanced(s)
+	if err != nil {
+		if !errors.Is(err, errReleasedChanged) {
+			w.err = err
+		}
+		return n, err
+	}
+	if k < int64(len(b)) {
+		return n, errSpanEnd
+	}
+	return n, nil
+}
+
+// writeAt writes b at off, except where the bytes reached clients before
+// the download started over: there it checks that they are the same.
+func (dl *fileDownload) writeAt(b []byte, off int64) (int, error) {
+	if off < dl.keep {
+		n := min(int64(len(b)), dl.keep-off)
+		if !dl.sameOnDisk(b[:n], off) {
+			return 0, errReleasedChanged
+		}
+		if n == int64(len(b)) {
+			return len(b), nil
+		}
+		m, err := dl.d.writeAt(dl.f, b[n:], off+n)
+		return int(n) + m, err
+	}
+	return dl.d.writeAt(dl.f, b, off)
+}
+
+// sameOnDisk reports whether the file holds b at off.
+func (dl *fileDownload) sameOnDisk(b []byte, off int64) bool {
+	buf := make([]byte, len(b))
+	n, _ := dl.f.ReadAt(buf, off)
+	return n == len(b) && bytes.Equal(buf, b)
+}
+
+// advanced recomputes how many bytes from the start are on disk after a
+// write to s (nil: whatever changed), and tells the sink when that grew.
+func (dl *fileDownload) advanced(s *span) {
+	if dl.t.sink == nil || s != nil && s.start > dl.prefix.Load() {
+		return
+	}
+	dl.mu.Lock()
+	var p int64
+	for _, s := range dl.spans {
+		if s.start != p {
+			break
+		}
+		d := s.done.Load()
+		p = s.start + d
+		if d < s.limit()-s.start {
+			break
+		}
+	}
+	grew := p > dl.prefix.Load()
+	if grew {
+		dl.prefix.Store(p)
+	}
+	dl.mu.Unlock()
+	if grew {
+		dl.t.sink.landed(p)
+	}
 }
 
 // recovering runs fn, turning a panic into an error: a part runs on a

@@ -48,6 +48,39 @@ func largeFixture(t *testing.T) (*moduletest.Version, []byte) {
 
 const largeZipPath = "/example.com/large/@v/v1.0.0.zip"
 
+// cutAnswers wraps h so that the bodies of the answers cut chooses are cut
+// after n bytes, the connection dropped, as a crashing server's are: the
+// client must resume or start over.
+func cutAnswers(h http.Handler, n int64, cut func(r *http.Request) bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if cut(r) {
+			w = &cutWriter{ResponseWriter: w, left: n}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// firstOnly is a cut for cutAnswers that cuts the first answer only.
+func firstOnly() func(*http.Request) bool {
+	var n atomic.Int32
+	return func(*http.Request) bool { return n.Add(1) == 1 }
+}
+
+type cutWriter struct {
+	http.ResponseWriter
+	left int64
+}
+
+func (w *cutWriter) Write(b []byte) (int, error) {
+	if int64(len(b)) <= w.left {
+		w.left -= int64(len(b))
+		return w.ResponseWriter.Write(b)
+	}
+	w.ResponseWriter.Write(b[:w.left])
+	w.ResponseWriter.(http.Flusher).Flush()
+	panic(http.ErrAbortHandler)
+}
+
 func TestDownloadUnderFaults(t *testing.T) {
 	v, want := largeFixture(t)
 	tests := []struct {
@@ -55,17 +88,23 @@ func TestDownloadUnderFaults(t *testing.T) {
 		faults *moduletest.Faults
 		check  func(t *testing.T, f *moduletest.Faults)
 	}{
-		{name: "parallel ranges tied to one version", check: func(t *testing.T, f *moduletest.Faults) {
-			log := f.Log()
-			if len(log) < 5 {
-				t.Errorf("%d requests; want the first range and at least four parts", len(log))
-			}
-			for _, r := range log[1:] {
-				if r.Range == "" || r.IfRange == "" {
-					t.Errorf("part request without Range/If-Range: %+v", r)
-				}
+		{name: "a fast upstream: one request for the file", check: func(t *testing.T, f *moduletest.Faults) {
+			if log := f.Log(); len(log) != 1 || log[0].Range != "bytes=0-" {
+				t.Errorf("requests %+v; want one, for the whole file", log)
 			}
 		}},
+		{name: "a paced upstream: parallel ranges tied to one version", faults: &moduletest.Faults{BytesPerSecond: 1 << 20},
+			check: func(t *testing.T, f *moduletest.Faults) {
+				log := f.Log()
+				if len(log) < 3 || log[0].Range != "bytes=0-" {
+					t.Errorf("requests %+v; want the whole file asked first, and at least two more connections", log)
+				}
+				for _, r := range log[1:] {
+					if r.Range == "" || r.IfRange == "" {
+						t.Errorf("part request without Range/If-Range: %+v", r)
+					}
+				}
+			}},
 		{name: "30% of requests fail with 502", faults: &moduletest.Faults{FailFraction: 0.3, Seed: 1}},
 		{name: "bodies cut midway", faults: &moduletest.Faults{CutFraction: 0.3, Seed: 2}},
 		{name: "429 with Retry-After", faults: &moduletest.Faults{TooManyFraction: 0.3, Seed: 3}},
@@ -137,14 +176,16 @@ func TestDownloadStartsOverWhenFileChanges(t *testing.T) {
 	}
 	t.Run("replaced after the first answer: the new file whole", func(t *testing.T) {
 		var served atomic.Int32
-		upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The first answer is cut before a byte of it reached a
+		// client: the resumption meets the new file.
+		upstream := httptest.NewServer(cutAnswers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			body, etag := a, `"a"`
 			if served.Add(1) > 1 {
 				body, etag = b, `"b"` // replaced right after the first answer
 			}
 			w.Header().Set("ETag", etag)
 			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
-		}))
+		}), 20, firstOnly()))
 		defer upstream.Close()
 		p := newTestProxy(t, upstream.URL)
 		w := do(p, "GET", largeZipPath)
@@ -154,9 +195,10 @@ func TestDownloadStartsOverWhenFileChanges(t *testing.T) {
 	})
 	t.Run("changing on every request: a clear error", func(t *testing.T) {
 		// An upstream that honours Range but not If-Range, whose file
-		// changes all the time: every download meets another version.
+		// changes all the time, and whose answers break off early:
+		// every download meets another version.
 		var served atomic.Int32
-		upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		upstream := httptest.NewServer(cutAnswers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			n := served.Add(1)
 			body := a
 			if n%2 == 0 {
@@ -165,7 +207,7 @@ func TestDownloadStartsOverWhenFileChanges(t *testing.T) {
 			w.Header().Set("ETag", fmt.Sprintf(`"v%d"`, n))
 			r.Header.Del("If-Range")
 			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
-		}))
+		}), 20, func(*http.Request) bool { return true }))
 		defer upstream.Close()
 		p := newTestProxy(t, upstream.URL)
 		w := do(p, "GET", largeZipPath)
@@ -278,6 +320,10 @@ func TestDownloadProgress(t *testing.T) {
 func TestDownloadResumesAfterKill(t *testing.T) {
 	if dir := os.Getenv("TEST_RESUME_TEMPDIR"); dir != "" {
 		p := &Proxy{Cacher: &MemCacher{}, TempDir: dir, Env: []string{"GOPROXY=" + os.Getenv("TEST_RESUME_UPSTREAM")}}
+		if err := p.Init(); err != nil {
+			t.Fatal(err)
+		}
+		p.downloader.saveEvery = 50 * time.Millisecond // for the kill to find some
 		fmt.Println("started")
 		do(p, "GET", largeZipPath)
 		return
@@ -285,7 +331,9 @@ func TestDownloadResumesAfterKill(t *testing.T) {
 	v, want := largeFixture(t)
 	up := moduletest.NewServer([]*moduletest.Version{v})
 	defer up.Close()
-	faults := &moduletest.Faults{BytesPerSecond: 4 << 20} // 4 connections × 4 MB/s: about 0.4 s for 6 MB
+	// 1 MB/s per connection: slow enough for more connections to join,
+	// about a second for 6 MB on eight of them.
+	faults := &moduletest.Faults{BytesPerSecond: 1 << 20}
 	srv := httptest.NewServer(faults.Wrap(up.Handler()))
 	defer srv.Close()
 
@@ -330,14 +378,25 @@ func TestDownloadResumesAfterKill(t *testing.T) {
 	if w.Code != 200 || !bytes.Equal(w.Body.Bytes(), want) {
 		t.Fatalf("resumed download: %d, %d bytes", w.Code, w.Body.Len())
 	}
+	// No request of the second process asks for a byte the first kept.
+	// (More connections may join and cut the ranges asked for, so the
+	// upstream may send a little more than what was missing: what was
+	// already on its way when a range was cut short.)
 	var sent int64
 	for _, r := range faults.Log()[requestsBefore:] {
 		sent += r.Bytes
+		var from, to int64
+		if _, err := fmt.Sscanf(r.Range, "bytes=%d-%d", &from, &to); err != nil {
+			t.Errorf("the second process asked %+v, not for a range", r)
+			continue
+		}
+		for _, p := range saved.Parts {
+			if from < p.Start+p.Done && to >= p.Start && p.Done > 0 {
+				t.Errorf("the second process asked for %s, of which the first had kept [%d, %d)", r.Range, p.Start, p.Start+p.Done)
+			}
+		}
 	}
-	if sent != int64(len(want))-kept {
-		t.Errorf("after the restart the upstream sent %d bytes; the file lacked %d", sent, int64(len(want))-kept)
-	}
-	t.Logf("first process kept %d of %d bytes; the second fetched the other %d", kept, len(want), int64(len(want))-kept)
+	t.Logf("first process kept %d of %d bytes; the second fetched the other %d, the upstream sending %d", kept, len(want), int64(len(want))-kept, sent)
 }
 
 // TestRetryWithoutRangesStartsOver cuts the first answer of an upstream that
@@ -421,7 +480,9 @@ func TestFetchNobodyWaitsForFinishesWhileItProgresses(t *testing.T) {
 	srv := httptest.NewServer(faults.Wrap(up.Handler()))
 	defer srv.Close()
 	p := newTestProxy(t, srv.URL)
-	p.Download.BodyIdleTimeout = 100 * time.Millisecond
+	// A window long enough that a loaded machine's pauses do not pass for
+	// a stall: the download brings 2 MB in one.
+	p.Download.BodyIdleTimeout = 500 * time.Millisecond
 	leaveWhen(t, p, largeZipPath, func() bool { return faults.BodyBytes() > 0 })
 	testwait.For(t, p.flights.idle)
 	cf, err := p.Cacher.Get(context.Background(), strings.TrimPrefix(largeZipPath, "/"))
@@ -453,9 +514,9 @@ func TestSaveRacingARestartLeavesNoStaleState(t *testing.T) {
 		t.Fatal("the download is not resumable")
 	}
 	dl.f.WriteAt([]byte("hello"), 0)
-	dl.state = partialState{Size: 10, ETag: `"a"`, Parts: []partState{{Start: 0, End: 10}}}
-	dl.done = make([]atomic.Int64, 1)
-	dl.done[0].Store(5)
+	dl.state = partialState{Size: 10, ETag: `"a"`}
+	dl.spans = []*span{{start: 0, end: 10}}
+	dl.spans[0].done.Store(5)
 
 	writing, resumeWrite := make(chan struct{}), make(chan struct{})
 	d.writeAt = func(f *os.File, b []byte, off int64) (int, error) {
@@ -535,7 +596,7 @@ func TestWeakValidatorsDoNotTieParts(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var served atomic.Int32
-			upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			upstream := httptest.NewServer(cutAnswers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				body, etag := a, tt.etagA
 				if served.Add(1) > 1 {
 					body, etag = b, tt.etagB
@@ -545,7 +606,7 @@ func TestWeakValidatorsDoNotTieParts(t *testing.T) {
 				}
 				w.Header().Set("Date", tt.date.Format(http.TimeFormat))
 				http.ServeContent(w, r, "", modTime, bytes.NewReader(body))
-			}))
+			}), 20, firstOnly()))
 			defer upstream.Close()
 			p := newTestProxy(t, upstream.URL)
 			w := do(p, "GET", largeZipPath)
@@ -563,7 +624,7 @@ func TestWeakValidatorsDoNotTieParts(t *testing.T) {
 func TestFileShrunkUnderTheDownloadStartsOver(t *testing.T) {
 	a, b := largeZip(t, 3<<20, 1), largeZip(t, 100<<10, 2)
 	var served atomic.Int32
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	upstream := httptest.NewServer(cutAnswers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, etag := a, `"a"`
 		if served.Add(1) > 1 {
 			body, etag = b, `"b"`
@@ -571,15 +632,32 @@ func TestFileShrunkUnderTheDownloadStartsOver(t *testing.T) {
 		w.Header().Set("ETag", etag)
 		r.Header.Del("If-Range")
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
-	}))
+	}), 1<<20, firstOnly()))
 	defer upstream.Close()
+	// The engine alone: a client streaming the first file would have
+	// its connection cut when the file changed size under it.
 	p := newTestProxy(t, upstream.URL)
 	for i := range 2 {
-		w := do(p, "GET", largeZipPath)
-		if w.Code != 200 || !bytes.Equal(w.Body.Bytes(), b) {
-			t.Fatalf("request %d: %d, %d bytes %.200q: want the new file whole", i, w.Code, w.Body.Len(), w.Body)
+		got, err := downloadFile(t, p, upstream.URL+largeZipPath)
+		if err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("download %d: %v, %d bytes: want the new file whole", i, err, len(got))
 		}
 	}
+}
+
+// downloadFile downloads rawURL to a file with p's download engine, as a
+// zip, and returns its content.
+func downloadFile(t *testing.T, p *Proxy, rawURL string) ([]byte, error) {
+	t.Helper()
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := p.downloader.get(context.Background(), rawURL, target{toFile: true, limit: maxZipSize})
+	if err != nil {
+		return nil, err
+	}
+	defer f.close()
+	return io.ReadAll(f.reader())
 }
 
 // TestPanicInADownloadFailsOnlyThatDownload panics in the download's
@@ -610,8 +688,10 @@ func TestPanicInADownloadFailsOnlyThatDownload(t *testing.T) {
 				}
 				return f.WriteAt(b, off)
 			}
-			if w := do(p, "GET", largeZipPath); w.Code != http.StatusInternalServerError || !strings.Contains(w.Body.String(), "injected") {
-				t.Errorf("%d %.200q, want 500 naming the panic", w.Code, w.Body)
+			// A client that streams the zip already sees its connection
+			// cut instead.
+			if w := do(p, "GET", largeZipPath); !w.Aborted && (w.Code != http.StatusInternalServerError || !strings.Contains(w.Body.String(), "injected")) {
+				t.Errorf("%d %.200q, want 500 naming the panic, or the stream cut", w.Code, w.Body)
 			}
 			testwait.For(t, p.flights.idle)
 			if files := filesUnder(t, p.TempDir); len(files) > tt.kept {
@@ -621,5 +701,48 @@ func TestPanicInADownloadFailsOnlyThatDownload(t *testing.T) {
 				t.Errorf("the next download: %d, %d bytes", w.Code, w.Body.Len())
 			}
 		})
+	}
+}
+
+// TestPlantedPartialFilesAreNotResumed plants, in a PartialDir that
+// another user could have written to, a partial download claiming the
+// whole of another zip: the proxy must not serve it, but download the
+// upstream's.
+func TestPlantedPartialFilesAreNotResumed(t *testing.T) {
+	v, want := largeFixture(t)
+	planted, err := otherLargeModule()
+	if err != nil {
+		t.Fatal(err)
+	}
+	plantedZip, err := os.ReadFile(planted.ZipFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := moduletest.NewServer([]*moduletest.Version{v})
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	p.Download.PartialDir = filepath.Join(t.TempDir(), "partial")
+	if err := os.Mkdir(p.Download.PartialDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p.Download.PartialDir, 0o777); err != nil { // as /tmp is
+		t.Fatal(err)
+	}
+	key := partialKey(up.URL + largeZipPath)
+	os.WriteFile(filepath.Join(p.Download.PartialDir, key+partSuffix), plantedZip, 0o600)
+	state, _ := json.Marshal(partialState{Size: int64(len(plantedZip)), ETag: `"planted"`,
+		Parts: []partState{{Start: 0, End: int64(len(plantedZip)), Done: int64(len(plantedZip))}}})
+	os.WriteFile(filepath.Join(p.Download.PartialDir, key+stateSuffix), state, 0o600)
+
+	if w := do(p, "GET", largeZipPath); w.Code != 200 || !bytes.Equal(w.Body.Bytes(), want) {
+		t.Fatalf("%d, %d bytes: want the upstream's zip (%d bytes)", w.Code, w.Body.Len(), len(want))
+	}
+	if got, _ := os.ReadFile(filepath.Join(p.Download.PartialDir, key+partSuffix)); !bytes.Equal(got, plantedZip) {
+		t.Error("the proxy wrote to the planted file")
+	}
+	testwait.For(t, p.flights.idle)
+	// The proxy's own directory of private files is left empty.
+	for _, f := range filesUnder(t, p.TempDir) {
+		t.Errorf("left behind: %s", f)
 	}
 }

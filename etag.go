@@ -5,7 +5,10 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"sync"
 	"time"
+
+	"github.com/goproxy-team/goproxy/internal/lru"
 )
 
 // Entity tags name a file's content, the same whichever source answers
@@ -54,4 +57,68 @@ func weakETag(etag string) string {
 		return etag
 	}
 	return "W/" + etag
+}
+
+// storedMemo remembers files read from a store, by name, with their
+// modification time and size: their digest (digestETag), so that a file
+// read again unchanged is not hashed again, and the bytes of the most
+// recent within a budget, so that a file whose size the store tells
+// before it is read (a DirCacher's) is not even read again. A version list
+// answering conditional requests, not in the hot tier (it is mutable),
+// then costs a stat. Files are replaced whole, with a new modification
+// time: a file of the same name, time and size is the same file. A store
+// keeping whole seconds (where a file rewritten within the second may
+// keep its size) is not memoised. Its zero value is ready for use.
+type storedMemo struct {
+	once  sync.Once
+	files *lru.Cache[*storedFile]
+}
+
+// storedFile is a file of a storedMemo.
+type storedFile struct {
+	modTime, size int64
+	etag          string
+	data          []byte // never modified; nil when only the digest is kept
+}
+
+// storedMemoBytes bounds the bytes a storedMemo holds.
+const storedMemoBytes = 8 << 20
+
+func (m *storedMemo) cache() *lru.Cache[*storedFile] {
+	m.once.Do(func() {
+		m.files = lru.New(storedMemoBytes, func(f *storedFile) int64 { return int64(len(f.data)) + 64 })
+	})
+	return m.files
+}
+
+// lookup returns the file name with that modification time and size, if
+// it is remembered with its bytes.
+func (m *storedMemo) lookup(name string, modTime time.Time, size int64) (*storedFile, bool) {
+	if m == nil || modTime.Nanosecond() == 0 {
+		return nil, false
+	}
+	f, ok := m.cache().Get(name)
+	if !ok || f.modTime != modTime.UnixNano() || f.size != size || f.data == nil {
+		return nil, false
+	}
+	return f, true
+}
+
+// etag returns data's digest tag, data being the content of the stored
+// file name with that modification time, and remembers it. keep says
+// whether to keep data too.
+func (m *storedMemo) etag(name string, modTime time.Time, data []byte, keep bool) string {
+	if m == nil || modTime.Nanosecond() == 0 {
+		return digestETag(data)
+	}
+	c := m.cache()
+	if f, ok := c.Get(name); ok && f.modTime == modTime.UnixNano() && f.size == int64(len(data)) {
+		return f.etag
+	}
+	f := &storedFile{modTime: modTime.UnixNano(), size: int64(len(data)), etag: digestETag(data)}
+	if keep {
+		f.data = data
+	}
+	c.Put(name, f)
+	return f.etag
 }

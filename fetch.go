@@ -50,7 +50,9 @@ func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched,
 			if err == nil {
 				return f, nil
 			}
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || publisherFrom(ctx).published() {
+				// Clients hold this upstream's bytes already: another's
+				// cannot follow them.
 				return nil, err
 			}
 			passing = passing || !remembered(err)
@@ -83,42 +85,60 @@ func (p *Proxy) fetchFromUpstreams(ctx context.Context, req *request) (*fetched,
 }
 
 // fetchFrom gets req's file from one upstream, validates it and verifies
-// it against the checksum database.
-func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (*fetched, error) {
+// it against the checksum database. A zip is handed to the clients waiting
+// for it while it arrives, all but its end (see zipstream.go), and checked
+// as it lands.
+func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (f *fetched, err error) {
 	if up.URL == "off" {
 		return nil, errProxyOff
 	}
+	if err := p.cannotVerify(req); err != nil {
+		// Reported as any verification is.
+		return nil, p.verify(ctx, req, nil)
+	}
 	start := time.Now()
-	p.prefetchSumDBRecord(ctx, req)
 	upstream := redactURL(up.URL)
 	ctx, tracked := p.trackFetch(ctx, req, upstream)
-	var f *fetched
-	var err error
+	var zs *zipStream
 	if up.URL == "direct" {
 		f, err = p.fetchDirect(ctx, req)
 	} else {
-		f, err = p.downloader.get(ctx, up.URL+"/"+escapeURLPath(req.name), target{
-			module: req.modPath, version: req.version, toFile: req.kind == kindZip, limit: req.maxSize(),
-			probe: up.URL + "/",
-		})
+		t := target{module: req.modPath, version: req.version, toFile: req.kind == kindZip, limit: req.maxSize(),
+			probe: up.URL + "/"}
+		if req.kind == kindZip {
+			zs = newZipStream(nil)
+			if pub := publisherFrom(ctx); pub != nil {
+				zs.publish = pub.publish
+			}
+			// Whatever happens, the readers stop: a panic too.
+			defer zs.finish(errors.New("the fetch ended"))
+			t.sink = zs
+		}
+		f, err = p.downloader.get(ctx, up.URL+"/"+escapeURLPath(req.name), t)
+		if zs != nil {
+			f, err = zs.downloaded(f, err)
+		}
 	}
 	if err == nil {
 		meterFrom(ctx).step() // validating takes time, bringing no bytes
 		err = req.validate(f)
 		if err == nil && req.kind == kindZip && !p.verifies(req) {
 			// Hashing for the checksum database reads every entry, which
-			// checks their CRCs; without it, read them here.
-			err = checkZipContents(f.file, f.size)
+			// checks their CRCs; without it, they are checked here.
+			err = checkZipEntries(ctx, f)
 		}
 		if err != nil {
 			err = failed(failInvalidContent, "invalid %s from upstream %s: %w", req, redactURL(up.URL), err)
 		} else if err = p.verify(ctx, req, f); errors.Is(err, errUnverified) {
 			f.unverified, err = true, nil
 		}
-		if err != nil {
-			f.close()
-			f = nil
-		}
+	}
+	if zs != nil {
+		zs.finish(err)
+	}
+	if err != nil && f != nil {
+		f.close()
+		f = nil
 	}
 	tracked(f, err)
 	outcome := "ok"
@@ -160,6 +180,9 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 	if err := p.notFound.get(req.name); err != nil {
 		return nil, nil, err
 	}
+	// The checksum database's answer for the version will be needed by
+	// its .mod and .zip: it is asked for now, beside the download.
+	p.startLookup(ctx, req)
 	var storeLater func(context.Context, *fetched)
 	var claim *fetchClaim // taken by the fetch, given up once the file is stored
 	if !req.mutable() {

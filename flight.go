@@ -12,7 +12,10 @@ import (
 // Unlike golang.org/x/sync/singleflight it counts the callers still using
 // the result, because a zip result is an open file that must stay open until
 // the last of them has served it, and it runs the download detached from any
-// one caller, so a client that goes away does not fail the others.
+// one caller, so a client that goes away does not fail the others. A
+// download may hand its result to the callers before it ends (a zip they
+// read while it arrives, see zipstream.go): callers then return with it,
+// and so do those who join until the download ends.
 type flightGroup struct {
 	// abandonAfter, if positive, is the window over which a download that
 	// every caller has left must make progress (abandonedMinBytes, or a
@@ -21,6 +24,9 @@ type flightGroup struct {
 
 	mu      sync.Mutex
 	flights map[string]*flight
+	// active counts the flights whose download or background work has
+	// not ended, the abandoned ones included, which left flights.
+	active  int
 	closed  bool           // close was called: no new flights
 	running sync.WaitGroup // run and background goroutines
 }
@@ -35,22 +41,28 @@ const abandonedMinBytes = 64 << 10
 var errAbandoned = errors.New("every client left and the download stopped making progress")
 
 type flight struct {
-	done    chan struct{}
-	res     *fetched
-	err     error
-	users   int // callers holding or waiting for res; guarded by flightGroup.mu
-	ended   bool
-	watched bool // a watch runs; guarded by flightGroup.mu
-	meter   *progressMeter
-	cancel  context.CancelCauseFunc
+	key string
+	// ready is closed once res is handed over (published) or the call
+	// ended; done once the call ended.
+	ready, done chan struct{}
+	res         *fetched
+	err         error
+	users       int  // callers holding or waiting for res; guarded by flightGroup.mu
+	ended       bool // guarded by flightGroup.mu
+	published   bool // res was handed over before the end; guarded by flightGroup.mu
+	watched     bool // a watch runs; guarded by flightGroup.mu
+	meter       *progressMeter
+	cancel      context.CancelCauseFunc
 	// settled is closed once the flight has left the group, its
 	// background work (storing the result) done.
 	settled chan struct{}
 }
 
 // do returns the result of fn for key, starting fn unless a call for key is
-// already running. fn runs with a context detached from ctx; waiting stops
-// when ctx ends. The caller must call release once done with the result.
+// already running. fn runs with a context detached from ctx, from which
+// publisherFrom gets the way to hand the result over before fn returns;
+// waiting stops when ctx ends. The caller must call release once done with
+// the result.
 //
 // background, if not nil, runs after a successful fn while callers are
 // served, typically to store the result: until it ends, the result stays
@@ -68,20 +80,24 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 	}
 	if !ok {
 		g.running.Add(1)
-		fl = &flight{done: make(chan struct{}), settled: make(chan struct{})}
+		fl = &flight{key: key, ready: make(chan struct{}), done: make(chan struct{}), settled: make(chan struct{})}
 		g.flights[key] = fl
+		g.active++
 		fctx, meter := withProgressMeter(context.WithoutCancel(ctx))
 		fctx, fl.cancel = context.WithCancelCause(fctx)
+		fctx = context.WithValue(fctx, publisherKey{}, &publisher{g: g, fl: fl})
 		fl.meter = meter
-		go g.run(fctx, key, fl, fn, background)
+		go g.run(fctx, fl, fn, background)
 	}
 	fl.users++
 	g.mu.Unlock()
 
 	release := func() { g.release(fl) }
 	select {
-	case <-fl.done:
-		if fl.err != nil {
+	case <-fl.ready:
+		// res, once set, is never changed; err is set before ready is
+		// closed when res is not.
+		if fl.res == nil {
 			release()
 			return nil, func() {}, fl.err
 		}
@@ -90,6 +106,45 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 		release()
 		return nil, func() {}, ctx.Err()
 	}
+}
+
+// publisher hands a flight's result to its callers before the call ends.
+type publisher struct {
+	g  *flightGroup
+	fl *flight
+}
+
+type publisherKey struct{}
+
+// publisherFrom returns the publisher of the flight whose call ctx is
+// for, or nil.
+func publisherFrom(ctx context.Context) *publisher {
+	p, _ := ctx.Value(publisherKey{}).(*publisher)
+	return p
+}
+
+// publish hands res to the callers waiting and to those who join until the
+// call ends. If the call then fails, res must fail its readers.
+func (p *publisher) publish(res *fetched) {
+	g, fl := p.g, p.fl
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if fl.ended || fl.published {
+		return
+	}
+	fl.res, fl.published = res, true
+	close(fl.ready)
+}
+
+// published reports whether the result was handed over: a failure of the
+// call then reaches the callers through it, and nothing else may stand in.
+func (p *publisher) published() bool {
+	if p == nil {
+		return false
+	}
+	p.g.mu.Lock()
+	defer p.g.mu.Unlock()
+	return p.fl.published
 }
 
 // release drops one user of fl, closing the result after the last, or
@@ -108,7 +163,10 @@ func (g *flightGroup) release(fl *flight) {
 }
 
 // watch ends fl's download if, while nobody waits for it, it makes no
-// progress over a window of abandonAfter.
+// progress over a window of abandonAfter. An abandoned flight leaves the
+// group at once, under the lock that callers join under, so that a caller
+// arriving then starts a download of its own rather than share the
+// cancelled one's failure.
 func (g *flightGroup) watch(fl *flight) {
 	bytes, steps := fl.meter.bytes.Load(), fl.meter.steps.Load()
 	t := time.NewTicker(g.abandonAfter)
@@ -119,23 +177,27 @@ func (g *flightGroup) watch(fl *flight) {
 			return
 		case <-t.C:
 		}
+		b, s := fl.meter.bytes.Load(), fl.meter.steps.Load()
 		g.mu.Lock()
 		if fl.users > 0 {
 			fl.watched = false
 			g.mu.Unlock()
 			return
 		}
-		g.mu.Unlock()
-		b, s := fl.meter.bytes.Load(), fl.meter.steps.Load()
 		if b-bytes < abandonedMinBytes && s == steps {
+			if g.flights[fl.key] == fl {
+				delete(g.flights, fl.key)
+			}
+			g.mu.Unlock()
 			fl.cancel(errAbandoned)
 			return
 		}
+		g.mu.Unlock()
 		bytes, steps = b, s
 	}
 }
 
-func (g *flightGroup) run(ctx context.Context, key string, fl *flight, fn func(context.Context) (*fetched, error), background func(context.Context, *fetched)) {
+func (g *flightGroup) run(ctx context.Context, fl *flight, fn func(context.Context) (*fetched, error), background func(context.Context, *fetched)) {
 	defer g.running.Done()
 	// fn runs on a goroutine of its own, where a panic would end the
 	// whole process.
@@ -147,28 +209,48 @@ func (g *flightGroup) run(ctx context.Context, key string, fl *flight, fn func(c
 	fl.cancel(nil)
 	ctx = context.WithoutCancel(ctx)
 	g.mu.Lock()
-	fl.res, fl.err, fl.ended = res, err, true
+	if !fl.published {
+		fl.res = res
+	} else if err == nil && res != fl.res {
+		// The call succeeded with another result than the one handed
+		// over: nobody may read that one.
+		res.close()
+	}
+	fl.err, fl.ended = err, true
 	if err == nil && background != nil {
 		fl.users++ // held by the background work
 		g.running.Add(1)
 		go func() {
 			defer g.running.Done()
-			background(ctx, res)
+			background(ctx, fl.res)
 			g.mu.Lock()
-			delete(g.flights, key)
-			close(fl.settled)
+			g.leave(fl)
 			g.mu.Unlock()
 			g.release(fl)
 		}()
 	} else {
-		delete(g.flights, key)
-		close(fl.settled)
-		if fl.users == 0 && res != nil {
-			res.close()
+		g.leave(fl)
+		if fl.users == 0 && fl.res != nil {
+			fl.res.close()
 		}
 	}
+	published := fl.published
 	g.mu.Unlock()
+	if !published {
+		close(fl.ready)
+	}
 	close(fl.done)
+}
+
+// leave takes fl out of the group, if it is still there, and tells
+// settle's waiters; g.mu is held. It runs once per flight, when its
+// background work is done.
+func (g *flightGroup) leave(fl *flight) {
+	if g.flights[fl.key] == fl {
+		delete(g.flights, fl.key)
+	}
+	g.active--
+	close(fl.settled)
 }
 
 // close cancels the calls running, refuses new ones, and waits for the
@@ -216,7 +298,7 @@ func (g *flightGroup) users(key string) int {
 func (g *flightGroup) idle() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return len(g.flights) == 0
+	return g.active == 0
 }
 
 // progressMeter counts what a fetch has done: bytes received, and steps

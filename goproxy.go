@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"golang.org/x/mod/module"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/goproxy-team/goproxy/internal/lru"
 )
@@ -137,6 +138,11 @@ type Proxy struct {
 	// resumption and concurrency. The zero value gives sensible defaults.
 	Download DownloadOptions
 
+	// Prefetch tunes the prefetching of the go.mod files of the
+	// requirements of every go.mod served; see [PrefetchOptions]. The
+	// zero value prefetches.
+	Prefetch PrefetchOptions
+
 	// Redirect answers requests for cached zips with a redirect to the
 	// store, so that the bytes flow from it rather than through the proxy,
 	// when the Cacher is a [CacheRedirector]. Off by default; see
@@ -154,9 +160,9 @@ type Proxy struct {
 
 	// Metrics receives the proxy's measurements: requests, upstream
 	// fetches, retries, verifications, downloads, shared fetches, cache
-	// size, evictions, store errors and admission decisions; see
-	// [Metrics]. A nil field is not reported, so the zero value reports
-	// nothing.
+	// size, evictions, store errors, admission decisions and prefetches;
+	// see [Metrics]. A nil field is not reported, so the zero value
+	// reports nothing.
 	Metrics Metrics
 
 	// Offline makes the proxy serve only what it has: the cache and the
@@ -232,10 +238,13 @@ type Proxy struct {
 	publishing    keyedMutex
 	feed          *indexLog // the /index feed
 	downloads     downloadTracker
-	revalidating  sync.Map         // names of stale entries being fetched again in the background
-	scrubbing     sync.Mutex       // held by the scrub running
-	firstSeen     *firstSeenRecord // nil without Admission
-	client        *http.Client     // the upstreams' client; see Client
+	prefetcher    *prefetcher // nil when prefetching is off
+	// What was read of the Cacher and of Hosted.
+	storedMemo, hostedMemo storedMemo
+	revalidating           sync.Map         // names of stale entries being fetched again in the background
+	scrubbing              sync.Mutex       // held by the scrub running
+	firstSeen              *firstSeenRecord // nil without Admission
+	client                 *http.Client     // the upstreams' client; see Client
 
 	// With eviction on: the evictor, the uses gathered for it, and the
 	// cache entries being read by clients, which it leaves alone.
@@ -305,7 +314,12 @@ func (p *Proxy) init() error {
 	var id [8]byte
 	rand.Read(id[:])
 	p.via = "1.1 goproxy-" + hex.EncodeToString(id[:])
-	p.downloader = newDownloader(conf.download, client, conf.logger, p.via)
+	p.downloader = newDownloader(conf.download, client, conf.logger, p.via, conf.tempDir)
+	p.downloader.prefetchSem = semaphore.NewWeighted(int64(conf.prefetch.Concurrency))
+	if !conf.offline {
+		// Offline, nothing may be fetched: there is nothing to prefetch.
+		p.prefetcher = newPrefetcher(p, conf.prefetch)
+	}
 	p.flights.abandonAfter = conf.download.BodyIdleTimeout
 	p.notFound.ttl = conf.notFoundTTL
 	p.initHotCache()
@@ -395,6 +409,12 @@ func (p *Proxy) Close() error {
 	}
 	p.downloader.close()
 	p.flights.close()
+	// Prefetches and checksum lookups run on flights, which fail at
+	// once from now on.
+	p.prefetcher.close()
+	if p.verifier != nil {
+		p.verifier.lookups.wait()
+	}
 	p.working.Wait()
 	if p.ownTransport != nil {
 		p.ownTransport.CloseIdleConnections()
@@ -449,6 +469,15 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// whenever the path had escapes that its decoding would lose.)
 		p.writeFailure(w, failed(failBadRequest, "the path holds an encoded slash (%%2F), which the go command never sends"))
 		return
+	}
+	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && p.hot != nil && p.conf.admission == nil {
+		// The most frequent request: a small immutable file in memory,
+		// whose path was checked when it got there. (With an admission
+		// policy, the version is decided first, on the usual path.)
+		if hf, ok := p.hot.Get(strings.TrimPrefix(r.URL.Path, "/")); ok {
+			p.serveHot(w, r, hf)
+			return
+		}
 	}
 	if r.URL.Path == indexPath || strings.HasPrefix(r.URL.Path, cachedPath) {
 		noteRequestKind(w, RequestAdmin)
@@ -520,12 +549,34 @@ func (p *Proxy) serveRead(w http.ResponseWriter, r *http.Request, req *request) 
 		return
 	}
 	defer c.close()
+	if c.stream != nil && r.Method == http.MethodHead {
+		// A zip still arriving: a HEAD has no body to cut if it fails,
+		// so it waits for the verdict.
+		if err := c.stream.wait(r.Context()); err != nil {
+			status := p.writeFailure(w, err)
+			p.answered(w, r, req, failedOutcome(err), status)
+			return
+		}
+	}
 	if p.redirect(w, r, req, c) {
 		p.answered(w, r, req, c.from.String(), http.StatusTemporaryRedirect)
 		return
 	}
 	status := p.serve(w, r, req, c)
 	p.answered(w, r, req, c.from.String(), status)
+	p.prefetcher.served(req, c, status)
+}
+
+// serveHot answers a read of a file of the hot tier.
+func (p *Proxy) serveHot(w http.ResponseWriter, r *http.Request, hf *hotFile) {
+	req := hf.req
+	noteRequestKind(w, req.metricKind())
+	if !p.authorize(w, r, OpRead, req.modPath) {
+		return
+	}
+	status := p.serve(w, r, req, hf.served)
+	p.answered(w, r, req, fromHot.String(), status)
+	p.prefetcher.served(req, hf.served, status)
 }
 
 // answered is told of every answer to a read of a file, once it is

@@ -43,7 +43,7 @@ func newTestProxy(t *testing.T, goproxy string, env ...string) *Proxy {
 	// Files are stored in the background while clients are served: let
 	// that finish before the test's directories are removed.
 	t.Cleanup(func() {
-		testwait.For(t, p.flights.idle)
+		testwait.For(t, p.idle)
 		p.Close()
 	})
 	return p
@@ -61,14 +61,33 @@ func filesUnder(t *testing.T, dir string) []string {
 	return files
 }
 
+// recorded is a response as do recorded it.
+type recorded struct {
+	*httptest.ResponseRecorder
+	// Aborted is set when the handler aborted the response
+	// (panic(http.ErrAbortHandler)), as a server then cuts the
+	// connection: what the recorder holds is what the client got first.
+	Aborted bool
+}
+
 // do sends one request to h and returns the recorded response.
-func do(h http.Handler, method, target string, header ...string) *httptest.ResponseRecorder {
+func do(h http.Handler, method, target string, header ...string) *recorded {
 	r := httptest.NewRequest(method, target, nil)
 	for i := 0; i+1 < len(header); i += 2 {
 		r.Header.Set(header[i], header[i+1])
 	}
-	w := httptest.NewRecorder()
-	h.ServeHTTP(w, r)
+	w := &recorded{ResponseRecorder: httptest.NewRecorder()}
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				if v != http.ErrAbortHandler {
+					panic(v)
+				}
+				w.Aborted = true
+			}
+		}()
+		h.ServeHTTP(w.ResponseRecorder, r)
+	}()
 	return w
 }
 
@@ -353,7 +372,7 @@ func TestClientGoingAwayDoesNotCancelSharedFetch(t *testing.T) {
 		quitter <- w.Code
 	}()
 	testwait.For(t, func() bool { return p.flights.users("example.com/a/@v/v1.0.0.zip") == 1 })
-	stayer := make(chan *httptest.ResponseRecorder)
+	stayer := make(chan *recorded)
 	go func() { stayer <- do(p, "GET", "/example.com/a/@v/v1.0.0.zip") }()
 	testwait.For(t, func() bool { return p.flights.users("example.com/a/@v/v1.0.0.zip") == 2 })
 	cancel()
@@ -451,14 +470,9 @@ func TestReadErrorAbortsTheResponse(t *testing.T) {
 	p := newTestProxy(t, "off")
 	p.Cacher = failingReadCacher{data: bytes.Repeat([]byte("z"), 100<<10)}
 	// The handler itself aborts, rather than returning with a short body.
-	func() {
-		defer func() {
-			if v := recover(); v != http.ErrAbortHandler {
-				t.Errorf("handler ended with %v, want panic(http.ErrAbortHandler)", v)
-			}
-		}()
-		do(p, "GET", "/example.com/a/@v/v1.0.0.zip")
-	}()
+	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.zip"); !w.Aborted {
+		t.Errorf("handler ended without panic(http.ErrAbortHandler): %d", w.Code)
+	}
 	// And the client sees a started response that then fails.
 	srv := httptest.NewServer(p)
 	defer srv.Close()
@@ -531,4 +545,16 @@ func TestEnvCoversEgressProxyVariables(t *testing.T) {
 	if got := p.direct.dialer.Environ(); !slices.Contains(got, "HTTPS_PROXY=http://from-env.test:2") {
 		t.Errorf("the go command's way out: %q, want Env's HTTPS_PROXY", got)
 	}
+}
+
+// idle reports whether p does nothing in the background: no fetch, no
+// prefetch, no checksum lookup.
+func (p *Proxy) idle() bool {
+	if !p.prefetcher.idle() {
+		return false
+	}
+	if p.verifier != nil && !p.verifier.lookups.idle() {
+		return false
+	}
+	return p.flights.idle()
 }

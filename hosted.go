@@ -66,7 +66,7 @@ func (p *Proxy) openPublished(ctx context.Context, req *request) (*content, bool
 			return nil, false, failed(failUnavailable, "reading the published %s: %w", req, err)
 		}
 	}
-	c, err := storedContent(req, cf, fromPublished)
+	c, err := storedContent(req, cf, fromPublished, &p.hostedMemo)
 	if err != nil {
 		return nil, false, failed(failUnavailable, "reading the published %s: %w", req, err)
 	}
@@ -109,7 +109,7 @@ func (p *Proxy) mergePublished(ctx context.Context, req *request, published []st
 	query, _ := mergeQuery(req)
 	var body []byte
 	if upstream != nil {
-		body, _ = io.ReadAll(io.LimitReader(upstream.body, maxListSize))
+		body, _ = io.ReadAll(io.LimitReader(upstream.reader(), maxListSize))
 		upstream.close()
 	}
 	if req.kind == kindList {

@@ -1,9 +1,9 @@
 package goproxy
 
 import (
-	"bytes"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/goproxy-team/goproxy/internal/lru"
@@ -15,8 +15,10 @@ const hotFileMax = 64 << 10
 
 // hotFile is a small immutable file held in memory, its headers and
 // compressed form worked out once, so that the most frequent requests are
-// answered without the Cacher (a disk or an object store).
+// answered without the Cacher (a disk or an object store), and without
+// parsing their path again: the request it answers is kept with it.
 type hotFile struct {
+	req          *request
 	data         []byte
 	gz           []byte // gzip-compressed data, nil when not worth it
 	etag         string
@@ -24,11 +26,35 @@ type hotFile struct {
 	lastModified string
 	length       string
 	gzLength     string
+	// served is the content of every answer from the hot tier.
+	served *content
+
+	// header holds the values of the headers of an answer, shared by all
+	// of them (nobody changes a value in place); gzHeader those of a
+	// compressed one.
+	header, gzHeader hotHeader
+
+	// For prefetching: expanded is set once a go.mod's requirements were
+	// queued, prefetched while a file the prefetcher brought has not
+	// been asked for.
+	expanded, prefetched atomic.Bool
 }
 
-func newHotFile(req *request, c *content) *hotFile {
+// hotHeader holds the header values of an answer from the hot tier.
+type hotHeader struct {
+	contentType, cacheControl, etag, lastModified, length []string
+}
+
+// Header values that never change, shared by every answer.
+var (
+	acceptRangesBytes = []string{"bytes"}
+	contentEncodingGz = []string{"gzip"}
+	varyEncoding      = []string{"Accept-Encoding"}
+)
+
+func (p *Proxy) newHotFile(req *request, c *content) *hotFile {
 	h := &hotFile{
-		data: c.data, etag: c.etag, modTime: c.modTime,
+		req: req, data: c.data, etag: c.etag, modTime: c.modTime,
 		lastModified: c.modTime.UTC().Format(http.TimeFormat),
 		length:       strconv.Itoa(len(c.data)),
 	}
@@ -37,6 +63,16 @@ func newHotFile(req *request, c *content) *hotFile {
 			h.gz, h.gzLength = gz, strconv.Itoa(len(gz))
 		}
 	}
+	h.served = &content{data: h.data, modTime: h.modTime, etag: h.etag, from: fromHot, hot: h, close: func() {}}
+	h.header = hotHeader{
+		contentType:  []string{req.contentType()},
+		cacheControl: []string{p.cacheControl(req, h.served)},
+		etag:         []string{h.etag},
+		lastModified: []string{h.lastModified},
+		length:       []string{h.length},
+	}
+	h.gzHeader = h.header
+	h.gzHeader.etag, h.gzHeader.length = []string{weakETag(h.etag)}, []string{h.gzLength}
 	return h
 }
 
@@ -89,7 +125,7 @@ func (p *Proxy) keepHot(req *request, c *content, gen uint64) *content {
 	if p.hot == nil || !hotEligible(req) || c.data == nil || len(c.data) > hotFileMax {
 		return c
 	}
-	h := newHotFile(req, c)
+	h := p.newHotFile(req, c)
 	hc := h.content(c.from)
 	c.close()
 	p.hotMu.Lock()
@@ -102,5 +138,10 @@ func (p *Proxy) keepHot(req *request, c *content, gen uint64) *content {
 
 // content returns a hot file as servable content from o.
 func (h *hotFile) content(o provenance) *content {
-	return &content{body: bytes.NewReader(h.data), data: h.data, modTime: h.modTime, etag: h.etag, from: o, hot: h, close: func() {}}
+	if o == fromHot {
+		return h.served
+	}
+	c := *h.served
+	c.from = o
+	return &c
 }

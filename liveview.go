@@ -38,7 +38,7 @@ func (p *Proxy) trackFetch(ctx context.Context, req *request, upstream string) (
 			size = f.size
 		}
 		p.conf.metrics.upstreamFetch(UpstreamFetchMetric{Upstream: upstream, Kind: d.kind, Outcome: outcome, Status: status,
-			Bytes: size, Duration: time.Since(start)})
+			Bytes: size, Duration: time.Since(start), Prefetch: prefetching(fctx)})
 	}
 }
 

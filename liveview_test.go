@@ -122,7 +122,7 @@ func TestProxyLiveViewShowsAFetchAsItGoes(t *testing.T) {
 	if v := p.LiveView(); len(v.Downloads) != 0 || len(v.Failures) != 0 {
 		t.Fatalf("live view before anything: %+v", v)
 	}
-	done := make(chan *httptest.ResponseRecorder)
+	done := make(chan *recorded)
 	go func() { done <- do(p, "GET", "/example.com/a/@v/v1.0.0.zip") }()
 	<-half
 	var d DownloadStatus
@@ -178,7 +178,7 @@ func TestLiveViewNeverShowsMoreDoneThanTotal(t *testing.T) {
 	}))
 	defer up.Close()
 	p := newTestProxy(t, up.URL)
-	done := make(chan *httptest.ResponseRecorder)
+	done := make(chan *recorded)
 	go func() { done <- do(p, "GET", "/example.com/a/@v/v1.0.0.mod") }()
 	<-held
 	var d DownloadStatus

@@ -55,6 +55,11 @@ type Metrics struct {
 	// together, or one other entry.
 	Eviction func(EvictionMetric)
 
+	// Prefetch reports what prefetching did: a file brought from an
+	// upstream ahead of the clients, a client asking for one, a file
+	// dropped because too many waited.
+	Prefetch func(PrefetchMetric)
+
 	// Scrub reports every .mod and .zip a scrub checked (see
 	// [ScrubOptions]).
 	Scrub func(ScrubMetric)
@@ -145,6 +150,10 @@ type UpstreamFetchMetric struct {
 	Status   int // the last HTTP status, 0 without one
 	Bytes    int64
 	Duration time.Duration
+	// Prefetch is set for a fetch that prefetching started (see
+	// PrefetchOptions), its checksum database lookups included: no
+	// client had asked for the file yet.
+	Prefetch bool
 }
 
 // RetryMetric describes an attempt that is tried again.
@@ -217,6 +226,22 @@ type EvictionMetric struct {
 	Reason EvictionReason
 	Files  int
 	Bytes  int64
+}
+
+// PrefetchEvent is what happened to a prefetched file.
+type PrefetchEvent string
+
+// The prefetch events.
+const (
+	PrefetchFetched PrefetchEvent = "fetched" // brought from an upstream (and cached) ahead of the clients
+	PrefetchUsed    PrefetchEvent = "used"    // a client asked for a file prefetched, the first time
+	PrefetchDropped PrefetchEvent = "dropped" // not prefetched: too many files waited
+)
+
+// PrefetchMetric describes a prefetched file.
+type PrefetchMetric struct {
+	Kind  RequestKind // mod or info
+	Event PrefetchEvent
 }
 
 // ScrubOutcome is what a scrub found of a file.
@@ -350,6 +375,12 @@ func (m *Metrics) cacheSize(r CacheSizeMetric) {
 func (m *Metrics) eviction(r EvictionMetric) {
 	if m != nil && m.Eviction != nil {
 		m.Eviction(r)
+	}
+}
+
+func (m *Metrics) prefetch(r PrefetchMetric) {
+	if m != nil && m.Prefetch != nil {
+		m.Prefetch(r)
 	}
 }
 

@@ -20,12 +20,39 @@ const (
 	privateSuffix = ".tmp"  // a download of its own, or a state being written
 )
 
+// partialDir returns the directory for a download's file, and whether
+// downloads may be resumed from it: PartialDir when its files can be
+// trusted (a state marking every part done is believed, and only the CRCs
+// check the bytes of a module the checksum database does not know), that
+// is when no other local user could have put them there, as one who
+// created the directory first could. Otherwise, said once in the log, a
+// directory of this process's own in TempDir, whose files are private
+// and never resumed.
+func (d *downloader) partialDir() (dir string, resumable bool, err error) {
+	if err := os.MkdirAll(d.opts.PartialDir, 0o700); err != nil {
+		return "", false, err
+	}
+	err = checkPrivateDir(d.opts.PartialDir)
+	if err == nil {
+		return d.opts.PartialDir, true, nil
+	}
+	d.ownDirOnce.Do(func() {
+		d.logger.Warn("not using PartialDir, which is not private to this user: downloads are not resumed; set DownloadOptions.PartialDir to a directory of your own",
+			"dir", d.opts.PartialDir, "error", err)
+		d.ownDir, d.ownDirErr = os.MkdirTemp(d.tempDir, "goproxy-partial-")
+	})
+	return d.ownDir, false, d.ownDirErr
+}
+
 // trimPartials keeps at most budget bytes of interrupted downloads in
 // PartialDir, removing the oldest first, and removes what dead processes
 // left: private files nobody holds, .part files without a state and states
 // without a .part. Downloads in progress are never touched.
 func (d *downloader) trimPartials(budget int64) {
 	dir := d.opts.PartialDir
+	if checkPrivateDir(dir) != nil {
+		return // not ours to tidy
+	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return

@@ -163,7 +163,14 @@ func (s proxyBundleSource) Get(ctx context.Context, name string) (CachedFile, er
 	if err != nil {
 		return nil, err
 	}
-	return contentFile{c}, nil
+	if c.stream != nil {
+		// A zip still arriving: a bundle takes it once it passed.
+		if err := c.stream.wait(ctx); err != nil {
+			c.close()
+			return nil, err
+		}
+	}
+	return contentFile{c, c.reader()}, nil
 }
 
 // verifiedTree returns the newest tree of db the proxy verified: the one
@@ -186,10 +193,13 @@ func (p *Proxy) verifiedTree(ctx context.Context, db *sumDB, name string) (Cache
 }
 
 // contentFile is content as a CachedFile.
-type contentFile struct{ c *content }
+type contentFile struct {
+	c    *content
+	body io.ReadSeeker // c's reader
+}
 
-func (f contentFile) Read(b []byte) (int, error)                { return f.c.body.Read(b) }
-func (f contentFile) Seek(off int64, whence int) (int64, error) { return f.c.body.Seek(off, whence) }
+func (f contentFile) Read(b []byte) (int, error)                { return f.body.Read(b) }
+func (f contentFile) Seek(off int64, whence int) (int64, error) { return f.body.Seek(off, whence) }
 func (f contentFile) ModTime() time.Time                        { return f.c.modTime }
 func (f contentFile) Close() error                              { f.c.close(); return nil }
 

@@ -37,6 +37,14 @@ const (
 	// for it: then it is forgotten, and the next request tries it again.
 	minProbeDelay = 100 * time.Millisecond
 	probeIdle     = 2 * time.Minute
+	// maxSilentAttempts bounds the attempts of one request that get no
+	// answer in a row (HeaderTimeout each) while its host answers
+	// nothing else: a silent host fails a lone client after 6 of them
+	// (3 minutes at the default) rather than when the retry budget runs
+	// out (about 13). A host that answers other requests meanwhile is
+	// alive and keeps being retried; a lone request under 30% of random
+	// silences fails this way once in 0.3⁻⁶ ≈ 1,400.
+	maxSilentAttempts = 6
 )
 
 // retryable marks a copy of err as worth another attempt.
@@ -84,6 +92,8 @@ func backoff(n int, base, maxDelay time.Duration) time.Duration {
 // backoff, and keeping the health of rawURL's host up to date.
 func (d *downloader) retry(ctx context.Context, rawURL string, attempt func() error) error {
 	h := d.hosts.get(rawURL)
+	started := time.Now()
+	silent := 0 // attempts in a row that got no answer
 	for n := 0; ; n++ {
 		if err := h.checkUp(); err != nil {
 			return err
@@ -105,6 +115,11 @@ func (d *downloader) retry(ctx context.Context, rawURL string, attempt func() er
 		if !fe.busy {
 			d.noteFailure(h, fe, rawURL)
 		}
+		if errors.Is(fe, errNoHeader) {
+			silent++
+		} else {
+			silent = 0
+		}
 		giveUp := ""
 		delay := min(cmpOr(fe.retryAfter, backoff(n, d.opts.BaseDelay, d.opts.MaxDelay)), d.opts.MaxDelay)
 		switch {
@@ -114,6 +129,8 @@ func (d *downloader) retry(ctx context.Context, rawURL string, attempt func() er
 			giveUp = fmt.Sprintf("gave up after %d attempts: the retry budget for %s is spent, too many of its requests fail", n+1, h.name)
 		case deadlineBefore(ctx, delay):
 			giveUp = fmt.Sprintf("gave up after %d attempts: the fetch's time is up", n+1)
+		case silent >= maxSilentAttempts && !h.answeredSince(started):
+			giveUp = fmt.Sprintf("gave up after %d attempts: %s answered none of the last %d, nor any other request since", n+1, h.name, silent)
 		}
 		if giveUp != "" {
 			c := *fe
@@ -167,6 +184,7 @@ type hostHealth struct {
 	lastErr  string
 	down     bool
 	asked    time.Time // when a request last wanted the host
+	answered time.Time // when a request last got an answer
 	probeURL string    // what a probe asks; empty for the host's root
 }
 
@@ -244,7 +262,15 @@ func (h *hostHealth) withdraw(ratio float64) bool {
 func (h *hostHealth) succeeded() {
 	h.mu.Lock()
 	h.failures = 0
+	h.answered = time.Now()
 	h.mu.Unlock()
+}
+
+// answeredSince reports whether a request to the host got an answer after t.
+func (h *hostHealth) answeredSince(t time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.answered.After(t)
 }
 
 // noteFailure records a failure of the host, and marks it down (starting a

@@ -13,7 +13,7 @@ import (
 	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
-func TestHeaderNeverSentEndsWithinTheRetryBudget(t *testing.T) {
+func TestSilentUpstreamFailsALoneClientAfterSixAttempts(t *testing.T) {
 	up := newUpstream(t, testModuleFiles(t))
 	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
 		<-r.Context().Done() // no header, ever
@@ -32,14 +32,40 @@ func TestHeaderNeverSentEndsWithinTheRetryBudget(t *testing.T) {
 	start := time.Now()
 	w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod")
 	if w.Code != http.StatusGatewayTimeout || !strings.Contains(w.Body.String(), "sent no answer within 50ms") ||
-		!strings.Contains(w.Body.String(), "retry budget") {
-		t.Errorf("%d %q, want 504 saying the header never came and the retries are spent", w.Code, w.Body)
+		!strings.Contains(w.Body.String(), "answered none of the last 6") {
+		t.Errorf("%d %q, want 504 saying the header never came, six times", w.Code, w.Body)
 	}
-	// The budget starts at 10 retries, and the request earned 2.
-	if n := asked.Load(); n != 1+retryReserve+2 {
-		t.Errorf("%d attempts, want %d", n, 1+retryReserve+2)
+	if n := asked.Load(); n != maxSilentAttempts {
+		t.Errorf("%d attempts, want %d", n, maxSilentAttempts)
 	}
 	t.Logf("the client got its answer after %v", time.Since(start))
+}
+
+// TestSilencesOfAnAnsweringHostAreRetried leaves a request unanswered more
+// than six times in a row while its host answers other requests: the host
+// is alive, and the request is retried until it gets its answer.
+func TestSilencesOfAnAnsweringHostAreRetried(t *testing.T) {
+	up := newUpstream(t, testModuleFiles(t))
+	const silences = maxSilentAttempts + 2
+	var modAsked atomic.Int32
+	p := newTestProxy(t, up.URL)
+	p.NotFoundTTL = -1
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasSuffix(r.URL.Path, ".mod") || modAsked.Add(1) > silences {
+			return false
+		}
+		// While this attempt goes unanswered, another request to the
+		// host is answered.
+		do(p, "GET", "/example.com/a/@v/list")
+		<-r.Context().Done()
+		return true
+	})
+	p.Download.HeaderTimeout = 100 * time.Millisecond
+	p.Download.DownAfter = -1
+	p.MutableTTL = -1
+	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.mod"); w.Code != 200 {
+		t.Errorf("%d %q after %d attempts, want the file", w.Code, w.Body, modAsked.Load())
+	}
 }
 
 func TestRetryBudgetBoundsTheLoadOnAFailingHost(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,58 +49,98 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, req *request, c *c
 	// Header keys are written in canonical form: this is the path of
 	// every answer.
 	h := w.Header()
-	h["Content-Type"] = []string{req.contentType()}
-	h["Cache-Control"] = []string{p.cacheControl(req, c)}
-	if c.from == fromStale {
-		h["Warning"] = []string{`110 - "Response is Stale"`}
-	}
-	var gz []byte
-	if req.compressible() {
-		h["Vary"] = append(h["Vary"], "Accept-Encoding")
-		if acceptsGzip(r) {
-			if c.hot != nil {
-				gz = c.hot.gz
-			} else {
-				gz = gzipped(c.data)
+	var gz, lazy []byte // compressed now, or to compress on a 200
+	if hf := c.hot; hf != nil {
+		hh := &hf.header
+		h["Content-Type"] = hh.contentType
+		h["Cache-Control"] = hh.cacheControl
+		if req.compressible() {
+			addVary(h)
+			if acceptsGzip(r) {
+				gz = hf.gz
 			}
 		}
+		h["Etag"] = hh.etag
+		if !conditional(r) {
+			return writeHot(w, r, hf, gz)
+		}
+	} else {
+		h["Content-Type"] = []string{req.contentType()}
+		h["Cache-Control"] = []string{p.cacheControl(req, c)}
+		if c.from == fromStale {
+			h["Warning"] = []string{`110 - "Response is Stale"`}
+		}
+		if req.compressible() {
+			addVary(h)
+			if acceptsGzip(r) && len(c.data) >= gzipMinSize {
+				lazy = c.data
+			}
+		}
+		if c.etag != "" {
+			h["Etag"] = []string{c.etag}
+		}
 	}
-	if c.etag != "" {
-		h["Etag"] = []string{c.etag}
+	if c.stream != nil && r.Method == http.MethodGet && !conditional(r) {
+		// A zip still arriving: as http.ServeContent would answer,
+		// its bytes as they are released.
+		h["Last-Modified"] = []string{c.modTime.UTC().Format(http.TimeFormat)}
+		h["Accept-Ranges"] = acceptRangesBytes
+		h["Content-Length"] = []string{strconv.FormatInt(c.stream.length(), 10)}
+		c.stream.serve(w, r)
+		return http.StatusOK
 	}
-	if c.hot != nil && !conditional(r) {
-		return writeHot(w, r, c.hot, gz)
+	body := c.reader()
+	if _, isFile := body.(*os.File); !isFile {
+		body = abortOnError{body}
 	}
-	gw := &gzipOnFull{ResponseWriter: w, gz: gz, head: r.Method == http.MethodHead}
-	http.ServeContent(gw, r, "", c.modTime, abortOnError{c.body})
+	if gz == nil && lazy == nil {
+		// A file goes out with sendfile, the status writer passing
+		// http.ServeContent's copy to the connection's ReadFrom. A
+		// read error from a file leaves the answer short of its
+		// Content-Length, which makes the server close the
+		// connection: the client sees the failure.
+		sw := &statusWriter{ResponseWriter: w}
+		http.ServeContent(sw, r, "", c.modTime, body)
+		return sw.status
+	}
+	gw := &gzipOnFull{ResponseWriter: w, gz: gz, data: lazy, head: r.Method == http.MethodHead}
+	http.ServeContent(gw, r, "", c.modTime, body)
 	return gw.status
 }
 
-// conditional reports whether r has a precondition or a range, which
-// http.ServeContent is left to answer.
-func conditional(r *http.Request) bool {
-	for _, k := range []string{"Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since"} {
-		if r.Header.Get(k) != "" {
-			return true
-		}
+// addVary says that the answer depends on Accept-Encoding, keeping what
+// Vary said already.
+func addVary(h http.Header) {
+	if v := h["Vary"]; v != nil {
+		h["Vary"] = append(v, "Accept-Encoding")
+	} else {
+		h["Vary"] = varyEncoding
 	}
-	return false
+}
+
+// conditional reports whether r has a precondition or a range, which
+// http.ServeContent is left to answer. Header keys as net/http parses
+// them are canonical.
+func conditional(r *http.Request) bool {
+	h := r.Header
+	return len(h["Range"]) > 0 || len(h["If-Match"]) > 0 || len(h["If-None-Match"]) > 0 ||
+		len(h["If-Modified-Since"]) > 0 || len(h["If-Unmodified-Since"]) > 0
 }
 
 // writeHot answers an unconditional request for a hot file with its
 // prepared headers: those http.ServeContent would send for a full answer.
 func writeHot(w http.ResponseWriter, r *http.Request, hf *hotFile, gz []byte) int {
 	out := w.Header()
-	out["Last-Modified"] = []string{hf.lastModified}
-	body, length := hf.data, hf.length
+	body, hh := hf.data, &hf.header
 	if gz != nil {
-		body, length = gz, hf.gzLength
-		out["Content-Encoding"] = []string{"gzip"}
-		out["Etag"] = []string{weakETag(hf.etag)}
+		body, hh = gz, &hf.gzHeader
+		out["Content-Encoding"] = contentEncodingGz
+		out["Etag"] = hh.etag
 	} else {
-		out["Accept-Ranges"] = []string{"bytes"}
+		out["Accept-Ranges"] = acceptRangesBytes
 	}
-	out["Content-Length"] = []string{length}
+	out["Last-Modified"] = hh.lastModified
+	out["Content-Length"] = hh.length
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
 		w.Write(body)
@@ -107,14 +148,50 @@ func writeHot(w http.ResponseWriter, r *http.Request, hf *hotFile, gz []byte) in
 	return http.StatusOK
 }
 
+// statusWriter notes the status of an answer, and passes copies to the
+// connection's ReadFrom, which sends a file with sendfile.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(status int) {
+	if s.status == 0 {
+		s.status = status
+	}
+	s.ResponseWriter.WriteHeader(status)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusWriter) ReadFrom(r io.Reader) (int64, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	if rf, ok := s.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{s.ResponseWriter}, r)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
 // gzipOnFull passes http.ServeContent's answer on, except that a full 200
-// carries gz, when set, in place of the content: ServeContent has decided
-// the status as for the content as stored, and its copy of the content
-// stops at the first write. A 304 then carries the compressed answer's
-// weak tag.
+// carries the compressed content in place of the content: ServeContent has
+// decided the status as for the content as stored, and its copy of the
+// content stops at the first write. The compressed content is gz, or else
+// data compressed then, on a 200 only: a 304, 206 or 412 costs no
+// compression. A 304 carries the compressed answer's weak tag.
 type gzipOnFull struct {
 	http.ResponseWriter
 	gz      []byte
+	data    []byte // compressed on a 200 when gz is nil
 	head    bool
 	status  int
 	swapped bool
@@ -129,7 +206,10 @@ func (g *gzipOnFull) WriteHeader(status int) {
 		return
 	}
 	g.status = status
-	if status == http.StatusNotModified && g.gz != nil {
+	if status == http.StatusOK && g.gz == nil && g.data != nil {
+		g.gz = gzipped(g.data) // nil if not worth it: sent as it is
+	}
+	if status == http.StatusNotModified && (g.gz != nil || len(g.data) >= gzipMinSize) {
 		// It stands for the compressed answer: its tag is that one's
 		// (RFC 9110, 15.4.5).
 		if h := g.Header(); h.Get("Etag") != "" {

@@ -228,3 +228,32 @@ func TestVaryKeepsWhatAnOuterHandlerSet(t *testing.T) {
 		}
 	}
 }
+
+// A file read from the cache is remembered with its time and size, so
+// that conditional requests do not read it again: a file stored again,
+// same size, other bytes, is read again and gets its own tag.
+func TestAFileStoredAgainIsNotAnsweredFromWhatWasReadBefore(t *testing.T) {
+	p := newTestProxy(t, "off")
+	p.Cacher = DirCacher(t.TempDir())
+	p.MutableTTL = time.Hour
+	const name = "example.com/a/@v/list"
+	ctx := t.Context()
+	old, updated := "v1.0.0\nv1.0.1\n", "v1.0.0\nv1.0.2\n"
+	if err := p.Cacher.Put(ctx, name, strings.NewReader(old)); err != nil {
+		t.Fatal(err)
+	}
+	first := do(p, "GET", "/"+name)
+	if first.Code != 200 || first.Body.String() != old {
+		t.Fatalf("%d %q", first.Code, first.Body)
+	}
+	if w := do(p, "GET", "/"+name, "If-None-Match", first.Header().Get("Etag")); w.Code != http.StatusNotModified {
+		t.Fatalf("unchanged, If-None-Match: %d", w.Code)
+	}
+	if err := p.Cacher.Put(ctx, name, strings.NewReader(updated)); err != nil {
+		t.Fatal(err)
+	}
+	w := do(p, "GET", "/"+name, "If-None-Match", first.Header().Get("Etag"))
+	if w.Code != 200 || w.Body.String() != updated || w.Header().Get("Etag") == first.Header().Get("Etag") {
+		t.Errorf("stored again: %d %q, tag %s (was %s)", w.Code, w.Body, w.Header().Get("Etag"), first.Header().Get("Etag"))
+	}
+}

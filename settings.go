@@ -93,6 +93,7 @@ type config struct {
 	allowUnverified                   bool
 	tempDir                           string
 	download                          DownloadOptions
+	prefetch                          PrefetchOptions
 	direct                            DirectOptions
 	redirect                          DownloadRedirect
 	eviction                          Eviction
@@ -177,6 +178,8 @@ func (p *Proxy) configure() (*config, error) {
 		c.tempDir = os.TempDir()
 	}
 	c.download = p.Download.withDefaults(c.tempDir)
+	c.prefetch = p.Prefetch.withDefaults()
+	c.metrics = new(p.Metrics)
 	if c.direct, err = p.Direct.withDefaults(c.tempDir); err != nil {
 		return nil, err
 	}
@@ -203,7 +206,7 @@ func (p *Proxy) logger() *slog.Logger {
 // withDefaults returns o with every zero field set to its default.
 func (o DownloadOptions) withDefaults(tempDir string) DownloadOptions {
 	if o.Connections <= 0 {
-		o.Connections = 4
+		o.Connections = 12
 	}
 	if o.RangeThreshold <= 0 {
 		o.RangeThreshold = 512 << 10

@@ -51,6 +51,8 @@ func (o provenance) String() string {
 
 // content is a file ready to serve, from whichever source had it.
 type content struct {
+	// body reads the content; nil for content in memory, which reader
+	// reads.
 	body io.ReadSeeker
 	// data is the whole content when it is in memory: every file but a
 	// zip, which the body reads from a file.
@@ -59,41 +61,74 @@ type content struct {
 	etag    string
 	from    provenance
 	hot     *hotFile // set when the content is a hot file
-	close   func()
+	// stream is set for a zip that clients read while it arrives.
+	stream *zipStream
+	close  func()
 }
 
 // memContent is content held in memory, data never modified.
 func memContent(data []byte, modTime time.Time, o provenance) *content {
-	return &content{body: bytes.NewReader(data), data: data, modTime: modTime, etag: digestETag(data), from: o, close: func() {}}
+	return &content{data: data, modTime: modTime, etag: digestETag(data), from: o, close: func() {}}
+}
+
+// reader returns a reader of the content from its start.
+func (c *content) reader() io.ReadSeeker {
+	if c.body != nil {
+		return c.body
+	}
+	return bytes.NewReader(c.data)
 }
 
 // storedContent is req's file as read from a store: a zip read from it
 // as it is served, anything else (all size-capped) read into memory,
 // closing cf.
-func storedContent(req *request, cf CachedFile, o provenance) (*content, error) {
+//
+// memo, if not nil, remembers what it read (see storedMemo).
+func storedContent(req *request, cf CachedFile, o provenance, memo *storedMemo) (*content, error) {
 	if req.kind == kindZip {
 		etag, err := storedETagOf(cf)
 		if err != nil {
 			cf.Close()
 			return nil, err
 		}
-		return &content{body: cf, modTime: cf.ModTime(), etag: etag, from: o, close: func() { cf.Close() }}, nil
+		var body io.ReadSeeker = cf
+		if df, ok := cf.(*dirFile); ok {
+			body = df.File // sent with sendfile
+		}
+		return &content{body: body, modTime: cf.ModTime(), etag: etag, from: o, close: func() { cf.Close() }}, nil
 	}
 	defer cf.Close()
-	data, err := io.ReadAll(io.LimitReader(cf, req.maxSize()+1))
-	if err != nil {
-		return nil, err
+	modTime := cf.ModTime()
+	var data []byte
+	var err error
+	df, sized := cf.(*dirFile)
+	switch {
+	case sized && df.size <= req.maxSize():
+		if f, ok := memo.lookup(req.name, modTime, df.size); ok {
+			return &content{data: f.data, modTime: modTime, etag: f.etag, from: o, close: func() {}}, nil
+		}
+		// Its size is known: one read, no buffer grown on the way.
+		data = make([]byte, df.size)
+		if _, err = io.ReadFull(df.File, data); err != nil {
+			return nil, err
+		}
+	default:
+		if data, err = io.ReadAll(io.LimitReader(cf, req.maxSize()+1)); err != nil {
+			return nil, err
+		}
 	}
 	if int64(len(data)) > req.maxSize() {
 		return nil, fmt.Errorf("%s is larger than its limit of %d bytes", req.name, req.maxSize())
 	}
-	return memContent(data, cf.ModTime(), o), nil
+	return &content{data: data, modTime: modTime, etag: memo.etag(req.name, modTime, data, sized), from: o, close: func() {}}, nil
 }
 
-// fetchedContent is what a fetch brought, served until release.
-func fetchedContent(f *fetched, release func()) *content {
+// fetchedContent is what a fetch brought, served until release to a
+// client whose request lives in ctx.
+func fetchedContent(ctx context.Context, f *fetched, release func()) *content {
 	if f.file != nil {
-		return &content{body: f.reader(), modTime: f.modTime, etag: storedETag(f.modTime, f.size), from: fromUpstream, close: release}
+		return &content{body: f.readerFor(ctx), modTime: f.modTime, etag: storedETag(f.modTime, f.size), from: fromUpstream,
+			stream: f.stream, close: release}
 	}
 	c := memContent(f.data, f.modTime, fromUpstream)
 	c.close = release
@@ -199,7 +234,7 @@ func (p *Proxy) openStored(ctx context.Context, req *request, mayFetch bool, gen
 	if cached != nil {
 		cached.close()
 	}
-	c := fetchedContent(f, release)
+	c := fetchedContent(ctx, f, release)
 	if f.unverified {
 		return c, nil
 	}
@@ -240,7 +275,7 @@ func (p *Proxy) cacheGet(ctx context.Context, req *request) *content {
 	cf, err := p.conf.cacher.Get(ctx, req.name)
 	if err == nil {
 		var c *content
-		if c, err = storedContent(req, cf, fromCache); err == nil {
+		if c, err = storedContent(req, cf, fromCache, &p.storedMemo); err == nil {
 			return c
 		}
 	}

@@ -53,6 +53,8 @@ type sumDB struct {
 
 	mu     sync.Mutex
 	latest []byte // the newest verified tree note
+
+	lookups recordLookups // of the verifying database
 }
 
 // parseGOSUMDB reads GOSUMDB as the go command does: "off", a known name,
@@ -210,7 +212,14 @@ var errUnverified = errors.New("not verified: the checksum database could not be
 // database before it is cached: Go toolchains always are (see
 // sumDBExempt).
 func (p *Proxy) verifies(req *request) bool {
-	return (req.kind == kindMod || req.kind == kindZip) && (isToolchain(req.modPath) || p.verifier != nil && !p.sumDBExempt(req.modPath))
+	return (req.kind == kindMod || req.kind == kindZip) && p.verifiesModule(req.modPath)
+}
+
+// verifiesModule reports whether the .mod and .zip files of modPath are
+// checked against the checksum database: a Go toolchain's always, even
+// without a database (when they fail), others unless exempt.
+func (p *Proxy) verifiesModule(modPath string) bool {
+	return isToolchain(modPath) || p.verifier != nil && !p.sumDBExempt(modPath)
 }
 
 // sumDBExempt reports whether GONOSUMDB (or GOPRIVATE) or a Private
@@ -232,59 +241,26 @@ const toolchainModule = "golang.org/toolchain"
 
 func isToolchain(modPath string) bool { return modPath == toolchainModule }
 
-// recordPath is the database path of the record for req's module version.
-func recordPath(req *request) string {
-	escPath, _ := module.EscapePath(req.modPath)
-	escVersion, _ := module.EscapeVersion(req.version)
-	return "lookup/" + escPath + "@" + escVersion
-}
-
-// prefetchSumDBRecord starts fetching the record that will verify req's
-// file, so that the lookup's round trip overlaps the download instead of
-// following it. The record lands in the cache, where verify finds it.
-func (p *Proxy) prefetchSumDBRecord(ctx context.Context, req *request) {
-	if !p.verifies(req) || p.verifier == nil || p.verifier.broken.Load() != nil {
-		return
-	}
-	go p.sumDBFile(ctx, p.verifier, recordPath(req))
-}
-
 // verify checks a downloaded .mod or .zip against the checksum database
 // named by GOSUMDB, unless verification is off or GONOSUMDB exempts the
-// module (whose path is then never sent to the database).
+// module (whose path is then never sent to the database). The version's
+// lookup runs already, most of the time (see sumlookup.go): the file is
+// hashed meanwhile.
 func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) (err error) {
 	if !p.verifies(req) {
 		return nil
 	}
 	defer func() { p.reportVerification(req, err) }()
+	if err := p.cannotVerify(req); err != nil {
+		return err
+	}
 	db := p.verifier
-	if db == nil {
-		// A toolchain with GOSUMDB=off: the go command refuses it too.
-		return failed(failUnverifiable, "%s@%s: Go toolchains are always verified against a checksum database, and GOSUMDB=off names none", req.modPath, req.version)
-	}
-	if report := db.broken.Load(); report != nil {
-		return failed(failUnverifiable,
-			"SECURITY ERROR: checksum database %s served inconsistent data earlier, so nothing is verified against it any more; %s@%s cannot be verified:\n%s",
-			db.name, req.modPath, req.version, *report)
-	}
-
-	// Fetch the record through the proxy's own cache first: a failure
-	// here says whether the database is unreachable or lacks the module,
-	// which the client's flattened errors no longer tell apart.
-	if _, err := p.sumDBFile(ctx, db, recordPath(req)); err != nil {
-		if !notFound(err) && p.conf.allowUnverified && !isToolchain(req.modPath) {
-			p.logger().LogAttrs(ctx, slog.LevelWarn, "serving unverified", slog.String("module", req.modPath),
-				slog.String("version", req.version), slog.String("error", err.Error()))
-			return errUnverified
-		}
-		// No err: a database's 404 must not pass for the module's.
-		return failed(failUnverifiable, "verifying %s@%s: checksum database %s: %v", req.modPath, req.version, db.name, err)
-	}
+	l := p.lookupOf(ctx, req.modPath, req.version)
 
 	var got, lookup string
 	switch req.kind {
 	case kindZip:
-		got, err = dirhash.HashZip(f.file.Name(), dirhash.Hash1)
+		got, err = zipHash(ctx, f)
 		lookup = req.version
 	case kindMod:
 		got, err = dirhash.Hash1([]string{"go.mod"}, func(string) (io.ReadCloser, error) {
@@ -295,12 +271,31 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) (err error
 	if err != nil {
 		return failed(failInvalidContent, "hashing %s: %w", req, err)
 	}
-	lines, err := db.lookup(req.modPath, lookup)
-	if err != nil {
+	if err := l.wait(ctx); err != nil {
+		return failed(failUnverifiable, "verifying %s@%s: checksum database %s: %v", req.modPath, req.version, db.name, err)
+	}
+	// The record was fetched through the proxy's own cache first: a
+	// failure there says whether the database is unreachable or lacks
+	// the module, which the client's flattened errors no longer tell
+	// apart.
+	if err := l.fetchErr; err != nil {
+		if !notFound(err) && p.conf.allowUnverified && !isToolchain(req.modPath) {
+			p.logger().LogAttrs(ctx, slog.LevelWarn, "serving unverified", slog.String("module", req.modPath),
+				slog.String("version", req.version), slog.String("error", err.Error()))
+			return errUnverified
+		}
+		// No err: a database's 404 must not pass for the module's.
+		return failed(failUnverifiable, "verifying %s@%s: checksum database %s: %v", req.modPath, req.version, db.name, err)
+	}
+	if l.err != nil {
 		if report := db.broken.Load(); report != nil {
 			return failed(failUnverifiable, "SECURITY ERROR: %s", *report)
 		}
-		return failed(failUnverifiable, "verifying %s: %w", req, err)
+		return failed(failUnverifiable, "verifying %s: %w", req, l.err)
+	}
+	lines := l.zip
+	if req.kind == kindMod {
+		lines = l.mod
 	}
 	want := req.modPath + " " + lookup + " " + got
 	for _, line := range lines {
@@ -318,6 +313,38 @@ func (p *Proxy) verify(ctx context.Context, req *request, f *fetched) (err error
 	p.logger().LogAttrs(ctx, slog.LevelError, "checksum mismatch", slog.String("module", req.modPath),
 		slog.String("version", lookup), slog.String("downloaded", got), slog.String("expected", expected), slog.String("db", db.name))
 	return &failure{kind: failChecksumMismatch, msg: msg}
+}
+
+// cannotVerify returns the failure of any verification of req's file
+// known before it is downloaded: a toolchain without a checksum database,
+// or a database that served inconsistent data. The fetch then fails at
+// once, rather than stream a zip that could only be aborted.
+func (p *Proxy) cannotVerify(req *request) error {
+	if !p.verifies(req) {
+		return nil
+	}
+	db := p.verifier
+	if db == nil {
+		// A toolchain with GOSUMDB=off: the go command refuses it too.
+		return failed(failUnverifiable, "%s@%s: Go toolchains are always verified against a checksum database, and GOSUMDB=off names none", req.modPath, req.version)
+	}
+	if report := db.broken.Load(); report != nil {
+		return failed(failUnverifiable,
+			"SECURITY ERROR: checksum database %s served inconsistent data earlier, so nothing is verified against it any more; %s@%s cannot be verified:\n%s",
+			db.name, req.modPath, req.version, *report)
+	}
+	return nil
+}
+
+// zipHash returns a fetched zip's dirhash.Hash1: the one its scan took as
+// it arrived, if the scan could follow it; else read from the file.
+func zipHash(ctx context.Context, f *fetched) (string, error) {
+	if f.stream != nil {
+		if scan := f.stream.scanned(ctx); scan != nil && scan.verified {
+			return scan.hash1()
+		}
+	}
+	return dirhash.HashZip(f.file.Name(), dirhash.Hash1)
 }
 
 // reportVerification reports the Verification metric of a check of req's

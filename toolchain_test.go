@@ -1,6 +1,7 @@
 package goproxy
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
 	"net/http"
@@ -195,8 +196,10 @@ func TestToolchainsAreAlwaysVerified(t *testing.T) {
 	db.Close()
 	p := newVerifyingProxy(t, up.URL, db)
 	p.AllowUnverified = true
-	if w := do(p, "GET", zip); w.Code != http.StatusBadGateway {
-		t.Errorf("with the database down: %d %q", w.Code, w.Body)
+	// The zip may have started streaming before the lookup failed: then
+	// the connection is cut before the zip's end.
+	if w := do(p, "GET", zip); w.Code != http.StatusBadGateway && !(w.Aborted && !opensAsZip(w.Body.Bytes())) {
+		t.Errorf("with the database down: %d, %d bytes, aborted %v; want 502 or a cut connection", w.Code, w.Body.Len(), w.Aborted)
 	}
 }
 
@@ -281,4 +284,10 @@ func TestImportsVerifyToolchainsWhateverNoSumDBSays(t *testing.T) {
 			t.Errorf("import: %+v, %v; want the toolchain verified", report, err)
 		}
 	})
+}
+
+// opensAsZip reports whether b is a zip a reader can open.
+func opensAsZip(b []byte) bool {
+	_, err := zip.NewReader(bytes.NewReader(b), int64(len(b)))
+	return err == nil
 }

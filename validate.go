@@ -3,6 +3,7 @@ package goproxy
 import (
 	"archive/zip"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -113,6 +114,18 @@ func normalizeVersionList(modPath string, data []byte) ([]byte, error) {
 		return nil, errors.New("the version list names no valid version of the module")
 	}
 	return out.Bytes(), nil
+}
+
+// checkZipEntries checks the CRC-32 of every entry of a fetched zip: the
+// scan did as it arrived, if it could follow the zip; else the file is
+// read.
+func checkZipEntries(ctx context.Context, f *fetched) error {
+	if f.stream != nil {
+		if scan := f.stream.scanned(ctx); scan != nil && scan.verified {
+			return nil
+		}
+	}
+	return checkZipContents(f.file, f.size)
 }
 
 // checkZipContents reads every entry of a zip, which makes archive/zip

@@ -288,6 +288,7 @@ type Repository struct {
 
 	Direct   DirectConfig   `yaml:"direct" json:"direct"`
 	Download DownloadConfig `yaml:"download" json:"download"`
+	Prefetch PrefetchConfig `yaml:"prefetch" json:"prefetch"`
 	Access   AccessConfig   `yaml:"access" json:"access"`
 	// Admission decides which module versions the repository serves,
 	// lists and fetches.
@@ -394,6 +395,14 @@ type DownloadConfig struct {
 	Timeout         Duration `yaml:"timeout" json:"timeout"`
 	PartialDir      string   `yaml:"partial_dir" json:"partial_dir"`
 	PartialBytes    ByteSize `yaml:"partial_bytes" json:"partial_bytes"`
+}
+
+// PrefetchConfig is goproxy.PrefetchOptions.
+type PrefetchConfig struct {
+	Off         bool `yaml:"off" json:"off"`
+	Info        bool `yaml:"info" json:"info"`
+	Depth       int  `yaml:"depth" json:"depth"`
+	Concurrency int  `yaml:"concurrency" json:"concurrency"`
 }
 
 // ScrubConfig is goproxy.ScrubOptions: scrubs of the cache, which

@@ -62,6 +62,7 @@ type proxySpec struct {
 	Scrub                  scrubSpec
 	Direct                 goproxy.DirectOptions
 	Download               goproxy.DownloadOptions
+	Prefetch               goproxy.PrefetchOptions
 	Dialer                 dialerSpec
 	Admission              AdmissionConfig
 	Eviction               goproxy.Eviction
@@ -257,7 +258,7 @@ func isZeroRepository(r Repository) bool {
 		len(r.SumDBs) == 0 && r.SumDBTTL == 0 && !r.AllowUnverified && r.MutableTTL == 0 &&
 		r.NotFoundTTL == 0 && r.HotCacheBytes == 0 && !r.Offline && r.StaleWhileRevalidate == 0 && r.Scrub == (ScrubConfig{}) &&
 		r.Direct == (DirectConfig{}) &&
-		r.Download == (DownloadConfig{}) && r.Access.AnonymousRead == nil && len(r.Access.Grants) == 0 &&
+		r.Download == (DownloadConfig{}) && r.Prefetch == (PrefetchConfig{}) && r.Access.AnonymousRead == nil && len(r.Access.Grants) == 0 &&
 		r.Admission.isZero() && r.Eviction == (EvictionConfig{})
 }
 
@@ -494,8 +495,10 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 		BaseDelay: time.Duration(d.BaseDelay), MaxDelay: time.Duration(d.MaxDelay),
 		HeaderTimeout: time.Duration(d.HeaderTimeout), BodyIdleTimeout: time.Duration(d.BodyIdleTimeout),
 		Timeout: time.Duration(d.Timeout), PartialDir: d.PartialDir, PartialBytes: int64(d.PartialBytes)}
+	s.Prefetch = goproxy.PrefetchOptions{Off: r.Prefetch.Off, Info: r.Prefetch.Info, Depth: r.Prefetch.Depth, Concurrency: r.Prefetch.Concurrency}
 	s.Dialer = dialer
 	for k, v := range map[string]int64{"direct.max_concurrent": int64(r.Direct.MaxConcurrent), "download.connections": int64(d.Connections),
+		"prefetch.depth": int64(r.Prefetch.Depth), "prefetch.concurrency": int64(r.Prefetch.Concurrency),
 		"download.max_concurrent": int64(d.MaxConcurrent), "download.attempts": int64(d.Attempts), "download.range_threshold": int64(d.RangeThreshold),
 		"direct.timeout": int64(r.Direct.Timeout), "download.timeout": int64(d.Timeout), "download.base_delay": int64(d.BaseDelay),
 		"download.max_delay": int64(d.MaxDelay), "download.header_timeout": int64(d.HeaderTimeout),
@@ -661,6 +664,7 @@ func newProxy(s *proxySpec, directDir string, logger *slog.Logger, authorize fun
 		Download:        s.Download,
 		Eviction:        s.Eviction,
 		Metrics:         metrics,
+		Prefetch:        s.Prefetch,
 		Authorize:       authorize,
 		Logger:          logger,
 

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/goproxy-team/goproxy"
 	"github.com/goproxy-team/goproxy/internal/moduletest"
 )
 
@@ -30,8 +29,8 @@ type faultSide struct {
 // against the same runs with an upstream failing nothing. The sides take
 // turns, -reps runs each; the medians of the runs that succeeded are
 // compared, and every failed run is reported.
-func coldUnderFaults(vs []*moduletest.Version, goMod []byte, wantZips int, godir string,
-	newProxy func(string, ...func(*goproxy.Proxy)) (*goproxy.Proxy, string)) ([]row, []string) {
+func coldUnderFaults(b *bench) ([]row, []string) {
+	vs, goMod, wantZips, godir := b.vs, b.goMod, b.wantZips, b.godir
 	// An upstream without latency of its own: the latency is added in
 	// front of the faults, so that an injected 502 takes as long to come
 	// as a real one.
@@ -47,12 +46,12 @@ func coldUnderFaults(vs []*moduletest.Version, goMod []byte, wantZips int, godir
 		atExit(s.srv.Close)
 		s.g = newGoRunner(filepath.Join(godir, "faults-"+s.name), "", goMod, wantZips)
 	}
-	progress("cold go mod download under upstream faults, %d runs each of %d sides", *reps, len(sides))
-	for i := range *reps {
+	progress("cold go mod download under upstream faults, %d runs each of %d sides", *faultReps, len(sides))
+	for i := range *faultReps {
 		var line []string
 		for j := range sides {
 			s := sides[(i+j)%len(sides)]
-			p, _ := newProxy(s.srv.URL)
+			p, _ := b.newProxy(s.srv.URL, noSumDB(s.srv.URL))
 			psrv := serve(p)
 			s.g.env.Set("GOPROXY", psrv.URL)
 			reqs, c := s.faults.Requests(), s.faults.Counts().Total()

@@ -12,12 +12,13 @@ import (
 
 // heapResult is one big download, watched from inside the process.
 type heapResult struct {
-	peak     int64 // peak heap object bytes minus the level before
-	allocs   int64 // bytes allocated during the transfer
-	elapsed  time.Duration
-	header   time.Duration // until the response header arrived
-	received int64
-	samples  int
+	peak      int64 // peak heap object bytes minus the level before
+	allocs    int64 // bytes allocated during the transfer
+	elapsed   time.Duration
+	header    time.Duration // until the response header arrived
+	firstByte time.Duration // until the first byte of the body arrived
+	received  int64
+	samples   int
 }
 
 const (
@@ -77,7 +78,22 @@ func measureDownload(url string, want int64, interval time.Duration) heapResult 
 		resp.Body.Close()
 		fatalf("big download: %s: %s", resp.Status, body)
 	}
-	n, err := io.Copy(io.Discard, resp.Body)
+	var firstByte time.Duration
+	buf := make([]byte, 256<<10)
+	var n int64
+	for {
+		k, rerr := resp.Body.Read(buf)
+		if k > 0 && n == 0 {
+			firstByte = time.Since(start)
+		}
+		n += int64(k)
+		if rerr != nil {
+			if rerr != io.EOF {
+				err = rerr
+			}
+			break
+		}
+	}
 	resp.Body.Close()
 	elapsed := time.Since(start)
 	close(stop)
@@ -89,10 +105,10 @@ func measureDownload(url string, want int64, interval time.Duration) heapResult 
 	if n != want {
 		fatalf("big download: got %d bytes, want %d", n, want)
 	}
-	return heapResult{peak: pk[0] - base, allocs: allocs1 - allocs0, elapsed: elapsed, header: header, received: n, samples: int(pk[1])}
+	return heapResult{peak: pk[0] - base, allocs: allocs1 - allocs0, elapsed: elapsed, header: header, firstByte: firstByte, received: n, samples: int(pk[1])}
 }
 
 func (r heapResult) String() string {
-	return fmt.Sprintf("peak %s over baseline, %s allocated, %s for %d bytes (%.0f MB/s; header after %s), %d samples",
-		mib(r.peak), mib(r.allocs), secs(r.elapsed), r.received, float64(r.received)/1e6/r.elapsed.Seconds(), secs(r.header), r.samples)
+	return fmt.Sprintf("peak %s over baseline, %s allocated, %s for %d bytes (%.0f MB/s; header after %s, first byte after %s), %d samples",
+		mib(r.peak), mib(r.allocs), secs(r.elapsed), r.received, float64(r.received)/1e6/r.elapsed.Seconds(), secs(r.header), secs(r.firstByte), r.samples)
 }

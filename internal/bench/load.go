@@ -16,7 +16,8 @@ type loadResult struct {
 	requests int64 // answered with 200 and read to the end (wrk: answered)
 	errors   int64 // failed or answered otherwise
 	elapsed  time.Duration
-	rate     float64 // wrk's own Requests/sec; 0 for the in-process generator
+	rate     float64       // wrk's own Requests/sec; 0 for the in-process generator
+	p99      time.Duration // wrk's 99th percentile latency; 0 for the in-process generator
 }
 
 func (r loadResult) rps() float64 {
@@ -46,6 +47,9 @@ func rpsList(rs []loadResult) string {
 			b.WriteString("  ")
 		}
 		fmt.Fprintf(&b, "%.0f (%d/%s", r.rps(), r.requests, secs(r.elapsed))
+		if r.p99 > 0 {
+			fmt.Fprintf(&b, ", p99 %s", r.p99)
+		}
 		if r.errors > 0 {
 			fmt.Fprintf(&b, ", %d ERRORS", r.errors)
 		}
@@ -124,12 +128,25 @@ func drain(r io.Reader, buf []byte) error {
 	}
 }
 
-// fixedBody is the baseline handler's answer: 60 bytes, about the size of
-// an .info file.
-var fixedBody = []byte(`{"Version":"v1.0.0","Time":"2024-01-01T00:00:00Z"}` + "\n123456789")
+// medianP99 is the median of the rounds' p99 latencies.
+func medianP99(rs []loadResult) time.Duration {
+	var ds []time.Duration
+	for _, r := range rs {
+		ds = append(ds, r.p99)
+	}
+	return median(ds)
+}
 
-// trivialHandler is the baseline: the bare net/http server cost.
-var trivialHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Write(fixedBody)
-})
+// sameBytesHandler is the baseline: the bare net/http server cost of
+// answering the same paths with the same bytes, from a map.
+func sameBytesHandler(files map[string][]byte) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, ok := files[r.URL.Path]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write(b)
+	})
+}

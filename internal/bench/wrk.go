@@ -26,6 +26,45 @@ func findWrk() string {
 	return ""
 }
 
+// installWrk installs Debian's wrk package with apt-get (as root, or
+// through sudo), refreshing the package lists if the first try fails, and
+// returns its path, or "" and why not.
+func installWrk() (string, string) {
+	apt := []string{"apt-get"}
+	if os.Geteuid() != 0 {
+		if _, err := exec.LookPath("sudo"); err != nil {
+			return "", "not root and no sudo"
+		}
+		apt = []string{"sudo", "-n", "apt-get"}
+	}
+	if _, err := exec.LookPath("apt-get"); err != nil {
+		return "", "no apt-get"
+	}
+	run := func(args ...string) error {
+		cmd := exec.Command(apt[0], append(apt[1:], args...)...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s: %v: %s", strings.Join(cmd.Args, " "), err, lastLines(string(out), 2))
+		}
+		return nil
+	}
+	progress("wrk is not installed: apt-get install -y wrk")
+	err := run("install", "-y", "wrk")
+	if err != nil {
+		if err = run("update"); err == nil {
+			err = run("install", "-y", "wrk")
+		}
+	}
+	if err != nil {
+		return "", err.Error()
+	}
+	if p := findWrk(); p != "" {
+		return p, ""
+	}
+	return "", "apt-get installed no wrk"
+}
+
 // writeWrkScript writes a Lua script for wrk's -s that sends the paths in
 // turn, over and over. With -t1 there is one Lua state, so one rotation
 // shared by all connections.
@@ -68,6 +107,7 @@ var (
 	wrkRequests = regexp.MustCompile(`(?m)^\s*(\d+) requests in ([0-9.]+)(us|ms|s|m|h),`)
 	wrkNon2xx   = regexp.MustCompile(`(?m)^\s*Non-2xx or 3xx responses:\s+(\d+)`)
 	wrkSocket   = regexp.MustCompile(`(?m)^\s*Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+	wrkP99      = regexp.MustCompile(`(?m)^\s*99%\s+([0-9.]+)(us|ms|s|m|h)\s*$`)
 )
 
 // runWrk runs "wrk -t1 -c<conns> -d<secs>s -s <script> <url>" and parses
@@ -77,7 +117,7 @@ func runWrk(bin, script, url string, conns int, dur time.Duration) loadResult {
 	secs := wrkSeconds(dur)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs)*time.Second+30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "-t1", "-c"+strconv.Itoa(conns), "-d"+strconv.Itoa(secs)+"s", "-s", script, url)
+	cmd := exec.CommandContext(ctx, bin, "-t1", "-c"+strconv.Itoa(conns), "-d"+strconv.Itoa(secs)+"s", "--latency", "-s", script, url)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
@@ -98,6 +138,12 @@ func runWrk(bin, script, url string, conns int, dur time.Duration) loadResult {
 		if v, err := strconv.ParseFloat(m[2], 64); err == nil {
 			unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second, "m": time.Minute, "h": time.Hour}[m[3]]
 			r.elapsed = time.Duration(v * float64(unit))
+		}
+	}
+	if m := wrkP99.FindStringSubmatch(report); m != nil {
+		if v, err := strconv.ParseFloat(m[1], 64); err == nil {
+			unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second, "m": time.Minute, "h": time.Hour}[m[2]]
+			r.p99 = time.Duration(v * float64(unit))
 		}
 	}
 	if m := wrkNon2xx.FindStringSubmatch(report); m != nil {

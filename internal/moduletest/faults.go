@@ -154,6 +154,11 @@ type RequestRecord struct {
 	// Fault names the fault injected into this request ("" for none),
 	// as FaultCounts names them: "TooMany", "Failed", "Cut", ...
 	Fault string
+	// PacedBytes counts the body bytes that this response's own pacer
+	// held to PacedRate bytes per second (BytesPerSecond): the cap is per
+	// response, so responses in parallel each have the whole rate, and a
+	// test can check it without timing them.
+	PacedBytes, PacedRate int64
 }
 
 // FaultCounts counts the faults injected since the start or Reset, one
@@ -633,6 +638,9 @@ func (w *faultWriter) pace(n int) error {
 		w.paceStart = now
 	}
 	w.paced += int64(n)
+	w.f.logMu.Lock()
+	w.rec.PacedBytes, w.rec.PacedRate = w.paced, w.plan.rate
+	w.f.logMu.Unlock()
 	due := w.paceStart.Add(time.Duration(float64(w.paced) / float64(w.plan.rate) * float64(time.Second)))
 	d := due.Sub(now)
 	if d <= 0 {

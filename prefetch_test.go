@@ -1,0 +1,322 @@
+package goproxy
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
+)
+
+// graphMod is the name of the .mod of moduletest.Graph's module i at
+// version v.
+func graphMod(i int, v string) string { return moduletest.GraphPath(i) + "/@v/" + v + ".mod" }
+
+// prefetchCounts counts a Proxy's prefetch events.
+type prefetchCounts struct {
+	mu     sync.Mutex
+	events map[PrefetchEvent]int
+}
+
+func (c *prefetchCounts) hook(m PrefetchMetric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.events == nil {
+		c.events = map[PrefetchEvent]int{}
+	}
+	c.events[m.Event]++
+}
+
+func (c *prefetchCounts) get(e PrefetchEvent) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.events[e]
+}
+
+func cached(t *testing.T, p *Proxy, name string) bool {
+	t.Helper()
+	f, err := p.Cacher.Get(context.Background(), name)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+func TestPrefetchBringsTheRequirementsGoModFiles(t *testing.T) {
+	up := moduletest.NewServer(moduletest.Graph(12))
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	var counts prefetchCounts
+	p.Metrics.Prefetch = counts.hook
+	var prefetchFetches, clientFetches atomic.Int32
+	p.Metrics.UpstreamFetch = func(m UpstreamFetchMetric) {
+		if m.Kind != RequestMod {
+			return
+		}
+		if m.Prefetch {
+			prefetchFetches.Add(1)
+		} else {
+			clientFetches.Add(1)
+		}
+	}
+	p.Prefetch.Depth = 2
+	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	testwait.For(t, p.idle)
+	// mod000@v1.1.0 requires mod001@v1.0.0 and mod003@v1.1.0; they
+	// require mod002@v1.0.0, and mod004@v1.0.0 and mod006@v1.1.0; a
+	// depth of 2 stops there.
+	for _, name := range []string{graphMod(1, "v1.0.0"), graphMod(3, "v1.1.0"), graphMod(2, "v1.0.0"), graphMod(4, "v1.0.0"), graphMod(6, "v1.1.0")} {
+		if !cached(t, p, name) {
+			t.Errorf("%s was not prefetched", name)
+		}
+	}
+	for _, name := range []string{graphMod(5, "v1.0.0"), graphMod(7, "v1.0.0"), moduletest.GraphPath(1) + "/@v/v1.0.0.info"} {
+		if cached(t, p, name) {
+			t.Errorf("%s was prefetched: deeper than Depth, or not a .mod", name)
+		}
+	}
+	if n := counts.get(PrefetchFetched); n != 5 {
+		t.Errorf("%d prefetches reported, want 5", n)
+	}
+	// Counted apart from the clients' in the upstream fetch metric.
+	if n, c := prefetchFetches.Load(), clientFetches.Load(); n != 5 || c != 1 {
+		t.Errorf("upstream fetches of .mod files: %d marked prefetches, %d not; want 5 and the client's 1", n, c)
+	}
+	// The go command's next request is a hit.
+	before := up.Requests("/" + graphMod(3, "v1.1.0"))
+	if w := do(p, "GET", "/"+graphMod(3, "v1.1.0")); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	if n := up.Requests("/"+graphMod(3, "v1.1.0")) - before; n != 0 {
+		t.Errorf("a prefetched go.mod went %d times to the upstream", n)
+	}
+	if n := counts.get(PrefetchUsed); n != 1 {
+		t.Errorf("%d uses reported, want 1", n)
+	}
+}
+
+func TestPrefetchOff(t *testing.T) {
+	up := moduletest.NewServer(moduletest.Graph(12))
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	p.Prefetch.Off = true
+	do(p, "GET", "/"+graphMod(0, "v1.1.0"))
+	testwait.For(t, p.idle)
+	if n := up.TotalRequests(); n != 1 {
+		t.Errorf("%d upstream requests, want the client's only", n)
+	}
+}
+
+func TestPrefetchNeverTakesAClientsSlot(t *testing.T) {
+	up := moduletest.NewServer(moduletest.Graph(12))
+	defer up.Close()
+	release := make(chan struct{})
+	var held atomic.Int32
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/"+graphMod(1, "v1.0.0") || r.URL.Path == "/"+graphMod(3, "v1.1.0") {
+			held.Add(1)
+			<-release
+		}
+		return false
+	})
+	p := newTestProxy(t, up.URL)
+	p.Download.MaxConcurrent = 1
+	do(p, "GET", "/"+graphMod(0, "v1.1.0"))
+	// Both prefetches wait at the upstream...
+	testwait.For(t, func() bool { return held.Load() == 2 })
+	// ...and a client's own request goes through all the same.
+	if w := do(p, "GET", "/"+moduletest.GraphPath(9)+"/@v/v1.0.0.info"); w.Code != 200 {
+		t.Errorf("%d %s", w.Code, w.Body)
+	}
+	close(release)
+}
+
+func TestPrefetchVerifiesAsAnyFetch(t *testing.T) {
+	vs := moduletest.Graph(12)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	altered := "/" + graphMod(1, "v1.0.0")
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == altered {
+			w.Write([]byte("module " + moduletest.GraphPath(1) + "\n// altered\n"))
+			return true
+		}
+		return false
+	})
+	db := newTestSumDB(t, vs)
+	p := newVerifyingProxy(t, up.URL, db)
+	do(p, "GET", "/"+graphMod(0, "v1.1.0"))
+	testwait.For(t, p.idle)
+	if cached(t, p, strings.TrimPrefix(altered, "/")) {
+		t.Error("an altered go.mod was prefetched into the cache")
+	}
+	if !cached(t, p, graphMod(3, "v1.1.0")) {
+		t.Error("the other requirement was not prefetched")
+	}
+	if w := do(p, "GET", altered); w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "SECURITY ERROR") {
+		t.Errorf("the altered go.mod: %d %q", w.Code, w.Body)
+	}
+}
+
+func TestPrefetchOfInfoFiles(t *testing.T) {
+	up := moduletest.NewServer(moduletest.Graph(12))
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	p.Prefetch.Info = true
+	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	testwait.For(t, p.idle)
+	// The version's own .info, which go mod download asks for next, and
+	// the requirements' with their .mod files, the default depth of one
+	// level below.
+	for _, name := range []string{moduletest.GraphPath(0) + "/@v/v1.1.0.info", moduletest.GraphPath(1) + "/@v/v1.0.0.info",
+		graphMod(1, "v1.0.0"), moduletest.GraphPath(3) + "/@v/v1.1.0.info", graphMod(3, "v1.1.0")} {
+		if !cached(t, p, name) {
+			t.Errorf("%s was not prefetched", name)
+		}
+	}
+	if cached(t, p, graphMod(2, "v1.0.0")) {
+		t.Errorf("%s was prefetched, deeper than the default depth", graphMod(2, "v1.0.0"))
+	}
+}
+
+func TestPrefetchAsksTheAdmissionPolicyBeforeFetching(t *testing.T) {
+	up := moduletest.NewServer(moduletest.Graph(12))
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	refused := moduletest.GraphPath(3)
+	var mu sync.Mutex
+	asked := map[string]int{}
+	p.Admission = func(_ context.Context, c AdmissionCandidate) AdmissionDecision {
+		mu.Lock()
+		asked[c.Path+"@"+c.Version]++
+		mu.Unlock()
+		if c.Path == refused {
+			return AdmissionDecision{Verdict: Refuse, Rule: "deny", Reason: "denied by the test"}
+		}
+		return AdmissionDecision{}
+	}
+	var fetchRefusals atomic.Int32
+	p.Metrics.Admission = func(m AdmissionMetric) {
+		if m.Use == AdmissionFetch && m.Verdict == Refuse {
+			fetchRefusals.Add(1)
+		}
+	}
+	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	testwait.For(t, p.idle)
+	if !cached(t, p, graphMod(1, "v1.0.0")) {
+		t.Errorf("%s, admitted, was not prefetched", graphMod(1, "v1.0.0"))
+	}
+	if cached(t, p, graphMod(3, "v1.1.0")) {
+		t.Errorf("%s, refused, was prefetched", graphMod(3, "v1.1.0"))
+	}
+	if n := up.Requests("/" + graphMod(3, "v1.1.0")); n != 0 {
+		t.Errorf("the refused version's go.mod was asked of the upstream %d times", n)
+	}
+	mu.Lock()
+	n := asked[refused+"@v1.1.0"]
+	mu.Unlock()
+	if n == 0 {
+		t.Error("the policy was not asked about the requirement")
+	}
+	if fetchRefusals.Load() != 1 {
+		t.Errorf("%d refusals of a fetch reported, want the prefetch's 1", fetchRefusals.Load())
+	}
+}
+
+func TestAnOfflineProxyNeverPrefetches(t *testing.T) {
+	up := moduletest.NewServer(moduletest.Graph(12))
+	defer up.Close()
+	// An online proxy without prefetching fills the cache with one go.mod.
+	online := newTestProxy(t, up.URL)
+	online.Prefetch.Off = true
+	if w := do(online, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	testwait.For(t, online.idle)
+	before := up.TotalRequests()
+
+	p := newTestProxy(t, up.URL)
+	p.Cacher = online.Cacher
+	p.Offline = true
+	var asked atomic.Int32
+	p.Admission = func(_ context.Context, c AdmissionCandidate) AdmissionDecision {
+		if c.Path != moduletest.GraphPath(0) {
+			asked.Add(1)
+		}
+		return AdmissionDecision{}
+	}
+	var counts prefetchCounts
+	p.Metrics.Prefetch = counts.hook
+	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
+		t.Fatalf("offline, the cached go.mod: %d %s", w.Code, w.Body)
+	}
+	testwait.For(t, p.idle)
+	if n := up.TotalRequests() - before; n != 0 {
+		t.Errorf("an offline proxy made %d upstream requests", n)
+	}
+	if n := asked.Load(); n != 0 {
+		t.Errorf("an offline proxy considered prefetching %d versions", n)
+	}
+	if n := counts.get(PrefetchFetched) + counts.get(PrefetchDropped); n != 0 {
+		t.Errorf("%d prefetch events offline", n)
+	}
+}
+
+func TestPrefetchWaitsForTheFetchAnotherProxySharingTheStoreHolds(t *testing.T) {
+	vs := moduletest.Graph(12)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	store := newLeasingStore()
+	p := newTestProxy(t, up.URL)
+	p.Cacher = store
+	var counts prefetchCounts
+	p.Metrics.Prefetch = counts.hook
+	// Another proxy sharing the store is fetching one requirement's go.mod.
+	held := graphMod(3, "v1.1.0")
+	release, err := store.HoldLease(context.Background(), "fetch/"+held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	// The other requirement is prefetched; the held one waits.
+	testwait.For(t, func() bool { return cached(t, p, graphMod(1, "v1.0.0")) })
+	if n := up.Requests("/" + held); n != 0 {
+		t.Fatalf("the go.mod another proxy is fetching was asked of the upstream %d times", n)
+	}
+	// The other proxy stores it and lets the lease go: the prefetch
+	// finds it stored and fetches nothing.
+	var mod []byte
+	for _, v := range vs {
+		if v.Path == moduletest.GraphPath(3) && v.Version == "v1.1.0" {
+			mod = v.Mod
+		}
+	}
+	if err := store.Put(context.Background(), held, bytes.NewReader(mod)); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	testwait.For(t, p.idle)
+	if n := up.Requests("/" + held); n != 0 {
+		t.Errorf("the go.mod another proxy fetched was asked of the upstream %d times", n)
+	}
+	if n := counts.get(PrefetchFetched); n != 1 {
+		t.Errorf("%d prefetches reported, want 1 (the other requirement)", n)
+	}
+	if store.held("fetch/" + graphMod(1, "v1.0.0")) {
+		t.Error("the prefetch's lease is still held")
+	}
+}

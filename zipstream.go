@@ -1,0 +1,450 @@
+package goproxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+)
+
+// Streaming delivery. The clients waiting for a zip's download read its
+// bytes in order as they land, all of them from the one download, while
+// the proxy withholds the zip's end until validation and the checksum
+// database agree; if they do not, the connections are aborted. A zip
+// without its end is no zip: every reader (archive/zip, the go command,
+// unzip) starts from the end of central directory record, which comes
+// last, and finds the central directory through it. So what is released
+// before the verdict is what the scan (zipscan.go) has followed as local
+// headers and entry data, never the central directory, and never a byte
+// sequence that a reader could take for an end record: the scan's bytes
+// may hold the signature by chance or, in a zip crafted so that a prefix
+// of it is a zip of its own, on purpose, so none is released within
+// endRecordWindow of the release's end. A client that keeps the bytes of
+// an aborted response (the go command does not) holds local entries, no
+// directory and no end: nothing a zip reader opens.
+
+// endRecordWindow is how far before the end of a file zip readers look
+// for the end of central directory record: 22 bytes and a comment of up
+// to 64 KiB; 1 MiB leaves room for readers that look further.
+const endRecordWindow = 1 << 20
+
+// errRestarted ends the scan of a download that started over.
+var errRestarted = errors.New("the download started over")
+
+// zipStream follows the download of a zip (it is its downloadSink) and
+// serves it to clients while it lands.
+type zipStream struct {
+	// publish hands the fetch's result to the clients waiting for it;
+	// nil when there is nobody to hand it to.
+	publish func(*fetched)
+
+	mu sync.Mutex
+	// wake is closed, and replaced, whenever what follows changes.
+	wake chan struct{}
+	f    *os.File
+	size int64 // once begun
+	// filled is how many bytes from the start are on disk, of this
+	// generation (a restart starts one); released is how many clients
+	// may read, which never goes down.
+	filled, released int64
+	final            bool  // everything is released: the zip passed
+	err              error // the fetch failed: readers fail
+	gen              int
+	res              *fetched // what clients get, once begun
+	published        bool
+	// scan and scanDone are the current generation's scan: its result,
+	// and closed when it is set.
+	scan     *zipScan
+	scanDone chan struct{}
+}
+
+func newZipStream(publish func(*fetched)) *zipStream {
+	return &zipStream{publish: publish, wake: make(chan struct{}), size: -1}
+}
+
+// changedLocked wakes whoever waits for a change; s.mu is held.
+func (s *zipStream) changedLocked() {
+	close(s.wake)
+	s.wake = make(chan struct{})
+}
+
+func (s *zipStream) begin(f *os.File, size int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.released > 0 && size != s.size {
+		// Clients were told the old size.
+		return errReleasedChanged
+	}
+	s.f, s.size = f, size
+	if !s.published {
+		s.res = &fetched{file: f, size: size, modTime: time.Now(), stream: s}
+	}
+	done := make(chan struct{})
+	s.scan, s.scanDone = nil, done
+	go s.runScan(s.gen, f, size, done)
+	return nil
+}
+
+func (s *zipStream) landed(n int64) {
+	s.mu.Lock()
+	if n > s.filled {
+		s.filled = n
+		s.changedLocked()
+	}
+	s.mu.Unlock()
+}
+
+func (s *zipStream) restart() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gen++
+	s.filled = 0
+	s.changedLocked()
+	return s.released
+}
+
+// runScan scans generation gen of the file as it fills, releasing what
+// it follows, and once the file is whole cross-checks the scan with the
+// central directory.
+func (s *zipStream) runScan(gen int, f *os.File, size int64, done chan struct{}) {
+	src := &scanSource{s: s, gen: gen}
+	scan := scanZip(src, func(pos int64) { s.progress(gen, pos, src.sigs) })
+	if scan.err == nil {
+		if err := s.waitFilled(gen, size); err != nil {
+			scan.err = err
+		} else {
+			scan.err = scan.crossCheck(io.NewSectionReader(f, 0, size), size)
+		}
+	}
+	s.mu.Lock()
+	if s.gen == gen {
+		s.scan = scan
+	}
+	s.mu.Unlock()
+	close(done)
+}
+
+// progress releases what the scan of generation gen followed, up to pos,
+// but for the bytes near a byte sequence a reader could take for an end
+// record (at sigs); the first release hands the stream to the clients.
+func (s *zipStream) progress(gen int, pos int64, sigs []int64) {
+	s.mu.Lock()
+	if s.gen != gen || s.err != nil || s.final {
+		s.mu.Unlock()
+		return
+	}
+	r := safeRelease(min(pos, s.filled), sigs)
+	if r <= s.released {
+		s.mu.Unlock()
+		return
+	}
+	s.released = r
+	s.changedLocked()
+	var res *fetched
+	if !s.published && s.publish != nil && s.filled < s.size {
+		// Only while the download goes on: a zip already whole is
+		// verified at once, and a failure then answers with its
+		// message rather than a cut connection.
+		s.published, res = true, s.res
+	}
+	s.mu.Unlock()
+	if res != nil {
+		s.publish(res)
+	}
+}
+
+// safeRelease returns the longest prefix of the first r bytes with no
+// end record signature (at sigs, in order) complete within
+// endRecordWindow of its end.
+func safeRelease(r int64, sigs []int64) int64 {
+	for i := len(sigs) - 1; i >= 0; i-- {
+		if sig := sigs[i]; sig+4 <= r && sig >= r-endRecordWindow {
+			r = sig + 3 // the signature incomplete
+		}
+	}
+	return r
+}
+
+// waitFilled waits until generation gen of the file is on disk whole.
+func (s *zipStream) waitFilled(gen int, size int64) error {
+	for {
+		s.mu.Lock()
+		switch {
+		case s.gen != gen:
+			s.mu.Unlock()
+			return errRestarted
+		case s.err != nil:
+			err := s.err
+			s.mu.Unlock()
+			return err
+		case s.filled >= size:
+			s.mu.Unlock()
+			return nil
+		}
+		wake := s.wake
+		s.mu.Unlock()
+		<-wake
+	}
+}
+
+// scanned returns the scan of the file, once the download has ended well
+// and the scan with it; nil if it did not begin.
+func (s *zipStream) scanned(ctx context.Context) *zipScan {
+	s.mu.Lock()
+	done := s.scanDone
+	s.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.scan
+}
+
+// downloaded takes the download's outcome: the stream's result, which
+// clients may hold already, now owning the download's file.
+func (s *zipStream) downloaded(f *fetched, err error) (*fetched, error) {
+	s.mu.Lock()
+	res := s.res
+	s.mu.Unlock()
+	if err != nil || res == nil || res.file != f.file || res.size != f.size {
+		// Never begun (an answer of unknown size), or failed: what
+		// the download gave, if anything.
+		return f, err
+	}
+	res.owned.Store(true)
+	return res, nil
+}
+
+// finish ends the stream: with err nil, everything is released; else
+// every reader fails with err.
+func (s *zipStream) finish(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.final || s.err != nil {
+		return
+	}
+	if err == nil {
+		s.released, s.final = s.size, true
+	} else {
+		s.err = err
+	}
+	s.changedLocked()
+}
+
+// failed reports whether the stream ended in failure.
+func (s *zipStream) failed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err != nil
+}
+
+// wait waits for the stream to end: nil once the zip passed.
+func (s *zipStream) wait(ctx context.Context) error {
+	for {
+		s.mu.Lock()
+		final, err, wake := s.final, s.err, s.wake
+		s.mu.Unlock()
+		if final || err != nil {
+			return err
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// length returns the zip's size.
+func (s *zipStream) length() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.size
+}
+
+// available waits until bytes past off are released, and returns how many
+// are, or the stream's failure, or ctx's.
+func (s *zipStream) available(ctx context.Context, off int64) (int64, error) {
+	for {
+		s.mu.Lock()
+		released, err, wake := s.released, s.err, s.wake
+		s.mu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		if released > off {
+			return released, nil
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// serve writes the whole zip to w, its bytes as they are released, with
+// sendfile from a descriptor of its own (whose offset is this client's),
+// and aborts the response when the stream fails.
+func (s *zipStream) serve(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	name, size := s.f.Name(), s.size
+	s.mu.Unlock()
+	w.WriteHeader(http.StatusOK)
+	f, err := os.Open(name)
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	defer f.Close()
+	var off int64
+	for off < size {
+		released, err := s.available(r.Context(), off)
+		if r.Context().Err() != nil {
+			return // the client went away
+		}
+		if err != nil {
+			panic(http.ErrAbortHandler) // the fetch failed
+		}
+		n, err := io.Copy(w, &io.LimitedReader{R: f, N: released - off})
+		off += n
+		if err != nil {
+			// The client went away, or the file could not be read: the
+			// answer, short of its Content-Length, ends the connection.
+			return
+		}
+	}
+	// Everything released: the zip passed.
+}
+
+// reader returns a reader of the released bytes, which waits for more
+// until the stream ends or ctx does.
+func (s *zipStream) reader(ctx context.Context) io.ReadSeeker {
+	return &streamReader{s: s, ctx: ctx}
+}
+
+type streamReader struct {
+	s   *zipStream
+	ctx context.Context
+	off int64
+}
+
+func (r *streamReader) Read(p []byte) (int, error) {
+	s := r.s
+	for {
+		s.mu.Lock()
+		released, final, size, err, wake, f := s.released, s.final, s.size, s.err, s.wake, s.f
+		s.mu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		if r.off < released {
+			n, err := f.ReadAt(p[:min(int64(len(p)), released-r.off)], r.off)
+			r.off += int64(n)
+			if err == io.EOF && n > 0 {
+				err = nil
+			}
+			return n, err
+		}
+		if final && r.off >= size {
+			return 0, io.EOF
+		}
+		select {
+		case <-wake:
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		}
+	}
+}
+
+func (r *streamReader) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekCurrent:
+		offset += r.off
+	case io.SeekEnd:
+		r.s.mu.Lock()
+		offset += r.s.size
+		r.s.mu.Unlock()
+	}
+	if offset < 0 {
+		return 0, errors.New("seek before the start")
+	}
+	r.off = offset
+	return offset, nil
+}
+
+// scanSource reads generation gen of the file for the scan, as it fills,
+// noting where the bytes hold an end record's signature.
+type scanSource struct {
+	s    *zipStream
+	gen  int
+	off  int64
+	sigs []int64 // offsets of "PK\x05\x06", in order
+	tail []byte  // the last bytes read, in which a signature may begin
+}
+
+var endRecordSig = []byte{'P', 'K', 5, 6}
+
+func (r *scanSource) Read(p []byte) (int, error) {
+	n, err := r.s.readFilled(r.gen, p, r.off)
+	if n > 0 {
+		b := p[:n]
+		// A signature across the previous read and this one.
+		if len(r.tail) > 0 {
+			joined := append(r.tail, b[:min(len(b), len(endRecordSig)-1)]...)
+			if i := bytes.Index(joined, endRecordSig); i >= 0 {
+				r.sigs = append(r.sigs, r.off-int64(len(r.tail))+int64(i))
+			}
+		}
+		for i := 0; ; {
+			j := bytes.Index(b[i:], endRecordSig)
+			if j < 0 {
+				break
+			}
+			r.sigs = append(r.sigs, r.off+int64(i+j))
+			i += j + 1
+		}
+		r.tail = append(r.tail[:0], b[max(0, len(b)-(len(endRecordSig)-1)):]...)
+		r.off += int64(n)
+	}
+	return n, err
+}
+
+// readFilled reads generation gen of the file at off, waiting for the
+// bytes to land.
+func (s *zipStream) readFilled(gen int, p []byte, off int64) (int, error) {
+	for {
+		s.mu.Lock()
+		if s.gen != gen {
+			s.mu.Unlock()
+			return 0, errRestarted
+		}
+		if s.err != nil {
+			err := s.err
+			s.mu.Unlock()
+			return 0, err
+		}
+		filled, size, wake, f := s.filled, s.size, s.wake, s.f
+		s.mu.Unlock()
+		if off < filled {
+			n, err := f.ReadAt(p[:min(int64(len(p)), filled-off)], off)
+			if err == io.EOF && n > 0 {
+				err = nil
+			}
+			return n, err
+		}
+		if off >= size {
+			return 0, io.EOF
+		}
+		<-wake
+	}
+}

@@ -1,0 +1,410 @@
+package goproxy
+
+import (
+	"archive/zip"
+	"bytes"
+	"encoding/binary"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
+)
+
+// centralDirOffset returns where a zip's central directory starts, as its
+// end record (with no comment) says.
+func centralDirOffset(t *testing.T, z []byte) int64 {
+	t.Helper()
+	end := len(z) - 22
+	if end < 0 || binary.LittleEndian.Uint32(z[end:]) != sigDirEnd {
+		t.Fatal("no end record at the end of the zip")
+	}
+	return int64(binary.LittleEndian.Uint32(z[end+16:]))
+}
+
+// streamClient is a client reading a GET's body as it arrives.
+type streamClient struct {
+	got    atomic.Int64 // bytes read so far
+	status int
+	body   []byte
+	err    error // of reading the body
+	done   chan struct{}
+}
+
+func startClient(t *testing.T, url string) *streamClient {
+	c := &streamClient{done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		resp, err := http.Get(url)
+		if err != nil {
+			c.err = err
+			return
+		}
+		defer resp.Body.Close()
+		c.status = resp.StatusCode
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := resp.Body.Read(buf)
+			c.body = append(c.body, buf[:n]...)
+			c.got.Add(int64(n))
+			if err == io.EOF {
+				return
+			}
+			if err != nil {
+				c.err = err
+				return
+			}
+		}
+	}()
+	return c
+}
+
+func (c *streamClient) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-c.done:
+	case <-time.After(testwait.DefaultTimeout):
+		t.Fatalf("the client still waits after %v", testwait.DefaultTimeout)
+	}
+}
+
+// streamOf returns the stream of the zip name that p's clients read while
+// it arrives, or nil.
+func streamOf(p *Proxy, name string) *zipStream {
+	p.flights.mu.Lock()
+	defer p.flights.mu.Unlock()
+	if fl := p.flights.flights[name]; fl != nil && fl.res != nil {
+		return fl.res.stream
+	}
+	return nil
+}
+
+func (s *zipStream) state() (filled, released, size int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.filled, s.released, s.size
+}
+
+func TestWaitingClientsReadTheZipWhileItArrives(t *testing.T) {
+	v, want := largeFixture(t)
+	up := moduletest.NewServer([]*moduletest.Version{v})
+	defer up.Close()
+	faults := &moduletest.Faults{BytesPerSecond: 4 << 20} // about 1.5 s for the 6 MB
+	upSrv := httptest.NewServer(faults.Wrap(up.Handler()))
+	defer closeNow(upSrv)
+	db := newTestSumDB(t, []*moduletest.Version{v})
+	p := newVerifyingProxy(t, upSrv.URL, db)
+	srv := httptest.NewServer(p)
+	defer closeNow(srv)
+
+	var clients []*streamClient
+	var upstreamSentWhenFirstBytesCame []int64
+	var mu sync.Mutex
+	for range 3 {
+		c := startClient(t, srv.URL+largeZipPath)
+		clients = append(clients, c)
+		go func() {
+			// What the upstream had sent when this client had its
+			// first bytes.
+			testwait.For(t, func() bool { return c.got.Load() > 0 || isDone(c.done) })
+			mu.Lock()
+			upstreamSentWhenFirstBytesCame = append(upstreamSentWhenFirstBytesCame, faults.BodyBytes())
+			mu.Unlock()
+		}()
+	}
+	for _, c := range clients {
+		c.wait(t)
+		if c.err != nil || c.status != 200 || !bytes.Equal(c.body, want) {
+			t.Fatalf("client: %d, %d bytes, %v; want the zip", c.status, len(c.body), c.err)
+		}
+	}
+	testwait.For(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(upstreamSentWhenFirstBytesCame) == 3 })
+	for _, sent := range upstreamSentWhenFirstBytesCame {
+		if sent >= int64(len(want)) {
+			t.Errorf("a client had its first bytes only after the upstream had sent all %d (%d)", len(want), sent)
+		}
+	}
+	// One download for the three, which more connections may share.
+	if sent := faults.BodyBytes(); sent > int64(len(want))+1<<20 {
+		t.Errorf("the upstream sent %d bytes for a %d-byte zip", sent, len(want))
+	}
+}
+
+func isDone(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+func TestTheZipsEndWaitsForTheChecksumDatabase(t *testing.T) {
+	v, want := largeFixture(t)
+	up := moduletest.NewServer([]*moduletest.Version{v})
+	defer up.Close()
+	faults := &moduletest.Faults{BytesPerSecond: 8 << 20}
+	upSrv := httptest.NewServer(faults.Wrap(up.Handler()))
+	defer closeNow(upSrv)
+	db := newTestSumDB(t, []*moduletest.Version{v})
+	// The database holds its answers until the test lets them go.
+	gate := make(chan struct{})
+	inner := *db.handler.Load()
+	var gated http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/lookup/") {
+			<-gate
+		}
+		inner.ServeHTTP(w, r)
+	})
+	db.handler.Store(&gated)
+	p := newVerifyingProxy(t, upSrv.URL, db)
+	srv := httptest.NewServer(p)
+	defer closeNow(srv)
+
+	c := startClient(t, srv.URL+largeZipPath)
+	name := strings.TrimPrefix(largeZipPath, "/")
+	cd := centralDirOffset(t, want)
+	// The whole zip is on the proxy's disk, the database has not
+	// answered: the client has every entry, and not a byte of the
+	// central directory.
+	testwait.For(t, func() bool {
+		s := streamOf(p, name)
+		if s == nil {
+			return false
+		}
+		filled, _, size := s.state()
+		return size > 0 && filled == size && c.got.Load() == cd
+	})
+	if _, released, _ := streamOf(p, name).state(); released != cd {
+		t.Errorf("released %d bytes before the verdict; the central directory starts at %d", released, cd)
+	}
+	close(gate)
+	c.wait(t)
+	if c.err != nil || !bytes.Equal(c.body, want) {
+		t.Errorf("after the verdict: %d bytes, %v; want the zip", len(c.body), c.err)
+	}
+}
+
+func TestChecksumMismatchAbortsEveryStreamingClient(t *testing.T) {
+	v, want := largeFixture(t)
+	other, err := otherLargeModule() // the same version, other content
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := moduletest.NewServer([]*moduletest.Version{v})
+	defer up.Close()
+	faults := &moduletest.Faults{BytesPerSecond: 8 << 20}
+	upSrv := httptest.NewServer(faults.Wrap(up.Handler()))
+	defer closeNow(upSrv)
+	db := newTestSumDB(t, []*moduletest.Version{other})
+	p := newVerifyingProxy(t, upSrv.URL, db)
+	srv := httptest.NewServer(p)
+	defer closeNow(srv)
+
+	cd := centralDirOffset(t, want)
+	var clients []*streamClient
+	for range 3 {
+		clients = append(clients, startClient(t, srv.URL+largeZipPath))
+	}
+	for i, c := range clients {
+		c.wait(t)
+		switch {
+		case c.status != 200 || c.got.Load() == 0:
+			t.Errorf("client %d: %d, %d bytes; want a stream started", i, c.status, c.got.Load())
+		case c.err == nil:
+			t.Errorf("client %d read %d bytes to the end; want the connection cut", i, len(c.body))
+		case int64(len(c.body)) > cd:
+			t.Errorf("client %d got %d bytes, past the central directory at %d", i, len(c.body), cd)
+		}
+		if _, err := zip.NewReader(bytes.NewReader(c.body), int64(len(c.body))); err == nil {
+			t.Errorf("client %d holds a zip that opens", i)
+		}
+	}
+	testwait.For(t, p.flights.idle)
+	for _, name := range cachedNames(p.Cacher) {
+		if !strings.HasPrefix(name, "sumdb/") {
+			t.Errorf("cached %s", name)
+		}
+	}
+}
+
+func TestRestartAfterBytesReachedClients(t *testing.T) {
+	a, b := sameSizeZips(t, 2<<20)
+	for _, tt := range []struct {
+		name  string
+		again []byte // what the upstream has after the first answer
+		whole bool   // the client gets a whole zip, else its connection is cut
+	}{
+		{"the same bytes again: the download goes on", a, true},
+		{"other bytes: the clients are cut off", b, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			clientHasBytes := make(chan struct{})
+			var served atomic.Int32
+			upstream := httptest.NewServer(cutAnswers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				body, etag := a, `"a"`
+				if served.Add(1) > 1 {
+					// Republished, under another tag, once the client
+					// has bytes of the first.
+					<-clientHasBytes
+					body, etag = tt.again, `"again"`
+					r.Header.Del("If-Range")
+				}
+				w.Header().Set("ETag", etag)
+				http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
+			}), 1<<20, firstOnly()))
+			defer closeNow(upstream)
+			p := newTestProxy(t, upstream.URL)
+			srv := httptest.NewServer(p)
+			defer closeNow(srv)
+			c := startClient(t, srv.URL+largeZipPath)
+			testwait.For(t, func() bool { return c.got.Load() > 0 })
+			close(clientHasBytes)
+			c.wait(t)
+			if tt.whole {
+				if c.err != nil || !bytes.Equal(c.body, a) {
+					t.Errorf("%d bytes, %v; want the zip", len(c.body), c.err)
+				}
+				return
+			}
+			if c.err == nil {
+				t.Errorf("the client read %d bytes to the end; want its connection cut", len(c.body))
+			}
+			if !bytes.Equal(c.body, a[:len(c.body)]) {
+				t.Error("the client got bytes of the second file after those of the first")
+			}
+			testwait.For(t, p.flights.idle)
+			if names := cachedNames(p.Cacher); len(names) != 0 {
+				t.Errorf("cached %v", names)
+			}
+		})
+	}
+}
+
+// polyglotZip returns a zip whose first entry's data is a whole zip of its
+// own, end record included, so that a prefix of the outer zip is a zip
+// too, followed by an entry of n random bytes.
+func polyglotZip(t *testing.T, n int) []byte {
+	const m = "example.com/large@v1.0.0/"
+	inner := buildZip(t, zipEntry{name: m + "evil.go", body: []byte("package evil\n"), method: zip.Store, raw: true})
+	random := make([]byte, n)
+	for i := range random {
+		random[i] = byte(i*31) ^ byte(i>>9)
+	}
+	return buildZip(t,
+		zipEntry{name: m + "go.mod", body: []byte("module example.com/large\n"), method: zip.Store, raw: true},
+		zipEntry{name: m + "inner.zip", body: inner, method: zip.Store, raw: true},
+		zipEntry{name: m + "data.bin", body: random, method: zip.Store})
+}
+
+func TestNoReleasedPrefixHoldsAnEndRecord(t *testing.T) {
+	z := polyglotZip(t, 3<<20)
+	var sigs []int64
+	for i := 0; ; {
+		j := bytes.Index(z[i:], endRecordSig)
+		if j < 0 {
+			break
+		}
+		sigs = append(sigs, int64(i+j))
+		i += j + 1
+	}
+	if len(sigs) < 2 {
+		t.Fatal("the zip holds no end record but its own")
+	}
+	for r := int64(0); r <= int64(len(z)); r += 4099 {
+		got := safeRelease(r, sigs)
+		prefix := z[:got]
+		if tail := prefix[max(0, len(prefix)-endRecordWindow):]; bytes.Contains(tail, endRecordSig) {
+			t.Fatalf("releasing %d of %d bytes leaves an end record within the last %d", got, r, endRecordWindow)
+		}
+		if _, err := zip.NewReader(bytes.NewReader(prefix), int64(len(prefix))); err == nil {
+			t.Fatalf("the first %d bytes open as a zip", got)
+		}
+	}
+}
+
+func TestAbortedClientsHoldNoZipTheyCouldOpen(t *testing.T) {
+	z := polyglotZip(t, 3<<20)
+	up := newUpstream(t, map[string][]byte{largeZipPath: z})
+	faults := &moduletest.Faults{BytesPerSecond: 4 << 20}
+	upSrv := httptest.NewServer(faults.Wrap(up.Handler()))
+	defer closeNow(upSrv)
+	db := newTestSumDB(t, nil) // knows nothing: the verdict is no
+	p := newVerifyingProxy(t, upSrv.URL, db)
+	srv := httptest.NewServer(p)
+	defer closeNow(srv)
+	c := startClient(t, srv.URL+largeZipPath)
+	c.wait(t)
+	if c.err == nil {
+		t.Fatalf("%d, %d bytes to the end; want the connection cut", c.status, len(c.body))
+	}
+	if c.got.Load() == 0 {
+		t.Fatal("nothing was streamed: the test proves nothing")
+	}
+	if _, err := zip.NewReader(bytes.NewReader(c.body), int64(len(c.body))); err == nil {
+		t.Errorf("the %d bytes the client got open as a zip", len(c.body))
+	}
+}
+
+// A Go toolchain is verified against the checksum database whatever
+// GONOSUMDB or AllowUnverified say, and so its end waits for the
+// database when it is streamed: a toolchain the database contradicts
+// reaches no client whole.
+func TestAToolchainStreamedIsAbortedWhenTheChecksumDatabaseDisagrees(t *testing.T) {
+	served, err := moduletest.ToolchainVersion(t.TempDir(), "go1.99.4", "linux", "amd64", toolchainScript("go1.99.4"), 6<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recorded, err := moduletest.ToolchainVersion(t.TempDir(), "go1.99.4", "linux", "amd64", []byte("#!/bin/sh\necho genuine\n"), 6<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(served.ZipFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := moduletest.NewServer([]*moduletest.Version{served})
+	defer up.Close()
+	faults := &moduletest.Faults{BytesPerSecond: 8 << 20}
+	upSrv := httptest.NewServer(faults.Wrap(up.Handler()))
+	defer closeNow(upSrv)
+	db := newTestSumDB(t, []*moduletest.Version{recorded})
+	p := newVerifyingProxy(t, upSrv.URL, db, "GONOSUMDB=golang.org/toolchain")
+	p.AllowUnverified = true
+	srv := httptest.NewServer(p)
+	defer closeNow(srv)
+
+	path := "/" + moduletest.ToolchainPath + "/@v/" + served.Version + ".zip"
+	cd := centralDirOffset(t, want)
+	var clients []*streamClient
+	for range 3 {
+		clients = append(clients, startClient(t, srv.URL+path))
+	}
+	for i, c := range clients {
+		c.wait(t)
+		switch {
+		case c.status != 200 || c.got.Load() == 0:
+			t.Errorf("client %d: %d, %d bytes; want a stream started", i, c.status, c.got.Load())
+		case c.err == nil:
+			t.Errorf("client %d read %d bytes to the end; want the connection cut", i, len(c.body))
+		case int64(len(c.body)) > cd:
+			t.Errorf("client %d got %d bytes, past the central directory at %d", i, len(c.body), cd)
+		}
+		if _, err := zip.NewReader(bytes.NewReader(c.body), int64(len(c.body))); err == nil {
+			t.Errorf("client %d holds a zip that opens", i)
+		}
+	}
+	testwait.For(t, p.flights.idle)
+	for _, name := range cachedNames(p.Cacher) {
+		if !strings.HasPrefix(name, "sumdb/") {
+			t.Errorf("cached %s", name)
+		}
+	}
+}
