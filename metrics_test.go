@@ -373,16 +373,11 @@ func TestAnAbortedAnswerIsReportedAsAborted(t *testing.T) {
 	p.Cacher = failingReadCacher{data: bytes.Repeat([]byte("z"), 100<<10)}
 	var got []RequestMetric
 	p.Metrics.Request = func(m RequestMetric) { got = append(got, m) }
-	func() {
-		defer func() {
-			if v := recover(); v != http.ErrAbortHandler {
-				t.Errorf("handler ended with %v, want panic(http.ErrAbortHandler)", v)
-			}
-		}()
-		do(p, "GET", "/example.com/a/@v/v1.0.0.zip")
-	}()
-	if len(got) != 1 || !got[0].Aborted || got[0].Bytes == 0 {
-		t.Errorf("reported %+v, want one aborted request with the bytes written before the cut", got)
+	if w := do(p, "GET", "/example.com/a/@v/v1.0.0.zip"); !w.Aborted {
+		t.Errorf("handler ended with %d, want panic(http.ErrAbortHandler)", w.Code)
+	}
+	if len(got) != 1 || !got[0].Aborted {
+		t.Errorf("reported %+v, want one aborted request", got)
 	}
 	got = nil
 	do(p, "GET", "/example.com/a/@v/v1.0.0.info")
@@ -391,44 +386,44 @@ func TestAnAbortedAnswerIsReportedAsAborted(t *testing.T) {
 	}
 }
 
-// TestTheVerifiersJoiningOfItsOwnPrefetchIsNoSharedFetch: the checksum
-// verifier's lookup of a record that the record's prefetch is fetching
-// joins that fetch; no client was served by another's fetch, so no
-// SharedFetch is reported.
-func TestTheVerifiersJoiningOfItsOwnPrefetchIsNoSharedFetch(t *testing.T) {
+// TestAPrefetchJoiningAClientsFetchIsNoSharedFetch: the prefetch of a
+// requirement's go.mod that a client is already fetching joins that
+// fetch; no client was served by another's fetch, so no SharedFetch is
+// reported.
+func TestAPrefetchJoiningAClientsFetchIsNoSharedFetch(t *testing.T) {
 	vs := moduletest.Graph(10)
 	up := moduletest.NewServer(vs)
 	defer up.Close()
-	db := newTestSumDB(t, vs)
+	p := newTestProxy(t, up.URL)
 	var shared atomic.Int32
-	p := newVerifyingProxy(t, up.URL, db)
 	p.Metrics.SharedFetch = func(SharedFetchMetric) { shared.Add(1) }
-	if err := p.Init(); err != nil {
-		t.Fatal(err)
-	}
-	// The record is answered once both the prefetch and the verifier
-	// wait for it.
-	record := "sumdb/" + db.name + "/lookup/" + vs[0].Path + "@" + vs[0].Version
+	// mod000 v1.0.0 requires mod001 v1.0.0, whose go.mod is answered
+	// once both a client and the prefetch wait for it.
+	required := moduletest.GraphPath(1) + "/@v/v1.0.0.mod"
 	var joined atomic.Bool
-	inner := *db.handler.Load()
-	var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.Contains(r.URL.Path, "/lookup/") {
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.HasSuffix(r.URL.Path, required) {
 			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-				if p.flights.users(record) >= 2 {
+				if p.flights.users(required) >= 2 {
 					joined.Store(true)
 					break
 				}
 			}
 		}
-		inner.ServeHTTP(w, r)
+		return false
 	})
-	db.handler.Store(&h)
-	if w := do(p, "GET", "/"+vs[0].Path+"/@v/"+vs[0].Version+".zip"); w.Code != 200 {
-		t.Fatalf("GET the zip: %d %s", w.Code, w.Body)
+	done := make(chan *recorded)
+	go func() { done <- do(p, "GET", "/"+required) }()
+	testwait.For(t, func() bool { return p.flights.users(required) == 1 })
+	if w := do(p, "GET", "/"+moduletest.GraphPath(0)+"/@v/v1.0.0.mod"); w.Code != 200 {
+		t.Fatalf("GET the requiring go.mod: %d %s", w.Code, w.Body)
+	}
+	if w := <-done; w.Code != 200 {
+		t.Fatalf("GET the required go.mod: %d %s", w.Code, w.Body)
 	}
 	testwait.For(t, p.flights.idle)
 	if !joined.Load() {
-		t.Fatal("the verifier never joined the record's prefetch: the test shows nothing")
+		t.Fatal("the prefetch never joined the client's fetch: the test shows nothing")
 	}
 	if n := shared.Load(); n != 0 {
 		t.Errorf("%d shared fetches reported, want none: no client joined another's fetch", n)
