@@ -22,9 +22,9 @@ import (
 // command follows it (leaving behind any credentials it sent the proxy:
 // Go's HTTP client keeps them from other hosts) and checks the zip against
 // go.sum and the checksum database as always; the store sends the bytes
-// the proxy verified before it cached them, with the entity tag the proxy
-// gives them. The store must be reachable by the clients, at the address
-// the Cacher uses.
+// the proxy verified before it cached them (with the store's own entity
+// tag, not the proxy's). The store must be reachable by the clients, at
+// the address the Cacher uses.
 type DownloadRedirect struct {
 	// Enabled turns redirects on.
 	Enabled bool
