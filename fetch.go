@@ -276,3 +276,14 @@ type timedReader struct {
 }
 
 func (t timedReader) ModTime() time.Time { return t.modTime }
+
+// ReadAt lets a Cacher read the content at offsets, as an object store
+// uploading parts of a large file several at once does: without it one
+// must hold a whole part in memory per upload. What a fetch brings always
+// reads at offsets (a section of its file, or bytes in memory).
+func (t timedReader) ReadAt(p []byte, off int64) (int, error) {
+	if ra, ok := t.ReadSeeker.(io.ReaderAt); ok {
+		return ra.ReadAt(p, off)
+	}
+	return 0, errors.ErrUnsupported
+}
