@@ -121,8 +121,10 @@ type Cacher struct {
 
 	// Timeout bounds how long one request waits for the store: to connect,
 	// for the response's header, and for each further piece of a body being
-	// read. A store that has gone away thus gives errors, not hangs. Zero
-	// means 30 seconds.
+	// read. A store that has gone away thus gives errors, not hangs. Once a
+	// request gets no answer, the store is taken for unresponsive: requests
+	// fail at once for the next Timeout (5 seconds at most), then one at a
+	// time is sent until one is answered. Zero means 30 seconds.
 	Timeout time.Duration
 
 	// Retries is how many times a request that failed in a way worth
@@ -165,6 +167,7 @@ type Cacher struct {
 	leaseTTL     time.Duration
 	holder       string
 	uses         useMemo
+	unresponsive *unresponsiveTransport
 	index        indexCache
 }
 
@@ -228,10 +231,13 @@ func (c *Cacher) init() error {
 	if transport == nil {
 		transport = c.newTransport()
 	}
+	// Only the store's requests tell whether it answers: the credential
+	// search's (to a metadata service there may not be) go around.
+	c.unresponsive = &unresponsiveTransport{next: transport, window: min(c.timeout, unresponsiveFor)}
 	client, err := minio.New(host, &minio.Options{
 		Creds:        c.credentials(transport),
 		Secure:       secure,
-		Transport:    transport,
+		Transport:    c.unresponsive,
 		Region:       c.Region,
 		BucketLookup: lookup,
 		MaxRetries:   retries + 1, // minio-go counts the first try
@@ -241,7 +247,7 @@ func (c *Cacher) init() error {
 	}
 	c.client = client
 	c.core = minio.Core{Client: client}
-	c.http = &http.Client{Transport: transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	c.http = &http.Client{Transport: c.unresponsive, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	c.usePrecision = c.UsePrecision
 	if c.usePrecision <= 0 {
 		c.usePrecision = time.Hour
@@ -500,13 +506,17 @@ func (c *Cacher) Walk(ctx context.Context, prefix string, fn func(name string) e
 	return ctx.Err()
 }
 
-// check initializes c and refuses names a Cacher must never be asked for.
+// check initializes c and refuses names a Cacher must never be asked for,
+// and every request while the store is taken for unresponsive.
 func (c *Cacher) check(op, name string) error {
 	if err := c.Init(); err != nil {
 		return err
 	}
 	if err := checkName(name); err != nil {
 		return &fs.PathError{Op: op, Path: name, Err: err}
+	}
+	if err := c.unresponsive.refuse(); err != nil {
+		return &fs.PathError{Op: "s3 " + op, Path: name, Err: err}
 	}
 	return nil
 }
