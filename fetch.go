@@ -183,10 +183,13 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 			return p.fetchFromSources(ctx, req)
 		}
 		// A fetch that ended just before this one started stored the
-		// file after the caller looked for it.
+		// file after the caller looked for it (unless the caller found
+		// it stored but unreadable).
 		if cf, err := p.conf.cacher.Get(ctx, req.name); err == nil {
 			cf.Close()
-			return nil, errStoredMeanwhile
+			if !cacheUnreadable(ctx, req.name) {
+				return nil, errStoredMeanwhile
+			}
 		}
 		// Other proxies sharing the cache may be fetching it.
 		var err error
