@@ -207,10 +207,13 @@ func (p *Proxy) fetch(ctx context.Context, req *request) (f *fetched, release fu
 			return p.fetchFromSources(ctx, req)
 		}
 		// A fetch that ended just before this one started stored the
-		// file after the caller looked for it.
+		// file after the caller looked for it (unless the caller found
+		// it stored but unreadable).
 		if cf, err := p.conf.cacher.Get(ctx, req.name); err == nil {
 			cf.Close()
-			return nil, errStoredMeanwhile
+			if !cacheUnreadable(ctx, req.name) {
+				return nil, errStoredMeanwhile
+			}
 		}
 		// Other proxies sharing the cache may be fetching it.
 		var err error
@@ -304,6 +307,17 @@ type timedReader struct {
 }
 
 func (t timedReader) ModTime() time.Time { return t.modTime }
+
+// ReadAt lets a Cacher read the content at offsets, as an object store
+// uploading parts of a large file several at once does: without it one
+// must hold a whole part in memory per upload. What a fetch brings always
+// reads at offsets (a section of its file, or bytes in memory).
+func (t timedReader) ReadAt(p []byte, off int64) (int, error) {
+	if ra, ok := t.ReadSeeker.(io.ReaderAt); ok {
+		return ra.ReadAt(p, off)
+	}
+	return 0, errors.ErrUnsupported
+}
 
 // fileContent is content for Cacher.Put that is the whole of a file on
 // disk (a downloaded zip, verified, which nothing writes any more): a

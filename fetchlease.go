@@ -47,7 +47,9 @@ func (c *fetchClaim) done() {
 // as a failing cache always is: the fetch goes ahead without a lease.
 func (p *Proxy) claimFetch(ctx context.Context, req *request) (*fetchClaim, error) {
 	leaser, ok := p.conf.cacher.(CacheLeaser)
-	if !ok {
+	if !ok || cacheUnreadable(ctx, req.name) {
+		// Waiting for a file to be stored is no use when it is stored
+		// but cannot be read.
 		return nil, nil
 	}
 	name := "fetch/" + req.name
@@ -108,4 +110,21 @@ func (p *Proxy) cached(ctx context.Context, req *request) bool {
 		cf.Close()
 	}
 	return err == nil
+}
+
+// unreadableKey is the context key of withCacheUnreadable.
+type unreadableKey struct{}
+
+// withCacheUnreadable marks ctx as a fetch of name, which the cache says
+// it has but which could not be read from it: that fetch must not end
+// with errStoredMeanwhile, which would send its caller back to the cache.
+func withCacheUnreadable(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, unreadableKey{}, name)
+}
+
+// cacheUnreadable reports whether ctx is marked by withCacheUnreadable
+// for name.
+func cacheUnreadable(ctx context.Context, name string) bool {
+	n, ok := ctx.Value(unreadableKey{}).(string)
+	return ok && n == name
 }

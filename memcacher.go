@@ -108,22 +108,23 @@ func (c *MemCacher) Stat(ctx context.Context, name string) (fs.FileInfo, error) 
 	if !ok {
 		return nil, &fs.PathError{Op: "stat", Path: name, Err: fs.ErrNotExist}
 	}
-	return memInfo{name: path.Base(name), size: int64(len(e.data)), modTime: e.modTime}, nil
+	return fileInfo{name: path.Base(name), size: int64(len(e.data)), modTime: e.modTime}, nil
 }
 
-// memInfo describes a MemCacher entry.
-type memInfo struct {
+// fileInfo describes a file known by its name, size and time: a
+// MemCacher entry, or one a Cacher wrapper reports.
+type fileInfo struct {
 	name    string
 	size    int64
 	modTime time.Time
 }
 
-func (i memInfo) Name() string       { return i.name }
-func (i memInfo) Size() int64        { return i.size }
-func (i memInfo) Mode() fs.FileMode  { return 0o444 }
-func (i memInfo) ModTime() time.Time { return i.modTime }
-func (i memInfo) IsDir() bool        { return false }
-func (i memInfo) Sys() any           { return nil }
+func (i fileInfo) Name() string       { return i.name }
+func (i fileInfo) Size() int64        { return i.size }
+func (i fileInfo) Mode() fs.FileMode  { return 0o444 }
+func (i fileInfo) ModTime() time.Time { return i.modTime }
+func (i fileInfo) IsDir() bool        { return false }
+func (i fileInfo) Sys() any           { return nil }
 
 // Delete implements [CacheDeleter].
 func (c *MemCacher) Delete(ctx context.Context, name string) error {

@@ -226,7 +226,7 @@ func (s importStore) Stat(ctx context.Context, name string) (fs.FileInfo, error)
 	if err != nil {
 		return nil, err
 	}
-	return importedInfo{name: name, size: size, modTime: cf.ModTime()}, nil
+	return fileInfo{name: name, size: size, modTime: cf.ModTime()}, nil
 }
 
 func (s importStore) Put(ctx context.Context, name string, content io.ReadSeeker) error {
@@ -250,17 +250,3 @@ func (s importStore) Put(ctx context.Context, name string, content io.ReadSeeker
 	}
 	return nil
 }
-
-// importedInfo describes a cached file for importStore.Stat.
-type importedInfo struct {
-	name    string
-	size    int64
-	modTime time.Time
-}
-
-func (i importedInfo) Name() string       { return i.name }
-func (i importedInfo) Size() int64        { return i.size }
-func (i importedInfo) Mode() fs.FileMode  { return 0o444 }
-func (i importedInfo) ModTime() time.Time { return i.modTime }
-func (i importedInfo) IsDir() bool        { return false }
-func (i importedInfo) Sys() any           { return nil }

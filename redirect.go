@@ -22,9 +22,12 @@ import (
 // command follows it (leaving behind any credentials it sent the proxy:
 // Go's HTTP client keeps them from other hosts) and checks the zip against
 // go.sum and the checksum database as always; the store sends the bytes
-// the proxy verified before it cached them, with the entity tag the proxy
-// gives them. The store must be reachable by the clients, at the address
-// the Cacher uses.
+// the proxy verified before it cached them (with the store's own entity
+// tag, not the proxy's). The store must be reachable by the clients, at
+// the address the Cacher uses, over https if they reach the proxy over
+// https: the go command refuses a redirect from https to http, so a
+// request that reached the proxy over TLS is then served by the proxy
+// (behind a load balancer that terminates TLS, the proxy cannot tell).
 type DownloadRedirect struct {
 	// Enabled turns redirects on.
 	Enabled bool
@@ -76,6 +79,13 @@ func (p *Proxy) redirect(w http.ResponseWriter, r *http.Request, req *request, c
 		p.logger().LogAttrs(r.Context(), slog.LevelWarn, "redirect to the store failed, serving the file",
 			slog.String("file", req.name), slog.String("error", err.Error()))
 		p.conf.metrics.storeError(StoreErrorMetric{Role: StoreCache, Op: StoreRedirect})
+		return false
+	}
+	if r.TLS != nil && u.Scheme != "https" {
+		// The go command refuses a redirect from https to http, and its
+		// error would print the URL, signature and all: serve it here.
+		p.logger().LogAttrs(r.Context(), slog.LevelDebug, "not redirecting an https request to the store's plain http endpoint, serving the file",
+			slog.String("file", req.name))
 		return false
 	}
 	if p.usage != nil {

@@ -114,6 +114,35 @@ func TestRedirectSendsPlainGetsOfCachedZipsToTheStore(t *testing.T) {
 	}
 }
 
+// TestNoRedirectFromHTTPSToAPlainHTTPStore: the go command refuses to
+// follow one (and prints the URL, signature included, in its error), so
+// the proxy serves the zip itself.
+func TestNoRedirectFromHTTPSToAPlainHTTPStore(t *testing.T) {
+	v := moduletest.Graph(10)[0]
+	up := moduletest.NewServer([]*moduletest.Version{v})
+	defer up.Close()
+	store := newRedirectingStore(t) // plain http
+	name := escapedName(v, ".zip")
+	store.Put(t.Context(), name, bytes.NewReader(v.Zip))
+	p := newTestProxy(t, up.URL)
+	p.Cacher = store
+	p.Redirect = DownloadRedirect{Enabled: true}
+	srv := httptest.NewTLSServer(p)
+	defer srv.Close()
+	client := srv.Client()
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := client.Get(srv.URL + "/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body bytes.Buffer
+	body.ReadFrom(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(body.Bytes(), v.Zip) {
+		t.Errorf("GET over https with the store on http: %s (Location %q), want the zip served by the proxy", resp.Status, resp.Header.Get("Location"))
+	}
+}
+
 func TestRedirectWithAuthorizeNeedsAllow(t *testing.T) {
 	v := moduletest.Graph(10)[0]
 	up := moduletest.NewServer([]*moduletest.Version{v})

@@ -214,11 +214,13 @@ func (p *Proxy) openStored(ctx context.Context, req *request, mayFetch bool, gen
 		return nil, failed(failNotCached, "%s is not cached and Disable-Module-Fetch is set", req)
 	}
 	f, release, err := p.fetch(ctx, req)
-	if errors.Is(err, errStoredMeanwhile) {
+	for try := 0; errors.Is(err, errStoredMeanwhile) && try < 2; try++ {
 		if c := p.cacheGet(ctx, req); c != nil {
 			return c, nil
 		}
-		f, release, err = p.fetch(ctx, req)
+		// Stored, yet it cannot be read (the failure is logged): fetch it
+		// as if it were not, and store it again, rather than fail.
+		f, release, err = p.fetch(withCacheUnreadable(ctx, req.name), req)
 	}
 	if err != nil {
 		if cached == nil || notFound(err) || ctx.Err() != nil {

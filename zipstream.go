@@ -366,6 +366,22 @@ func (r *streamReader) Read(p []byte) (int, error) {
 	}
 }
 
+// ReadAt reads at off as Read does, waiting for the bytes to be released,
+// without moving r's offset: an object store uploading parts of a large
+// file several at once reads this way.
+func (r *streamReader) ReadAt(p []byte, off int64) (int, error) {
+	at := streamReader{s: r.s, ctx: r.ctx, off: off}
+	n := 0
+	for n < len(p) {
+		m, err := at.Read(p[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
 func (r *streamReader) Seek(offset int64, whence int) (int64, error) {
 	switch whence {
 	case io.SeekCurrent:

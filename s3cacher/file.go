@@ -52,12 +52,18 @@ type objectFile struct {
 	cancel   context.CancelFunc
 }
 
-// ModTime reports when the object was stored, as the store says.
+// ModTime reports the time Put kept with the object, or else when the
+// object was stored, as the store says.
 func (f *objectFile) ModTime() time.Time { return f.modTime }
+
+// taggedObjectFile is an objectFile whose object has no kept ModTime (it
+// was stored by Create, or by another program): the proxy tags it by the
+// store's ETag, since the store's Last-Modified is only in whole seconds.
+type taggedObjectFile struct{ *objectFile }
 
 // ETag returns the object's entity tag, quoted. The store changes it
 // whenever the content changes, so it is a strong validator.
-func (f *objectFile) ETag() string { return `"` + f.etag + `"` }
+func (f taggedObjectFile) ETag() string { return `"` + f.etag + `"` }
 
 // Size is the object's length in bytes.
 func (f *objectFile) Size() int64 { return f.size }

@@ -121,8 +121,10 @@ type Cacher struct {
 
 	// Timeout bounds how long one request waits for the store: to connect,
 	// for the response's header, and for each further piece of a body being
-	// read. A store that has gone away thus gives errors, not hangs. Zero
-	// means 30 seconds.
+	// read. A store that has gone away thus gives errors, not hangs. Once a
+	// request gets no answer, the store is taken for unresponsive: requests
+	// fail at once for the next Timeout (5 seconds at most), then one at a
+	// time is sent until one is answered. Zero means 30 seconds.
 	Timeout time.Duration
 
 	// Retries is how many times a request that failed in a way worth
@@ -165,6 +167,7 @@ type Cacher struct {
 	leaseTTL     time.Duration
 	holder       string
 	uses         useMemo
+	unresponsive *unresponsiveTransport
 	index        indexCache
 }
 
@@ -228,10 +231,13 @@ func (c *Cacher) init() error {
 	if transport == nil {
 		transport = c.newTransport()
 	}
+	// Only the store's requests tell whether it answers: the credential
+	// search's (to a metadata service there may not be) go around.
+	c.unresponsive = &unresponsiveTransport{next: transport, window: min(c.timeout, unresponsiveFor)}
 	client, err := minio.New(host, &minio.Options{
 		Creds:        c.credentials(transport),
 		Secure:       secure,
-		Transport:    transport,
+		Transport:    c.unresponsive,
 		Region:       c.Region,
 		BucketLookup: lookup,
 		MaxRetries:   retries + 1, // minio-go counts the first try
@@ -241,7 +247,7 @@ func (c *Cacher) init() error {
 	}
 	c.client = client
 	c.core = minio.Core{Client: client}
-	c.http = &http.Client{Transport: transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	c.http = &http.Client{Transport: c.unresponsive, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	c.usePrecision = c.UsePrecision
 	if c.usePrecision <= 0 {
 		c.usePrecision = time.Hour
@@ -346,15 +352,48 @@ func (c *Cacher) Get(ctx context.Context, name string) (goproxy.CachedFile, erro
 	if err != nil {
 		return nil, err
 	}
-	return &objectFile{
+	f := &objectFile{
 		ctx: ctx, c: c, name: name, key: c.key(name),
 		size: info.Size, modTime: info.LastModified, etag: info.ETag,
-	}, nil
+	}
+	if t, ok := keptModTime(info); ok {
+		// No ETag method: the proxy tags the file by this time and its
+		// size, as it tagged the answer that fetched it.
+		f.modTime = t
+		return f, nil
+	}
+	return taggedObjectFile{f}, nil
+}
+
+// modTimeMeta is the user metadata (x-amz-meta-goproxy-mod-time) in which
+// Put keeps the ModTime of content that has one: the time the proxy
+// fetched a file, which the answer that fetched it was validated by. The
+// store's own Last-Modified is later, and in whole seconds.
+const modTimeMeta = "Goproxy-Mod-Time"
+
+// keptModTime returns the time Put kept for the object, if any.
+func keptModTime(info minio.ObjectInfo) (time.Time, bool) {
+	v := info.Metadata.Get("X-Amz-Meta-" + modTimeMeta)
+	if v == "" {
+		v = info.UserMetadata[modTimeMeta]
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	return t, err == nil && !t.IsZero()
+}
+
+// keepModTime sets opts to keep content's ModTime, if it has one, for Get
+// and Stat to report (see modTimeMeta).
+func keepModTime(opts *minio.PutObjectOptions, content io.ReadSeeker) {
+	if t, ok := content.(interface{ ModTime() time.Time }); ok && !t.ModTime().IsZero() {
+		opts.UserMetadata = map[string]string{modTimeMeta: t.ModTime().UTC().Format(time.RFC3339Nano)}
+	}
 }
 
 // Put implements [goproxy.Cacher]. The content's size is found by seeking,
 // so the upload streams without buffering the content, and the object is
 // replaced atomically: readers see the old content or the new, whole.
+// The ModTime of content that has one is kept with the object (as user
+// metadata) and reported by Get and Stat.
 func (c *Cacher) Put(ctx context.Context, name string, content io.ReadSeeker) error {
 	if err := c.check("put", name); err != nil {
 		return err
@@ -363,7 +402,9 @@ func (c *Cacher) Put(ctx context.Context, name string, content io.ReadSeeker) er
 	if err != nil {
 		return &fs.PathError{Op: "put", Path: name, Err: err}
 	}
-	if _, err := c.client.PutObject(ctx, c.Bucket, c.key(name), body, size, c.putOptions()); err != nil {
+	opts := c.putOptions()
+	keepModTime(&opts, content)
+	if _, err := c.client.PutObject(ctx, c.Bucket, c.key(name), body, size, opts); err != nil {
 		return c.wrap("put", name, err)
 	}
 	return nil
@@ -407,7 +448,11 @@ func (c *Cacher) Stat(ctx context.Context, name string) (fs.FileInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	return objectInfo{name: path.Base(name), size: info.Size, modTime: info.LastModified}, nil
+	modTime := info.LastModified
+	if t, ok := keptModTime(info); ok {
+		modTime = t
+	}
+	return objectInfo{name: path.Base(name), size: info.Size, modTime: modTime}, nil
 }
 
 func (c *Cacher) stat(ctx context.Context, op, name string) (minio.ObjectInfo, error) {
@@ -461,13 +506,17 @@ func (c *Cacher) Walk(ctx context.Context, prefix string, fn func(name string) e
 	return ctx.Err()
 }
 
-// check initializes c and refuses names a Cacher must never be asked for.
+// check initializes c and refuses names a Cacher must never be asked for,
+// and every request while the store is taken for unresponsive.
 func (c *Cacher) check(op, name string) error {
 	if err := c.Init(); err != nil {
 		return err
 	}
 	if err := checkName(name); err != nil {
 		return &fs.PathError{Op: op, Path: name, Err: err}
+	}
+	if err := c.unresponsive.refuse(); err != nil {
+		return &fs.PathError{Op: "s3 " + op, Path: name, Err: err}
 	}
 	return nil
 }

@@ -99,8 +99,25 @@ func resolveS3(c *S3Config, key string, cache bool, getenv func(string) string, 
 // nests reports whether the keys of s and o overlap: the same bucket, and
 // one prefix a prefix of the other's (the bucket's root nests all).
 func (s *s3Spec) nests(o *s3Spec) bool {
-	return s != nil && o != nil && s.Endpoint == o.Endpoint && s.Bucket == o.Bucket &&
+	return s != nil && o != nil && sameEndpoint(s.Endpoint, o.Endpoint) && s.Bucket == o.Bucket &&
 		(strings.HasPrefix(s.Prefix, o.Prefix) || strings.HasPrefix(o.Prefix, s.Prefix))
+}
+
+// sameEndpoint reports whether two Endpoints name one store however they
+// are spelled: s3cacher reads empty as AWS S3 and a bare host as HTTPS,
+// host names are not case-sensitive, and a trailing slash is allowed. An
+// overlap missed would let one store's eviction remove the other's files.
+func sameEndpoint(a, b string) bool {
+	canonical := func(e string) string {
+		if e == "" {
+			e = "s3.amazonaws.com"
+		}
+		if !strings.Contains(e, "://") {
+			e = "https://" + e
+		}
+		return strings.ToLower(strings.TrimSuffix(e, "/"))
+	}
+	return canonical(a) == canonical(b)
 }
 
 // String names the store in messages and /readyz.

@@ -239,3 +239,21 @@ func TestValidateChecksBuckets(t *testing.T) {
 		}
 	}
 }
+
+func TestBucketsOverlapHoweverTheirEndpointIsSpelled(t *testing.T) {
+	for _, tc := range []struct{ a, b string }{
+		{"", "https://s3.amazonaws.com"},
+		{"s3.amazonaws.com", "https://S3.amazonaws.com/"},
+		{"http://minio:9000", "http://MinIO:9000/"},
+	} {
+		a := &s3Spec{Endpoint: tc.a, Bucket: "b", Prefix: "cache/"}
+		b := &s3Spec{Endpoint: tc.b, Bucket: "b", Prefix: "cache/corp/"}
+		if !a.nests(b) || !b.nests(a) {
+			t.Errorf("%q and %q: overlap not found", tc.a, tc.b)
+		}
+	}
+	a := &s3Spec{Endpoint: "http://minio:9000", Bucket: "b", Prefix: "cache/"}
+	if b := (&s3Spec{Endpoint: "https://minio:9000", Bucket: "b", Prefix: "cache/"}); a.nests(b) {
+		t.Error("http and https on one host taken for one store")
+	}
+}

@@ -37,6 +37,7 @@ func Run(t *testing.T, newCacher func(t *testing.T) goproxy.Cacher) {
 	t.Run("a failed put leaves the old content", func(t *testing.T) { t.Parallel(); testFailedPut(t, newCacher(t)) })
 	t.Run("files seek and read anywhere", func(t *testing.T) { t.Parallel(); testSeek(t, newCacher(t)) })
 	t.Run("modtime is when the content was stored", func(t *testing.T) { t.Parallel(); testModTime(t, newCacher(t)) })
+	t.Run("put keeps the modtime the content carries", func(t *testing.T) { t.Parallel(); testKeptModTime(t, newCacher(t)) })
 	t.Run("etag is strong and follows the content", func(t *testing.T) { t.Parallel(); testETag(t, newCacher(t)) })
 	t.Run("stat describes without opening", func(t *testing.T) { t.Parallel(); testStat(t, newCacher(t)) })
 	t.Run("delete removes and forgives a miss", func(t *testing.T) { t.Parallel(); testDelete(t, newCacher(t)) })
@@ -188,6 +189,39 @@ func testModTime(t *testing.T, c goproxy.Cacher) {
 	defer f.Close()
 	if m := f.ModTime(); m.Before(before.Add(-clockSlack)) || m.After(after.Add(clockSlack)) {
 		t.Errorf("ModTime %v is not between the Put's start %v and end %v", m, before, after)
+	}
+}
+
+// timedContent is content with the time it was fetched, as the proxy
+// gives Put.
+type timedContent struct {
+	io.ReadSeeker
+	modTime time.Time
+}
+
+func (c timedContent) ModTime() time.Time { return c.modTime }
+
+// testKeptModTime: the answer that fetched a file is validated by its
+// fetch time, so the answers from the cache must report that time too,
+// exactly, whatever time the store records itself.
+func testKeptModTime(t *testing.T, c goproxy.Cacher) {
+	// An hour ago, to the microsecond, which every file system keeps.
+	fetched := time.Now().Add(-time.Hour).Truncate(time.Microsecond).Add(123 * time.Microsecond)
+	if err := c.Put(t.Context(), listName, timedContent{bytes.NewReader([]byte("v1.0.0\n")), fetched}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := c.Get(t.Context(), listName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if m := f.ModTime(); !m.Equal(fetched) {
+		t.Errorf("ModTime %v, want %v, the content's", m, fetched)
+	}
+	if s, ok := c.(goproxy.CacheStater); ok {
+		if fi, err := s.Stat(t.Context(), listName); err != nil || !fi.ModTime().Equal(fetched) {
+			t.Errorf("Stat: %v, %v; want the content's ModTime %v", fi, err, fetched)
+		}
 	}
 }
 
