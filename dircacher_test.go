@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestCacherNamesCannotEscape(t *testing.T) {
@@ -175,5 +176,79 @@ func TestMemCacherEvictsLeastRecentlyUsed(t *testing.T) {
 	put("a") // replacing an entry does not count it twice
 	if n := c.cache().Size(); n != 30 {
 		t.Errorf("size %d, want 30", n)
+	}
+}
+
+// fileBackedContent returns content of n pseudo-random bytes as the proxy
+// stores a downloaded zip: the whole of a file on disk.
+func fileBackedContent(t testing.TB, n int, modTime time.Time) (fileContent, []byte) {
+	want := make([]byte, n)
+	for i := range want {
+		want[i] = byte(i*7 + i>>9)
+	}
+	f, err := os.Create(filepath.Join(t.TempDir(), "download"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	f.Write(want)
+	return fileContent{timedReader{io.NewSectionReader(f, 0, int64(n)), modTime}, f, int64(n)}, want
+}
+
+func TestDirCacherStoresAFileBackedContentWhole(t *testing.T) {
+	mod := time.Date(2024, 6, 1, 0, 0, 0, 0, time.UTC)
+	content, want := fileBackedContent(t, 3*copyFileChunk/2+5, mod)
+	// The descriptor's own offset is not where copies start.
+	content.file.Seek(1000, io.SeekStart)
+	check := func(c DirCacher, name string) {
+		t.Helper()
+		cf, err := c.Get(context.Background(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cf.Close()
+		got, _ := io.ReadAll(cf)
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s: %d bytes stored, not the %d of the file", name, len(got), len(want))
+		}
+		if !cf.ModTime().Equal(mod) {
+			t.Errorf("%s: ModTime %v, want %v", name, cf.ModTime(), mod)
+		}
+	}
+	c := DirCacher(t.TempDir())
+	if err := c.Put(context.Background(), "a/@v/v1.0.0.zip", content); err != nil {
+		t.Fatal(err)
+	}
+	check(c, "a/@v/v1.0.0.zip")
+	// Another file under the name now: the content is read as content.
+	name := content.file.Name()
+	os.Rename(name, name+".moved")
+	os.WriteFile(name, []byte("another file"), 0o644)
+	if err := c.Put(context.Background(), "b/@v/v1.0.0.zip", content); err != nil {
+		t.Fatal(err)
+	}
+	check(c, "b/@v/v1.0.0.zip")
+}
+
+// BenchmarkDirCacherPutFile stores a 64 MB downloaded zip, file to file,
+// against the same bytes read through the content as a reader.
+func BenchmarkDirCacherPutFile(b *testing.B) {
+	content, _ := fileBackedContent(b, 64<<20, time.Time{})
+	for _, bc := range []struct {
+		name    string
+		content io.ReadSeeker
+	}{
+		{"file", content},
+		{"reader", content.timedReader},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			c := DirCacher(b.TempDir())
+			b.SetBytes(content.size)
+			for b.Loop() {
+				if err := c.Put(context.Background(), "a/@v/v1.0.0.zip", bc.content); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"sync/atomic"
 	"time"
 )
@@ -274,7 +275,11 @@ func (p *Proxy) store(ctx context.Context, req *request, f *fetched) {
 	if f.unverified {
 		return
 	}
-	if err := p.conf.cacher.Put(ctx, req.name, timedReader{f.reader(), f.modTime}); err != nil {
+	var content io.ReadSeeker = timedReader{f.reader(), f.modTime}
+	if f.file != nil {
+		content = fileContent{timedReader{f.reader(), f.modTime}, f.file, f.size}
+	}
+	if err := p.conf.cacher.Put(ctx, req.name, content); err != nil {
 		// What is served was validated; the next request tries again.
 		p.logger().LogAttrs(ctx, slog.LevelError, "cache put failed", slog.String("file", req.name), slog.String("error", err.Error()))
 		p.conf.metrics.storeError(StoreErrorMetric{Role: StoreCache, Op: StorePut})
@@ -313,3 +318,15 @@ func (t timedReader) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return 0, errors.ErrUnsupported
 }
+
+// fileContent is content for Cacher.Put that is the whole of a file on
+// disk (a downloaded zip, verified, which nothing writes any more): a
+// DirCacher copies it file to file, in the kernel where the system can.
+type fileContent struct {
+	timedReader
+	file *os.File
+	size int64
+}
+
+// backingFile returns the file whose first size bytes are the content.
+func (c fileContent) backingFile() (*os.File, int64) { return c.file, c.size }

@@ -206,7 +206,7 @@ func (z *zipScanner) entry() error {
 		if csize != usize {
 			return fmt.Errorf("%s: stored with sizes %d and %d", e.name, csize, usize)
 		}
-		if err := z.copyData(io.LimitReader(z, int64(csize)), int64(csize)); err != nil {
+		if err := z.storedData(csize); err != nil {
 			return fmt.Errorf("%s: %w", e.name, err)
 		}
 		e.csize, e.usize = csize, usize
@@ -267,6 +267,24 @@ func (z *zipScanner) copyData(r io.Reader, want int64) error {
 		return io.ErrUnexpectedEOF
 	}
 	z.lastUsize = uint64(n)
+	return nil
+}
+
+// storedData hashes n bytes of stored data where the read-ahead buffer
+// holds them, as they arrive: copied out first, the bytes of a large zip
+// cost a pass over memory more than the hash itself.
+func (z *zipScanner) storedData(n uint64) error {
+	for n > 0 {
+		if z.br.Buffered() == 0 {
+			// One read of what has arrived, not a buffer's worth.
+			if _, err := z.br.Peek(1); err != nil {
+				return noEOF(err)
+			}
+		}
+		b, _ := z.br.Peek(int(min(n, uint64(z.br.Buffered()))))
+		n -= uint64(len(b))
+		z.hashStored(b)
+	}
 	return nil
 }
 

@@ -19,6 +19,10 @@ type heapResult struct {
 	firstByte time.Duration // until the first byte of the body arrived
 	received  int64
 	samples   int
+	// cpu is the process's CPU time (user and system, every goroutine:
+	// client, proxy, upstream) over the transfer: what it cost the
+	// machine, which other work on it moves less than the elapsed time.
+	cpu time.Duration
 }
 
 const (
@@ -67,6 +71,7 @@ func measureDownload(url string, want int64, interval time.Duration) heapResult 
 		}
 	}()
 
+	cpu0 := processCPU()
 	start := time.Now()
 	resp, err := client.Get(url)
 	header := time.Since(start)
@@ -96,6 +101,7 @@ func measureDownload(url string, want int64, interval time.Duration) heapResult 
 	}
 	resp.Body.Close()
 	elapsed := time.Since(start)
+	cpu := processCPU() - cpu0
 	close(stop)
 	pk := <-peakc
 	_, allocs1 := readHeap()
@@ -105,10 +111,10 @@ func measureDownload(url string, want int64, interval time.Duration) heapResult 
 	if n != want {
 		fatalf("big download: got %d bytes, want %d", n, want)
 	}
-	return heapResult{peak: pk[0] - base, allocs: allocs1 - allocs0, elapsed: elapsed, header: header, firstByte: firstByte, received: n, samples: int(pk[1])}
+	return heapResult{peak: pk[0] - base, allocs: allocs1 - allocs0, elapsed: elapsed, header: header, firstByte: firstByte, received: n, samples: int(pk[1]), cpu: cpu}
 }
 
 func (r heapResult) String() string {
-	return fmt.Sprintf("peak %s over baseline, %s allocated, %s for %d bytes (%.0f MB/s; header after %s, first byte after %s), %d samples",
-		mib(r.peak), mib(r.allocs), secs(r.elapsed), r.received, float64(r.received)/1e6/r.elapsed.Seconds(), secs(r.header), secs(r.firstByte), r.samples)
+	return fmt.Sprintf("peak %s over baseline, %s allocated, %s for %d bytes (%.0f MB/s; header after %s, first byte after %s; CPU %s), %d samples",
+		mib(r.peak), mib(r.allocs), secs(r.elapsed), r.received, float64(r.received)/1e6/r.elapsed.Seconds(), secs(r.header), secs(r.firstByte), secs(r.cpu), r.samples)
 }

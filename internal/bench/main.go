@@ -39,7 +39,9 @@
 //     64 MiB, sampled every -interval with runtime/metrics
 //     (/memory/classes/heap/objects:bytes) over the level before the
 //     download, everything in this process (client, proxy, upstream)
-//     included.
+//     included. Each download also reports the process's CPU time over
+//     it (getrusage), which says what the proxy costs the machine when
+//     other work on it moves the elapsed times.
 //  3. The same zip from an upstream pacing every connection at -connrate
 //     (moduletest.Faults.BytesPerSecond), through a proxy with its default
 //     settings against one with DownloadOptions.Connections = 1, -dlreps
