@@ -25,9 +25,9 @@ import (
 // cache with [CacheInfoWalker] and removes with [CacheUnchangedDeleter]
 // (DirCacher and MemCacher have both). Runs never hold anything a request
 // waits for. Of several proxies sharing a store that grants leases
-// ([CacheLeaser], such as an object store), the one holding the lease
-// "eviction" runs for all, keeping it from run to run until it closes or
-// dies; the others' runs do nothing.
+// ([CacheLeaser], such as an object store), a run takes the lease
+// "eviction" and gives it up at its end, so one runs at a time for all;
+// the others' runs meanwhile do nothing.
 //
 // A module version's .info, .mod and .zip go together, as one entry whose
 // last use is the latest of its files', the .zip first and the .info last:
@@ -129,12 +129,11 @@ type evictor struct {
 	minGap  time.Duration // minTriggerGap, shorter in tests
 
 	// lease takes the eviction lease of a store shared with other
-	// proxies (a CacheLeaser), nil for others; leased releases it once
-	// taken. The lease is kept from run to run: the proxy that has it
-	// evicts for all, every Interval, and another takes over when it
-	// stops or dies.
-	lease  func(ctx context.Context, name string) (func(), error)
-	leased func()
+	// proxies (a CacheLeaser), nil for others. It is taken for each run
+	// and given up at its end, never kept from run to run: a proxy cut
+	// off from the store longer than the lease lasts cannot tell that
+	// another took it over, and would go on evicting beside it.
+	lease func(ctx context.Context, name string) (func(), error)
 
 	total   atomic.Int64 // the last run's total, -1 before the first
 	stored  atomic.Int64 // bytes stored since the last run began
@@ -215,35 +214,31 @@ func (e *evictor) start() {
 	}()
 }
 
-// stop ends the runs, interrupting one under way, and gives the eviction
-// lease up.
+// stop ends the runs, interrupting one under way (which gives the
+// eviction lease up).
 func (e *evictor) stop() {
 	if e.cancel != nil {
 		e.cancel()
 		<-e.done
 	}
-	if e.leased != nil {
-		e.leased()
-		e.leased = nil
-	}
 }
 
 // ourTurn reports whether this proxy is to evict: always, unless the
 // store is shared with other proxies and another has the eviction lease.
-func (e *evictor) ourTurn(ctx context.Context) (bool, error) {
-	if e.lease == nil || e.leased != nil {
-		return true, nil
+// When it is, release gives the lease up at the end of the run.
+func (e *evictor) ourTurn(ctx context.Context) (ours bool, release func(), err error) {
+	if e.lease == nil {
+		return true, func() {}, nil
 	}
-	release, err := e.lease(ctx, "eviction")
+	release, err = e.lease(ctx, "eviction")
 	if errors.Is(err, ErrLeaseHeld) {
 		e.logger.LogAttrs(ctx, slog.LevelDebug, "eviction left to another proxy sharing the cache", slog.String("lease", err.Error()))
-		return false, nil
+		return false, nil, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("taking the eviction lease: %w", err)
+		return false, nil, fmt.Errorf("taking the eviction lease: %w", err)
 	}
-	e.leased = release
-	return true, nil
+	return true, release, nil
 }
 
 // noteStored counts a write of size bytes, starting a run if it takes the
@@ -293,9 +288,11 @@ type evictionUnit struct {
 // the eviction lease runs; the others' runs do nothing.
 func (e *evictor) run(ctx context.Context) (evictionRun, error) {
 	var res evictionRun
-	if ours, err := e.ourTurn(ctx); !ours {
+	ours, release, err := e.ourTurn(ctx)
+	if !ours {
 		return res, err
 	}
+	defer release()
 	e.stored.Store(0)
 	now := e.now()
 	type usage struct {
@@ -305,7 +302,7 @@ func (e *evictor) run(ctx context.Context) (evictionRun, error) {
 	var usages []usage
 	var total int64
 	var entries int
-	err := e.walkUnits(ctx, func(u *evictionUnit) error {
+	err = e.walkUnits(ctx, func(u *evictionUnit) error {
 		var files int
 		var bytes int64
 		if !u.protected && e.cfg.MaxAge > 0 && now.Sub(u.lastUse) > e.cfg.MaxAge {
