@@ -408,3 +408,36 @@ func TestAToolchainStreamedIsAbortedWhenTheChecksumDatabaseDisagrees(t *testing.
 		}
 	}
 }
+
+// A body that is nothing but local entries (no central directory, no end
+// record) is followed by the scan to its last byte. The last byte must
+// still wait for the verdict: released whole, the client would read a
+// complete answer to the end, and the failure that follows could no
+// longer reach it.
+func TestABodyOfLocalEntriesOnlyIsAbortedNotCompleted(t *testing.T) {
+	const m = "example.com/large@v1.0.0/"
+	random := make([]byte, 3<<20)
+	for i := range random {
+		random[i] = byte(i*31) ^ byte(i>>9)
+	}
+	full := buildZip(t,
+		zipEntry{name: m + "go.mod", body: []byte("module example.com/large\n"), method: zip.Store, raw: true},
+		zipEntry{name: m + "data.bin", body: random, method: zip.Store, raw: true})
+	z := full[:centralDirOffset(t, full)]
+	up := newUpstream(t, map[string][]byte{largeZipPath: z})
+	faults := &moduletest.Faults{BytesPerSecond: 4 << 20}
+	upSrv := httptest.NewServer(faults.Wrap(up.Handler()))
+	defer closeNow(upSrv)
+	db := newTestSumDB(t, nil)
+	p := newVerifyingProxy(t, upSrv.URL, db)
+	srv := httptest.NewServer(p)
+	defer closeNow(srv)
+	c := startClient(t, srv.URL+largeZipPath)
+	c.wait(t)
+	if c.got.Load() == 0 {
+		t.Fatal("nothing was streamed: the test proves nothing")
+	}
+	if c.err == nil {
+		t.Fatalf("%d, %d of %d bytes read to the end; want the connection cut", c.status, len(c.body), len(z))
+	}
+}
