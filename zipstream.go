@@ -218,8 +218,15 @@ func (s *zipStream) scanned(ctx context.Context) *zipScan {
 // clients may hold already, now owning the download's file.
 func (s *zipStream) downloaded(f *fetched, err error) (*fetched, error) {
 	s.mu.Lock()
-	res := s.res
+	res, published := s.res, s.published
 	s.mu.Unlock()
+	if err == nil && published && (res.file != f.file || res.size != f.size) {
+		// Started over with an answer of unknown length (which begin
+		// never saw), and it came with another: the clients were told
+		// the old one, and must not get a prefix of this file as if whole,
+		// nor wait forever for bytes it does not have.
+		return f, errReleasedChanged
+	}
 	if err != nil || res == nil || res.file != f.file || res.size != f.size {
 		// Never begun (an answer of unknown size), or failed: what
 		// the download gave, if anything.
@@ -321,6 +328,11 @@ func (s *zipStream) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		n, err := io.Copy(w, &io.LimitedReader{R: f, N: released - off})
 		off += n
+		if err == nil && n == 0 {
+			// The file is shorter than what was released: never so,
+			// but looping on it would spin.
+			panic(http.ErrAbortHandler)
+		}
 		if err != nil {
 			// The client went away, or the file could not be read: the
 			// answer, short of its Content-Length, ends the connection.

@@ -441,3 +441,57 @@ func TestABodyOfLocalEntriesOnlyIsAbortedNotCompleted(t *testing.T) {
 		t.Fatalf("%d, %d of %d bytes read to the end; want the connection cut", c.status, len(c.body), len(z))
 	}
 }
+
+// A download that starts over after bytes reached clients may get an
+// answer of unknown length (no validators, no Content-Length), which
+// cannot be held to the size the clients were told before it is read.
+// It must still be held to it after: the clients got a Content-Length,
+// and a file of another length is another file, even one that begins with
+// the bytes they have.
+func TestRestartWithAnAnswerOfUnknownLengthKeepsTheSizeClientsWereTold(t *testing.T) {
+	a := largeZip(t, 2<<20, 1)
+	for _, tt := range []struct {
+		name  string
+		again []byte
+	}{
+		{"longer", largeZip(t, 3<<20, 1)},
+		{"shorter", largeZip(t, 3<<19, 1)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if !bytes.Equal(a[:1<<20], tt.again[:1<<20]) {
+				t.Fatal("the second zip does not begin with the bytes of the first")
+			}
+			clientHasBytes := make(chan struct{})
+			var served atomic.Int32
+			upstream := httptest.NewServer(cutAnswers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if served.Add(1) > 1 {
+					// Whole, streamed: no validators, no length.
+					<-clientHasBytes
+					w.WriteHeader(http.StatusOK)
+					for b := tt.again; len(b) > 0; {
+						n := min(len(b), 64<<10)
+						w.Write(b[:n])
+						w.(http.Flusher).Flush()
+						b = b[n:]
+					}
+					return
+				}
+				w.Header().Set("ETag", `"a"`)
+				http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(a))
+			}), 1<<20, firstOnly()))
+			defer closeNow(upstream)
+			p := newTestProxy(t, upstream.URL)
+			srv := httptest.NewServer(p)
+			defer closeNow(srv)
+			c := startClient(t, srv.URL+largeZipPath)
+			testwait.For(t, func() bool { return c.got.Load() > 0 })
+			close(clientHasBytes)
+			c.wait(t)
+			if c.err == nil {
+				t.Errorf("the client read %d bytes to the end (the zip it was told of has %d, the one that came %d); want its connection cut",
+					len(c.body), len(a), len(tt.again))
+			}
+			testwait.For(t, p.flights.idle)
+		})
+	}
+}
