@@ -15,6 +15,8 @@ import (
 	"io"
 	"slices"
 	"strings"
+
+	modzip "golang.org/x/mod/zip"
 )
 
 // A module zip is checked and hashed in one pass over its bytes, in order,
@@ -77,9 +79,15 @@ type zipScanner struct {
 	buf      []byte
 	sha      hash.Hash
 	crc      hash.Hash32
-	// lastUsize is how much uncompressed content copyData hashed last.
+	// lastUsize is how much uncompressed content copyData hashed last;
+	// content how much the entries scanned hold in all.
 	lastUsize uint64
+	content   int64
 }
+
+// maxScannedContent is the most uncompressed content a scan follows: what
+// golang.org/x/mod/zip allows a module's files in all.
+const maxScannedContent = modzip.MaxZipFile
 
 // scanBufferSize is the read-ahead of a scan: it must hold a data
 // descriptor looked for past a chunk of stored data.
@@ -211,8 +219,19 @@ func (z *zipScanner) entry() error {
 		}
 		e.csize, e.usize = csize, usize
 	case zip.Deflate:
+		// Inflated no further than the header's size, or than what is
+		// left of what a module's files may add up to (the directory,
+		// which must agree, is held to it): a stream that expands a
+		// thousandfold would cost minutes of CPU to follow to its end.
+		most := maxScannedContent - z.content
+		if !described {
+			most = min(most, int64(min(usize, uint64(maxScannedContent))))
+		}
 		fr := flate.NewReader(z)
-		err := z.copyData(fr, -1)
+		err := z.copyData(io.LimitReader(fr, most+1), -1)
+		if err == nil && int64(z.lastUsize) > most {
+			err = fmt.Errorf("inflates past %d bytes, the most its header or the module's size allows", most)
+		}
 		fr.Close()
 		if err != nil {
 			return fmt.Errorf("%s: %w", e.name, err)
@@ -240,6 +259,7 @@ func (z *zipScanner) entry() error {
 		z.sha.Reset()
 	}
 	z.sha.Sum(e.sum[:0])
+	z.content += int64(e.usize)
 	z.scan.entries = append(z.scan.entries, e)
 	return nil
 }
