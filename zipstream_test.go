@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -306,16 +307,18 @@ func polyglotZip(t *testing.T, n int) []byte {
 
 func TestNoReleasedPrefixHoldsAnEndRecord(t *testing.T) {
 	z := polyglotZip(t, 3<<20)
-	var sigs []int64
+	var sigs []sigRun
+	n := 0
 	for i := 0; ; {
 		j := bytes.Index(z[i:], endRecordSig)
 		if j < 0 {
 			break
 		}
-		sigs = append(sigs, int64(i+j))
+		sigs = noteSig(sigs, int64(i+j))
+		n++
 		i += j + 1
 	}
-	if len(sigs) < 2 {
+	if n < 2 {
 		t.Fatal("the zip holds no end record but its own")
 	}
 	for r := int64(0); r <= int64(len(z)); r += 4099 {
@@ -493,5 +496,87 @@ func TestRestartWithAnAnswerOfUnknownLengthKeepsTheSizeClientsWereTold(t *testin
 			}
 			testwait.For(t, p.flights.idle)
 		})
+	}
+}
+
+// The scan notes where the bytes hold an end record's signature, to
+// withhold what surrounds it; only those within endRecordWindow of what
+// may still be released matter. A hostile zip whose data is nothing but
+// signatures must not make the notes grow with the zip (8 bytes for every
+// 4 of it), nor each release go over all of them.
+func TestTheEndRecordSignaturesNotedStayBounded(t *testing.T) {
+	const m = "example.com/large@v1.0.0/"
+	data := bytes.Repeat(endRecordSig, 4<<20) // 16 MiB
+	z := buildZip(t,
+		zipEntry{name: m + "go.mod", body: []byte("module example.com/large\n"), method: zip.Store, raw: true},
+		zipEntry{name: m + "sigs.bin", body: data, method: zip.Store, raw: true})
+	f, err := os.CreateTemp(t.TempDir(), "zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(z); err != nil {
+		t.Fatal(err)
+	}
+	s := newZipStream(nil)
+	s.f, s.size, s.filled = f, int64(len(z)), int64(len(z))
+	src := &scanSource{s: s}
+	most := 0
+	progress := s.scanProgress(0, src)
+	scan := scanZip(src, func(pos int64) {
+		progress(pos)
+		most = max(most, len(src.sigs))
+	})
+	if scan.err != nil {
+		t.Fatal(scan.err)
+	}
+	if most > 2 {
+		t.Errorf("%d runs of signatures noted at once, for the %d signatures of the zip; want one", most, len(data)/4)
+	}
+	_, released, _ := s.state()
+	if released == 0 || released > centralDirOffset(t, z) {
+		t.Errorf("released %d bytes", released)
+	}
+	if tail := z[max(0, released-endRecordWindow):released]; bytes.Contains(tail, endRecordSig) {
+		t.Errorf("the %d bytes released hold an end record within the last %d", released, endRecordWindow)
+	}
+}
+
+// safeRelease over runs of signatures gives what the rule gives applied
+// signature by signature: the release stops just inside each signature
+// complete within the window of where it would end, from the last one
+// back.
+func TestSafeReleaseOverRunsIsTheRuleSignatureBySignature(t *testing.T) {
+	rule := func(r int64, sigs []int64) int64 {
+		for i := len(sigs) - 1; i >= 0; i-- {
+			if sig := sigs[i]; sig+4 <= r && sig >= r-endRecordWindow {
+				r = sig + 3
+			}
+		}
+		return r
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 200 {
+		var sigs []int64
+		var runs []sigRun
+		off := int64(rng.IntN(3 * endRecordWindow))
+		for range rng.IntN(40) {
+			sigs = append(sigs, off)
+			runs = noteSig(runs, off)
+			switch rng.IntN(4) { // dense, near the window's edge, far
+			case 0:
+				off += 4 + int64(rng.IntN(64))
+			case 1:
+				off += endRecordWindow - 8 + int64(rng.IntN(16))
+			default:
+				off += 4 + int64(rng.IntN(3*endRecordWindow))
+			}
+		}
+		for range 200 {
+			r := int64(rng.IntN(int(off + 2*endRecordWindow)))
+			if got, want := safeRelease(r, runs), rule(r, sigs); got != want {
+				t.Fatalf("round %d: safeRelease(%d) = %d, want %d (signatures %v)", round, r, got, want, sigs)
+			}
+		}
 	}
 }
