@@ -355,40 +355,60 @@ func (z *zipScanner) storedUntilDescriptor(e *scannedEntry, zip64 bool) error {
 		if len(b) < descLen {
 			return fmt.Errorf("%s: no data descriptor found: %w", e.name, noEOF(err))
 		}
-		i := bytes.Index(b, sig)
-		if i < 0 {
-			// Keep what may be the start of a signature.
-			k := len(b) - (len(sig) - 1)
-			z.hashStored(b[:k])
-			n += uint64(k)
-			continue
-		}
-		if i+descLen > len(b) {
-			if i == 0 {
-				return fmt.Errorf("%s: no data descriptor found: %w", e.name, noEOF(err))
+		// The signatures in b are tried in turn, b consumed once: a
+		// false one costs no more than the data it is.
+		h := 0 // of b, hashed
+		for {
+			j := bytes.Index(b[h:], sig)
+			if j < 0 {
+				// Keep what may be the start of a signature.
+				k := max(h, len(b)-(len(sig)-1))
+				z.hashOnly(b[h:k])
+				h = k
+				break
 			}
-			z.hashStored(b[:i])
-			n += uint64(i)
-			continue
+			i := h + j
+			z.hashOnly(b[h:i])
+			h = i
+			if i+descLen > len(b) {
+				break // read on to have it whole
+			}
+			d := b[i+4 : i+descLen]
+			crc := binary.LittleEndian.Uint32(d)
+			csize, usize := uint64(binary.LittleEndian.Uint32(d[4:])), uint64(binary.LittleEndian.Uint32(d[8:]))
+			if zip64 {
+				csize, usize = binary.LittleEndian.Uint64(d[4:]), binary.LittleEndian.Uint64(d[12:])
+			}
+			if size := n + uint64(h); crc == z.crc.Sum32() && csize == size && usize == size {
+				z.consume(h)
+				z.br.Discard(descLen)
+				z.pos += int64(descLen)
+				e.csize, e.usize = size, size
+				return nil
+			}
+			// The signature is data.
+			z.hashOnly(b[i : i+1])
+			h = i + 1
 		}
-		z.hashStored(b[:i])
-		n += uint64(i)
-		d := b[i+4 : i+descLen]
-		crc := binary.LittleEndian.Uint32(d)
-		csize, usize := uint64(binary.LittleEndian.Uint32(d[4:])), uint64(binary.LittleEndian.Uint32(d[8:]))
-		if zip64 {
-			csize, usize = binary.LittleEndian.Uint64(d[4:]), binary.LittleEndian.Uint64(d[12:])
+		if h == 0 {
+			return fmt.Errorf("%s: no data descriptor found: %w", e.name, noEOF(err))
 		}
-		if crc == z.crc.Sum32() && csize == n && usize == n {
-			z.br.Discard(descLen)
-			z.pos += int64(descLen)
-			e.csize, e.usize = n, n
-			return nil
-		}
-		// The signature is data.
-		z.hashStored(b[i : i+1])
-		n++
+		n += uint64(h)
+		z.consume(h)
 	}
+}
+
+// hashOnly hashes stored data that br holds, without consuming it.
+func (z *zipScanner) hashOnly(b []byte) {
+	z.sha.Write(b)
+	z.crc.Write(b)
+}
+
+// consume consumes n bytes of stored data that br holds, hashed already.
+func (z *zipScanner) consume(n int) {
+	z.br.Discard(n)
+	z.pos += int64(n)
+	z.report()
 }
 
 // hashStored hashes stored data that br holds, and consumes it; b must

@@ -338,3 +338,26 @@ func TestZipScanStopsAnEntryAtTheSizeItsHeaderGives(t *testing.T) {
 		t.Errorf("the scan read %d of the %d compressed bytes before it refused the entry (%v)", scan.end, len(stream), scan.err)
 	}
 }
+
+// A stored entry sized only by its data descriptor is followed to the
+// descriptor's signature; a zip whose data is full of that signature must
+// not cost a report of progress (a release, a wake-up of every client
+// streaming the zip) for each false one.
+func TestZipScanReportsAFalseDescriptorSignatureNoMoreThanData(t *testing.T) {
+	const m = "example.com/large@v1.0.0/"
+	data := bytes.Repeat([]byte("PK\x07\x08"), 1<<20) // 4 MiB
+	z := buildZip(t,
+		zipEntry{name: m + "go.mod", body: []byte("module example.com/large\n"), method: zip.Store},
+		zipEntry{name: m + "sigs.bin", body: data, method: zip.Store})
+	reports := 0
+	scan := scanZip(bytes.NewReader(z), func(int64) { reports++ })
+	if scan.err != nil {
+		t.Fatal(scan.err)
+	}
+	if err := scan.crossCheck(bytes.NewReader(z), int64(len(z))); err != nil {
+		t.Fatal(err)
+	}
+	if limit := len(z) / 4096; reports > limit {
+		t.Errorf("%d reports of progress for a %d-byte zip; want at most %d", reports, len(z), limit)
+	}
+}
