@@ -44,7 +44,7 @@ func (d DirCacher) Get(ctx context.Context, name string) (CachedFile, error) {
 		f.Close()
 		return nil, &fs.PathError{Op: "get", Path: name, Err: fs.ErrNotExist}
 	}
-	return &dirFile{File: f, modTime: fi.ModTime(), size: fi.Size()}, nil
+	return &dirFile{File: f, modTime: fi.ModTime(), size: fi.Size(), info: fi}, nil
 }
 
 // Put implements [Cacher].
@@ -416,6 +416,9 @@ type dirFile struct {
 	*os.File
 	modTime time.Time
 	size    int64
+	// info identifies the file (os.SameFile): every Put makes a new one,
+	// whose time may be the old one's when the clock is coarse.
+	info fs.FileInfo
 }
 
 func (f *dirFile) ModTime() time.Time { return f.modTime }

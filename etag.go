@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"sync"
 	"time"
 
@@ -66,9 +68,12 @@ func weakETag(etag string) string {
 // before it is read (a DirCacher's) is not even read again. A version list
 // answering conditional requests, not in the hot tier (it is mutable),
 // then costs a stat. Files are replaced whole, with a new modification
-// time: a file of the same name, time and size is the same file. A store
-// keeping whole seconds (where a file rewritten within the second may
-// keep its size) is not memoised. Its zero value is ready for use.
+// time, but a time the file system takes from its clock may repeat (Linux
+// stamps files from a clock that ticks every few milliseconds): a file
+// on disk is known by its identity too (os.SameFile), which every Put
+// makes new. A store keeping whole seconds (where a file rewritten within
+// the second may keep its size) is not memoised. Its zero value is ready
+// for use.
 type storedMemo struct {
 	once  sync.Once
 	files *lru.Cache[*storedFile]
@@ -77,6 +82,7 @@ type storedMemo struct {
 // storedFile is a file of a storedMemo.
 type storedFile struct {
 	modTime, size int64
+	ident         fs.FileInfo // of a file on disk, else nil
 	etag          string
 	data          []byte // never modified; nil when only the digest is kept
 }
@@ -91,31 +97,41 @@ func (m *storedMemo) cache() *lru.Cache[*storedFile] {
 	return m.files
 }
 
-// lookup returns the file name with that modification time and size, if
-// it is remembered with its bytes.
-func (m *storedMemo) lookup(name string, modTime time.Time, size int64) (*storedFile, bool) {
+// lookup returns the file name with that modification time, size and
+// identity (nil when not a file on disk), if it is remembered with its
+// bytes.
+func (m *storedMemo) lookup(name string, modTime time.Time, size int64, ident fs.FileInfo) (*storedFile, bool) {
 	if m == nil || modTime.Nanosecond() == 0 {
 		return nil, false
 	}
 	f, ok := m.cache().Get(name)
-	if !ok || f.modTime != modTime.UnixNano() || f.size != size || f.data == nil {
+	if !ok || !f.is(modTime, size, ident) || f.data == nil {
 		return nil, false
 	}
 	return f, true
 }
 
+// is reports whether f is the file of that modification time, size and
+// identity.
+func (f *storedFile) is(modTime time.Time, size int64, ident fs.FileInfo) bool {
+	if f.modTime != modTime.UnixNano() || f.size != size || (f.ident == nil) != (ident == nil) {
+		return false
+	}
+	return ident == nil || os.SameFile(f.ident, ident)
+}
+
 // etag returns data's digest tag, data being the content of the stored
-// file name with that modification time, and remembers it. keep says
-// whether to keep data too.
-func (m *storedMemo) etag(name string, modTime time.Time, data []byte, keep bool) string {
+// file name with that modification time and identity (nil when not a file
+// on disk), and remembers it. keep says whether to keep data too.
+func (m *storedMemo) etag(name string, modTime time.Time, ident fs.FileInfo, data []byte, keep bool) string {
 	if m == nil || modTime.Nanosecond() == 0 {
 		return digestETag(data)
 	}
 	c := m.cache()
-	if f, ok := c.Get(name); ok && f.modTime == modTime.UnixNano() && f.size == int64(len(data)) {
+	if f, ok := c.Get(name); ok && f.is(modTime, int64(len(data)), ident) {
 		return f.etag
 	}
-	f := &storedFile{modTime: modTime.UnixNano(), size: int64(len(data)), etag: digestETag(data)}
+	f := &storedFile{modTime: modTime.UnixNano(), size: int64(len(data)), ident: ident, etag: digestETag(data)}
 	if keep {
 		f.data = data
 	}

@@ -102,9 +102,13 @@ func storedContent(req *request, cf CachedFile, o provenance, memo *storedMemo) 
 	var data []byte
 	var err error
 	df, sized := cf.(*dirFile)
+	var ident fs.FileInfo
+	if sized {
+		ident = df.info
+	}
 	switch {
 	case sized && df.size <= req.maxSize():
-		if f, ok := memo.lookup(req.name, modTime, df.size); ok {
+		if f, ok := memo.lookup(req.name, modTime, df.size, ident); ok {
 			return &content{data: f.data, modTime: modTime, etag: f.etag, from: o, close: func() {}}, nil
 		}
 		// Its size is known: one read, no buffer grown on the way.
@@ -120,7 +124,7 @@ func storedContent(req *request, cf CachedFile, o provenance, memo *storedMemo) 
 	if int64(len(data)) > req.maxSize() {
 		return nil, fmt.Errorf("%s is larger than its limit of %d bytes", req.name, req.maxSize())
 	}
-	return &content{data: data, modTime: modTime, etag: memo.etag(req.name, modTime, data, sized), from: o, close: func() {}}, nil
+	return &content{data: data, modTime: modTime, etag: memo.etag(req.name, modTime, ident, data, sized), from: o, close: func() {}}, nil
 }
 
 // fetchedContent is what a fetch brought, served until release to a

@@ -5,6 +5,8 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -80,5 +82,47 @@ func TestWhatAFetchStoresCanBeReadAtOffsets(t *testing.T) {
 			t.Errorf("%s was stored from content with %s", name, problem)
 		}
 		cache.mu.Unlock()
+	}
+}
+
+// A file system's clock may be coarser than its time stamps (Linux sets
+// them from a clock that ticks every few milliseconds), so a file written
+// without a time of its own (the checksum database's latest tree is) and
+// rewritten within a tick, at the same size, keeps its time: the memo
+// must still tell the new file from the old.
+func TestTheStoredMemoTellsAFileRewrittenWithinATickOfTheClock(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	d := DirCacher(dir)
+	p := newTestProxy(t, "off")
+	req, err := p.parseRequest("/example.com/a/@v/list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var memo storedMemo
+	read := func() string {
+		t.Helper()
+		cf, err := d.Get(ctx, req.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := storedContent(req, cf, fromCache, &memo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(c.data)
+	}
+	stamp := time.Date(2026, 1, 2, 3, 4, 5, 6000000, time.UTC)
+	for _, list := range []string{"v1.0.0\n", "v1.0.1\n"} {
+		if err := d.Put(ctx, req.name, bytes.NewReader([]byte(list))); err != nil {
+			t.Fatal(err)
+		}
+		// As the coarse clock would have it: the same time both times.
+		if err := os.Chtimes(filepath.Join(dir, req.name), stamp, stamp); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(); got != list {
+			t.Fatalf("read %q after storing %q", got, list)
+		}
 	}
 }

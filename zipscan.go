@@ -15,6 +15,8 @@ import (
 	"io"
 	"slices"
 	"strings"
+
+	modzip "golang.org/x/mod/zip"
 )
 
 // A module zip is checked and hashed in one pass over its bytes, in order,
@@ -77,9 +79,15 @@ type zipScanner struct {
 	buf      []byte
 	sha      hash.Hash
 	crc      hash.Hash32
-	// lastUsize is how much uncompressed content copyData hashed last.
+	// lastUsize is how much uncompressed content copyData hashed last;
+	// content how much the entries scanned hold in all.
 	lastUsize uint64
+	content   int64
 }
+
+// maxScannedContent is the most uncompressed content a scan follows: what
+// golang.org/x/mod/zip allows a module's files in all.
+const maxScannedContent = modzip.MaxZipFile
 
 // scanBufferSize is the read-ahead of a scan: it must hold a data
 // descriptor looked for past a chunk of stored data.
@@ -211,8 +219,19 @@ func (z *zipScanner) entry() error {
 		}
 		e.csize, e.usize = csize, usize
 	case zip.Deflate:
+		// Inflated no further than the header's size, or than what is
+		// left of what a module's files may add up to (the directory,
+		// which must agree, is held to it): a stream that expands a
+		// thousandfold would cost minutes of CPU to follow to its end.
+		most := maxScannedContent - z.content
+		if !described {
+			most = min(most, int64(min(usize, uint64(maxScannedContent))))
+		}
 		fr := flate.NewReader(z)
-		err := z.copyData(fr, -1)
+		err := z.copyData(io.LimitReader(fr, most+1), -1)
+		if err == nil && int64(z.lastUsize) > most {
+			err = fmt.Errorf("inflates past %d bytes, the most its header or the module's size allows", most)
+		}
 		fr.Close()
 		if err != nil {
 			return fmt.Errorf("%s: %w", e.name, err)
@@ -240,6 +259,7 @@ func (z *zipScanner) entry() error {
 		z.sha.Reset()
 	}
 	z.sha.Sum(e.sum[:0])
+	z.content += int64(e.usize)
 	z.scan.entries = append(z.scan.entries, e)
 	return nil
 }
@@ -335,40 +355,60 @@ func (z *zipScanner) storedUntilDescriptor(e *scannedEntry, zip64 bool) error {
 		if len(b) < descLen {
 			return fmt.Errorf("%s: no data descriptor found: %w", e.name, noEOF(err))
 		}
-		i := bytes.Index(b, sig)
-		if i < 0 {
-			// Keep what may be the start of a signature.
-			k := len(b) - (len(sig) - 1)
-			z.hashStored(b[:k])
-			n += uint64(k)
-			continue
-		}
-		if i+descLen > len(b) {
-			if i == 0 {
-				return fmt.Errorf("%s: no data descriptor found: %w", e.name, noEOF(err))
+		// The signatures in b are tried in turn, b consumed once: a
+		// false one costs no more than the data it is.
+		h := 0 // of b, hashed
+		for {
+			j := bytes.Index(b[h:], sig)
+			if j < 0 {
+				// Keep what may be the start of a signature.
+				k := max(h, len(b)-(len(sig)-1))
+				z.hashOnly(b[h:k])
+				h = k
+				break
 			}
-			z.hashStored(b[:i])
-			n += uint64(i)
-			continue
+			i := h + j
+			z.hashOnly(b[h:i])
+			h = i
+			if i+descLen > len(b) {
+				break // read on to have it whole
+			}
+			d := b[i+4 : i+descLen]
+			crc := binary.LittleEndian.Uint32(d)
+			csize, usize := uint64(binary.LittleEndian.Uint32(d[4:])), uint64(binary.LittleEndian.Uint32(d[8:]))
+			if zip64 {
+				csize, usize = binary.LittleEndian.Uint64(d[4:]), binary.LittleEndian.Uint64(d[12:])
+			}
+			if size := n + uint64(h); crc == z.crc.Sum32() && csize == size && usize == size {
+				z.consume(h)
+				z.br.Discard(descLen)
+				z.pos += int64(descLen)
+				e.csize, e.usize = size, size
+				return nil
+			}
+			// The signature is data.
+			z.hashOnly(b[i : i+1])
+			h = i + 1
 		}
-		z.hashStored(b[:i])
-		n += uint64(i)
-		d := b[i+4 : i+descLen]
-		crc := binary.LittleEndian.Uint32(d)
-		csize, usize := uint64(binary.LittleEndian.Uint32(d[4:])), uint64(binary.LittleEndian.Uint32(d[8:]))
-		if zip64 {
-			csize, usize = binary.LittleEndian.Uint64(d[4:]), binary.LittleEndian.Uint64(d[12:])
+		if h == 0 {
+			return fmt.Errorf("%s: no data descriptor found: %w", e.name, noEOF(err))
 		}
-		if crc == z.crc.Sum32() && csize == n && usize == n {
-			z.br.Discard(descLen)
-			z.pos += int64(descLen)
-			e.csize, e.usize = n, n
-			return nil
-		}
-		// The signature is data.
-		z.hashStored(b[i : i+1])
-		n++
+		n += uint64(h)
+		z.consume(h)
 	}
+}
+
+// hashOnly hashes stored data that br holds, without consuming it.
+func (z *zipScanner) hashOnly(b []byte) {
+	z.sha.Write(b)
+	z.crc.Write(b)
+}
+
+// consume consumes n bytes of stored data that br holds, hashed already.
+func (z *zipScanner) consume(n int) {
+	z.br.Discard(n)
+	z.pos += int64(n)
+	z.report()
 }
 
 // hashStored hashes stored data that br holds, and consumes it; b must

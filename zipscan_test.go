@@ -274,3 +274,90 @@ func BenchmarkZipScan(b *testing.B) {
 		}
 	}
 }
+
+// zerosDeflated returns a deflate stream of n·258+1 zero bytes, written
+// by hand (a literal, then copies of 258 bytes at distance 1, in fixed
+// Huffman codes) so that a huge expansion costs the test nothing to make.
+func zerosDeflated(n int) []byte {
+	var out []byte
+	var acc uint64
+	var nbits uint
+	bits := func(v uint64, k uint) { // LSB first
+		acc |= v << nbits
+		nbits += k
+		for nbits >= 8 {
+			out = append(out, byte(acc))
+			acc >>= 8
+			nbits -= 8
+		}
+	}
+	code := func(c uint64, k uint) { // a Huffman code, MSB first
+		for i := int(k) - 1; i >= 0; i-- {
+			bits((c>>uint(i))&1, 1)
+		}
+	}
+	bits(1, 1)    // final block
+	bits(1, 2)    // fixed Huffman codes
+	code(0x30, 8) // literal 0
+	for range n {
+		code(0xC5, 8) // length 258
+		code(0, 5)    // distance 1
+	}
+	code(0, 7) // end of block
+	if nbits > 0 {
+		out = append(out, byte(acc))
+	}
+	return out
+}
+
+// A deflated entry whose data expands far past the size its header (and
+// the directory) gives is refused once it passes that size: inflated to
+// its end, a zip of a few megabytes would cost the scan minutes of CPU
+// (and the clients waiting for its verdict as long), where archive/zip,
+// which the file would be checked with otherwise, stops at the size.
+func TestZipScanStopsAnEntryAtTheSizeItsHeaderGives(t *testing.T) {
+	const m = "example.com/bomb@v1.0.0/"
+	stream := zerosDeflated(2 << 20) // 516 MB of zeros
+	small := make([]byte, 1024)
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	w, err := zw.CreateRaw(&zip.FileHeader{Name: m + "go.mod", Method: zip.Deflate, CRC32: crc32.ChecksumIEEE(small),
+		CompressedSize64: uint64(len(stream)), UncompressedSize64: uint64(len(small))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(stream)
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	scan := scanZip(bytes.NewReader(buf.Bytes()), nil)
+	if scan.err == nil {
+		t.Fatal("the scan took the entry")
+	}
+	if scan.end > int64(len(stream)/2) {
+		t.Errorf("the scan read %d of the %d compressed bytes before it refused the entry (%v)", scan.end, len(stream), scan.err)
+	}
+}
+
+// A stored entry sized only by its data descriptor is followed to the
+// descriptor's signature; a zip whose data is full of that signature must
+// not cost a report of progress (a release, a wake-up of every client
+// streaming the zip) for each false one.
+func TestZipScanReportsAFalseDescriptorSignatureNoMoreThanData(t *testing.T) {
+	const m = "example.com/large@v1.0.0/"
+	data := bytes.Repeat([]byte("PK\x07\x08"), 1<<20) // 4 MiB
+	z := buildZip(t,
+		zipEntry{name: m + "go.mod", body: []byte("module example.com/large\n"), method: zip.Store},
+		zipEntry{name: m + "sigs.bin", body: data, method: zip.Store})
+	reports := 0
+	scan := scanZip(bytes.NewReader(z), func(int64) { reports++ })
+	if scan.err != nil {
+		t.Fatal(scan.err)
+	}
+	if err := scan.crossCheck(bytes.NewReader(z), int64(len(z))); err != nil {
+		t.Fatal(err)
+	}
+	if limit := len(z) / 4096; reports > limit {
+		t.Errorf("%d reports of progress for a %d-byte zip; want at most %d", reports, len(z), limit)
+	}
+}

@@ -112,7 +112,7 @@ func (s *zipStream) restart() int64 {
 // central directory.
 func (s *zipStream) runScan(gen int, f *os.File, size int64, done chan struct{}) {
 	src := &scanSource{s: s, gen: gen}
-	scan := scanZip(src, func(pos int64) { s.progress(gen, pos, src.sigs) })
+	scan := scanZip(src, s.scanProgress(gen, src))
 	if scan.err == nil {
 		if err := s.waitFilled(gen, size); err != nil {
 			scan.err = err
@@ -128,19 +128,37 @@ func (s *zipStream) runScan(gen int, f *os.File, size int64, done chan struct{})
 	close(done)
 }
 
+// scanProgress returns what the scan of generation gen, reading src,
+// reports its progress to.
+func (s *zipStream) scanProgress(gen int, src *scanSource) func(pos int64) {
+	return func(pos int64) {
+		released := s.progress(gen, pos, src.sigs)
+		// What is released never goes down: a run of signatures that
+		// ends further back than the window from there no longer
+		// matters.
+		src.forget(released - endRecordWindow)
+	}
+}
+
 // progress releases what the scan of generation gen followed, up to pos,
 // but for the bytes near a byte sequence a reader could take for an end
 // record (at sigs); the first release hands the stream to the clients.
-func (s *zipStream) progress(gen int, pos int64, sigs []int64) {
+// It returns how many bytes are released.
+func (s *zipStream) progress(gen int, pos int64, sigs []sigRun) int64 {
 	s.mu.Lock()
+	released := s.released
 	if s.gen != gen || s.err != nil || s.final {
 		s.mu.Unlock()
-		return
+		return released
 	}
-	r := safeRelease(min(pos, s.filled), sigs)
+	// The last byte waits for the verdict whatever the scan followed: a
+	// body of local entries only (no directory, no end) is scanned to its
+	// end, and released whole it would reach its clients complete, with
+	// no failure left to abort them.
+	r := safeRelease(min(pos, s.filled, s.size-1), sigs)
 	if r <= s.released {
 		s.mu.Unlock()
-		return
+		return released
 	}
 	s.released = r
 	s.changedLocked()
@@ -155,16 +173,42 @@ func (s *zipStream) progress(gen int, pos int64, sigs []int64) {
 	if res != nil {
 		s.publish(res)
 	}
+	return r
+}
+
+// sigRun is a run of end record signatures, from the one at first to
+// the one at last, each less than endRecordWindow-3 bytes after the one
+// before: a release that holds one of them complete within the window of
+// its end must stop before them all (each stop, at a signature, holding
+// the one before within the window), so the run is all that needs noting,
+// and a zip crafted of signatures is a single run.
+type sigRun struct{ first, last int64 }
+
+// noteSig adds the signature at off, after those of runs, to them.
+func noteSig(runs []sigRun, off int64) []sigRun {
+	if n := len(runs); n > 0 && off-runs[n-1].last <= endRecordWindow-3 {
+		runs[n-1].last = off
+		return runs
+	}
+	return append(runs, sigRun{off, off})
 }
 
 // safeRelease returns the longest prefix of the first r bytes with no
-// end record signature (at sigs, in order) complete within
+// end record signature (in the runs sigs, in order) complete within
 // endRecordWindow of its end.
-func safeRelease(r int64, sigs []int64) int64 {
+func safeRelease(r int64, sigs []sigRun) int64 {
+	// The last run with a signature complete within r: if one of its
+	// signatures is within the window of r, the release stops before the
+	// run, and the run before ends more than the window before that.
 	for i := len(sigs) - 1; i >= 0; i-- {
-		if sig := sigs[i]; sig+4 <= r && sig >= r-endRecordWindow {
-			r = sig + 3 // the signature incomplete
+		run := sigs[i]
+		if run.first+4 > r {
+			continue
 		}
+		if run.last+4 > r || run.last >= r-endRecordWindow {
+			return run.first + 3 // the signature incomplete
+		}
+		break
 	}
 	return r
 }
@@ -214,8 +258,15 @@ func (s *zipStream) scanned(ctx context.Context) *zipScan {
 // clients may hold already, now owning the download's file.
 func (s *zipStream) downloaded(f *fetched, err error) (*fetched, error) {
 	s.mu.Lock()
-	res := s.res
+	res, published := s.res, s.published
 	s.mu.Unlock()
+	if err == nil && published && (res.file != f.file || res.size != f.size) {
+		// Started over with an answer of unknown length (which begin
+		// never saw), and it came with another: the clients were told
+		// the old one, and must not get a prefix of this file as if whole,
+		// nor wait forever for bytes it does not have.
+		return f, errReleasedChanged
+	}
 	if err != nil || res == nil || res.file != f.file || res.size != f.size {
 		// Never begun (an answer of unknown size), or failed: what
 		// the download gave, if anything.
@@ -317,6 +368,11 @@ func (s *zipStream) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		n, err := io.Copy(w, &io.LimitedReader{R: f, N: released - off})
 		off += n
+		if err == nil && n == 0 {
+			// The file is shorter than what was released: never so,
+			// but looping on it would spin.
+			panic(http.ErrAbortHandler)
+		}
 		if err != nil {
 			// The client went away, or the file could not be read: the
 			// answer, short of its Content-Length, ends the connection.
@@ -404,11 +460,22 @@ type scanSource struct {
 	s    *zipStream
 	gen  int
 	off  int64
-	sigs []int64 // offsets of "PK\x05\x06", in order
-	tail []byte  // the last bytes read, in which a signature may begin
+	sigs []sigRun // where the bytes hold "PK\x05\x06", in order
+	tail []byte   // the last bytes read, in which a signature may begin
 }
 
 var endRecordSig = []byte{'P', 'K', 5, 6}
+
+// forget drops the runs of signatures that end before offset before.
+func (r *scanSource) forget(before int64) {
+	i := 0
+	for i < len(r.sigs) && r.sigs[i].last < before {
+		i++
+	}
+	if i > 0 {
+		r.sigs = r.sigs[i:]
+	}
+}
 
 func (r *scanSource) Read(p []byte) (int, error) {
 	n, err := r.s.readFilled(r.gen, p, r.off)
@@ -418,7 +485,7 @@ func (r *scanSource) Read(p []byte) (int, error) {
 		if len(r.tail) > 0 {
 			joined := append(r.tail, b[:min(len(b), len(endRecordSig)-1)]...)
 			if i := bytes.Index(joined, endRecordSig); i >= 0 {
-				r.sigs = append(r.sigs, r.off-int64(len(r.tail))+int64(i))
+				r.sigs = noteSig(r.sigs, r.off-int64(len(r.tail))+int64(i))
 			}
 		}
 		for i := 0; ; {
@@ -426,7 +493,7 @@ func (r *scanSource) Read(p []byte) (int, error) {
 			if j < 0 {
 				break
 			}
-			r.sigs = append(r.sigs, r.off+int64(i+j))
+			r.sigs = noteSig(r.sigs, r.off+int64(i+j))
 			i += j + 1
 		}
 		r.tail = append(r.tail[:0], b[max(0, len(b)-(len(endRecordSig)-1)):]...)

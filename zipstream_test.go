@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -306,16 +307,18 @@ func polyglotZip(t *testing.T, n int) []byte {
 
 func TestNoReleasedPrefixHoldsAnEndRecord(t *testing.T) {
 	z := polyglotZip(t, 3<<20)
-	var sigs []int64
+	var sigs []sigRun
+	n := 0
 	for i := 0; ; {
 		j := bytes.Index(z[i:], endRecordSig)
 		if j < 0 {
 			break
 		}
-		sigs = append(sigs, int64(i+j))
+		sigs = noteSig(sigs, int64(i+j))
+		n++
 		i += j + 1
 	}
-	if len(sigs) < 2 {
+	if n < 2 {
 		t.Fatal("the zip holds no end record but its own")
 	}
 	for r := int64(0); r <= int64(len(z)); r += 4099 {
@@ -405,6 +408,175 @@ func TestAToolchainStreamedIsAbortedWhenTheChecksumDatabaseDisagrees(t *testing.
 	for _, name := range cachedNames(p.Cacher) {
 		if !strings.HasPrefix(name, "sumdb/") {
 			t.Errorf("cached %s", name)
+		}
+	}
+}
+
+// A body that is nothing but local entries (no central directory, no end
+// record) is followed by the scan to its last byte. The last byte must
+// still wait for the verdict: released whole, the client would read a
+// complete answer to the end, and the failure that follows could no
+// longer reach it.
+func TestABodyOfLocalEntriesOnlyIsAbortedNotCompleted(t *testing.T) {
+	const m = "example.com/large@v1.0.0/"
+	random := make([]byte, 3<<20)
+	for i := range random {
+		random[i] = byte(i*31) ^ byte(i>>9)
+	}
+	full := buildZip(t,
+		zipEntry{name: m + "go.mod", body: []byte("module example.com/large\n"), method: zip.Store, raw: true},
+		zipEntry{name: m + "data.bin", body: random, method: zip.Store, raw: true})
+	z := full[:centralDirOffset(t, full)]
+	up := newUpstream(t, map[string][]byte{largeZipPath: z})
+	faults := &moduletest.Faults{BytesPerSecond: 4 << 20}
+	upSrv := httptest.NewServer(faults.Wrap(up.Handler()))
+	defer closeNow(upSrv)
+	db := newTestSumDB(t, nil)
+	p := newVerifyingProxy(t, upSrv.URL, db)
+	srv := httptest.NewServer(p)
+	defer closeNow(srv)
+	c := startClient(t, srv.URL+largeZipPath)
+	c.wait(t)
+	if c.got.Load() == 0 {
+		t.Fatal("nothing was streamed: the test proves nothing")
+	}
+	if c.err == nil {
+		t.Fatalf("%d, %d of %d bytes read to the end; want the connection cut", c.status, len(c.body), len(z))
+	}
+}
+
+// A download that starts over after bytes reached clients may get an
+// answer of unknown length (no validators, no Content-Length), which
+// cannot be held to the size the clients were told before it is read.
+// It must still be held to it after: the clients got a Content-Length,
+// and a file of another length is another file, even one that begins with
+// the bytes they have.
+func TestRestartWithAnAnswerOfUnknownLengthKeepsTheSizeClientsWereTold(t *testing.T) {
+	a := largeZip(t, 2<<20, 1)
+	for _, tt := range []struct {
+		name  string
+		again []byte
+	}{
+		{"longer", largeZip(t, 3<<20, 1)},
+		{"shorter", largeZip(t, 3<<19, 1)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if !bytes.Equal(a[:1<<20], tt.again[:1<<20]) {
+				t.Fatal("the second zip does not begin with the bytes of the first")
+			}
+			clientHasBytes := make(chan struct{})
+			var served atomic.Int32
+			upstream := httptest.NewServer(cutAnswers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if served.Add(1) > 1 {
+					// Whole, streamed: no validators, no length.
+					<-clientHasBytes
+					w.WriteHeader(http.StatusOK)
+					for b := tt.again; len(b) > 0; {
+						n := min(len(b), 64<<10)
+						w.Write(b[:n])
+						w.(http.Flusher).Flush()
+						b = b[n:]
+					}
+					return
+				}
+				w.Header().Set("ETag", `"a"`)
+				http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(a))
+			}), 1<<20, firstOnly()))
+			defer closeNow(upstream)
+			p := newTestProxy(t, upstream.URL)
+			srv := httptest.NewServer(p)
+			defer closeNow(srv)
+			c := startClient(t, srv.URL+largeZipPath)
+			testwait.For(t, func() bool { return c.got.Load() > 0 })
+			close(clientHasBytes)
+			c.wait(t)
+			if c.err == nil {
+				t.Errorf("the client read %d bytes to the end (the zip it was told of has %d, the one that came %d); want its connection cut",
+					len(c.body), len(a), len(tt.again))
+			}
+			testwait.For(t, p.flights.idle)
+		})
+	}
+}
+
+// The scan notes where the bytes hold an end record's signature, to
+// withhold what surrounds it; only those within endRecordWindow of what
+// may still be released matter. A hostile zip whose data is nothing but
+// signatures must not make the notes grow with the zip (8 bytes for every
+// 4 of it), nor each release go over all of them.
+func TestTheEndRecordSignaturesNotedStayBounded(t *testing.T) {
+	const m = "example.com/large@v1.0.0/"
+	data := bytes.Repeat(endRecordSig, 4<<20) // 16 MiB
+	z := buildZip(t,
+		zipEntry{name: m + "go.mod", body: []byte("module example.com/large\n"), method: zip.Store, raw: true},
+		zipEntry{name: m + "sigs.bin", body: data, method: zip.Store, raw: true})
+	f, err := os.CreateTemp(t.TempDir(), "zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(z); err != nil {
+		t.Fatal(err)
+	}
+	s := newZipStream(nil)
+	s.f, s.size, s.filled = f, int64(len(z)), int64(len(z))
+	src := &scanSource{s: s}
+	most := 0
+	progress := s.scanProgress(0, src)
+	scan := scanZip(src, func(pos int64) {
+		progress(pos)
+		most = max(most, len(src.sigs))
+	})
+	if scan.err != nil {
+		t.Fatal(scan.err)
+	}
+	if most > 2 {
+		t.Errorf("%d runs of signatures noted at once, for the %d signatures of the zip; want one", most, len(data)/4)
+	}
+	_, released, _ := s.state()
+	if released == 0 || released > centralDirOffset(t, z) {
+		t.Errorf("released %d bytes", released)
+	}
+	if tail := z[max(0, released-endRecordWindow):released]; bytes.Contains(tail, endRecordSig) {
+		t.Errorf("the %d bytes released hold an end record within the last %d", released, endRecordWindow)
+	}
+}
+
+// safeRelease over runs of signatures gives what the rule gives applied
+// signature by signature: the release stops just inside each signature
+// complete within the window of where it would end, from the last one
+// back.
+func TestSafeReleaseOverRunsIsTheRuleSignatureBySignature(t *testing.T) {
+	rule := func(r int64, sigs []int64) int64 {
+		for i := len(sigs) - 1; i >= 0; i-- {
+			if sig := sigs[i]; sig+4 <= r && sig >= r-endRecordWindow {
+				r = sig + 3
+			}
+		}
+		return r
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 200 {
+		var sigs []int64
+		var runs []sigRun
+		off := int64(rng.IntN(3 * endRecordWindow))
+		for range rng.IntN(40) {
+			sigs = append(sigs, off)
+			runs = noteSig(runs, off)
+			switch rng.IntN(4) { // dense, near the window's edge, far
+			case 0:
+				off += 4 + int64(rng.IntN(64))
+			case 1:
+				off += endRecordWindow - 8 + int64(rng.IntN(16))
+			default:
+				off += 4 + int64(rng.IntN(3*endRecordWindow))
+			}
+		}
+		for range 200 {
+			r := int64(rng.IntN(int(off + 2*endRecordWindow)))
+			if got, want := safeRelease(r, runs), rule(r, sigs); got != want {
+				t.Fatalf("round %d: safeRelease(%d) = %d, want %d (signatures %v)", round, r, got, want, sigs)
+			}
 		}
 	}
 }
