@@ -103,6 +103,9 @@ func (s *zipStream) restart() int64 {
 	defer s.mu.Unlock()
 	s.gen++
 	s.filled = 0
+	// The last generation's scan says nothing of the new file: an
+	// answer of unknown length, which skips begin, must not find it.
+	s.scan, s.scanDone = nil, nil
 	s.changedLocked()
 	return s.released
 }
