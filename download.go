@@ -276,7 +276,7 @@ func (d *downloader) get(ctx context.Context, rawURL string, t target) (*fetched
 		d.hosts.get(rawURL).probeWith(t.probe)
 	}
 	sem := d.sem
-	if d.prefetchSem != nil && prefetching(ctx) {
+	if d.prefetchSem != nil && onPrefetchSlots(ctx) {
 		sem = d.prefetchSem
 	}
 	if err := sem.Acquire(ctx, 1); err != nil {

@@ -48,7 +48,9 @@ type PrefetchOptions struct {
 	Depth int
 
 	// Concurrency bounds the prefetch downloads in progress across the
-	// proxy (checksum database requests included); they do not take the
+	// proxy (checksum database requests included, but for the record
+	// lookup a version's files share, which a client may wait on and so
+	// takes the clients' slots); they do not take the
 	// slots of DownloadOptions.MaxConcurrent. Zero means 4.
 	Concurrency int
 }
@@ -145,6 +147,22 @@ func withPrefetch(ctx context.Context) context.Context {
 // prefetching reports whether ctx is a prefetch's.
 func prefetching(ctx context.Context) bool {
 	return ctx.Value(prefetchKey{}) != nil
+}
+
+type clientSlotsKey struct{}
+
+// withClientSlots marks ctx, a prefetch's or not, as one whose downloads
+// take the clients' slots: work that a client may come to wait on, such as
+// a checksum lookup shared by a version's files, must not queue behind the
+// prefetches (a prefetch worker's own download holds a prefetch slot while
+// its lookup would want another). It stays a prefetch's for the metrics.
+func withClientSlots(ctx context.Context) context.Context {
+	return context.WithValue(ctx, clientSlotsKey{}, true)
+}
+
+// onPrefetchSlots reports whether ctx's downloads take the prefetch slots.
+func onPrefetchSlots(ctx context.Context) bool {
+	return prefetching(ctx) && ctx.Value(clientSlotsKey{}) == nil
 }
 
 // served is told of every file served to a client with status: a go.mod's

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/goproxy-team/goproxy/internal/moduletest"
 	"github.com/goproxy-team/goproxy/internal/testwait"
@@ -318,5 +319,53 @@ func TestPrefetchWaitsForTheFetchAnotherProxySharingTheStoreHolds(t *testing.T) 
 	}
 	if store.held("fetch/" + graphMod(1, "v1.0.0")) {
 		t.Error("the prefetch's lease is still held")
+	}
+}
+
+// TestAClientNeverWaitsForTheChecksumLookupOfAPrefetchQueuedBehindPrefetches:
+// a prefetch's download holds the one prefetch slot while the upstream
+// holds its answer; the checksum lookup that prefetch started is shared
+// with a client's zip of the same version, which must not wait for the
+// prefetch slot to come free.
+func TestAClientNeverWaitsForTheChecksumLookupOfAPrefetchQueuedBehindPrefetches(t *testing.T) {
+	vs := moduletest.Graph(10)
+	up := moduletest.NewServer(vs)
+	defer up.Close()
+	db := newTestSumDB(t, vs)
+	p := newVerifyingProxy(t, up.URL, db)
+	p.Prefetch = PrefetchOptions{Concurrency: 1}
+	// mod000 v1.0.0 requires mod001 v1.0.0, whose go.mod the prefetch
+	// asks for; the upstream holds that answer until the test ends.
+	held := graphMod(1, "v1.0.0")
+	holding, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.HasSuffix(r.URL.Path, held) {
+			once.Do(func() { close(holding) })
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+		return false
+	})
+	defer close(release)
+	if w := do(p, "GET", "/"+graphMod(0, "v1.0.0")); w.Code != 200 {
+		t.Fatalf("GET the requiring go.mod: %d %s", w.Code, w.Body)
+	}
+	select {
+	case <-holding:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the prefetch never asked for the required go.mod")
+	}
+	answered := make(chan *recorded, 1)
+	go func() { answered <- do(p, "GET", "/"+moduletest.GraphPath(1)+"/@v/v1.0.0.zip") }()
+	select {
+	case w := <-answered:
+		if w.Code != 200 || w.Aborted {
+			t.Errorf("GET the zip: %d %s", w.Code, w.Body)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the client's zip waited for the prefetch slot: its checksum lookup queued behind the prefetch")
 	}
 }

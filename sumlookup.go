@@ -85,8 +85,9 @@ func (p *Proxy) lookupOf(ctx context.Context, path, version string) *recordLooku
 	db.lookups.running++
 	// Detached from the request that happened to start it, which the
 	// others do not wait for; its values (the egress decision's module)
-	// stay.
-	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.conf.download.Timeout)
+	// stay. On the clients' download slots even when a prefetch started
+	// it: a client's .mod or .zip may come to wait for it.
+	lctx, cancel := context.WithTimeout(withClientSlots(context.WithoutCancel(ctx)), p.conf.download.Timeout)
 	go func() {
 		defer cancel()
 		p.runLookup(lctx, l, path, version)
