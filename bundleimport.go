@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -522,8 +523,8 @@ func (u *unpackedBundle) verifyFiles(bm BundleModule, lines []string) error {
 // already there.
 func (u *unpackedBundle) store(ctx context.Context, dst Cacher, report *BundleImport) error {
 	put := func(name string, r io.ReadSeeker, size int64) error {
-		if holdsAlready(ctx, dst, name) {
-			return nil
+		if held, err := holdsAlready(ctx, dst, name); held || err != nil {
+			return err
 		}
 		if err := dst.Put(ctx, name, r); err != nil {
 			return fmt.Errorf("storing %s: %w", name, err)
@@ -576,12 +577,24 @@ func (u *unpackedBundle) store(ctx context.Context, dst Cacher, report *BundleIm
 // holdsAlready reports whether dst has a file by that name. Imports never
 // replace what the cache holds: every name they write is immutable, and
 // for a module the checksum database does not cover, CheckZip alone would
-// otherwise let an import swap the bytes clients were already served.
-func holdsAlready(ctx context.Context, dst Cacher, name string) bool {
-	st, ok := dst.(CacheStater)
-	if !ok {
-		return false
+// otherwise let an import swap the bytes clients were already served. A
+// Cacher without Stat is asked with Get; a store that fails to answer
+// fails the import, since taking the file for missing would replace it.
+func holdsAlready(ctx context.Context, dst Cacher, name string) (bool, error) {
+	var err error
+	if st, ok := dst.(CacheStater); ok {
+		_, err = st.Stat(ctx, name)
+	} else {
+		var cf CachedFile
+		if cf, err = dst.Get(ctx, name); err == nil {
+			cf.Close()
+		}
 	}
-	_, err := st.Stat(ctx, name)
-	return err == nil
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	}
+	return false, fmt.Errorf("checking whether the cache holds %s: %w", name, err)
 }

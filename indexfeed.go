@@ -35,9 +35,10 @@ import (
 // The feed is read on demand: FirstSeen starts a read in the background
 // when the last one is older than PollInterval, and answers from memory
 // meanwhile. Call Update at start-up: until the feed has been read to its
-// end once, FirstSeen fails, and so the cooldown refuses every version. It
-// fails too when the feed could not be read to its end for ten
-// PollIntervals.
+// end once, and when it could not be read to its end for ten
+// PollIntervals, FirstSeen dates a version the feed does not list by
+// Local's record alone, and fails for one Local has not seen, which the
+// cooldown then refuses.
 type IndexFeed struct {
 	// URL is the feed's address, without query: for example
 	// "https://index.golang.org/index". It must be set.

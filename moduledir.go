@@ -402,7 +402,9 @@ func importModuleVersion(ctx context.Context, root *os.Root, v ModuleDirVersion,
 
 	put := func(ext string, r io.ReadSeeker) error {
 		cacheName, _ := moduleFileName(v.Path, v.Version, ext)
-		if holdsAlready(ctx, dst, cacheName) {
+		if held, err := holdsAlready(ctx, dst, cacheName); err != nil {
+			return &storeError{err}
+		} else if held {
 			return nil
 		}
 		if err := dst.Put(ctx, cacheName, r); err != nil {

@@ -3,8 +3,10 @@ package goproxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -248,6 +250,72 @@ func TestImportNeverReplacesWhatTheCacheHolds(t *testing.T) {
 	}
 	if _, err := dst.Stat(ctx, infoName); err != nil {
 		t.Errorf("the missing %s was not imported: %v", infoName, err)
+	}
+}
+
+// statFailingCacher is a MemCacher whose Stat fails, as a store that
+// cannot be reached for a moment does.
+type statFailingCacher struct{ *MemCacher }
+
+func (c statFailingCacher) Stat(ctx context.Context, name string) (fs.FileInfo, error) {
+	return nil, errors.New("the store did not answer")
+}
+
+// getPutCacher is a Cacher with no optional capability.
+type getPutCacher struct{ c *MemCacher }
+
+func (c getPutCacher) Get(ctx context.Context, name string) (CachedFile, error) {
+	return c.c.Get(ctx, name)
+}
+
+func (c getPutCacher) Put(ctx context.Context, name string, content io.ReadSeeker) error {
+	return c.c.Put(ctx, name, content)
+}
+
+// An import cannot tell whether the cache holds a file when the store
+// fails to say, or when the Cacher has no Stat: it must neither take the
+// file for missing (and replace what clients were served) nor go on.
+func TestImportNeverReplacesWhatTheCacheHoldsWhenItCannotStat(t *testing.T) {
+	vs := moduletest.Graph(10)
+	exempt := moduletest.GraphPath(4)
+	zipName, _ := moduleFileName(exempt, "v1.0.0", ".zip")
+	infoName, _ := moduleFileName(exempt, "v1.0.0", ".info")
+	for _, tc := range []struct {
+		name      string
+		wrap      func(*MemCacher) Cacher
+		wantError bool
+	}{
+		{"a store failing to say", func(m *MemCacher) Cacher { return statFailingCacher{m} }, true},
+		{"a Cacher without Stat", func(m *MemCacher) Cacher { return getPutCacher{m} }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := moduletest.WriteDir(dir, vs); err != nil {
+				t.Fatal(err)
+			}
+			db := newTestSumDB(t, vs)
+			ctx := context.Background()
+			mem := &MemCacher{}
+			opts := &ModuleDirImport{Lookup: lookupIn(db), NoSumDB: exempt}
+			if _, err := ImportModuleDir(ctx, dir, mem, opts); err != nil {
+				t.Fatal(err)
+			}
+			before := readCached(t, mem, zipName)
+			other := makeZip(t, exempt+"@v1.0.0/x.go", "package x // not what clients were served\n")
+			if err := os.WriteFile(filepath.Join(dir, exempt, "@v", "v1.0.0.zip"), other, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := mem.Delete(ctx, infoName); err != nil {
+				t.Fatal(err)
+			}
+			_, err := ImportModuleDir(ctx, dir, tc.wrap(mem), opts)
+			if (err != nil) != tc.wantError {
+				t.Errorf("the import: %v; want an error: %v", err, tc.wantError)
+			}
+			if after := readCached(t, mem, zipName); !bytes.Equal(after, before) {
+				t.Errorf("the import replaced the cached %s", zipName)
+			}
+		})
 	}
 }
 

@@ -580,3 +580,75 @@ func TestSafeReleaseOverRunsIsTheRuleSignatureBySignature(t *testing.T) {
 		}
 	}
 }
+
+// TestAStreamReadsAtOffsetsAsAnObjectStoreUploadingPartsDoes: an object
+// store uploading a streamed zip in parts reads them at offsets, several
+// at once and ahead of what is released: each read waits for its bytes,
+// none moves the reader's offset, and one past the end says io.EOF with
+// what it read.
+func TestAStreamReadsAtOffsetsAsAnObjectStoreUploadingPartsDoes(t *testing.T) {
+	data := make([]byte, 1<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	f, err := os.CreateTemp(t.TempDir(), "stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	const part = 64 << 10
+	s := newZipStream(nil)
+	s.mu.Lock()
+	s.f, s.size, s.filled, s.released = f, int64(len(data)), int64(len(data)), part+1000
+	s.mu.Unlock()
+	r := s.reader(t.Context())
+	ra := r.(io.ReaderAt)
+
+	type result struct {
+		off int64
+		n   int
+		err error
+		b   []byte
+	}
+	results := make(chan result, len(data)/part)
+	for off := int64(0); off < int64(len(data)); off += part {
+		go func() {
+			b := make([]byte, part)
+			n, err := ra.ReadAt(b, off)
+			results <- result{off, n, err, b}
+		}()
+	}
+	// A part within what is released is read at once; the others wait,
+	// the second too, of which only some bytes are released.
+	if res := <-results; res.off != 0 || res.err != nil || res.n != part || !bytes.Equal(res.b, data[:part]) {
+		t.Fatalf("the part at 0: %d bytes at %d, %v", res.n, res.off, res.err)
+	}
+	select {
+	case res := <-results:
+		t.Fatalf("the part at %d was read (%d bytes, %v) before its bytes were released", res.off, res.n, res.err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	s.finish(nil)
+	for range len(data)/part - 1 {
+		res := <-results
+		if res.err != nil || res.n != part || !bytes.Equal(res.b, data[res.off:res.off+part]) {
+			t.Errorf("the part at %d: %d bytes, %v", res.off, res.n, res.err)
+		}
+	}
+	if off, _ := r.Seek(0, io.SeekCurrent); off != 0 {
+		t.Errorf("reads at offsets moved the reader to %d", off)
+	}
+	b := make([]byte, 100)
+	if n, err := ra.ReadAt(b, int64(len(data))-40); n != 40 || err != io.EOF || !bytes.Equal(b[:n], data[len(data)-40:]) {
+		t.Errorf("a read across the end: %d bytes, %v; want 40 and io.EOF", n, err)
+	}
+	if n, err := ra.ReadAt(b, int64(len(data))+10); n != 0 || err != io.EOF {
+		t.Errorf("a read past the end: %d bytes, %v; want 0 and io.EOF", n, err)
+	}
+	if n, err := ra.ReadAt(b, -1); n != 0 || err == nil {
+		t.Errorf("a read at a negative offset: %d bytes, %v; want an error", n, err)
+	}
+}

@@ -439,11 +439,15 @@ func (s *server) serveHealthz(w http.ResponseWriter, r *http.Request) {
 // and is given (its directories are writable) and, with
 // readyz.check_upstreams, that its upstream proxies answer.
 func (s *server) serveReadyz(w http.ResponseWriter, r *http.Request) {
-	st := s.state.Load()
 	rd := &s.readiness
 	// One check at a time, its answer shared for a second: a flood of
 	// anonymous probes costs the stores and upstreams one check a second.
 	rd.Lock()
+	// The state is the one current once this probe's turn comes: one
+	// loaded before waiting may have been retired by a reload meanwhile
+	// (its Proxies closed), and checking it would also displace the
+	// current state's shared answer.
+	st := s.state.Load()
 	if rd.state != st || time.Since(rd.at) >= time.Second {
 		rd.ok, rd.body = s.checkReadiness(st)
 		rd.state, rd.at = st, time.Now()
