@@ -209,31 +209,7 @@ func TestChecksumMismatchAbortsEveryStreamingClient(t *testing.T) {
 	srv := httptest.NewServer(p)
 	defer closeNow(srv)
 
-	cd := centralDirOffset(t, want)
-	var clients []*streamClient
-	for range 3 {
-		clients = append(clients, startClient(t, srv.URL+largeZipPath))
-	}
-	for i, c := range clients {
-		c.wait(t)
-		switch {
-		case c.status != 200 || c.got.Load() == 0:
-			t.Errorf("client %d: %d, %d bytes; want a stream started", i, c.status, c.got.Load())
-		case c.err == nil:
-			t.Errorf("client %d read %d bytes to the end; want the connection cut", i, len(c.body))
-		case int64(len(c.body)) > cd:
-			t.Errorf("client %d got %d bytes, past the central directory at %d", i, len(c.body), cd)
-		}
-		if _, err := zip.NewReader(bytes.NewReader(c.body), int64(len(c.body))); err == nil {
-			t.Errorf("client %d holds a zip that opens", i)
-		}
-	}
-	testwait.For(t, p.flights.idle)
-	for _, name := range cachedNames(p.Cacher) {
-		if !strings.HasPrefix(name, "sumdb/") {
-			t.Errorf("cached %s", name)
-		}
-	}
+	checkStreamsCutBeforeTheirEnd(t, p, srv.URL+largeZipPath, want)
 }
 
 func TestRestartAfterBytesReachedClients(t *testing.T) {
@@ -384,32 +360,7 @@ func TestAToolchainStreamedIsAbortedWhenTheChecksumDatabaseDisagrees(t *testing.
 	srv := httptest.NewServer(p)
 	defer closeNow(srv)
 
-	path := "/" + moduletest.ToolchainPath + "/@v/" + served.Version + ".zip"
-	cd := centralDirOffset(t, want)
-	var clients []*streamClient
-	for range 3 {
-		clients = append(clients, startClient(t, srv.URL+path))
-	}
-	for i, c := range clients {
-		c.wait(t)
-		switch {
-		case c.status != 200 || c.got.Load() == 0:
-			t.Errorf("client %d: %d, %d bytes; want a stream started", i, c.status, c.got.Load())
-		case c.err == nil:
-			t.Errorf("client %d read %d bytes to the end; want the connection cut", i, len(c.body))
-		case int64(len(c.body)) > cd:
-			t.Errorf("client %d got %d bytes, past the central directory at %d", i, len(c.body), cd)
-		}
-		if _, err := zip.NewReader(bytes.NewReader(c.body), int64(len(c.body))); err == nil {
-			t.Errorf("client %d holds a zip that opens", i)
-		}
-	}
-	testwait.For(t, p.flights.idle)
-	for _, name := range cachedNames(p.Cacher) {
-		if !strings.HasPrefix(name, "sumdb/") {
-			t.Errorf("cached %s", name)
-		}
-	}
+	checkStreamsCutBeforeTheirEnd(t, p, srv.URL+"/"+moduletest.ToolchainPath+"/@v/"+served.Version+".zip", want)
 }
 
 // A body that is nothing but local entries (no central directory, no end
@@ -650,5 +601,38 @@ func TestAStreamReadsAtOffsetsAsAnObjectStoreUploadingPartsDoes(t *testing.T) {
 	}
 	if n, err := ra.ReadAt(b, -1); n != 0 || err == nil {
 		t.Errorf("a read at a negative offset: %d bytes, %v; want an error", n, err)
+	}
+}
+
+// checkStreamsCutBeforeTheirEnd starts three clients of url, whose zip
+// would be want, and checks that each got a stream cut before the
+// central directory, that none holds a zip that opens, and that p cached
+// nothing but checksum database files.
+func checkStreamsCutBeforeTheirEnd(t *testing.T, p *Proxy, url string, want []byte) {
+	t.Helper()
+	cd := centralDirOffset(t, want)
+	var clients []*streamClient
+	for range 3 {
+		clients = append(clients, startClient(t, url))
+	}
+	for i, c := range clients {
+		c.wait(t)
+		switch {
+		case c.status != 200 || c.got.Load() == 0:
+			t.Errorf("client %d: %d, %d bytes; want a stream started", i, c.status, c.got.Load())
+		case c.err == nil:
+			t.Errorf("client %d read %d bytes to the end; want the connection cut", i, len(c.body))
+		case int64(len(c.body)) > cd:
+			t.Errorf("client %d got %d bytes, past the central directory at %d", i, len(c.body), cd)
+		}
+		if _, err := zip.NewReader(bytes.NewReader(c.body), int64(len(c.body))); err == nil {
+			t.Errorf("client %d holds a zip that opens", i)
+		}
+	}
+	testwait.For(t, p.flights.idle)
+	for _, name := range cachedNames(p.Cacher) {
+		if !strings.HasPrefix(name, "sumdb/") {
+			t.Errorf("cached %s", name)
+		}
 	}
 }
