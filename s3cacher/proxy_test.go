@@ -27,13 +27,7 @@ func TestProxyServesTheGoCommandFromTheBucket(t *testing.T) {
 		t.Skip("runs the go command")
 	}
 	c := newCacher(t)
-	vs := moduletest.Graph(12)
-	// Over PartSize: stored in parts, served in growing ranges.
-	large, err := moduletest.LargeVersion(t.TempDir(), "example.com/large", "v1.0.0", 24<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vs = append(vs, large)
+	vs := graphWithALargeZip(t)
 	up := moduletest.NewServer(vs)
 	defer up.Close()
 
@@ -112,4 +106,15 @@ func TestProxyServesTheGoCommandFromTheBucket(t *testing.T) {
 	gocmd.FreshModCache(t)
 	gocmd.Set("GOPROXY", newProxy().URL)
 	t.Run("through another proxy on the bucket, the upstream gone", download)
+}
+
+// graphWithALargeZip is a module graph and a 24 MiB zip, over PartSize:
+// stored in parts, served in growing ranges.
+func graphWithALargeZip(t *testing.T) []*moduletest.Version {
+	t.Helper()
+	large, err := moduletest.LargeVersion(t.TempDir(), "example.com/large", "v1.0.0", 24<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(moduletest.Graph(12), large)
 }

@@ -91,12 +91,7 @@ func TestTheGoCommandFollowsRedirectsToTheStoreAndVerifiesWhatItGets(t *testing.
 		t.Skip("runs the go command")
 	}
 	c := newCacher(t)
-	vs := moduletest.Graph(12)
-	large, err := moduletest.LargeVersion(t.TempDir(), "example.com/large", "v1.0.0", 24<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vs = append(vs, large)
+	vs := graphWithALargeZip(t)
 	up := moduletest.NewServer(vs)
 	defer up.Close()
 	p := &goproxy.Proxy{
