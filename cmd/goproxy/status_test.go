@@ -219,16 +219,8 @@ func TestStatusPageInABrowser(t *testing.T) {
 	srv := startServer(t, []string{"-config", config}, serverEnv(t, "ALICE_PASSWORD=alice-pw", "BOB_PASSWORD=bob-pw"))
 	get := func(path, user string) int {
 		t.Helper()
-		req, _ := http.NewRequest("GET", srv.URL+path, nil)
-		if user != "" {
-			req.SetBasicAuth(user, user+"-pw")
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
+		code, _ := srv.getAs(t, path, user)
+		return code
 	}
 	mod := moduletest.GraphPath(0)
 	for _, f := range []string{"v1.0.0.info", "v1.0.0.mod", "v1.0.0.zip", "v1.1.0.info", "v1.0.0.info"} {
@@ -449,16 +441,7 @@ repositories:
 	srv := startServer(t, []string{"-config", config}, serverEnv(t, "ALICE_PASSWORD=alice-pw", "BOB_PASSWORD=bob-pw"))
 	get := func(path, user string) (int, string) {
 		t.Helper()
-		req, _ := http.NewRequest("GET", srv.URL+path, nil)
-		if user != "" {
-			req.SetBasicAuth(user, user+"-pw")
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		return resp.StatusCode, readAll(t, resp.Body)
+		return srv.getAs(t, path, user)
 	}
 	mod := moduletest.GraphPath(0)
 	// Served all the same: a broken cache costs caching, not serving.
@@ -573,16 +556,7 @@ access:
 	srv := startServer(t, []string{"-config", config}, serverEnv(t, "ALICE_PASSWORD=alice-pw"))
 	get := func(path, user string) (int, string) {
 		t.Helper()
-		req, _ := http.NewRequest("GET", srv.URL+path, nil)
-		if user != "" {
-			req.SetBasicAuth(user, user+"-pw")
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		return resp.StatusCode, readAll(t, resp.Body)
+		return srv.getAs(t, path, user)
 	}
 	for _, mod := range []string{"example.com/seen", "example.com/hidden"} {
 		if code, _ := get("/"+mod+"/@v/v1.0.0.zip", "alice"); code != http.StatusBadGateway {
@@ -602,4 +576,20 @@ access:
 			}
 		}
 	}
+}
+
+// getAs GETs path from the server as user (whose password is user+"-pw"),
+// or anonymously for "", and returns the status and body.
+func (p *proc) getAs(t *testing.T, path, user string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", p.URL+path, nil)
+	if user != "" {
+		req.SetBasicAuth(user, user+"-pw")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	return resp.StatusCode, readAll(t, resp.Body)
 }
