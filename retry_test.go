@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goproxy-team/goproxy/internal/moduletest"
 	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
@@ -96,18 +97,8 @@ func TestRetryBudgetBoundsTheLoadOnAFailingHost(t *testing.T) {
 // it and waits for the probe to bring it back.
 func TestFailingHostIsMarkedDownAndProbed(t *testing.T) {
 	var healed atomic.Bool
-	up := newUpstream(t, testModuleFiles(t))
-	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if healed.Load() {
-			return false
-		}
-		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
-		return true
-	})
-	p := newTestProxy(t, up.URL)
-	p.Download.DownAfter = 20 * time.Millisecond
-	p.Download.RetryBudget = -1
-	p.NotFoundTTL = -1
+	up := upstreamDownUntil(t, &healed)
+	p := proxyQuickToMarkDown(t, up.URL)
 	mod := "/example.com/a/@v/v1.0.0.mod"
 	testwait.For(t, func() bool {
 		return strings.Contains(do(p, "GET", mod).Body.String(), "is down")
@@ -165,18 +156,8 @@ func TestBackoffNeverPanicsAndStaysWithinMaxDelay(t *testing.T) {
 // allowed to know of.
 func TestDownHostTellsNoOtherClientsModule(t *testing.T) {
 	var healed atomic.Bool
-	up := newUpstream(t, testModuleFiles(t))
-	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if healed.Load() {
-			return false
-		}
-		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
-		return true
-	})
-	p := newTestProxy(t, up.URL)
-	p.Download.DownAfter = 20 * time.Millisecond
-	p.Download.RetryBudget = -1
-	p.NotFoundTTL = -1
+	up := upstreamDownUntil(t, &healed)
+	p := proxyQuickToMarkDown(t, up.URL)
 	mod := "/example.com/a/@v/v1.0.0.mod"
 	testwait.For(t, func() bool {
 		return strings.Contains(do(p, "GET", "/corp.example.com/secret-project/@v/list").Body.String(), "is down")
@@ -215,10 +196,7 @@ func TestProbeAsksTheUpstreamNotTheHostRoot(t *testing.T) {
 		}
 	}))
 	defer host.Close()
-	p := newTestProxy(t, host.URL+"/goproxy")
-	p.Download.DownAfter = 20 * time.Millisecond
-	p.Download.RetryBudget = -1
-	p.NotFoundTTL = -1
+	p := proxyQuickToMarkDown(t, host.URL+"/goproxy")
 	mod := "/example.com/a/@v/v1.0.0.mod"
 	testwait.For(t, func() bool {
 		return strings.Contains(do(p, "GET", mod).Body.String(), "is down")
@@ -230,15 +208,8 @@ func TestProbeAsksTheUpstreamNotTheHostRoot(t *testing.T) {
 // TestCloseEndsTheProbes: a Proxy closed while a host is down leaves no
 // probe running.
 func TestCloseEndsTheProbes(t *testing.T) {
-	up := newUpstream(t, testModuleFiles(t))
-	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
-		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
-		return true
-	})
-	p := newTestProxy(t, up.URL)
-	p.Download.DownAfter = 20 * time.Millisecond
-	p.Download.RetryBudget = -1
-	p.NotFoundTTL = -1
+	up := upstreamDownUntil(t, new(atomic.Bool))
+	p := proxyQuickToMarkDown(t, up.URL)
 	testwait.For(t, func() bool {
 		return strings.Contains(do(p, "GET", "/example.com/a/@v/list").Body.String(), "is down")
 	}, "the upstream to be marked down")
@@ -258,4 +229,29 @@ func TestCloseEndsTheProbes(t *testing.T) {
 func goroutines() string {
 	buf := make([]byte, 1<<20)
 	return string(buf[:runtime.Stack(buf, true)])
+}
+
+// upstreamDownUntil serves the test module files, answering every request
+// 503 until healed is set.
+func upstreamDownUntil(t *testing.T, healed *atomic.Bool) *moduletest.Server {
+	up := newUpstream(t, testModuleFiles(t))
+	up.SetHandlerHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if healed.Load() {
+			return false
+		}
+		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+		return true
+	})
+	return up
+}
+
+// proxyQuickToMarkDown is a test proxy of upstream that marks a host down
+// after 20 ms of failures, spends no retry budget and remembers no
+// failure, so that each request asks again.
+func proxyQuickToMarkDown(t *testing.T, upstream string) *Proxy {
+	p := newTestProxy(t, upstream)
+	p.Download.DownAfter = 20 * time.Millisecond
+	p.Download.RetryBudget = -1
+	p.NotFoundTTL = -1
+	return p
 }
