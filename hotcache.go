@@ -35,9 +35,9 @@ type hotFile struct {
 	header, gzHeader hotHeader
 
 	// For prefetching: expanded is set once a go.mod's requirements were
-	// queued, prefetched while a file the prefetcher brought has not
-	// been asked for.
-	expanded, prefetched atomic.Bool
+	// queued, infoQueued once its version's .info was, prefetched while
+	// a file the prefetcher brought has not been asked for.
+	expanded, infoQueued, prefetched atomic.Bool
 }
 
 // hotHeader holds the header values of an answer from the hot tier.

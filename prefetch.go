@@ -28,16 +28,23 @@ import (
 // twice. An Offline proxy never prefetches.
 //
 // The zero value prefetches the .mod files of the requirements of every
-// go.mod served, four at a time.
+// go.mod served, and that version's .info, four at a time.
 type PrefetchOptions struct {
 	// Off turns prefetching off.
 	Off bool
 
-	// Info prefetches .info files too: that of the version whose go.mod
-	// is served, and those of its requirements. go mod download asks
-	// for the .info of every module, one at a time, between the go.mod
-	// files and the zips; go list -m asks for those of requirements.
-	// Off by default: builds and go mod tidy never ask for them.
+	// NoInfo turns off the prefetch of the .info of the version whose
+	// go.mod is served, which the zero value makes: go mod download (the
+	// first step of most CI jobs and Dockerfiles) asks for the .info of
+	// every module, one module at a time per core, between the go.mod
+	// files and the zips, so having them cached saves a round trip per
+	// module. A .info is a few dozen bytes; builds and go mod tidy, which
+	// never ask for it, pay one upstream request per go.mod fetched.
+	NoInfo bool
+
+	// Info prefetches the .info files of the requirements too (go list
+	// -m asks for them), not only that of the version served. Off by
+	// default: it doubles the requests of the requirements' prefetch.
 	Info bool
 
 	// Depth is how many levels of requirements below a go.mod served to
@@ -182,14 +189,34 @@ func (pf *prefetcher) served(req *request, c *content, status int) {
 	if req.kind != kindMod || c.data == nil {
 		return
 	}
-	if c.hot != nil && (c.hot.expanded.Load() || c.hot.expanded.Swap(true)) {
+	if c.hot == nil {
+		// Rare (no hot tier, or a huge go.mod): the expanded
+		// go.mod files are remembered apart, and so is the .info
+		// queued with the first expansion.
+		if _, ok := pf.expanded.Get(req.name); !ok {
+			pf.enqueueInfo(req.name)
+		}
+		pf.enqueue(prefetchJob{name: req.name, gomod: c.data})
 		return
 	}
-	if pf.opts.Info {
-		// The go command asks for the version's .info next.
-		pf.enqueue(prefetchJob{name: strings.TrimSuffix(req.name, ".mod") + ".info"})
+	// The version's .info once it is asked for, even if its go.mod was
+	// expanded ahead, by a prefetch deeper than one level.
+	if !pf.opts.NoInfo && !c.hot.infoQueued.Load() && !c.hot.infoQueued.Swap(true) {
+		pf.enqueueInfo(req.name)
+	}
+	if c.hot.expanded.Load() || c.hot.expanded.Swap(true) {
+		return
 	}
 	pf.enqueue(prefetchJob{name: req.name, gomod: c.data})
+}
+
+// enqueueInfo queues the .info of the version whose go.mod is named
+// modName, unless NoInfo: go mod download asks for it once the graph is
+// loaded.
+func (pf *prefetcher) enqueueInfo(modName string) {
+	if !pf.opts.NoInfo {
+		pf.enqueue(prefetchJob{name: strings.TrimSuffix(modName, ".mod") + ".info"})
+	}
 }
 
 // enqueue queues j, dropping it if the queue is full, and starts a worker
@@ -205,7 +232,11 @@ func (pf *prefetcher) enqueue(j prefetchJob) {
 	case pf.jobs <- j:
 	default:
 		pf.dropped.Add(1)
-		pf.p.conf.metrics.prefetch(PrefetchMetric{Kind: RequestMod, Event: PrefetchDropped})
+		kind := RequestMod
+		if strings.HasSuffix(j.name, ".info") {
+			kind = RequestInfo
+		}
+		pf.p.conf.metrics.prefetch(PrefetchMetric{Kind: kind, Event: PrefetchDropped})
 		return
 	}
 	pf.mu.Lock()

@@ -3,6 +3,7 @@ package goproxy
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -84,8 +85,11 @@ func TestPrefetchBringsTheRequirementsGoModFiles(t *testing.T) {
 			t.Errorf("%s was prefetched: deeper than Depth, or not a .mod", name)
 		}
 	}
-	if n := counts.get(PrefetchFetched); n != 5 {
-		t.Errorf("%d prefetches reported, want 5", n)
+	if !cached(t, p, moduletest.GraphPath(0)+"/@v/v1.1.0.info") {
+		t.Error("the served version's .info was not prefetched")
+	}
+	if n := counts.get(PrefetchFetched); n != 6 {
+		t.Errorf("%d prefetches reported, want 6 (five .mod files and the served version's .info)", n)
 	}
 	// Counted apart from the clients' in the upstream fetch metric.
 	if n, c := prefetchFetches.Load(), clientFetches.Load(); n != 5 || c != 1 {
@@ -190,6 +194,32 @@ func TestPrefetchOfInfoFiles(t *testing.T) {
 	}
 }
 
+func TestPrefetchOfTheServedVersionsInfoByDefault(t *testing.T) {
+	for _, noInfo := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NoInfo=%v", noInfo), func(t *testing.T) {
+			up := moduletest.NewServer(moduletest.Graph(12))
+			defer up.Close()
+			p := newTestProxy(t, up.URL)
+			p.Prefetch.NoInfo = noInfo
+			if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
+				t.Fatalf("%d %s", w.Code, w.Body)
+			}
+			testwait.For(t, p.idle)
+			own := moduletest.GraphPath(0) + "/@v/v1.1.0.info"
+			if got := cached(t, p, own); got == noInfo {
+				t.Errorf("%s cached: %v, want %v", own, got, !noInfo)
+			}
+			// Requirements: their .mod files, not their .info.
+			if !cached(t, p, graphMod(1, "v1.0.0")) {
+				t.Errorf("%s was not prefetched", graphMod(1, "v1.0.0"))
+			}
+			if name := moduletest.GraphPath(1) + "/@v/v1.0.0.info"; cached(t, p, name) {
+				t.Errorf("%s was prefetched without Info", name)
+			}
+		})
+	}
+}
+
 func TestPrefetchAsksTheAdmissionPolicyBeforeFetching(t *testing.T) {
 	up := moduletest.NewServer(moduletest.Graph(12))
 	defer up.Close()
@@ -284,6 +314,7 @@ func TestPrefetchWaitsForTheFetchAnotherProxySharingTheStoreHolds(t *testing.T) 
 	p.Cacher = store
 	var counts prefetchCounts
 	p.Metrics.Prefetch = counts.hook
+	p.Prefetch.NoInfo = true // the .mod files alone: one counts
 	// Another proxy sharing the store is fetching one requirement's go.mod.
 	held := graphMod(3, "v1.1.0")
 	release, err := store.HoldLease(context.Background(), "fetch/"+held)

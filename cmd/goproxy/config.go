@@ -400,6 +400,7 @@ type DownloadConfig struct {
 // PrefetchConfig is goproxy.PrefetchOptions.
 type PrefetchConfig struct {
 	Off         bool `yaml:"off" json:"off"`
+	NoInfo      bool `yaml:"no_info" json:"no_info"`
 	Info        bool `yaml:"info" json:"info"`
 	Depth       int  `yaml:"depth" json:"depth"`
 	Concurrency int  `yaml:"concurrency" json:"concurrency"`

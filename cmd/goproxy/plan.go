@@ -495,7 +495,7 @@ func resolveRepository(cfg *Config, r Repository, key string, env []string, dial
 		BaseDelay: time.Duration(d.BaseDelay), MaxDelay: time.Duration(d.MaxDelay),
 		HeaderTimeout: time.Duration(d.HeaderTimeout), BodyIdleTimeout: time.Duration(d.BodyIdleTimeout),
 		Timeout: time.Duration(d.Timeout), PartialDir: d.PartialDir, PartialBytes: int64(d.PartialBytes)}
-	s.Prefetch = goproxy.PrefetchOptions{Off: r.Prefetch.Off, Info: r.Prefetch.Info, Depth: r.Prefetch.Depth, Concurrency: r.Prefetch.Concurrency}
+	s.Prefetch = goproxy.PrefetchOptions{Off: r.Prefetch.Off, NoInfo: r.Prefetch.NoInfo, Info: r.Prefetch.Info, Depth: r.Prefetch.Depth, Concurrency: r.Prefetch.Concurrency}
 	s.Dialer = dialer
 	for k, v := range map[string]int64{"direct.max_concurrent": int64(r.Direct.MaxConcurrent), "download.connections": int64(d.Connections),
 		"prefetch.depth": int64(r.Prefetch.Depth), "prefetch.concurrency": int64(r.Prefetch.Concurrency),

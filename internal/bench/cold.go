@@ -48,6 +48,8 @@ func (b *bench) cold() {
 	viaProxy.env.Set("GOSUMDB", b.db.vkey) // no URL: through the proxy
 	viaPrefetch := newGoRunner(filepath.Join(b.godir, "cold-prefetch"), "", b.goMod, b.wantZips)
 	viaPrefetch.env.Set("GOSUMDB", b.db.vkey)
+	viaModOnly := newGoRunner(filepath.Join(b.godir, "cold-prefetch-modonly"), "", b.goMod, b.wantZips)
+	viaModOnly.env.Set("GOSUMDB", b.db.vkey)
 	viaInfo := newGoRunner(filepath.Join(b.godir, "cold-prefetch-info"), "", b.goMod, b.wantZips)
 	viaInfo.env.Set("GOSUMDB", b.db.vkey)
 
@@ -107,6 +109,7 @@ func (b *bench) cold() {
 		}},
 		{name: "proxy", run: func() coldRun { return proxied(viaProxy, goproxy.PrefetchOptions{Off: true}) }},
 		{name: "prefetch", run: func() coldRun { return proxied(viaPrefetch, goproxy.PrefetchOptions{}) }},
+		{name: "prefetch .mod only", run: func() coldRun { return proxied(viaModOnly, goproxy.PrefetchOptions{NoInfo: true}) }},
 		{name: "prefetch+info", run: func() coldRun { return proxied(viaInfo, goproxy.PrefetchOptions{Info: true}) }},
 	}
 	progress("cold go mod download, verification on, %d runs each of %d sides", *reps, len(sides))
@@ -121,15 +124,18 @@ func (b *bench) cold() {
 		}
 		progress("  run %d: %s", i+1, strings.Join(line, ", "))
 	}
-	directSide, proxySide, defaultSide, infoSide := sides[0], sides[1], sides[2], sides[3]
-	cd, cp, cf, ci := median(directSide.times()), median(proxySide.times()), median(defaultSide.times()), median(infoSide.times())
+	directSide, proxySide, defaultSide, modOnlySide, infoSide := sides[0], sides[1], sides[2], sides[3], sides[4]
+	cd, cp, cf := median(directSide.times()), median(proxySide.times()), median(defaultSide.times())
+	cm, ci := median(modOnlySide.times()), median(infoSide.times())
 	modLabel := fmt.Sprintf("(%d modules)", b.wantZips)
-	def := durRow("  the same, prefetch on: .mod (the default)", cf, cd, 0)
-	def.target, def.met = "-", ""
+	modOnly := durRow("  (prefetch .mod only: NoInfo)", cm, cd, 0)
+	modOnly.target, modOnly.met = "-", ""
+	withInfo := durRow("  (prefetch with the requirements' .info: Info)", ci, cd, 0)
+	withInfo.target, withInfo.met = "-", ""
 	b.rows = append(b.rows,
 		durRow("cold go mod download "+modLabel+", verifying, prefetch off", cp, cd, 1.05),
-		def,
-		durRow("  the same, prefetch on: .mod and .info", ci, cd, 0.75))
+		durRow("  the same, prefetch on (the default: .mod, and the served version's .info)", cf, cd, 0.75),
+		modOnly, withInfo)
 
 	// One request per file fetched, prefetching off.
 	oneEach := true
@@ -150,7 +156,7 @@ func (b *bench) cold() {
 	})
 	// What prefetching fetched, and what of it the go command used.
 	var prefetchRaw []string
-	for _, s := range []*coldSide{defaultSide, infoSide} {
+	for _, s := range []*coldSide{defaultSide, modOnlySide, infoSide} {
 		var fetched, used, extra []string
 		var fetchedSum, usedSum int64
 		for i, r := range s.res {
@@ -192,6 +198,7 @@ func (b *bench) cold() {
 		fmt.Sprintf("cold direct    median %s  runs %s  (%s)", secs(cd), durList(directSide.times()), counts(directSide, false)),
 		fmt.Sprintf("cold proxy     median %s  runs %s  (%s)", secs(cp), durList(proxySide.times()), counts(proxySide, true)),
 		fmt.Sprintf("cold prefetch  median %s  runs %s  (%s)", secs(cf), durList(defaultSide.times()), counts(defaultSide, true)),
+		fmt.Sprintf("cold prefetch .mod only  median %s  runs %s  (%s)", secs(cm), durList(modOnlySide.times()), counts(modOnlySide, true)),
 		fmt.Sprintf("cold prefetch+info  median %s  runs %s  (%s)", secs(ci), durList(infoSide.times()), counts(infoSide, true)))
 	b.raw = append(b.raw, prefetchRaw...)
 }
