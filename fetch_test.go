@@ -244,6 +244,7 @@ func TestCredentialsDoNotFollowRedirects(t *testing.T) {
 		{URL: redirector.URL, Header: http.Header{"X-Api-Key": {"k3y"}}},
 	} {
 		p := newTestProxy(t, "off")
+		p.Prefetch.Off = true // the go.mod's request alone reaches the target
 		p.Routes = []Route{{Pattern: "example.com", Upstreams: []Upstream{up}}}
 		// Not a configured endpoint: the egress policy must be told.
 		p.Egress.Allow = []string{strings.TrimPrefix(other.URL, "http://")}

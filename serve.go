@@ -30,6 +30,11 @@ func writeMessage(w http.ResponseWriter, status int, msg string) {
 // gzipMinSize is the smallest text response worth compressing.
 const gzipMinSize = 1 << 10
 
+// serverBuffered is below the size of net/http's buffer of an answer's
+// first bytes (2 KiB): a handler that writes a shorter body and returns
+// gets a Content-Length from the server, not chunks.
+const serverBuffered = 2000
+
 // serve writes c to the client with the headers of req's kind, and
 // returns the status it answered: the one place where a file is served.
 //
@@ -54,7 +59,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, req *request, c *c
 		hh := &hf.header
 		h["Content-Type"] = hh.contentType
 		h["Cache-Control"] = hh.cacheControl
-		if req.compressible() {
+		if mayCompress(req, hf.data) {
 			addVary(h)
 			if acceptsGzip(r) {
 				gz = hf.gz
@@ -70,9 +75,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, req *request, c *c
 		if c.from == fromStale {
 			h["Warning"] = []string{`110 - "Response is Stale"`}
 		}
-		if req.compressible() {
+		if mayCompress(req, c.data) {
 			addVary(h)
-			if acceptsGzip(r) && len(c.data) >= gzipMinSize {
+			if acceptsGzip(r) {
 				lazy = c.data
 			}
 		}
@@ -108,6 +113,15 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, req *request, c *c
 	return gw.status
 }
 
+// mayCompress reports whether an answer with data may be compressed, so
+// that it depends on Accept-Encoding: a text file held in memory, large
+// enough to be worth it. Any other answer is the same for every client and
+// says nothing of Accept-Encoding. (Hot or not, a file gets the same
+// answer.)
+func mayCompress(req *request, data []byte) bool {
+	return req.compressible() && len(data) >= gzipMinSize
+}
+
 // addVary says that the answer depends on Accept-Encoding, keeping what
 // Vary said already.
 func addVary(h http.Header) {
@@ -128,7 +142,12 @@ func conditional(r *http.Request) bool {
 }
 
 // writeHot answers an unconditional request for a hot file with its
-// prepared headers: those http.ServeContent would send for a full answer.
+// prepared headers: those http.ServeContent would send for a full answer,
+// less two that cost every answer of the most frequent path (each header
+// the handler sets is copied, sorted and scanned by net/http): no
+// Accept-Ranges (advisory: a Range request is still answered, by
+// ServeContent), and no Content-Length for a body net/http buffers whole,
+// whose length it works out and writes itself, cheaper.
 func writeHot(w http.ResponseWriter, r *http.Request, hf *hotFile, gz []byte) int {
 	out := w.Header()
 	body, hh := hf.data, &hf.header
@@ -136,11 +155,11 @@ func writeHot(w http.ResponseWriter, r *http.Request, hf *hotFile, gz []byte) in
 		body, hh = gz, &hf.gzHeader
 		out["Content-Encoding"] = contentEncodingGz
 		out["Etag"] = hh.etag
-	} else {
-		out["Accept-Ranges"] = acceptRangesBytes
 	}
 	out["Last-Modified"] = hh.lastModified
-	out["Content-Length"] = hh.length
+	if len(body) >= serverBuffered || r.Method == http.MethodHead {
+		out["Content-Length"] = hh.length
+	}
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
 		w.Write(body)

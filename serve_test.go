@@ -3,8 +3,10 @@ package goproxy
 import (
 	"bytes"
 	"compress/gzip"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -255,5 +257,72 @@ func TestAFileStoredAgainIsNotAnsweredFromWhatWasReadBefore(t *testing.T) {
 	w := do(p, "GET", "/"+name, "If-None-Match", first.Header().Get("Etag"))
 	if w.Code != 200 || w.Body.String() != updated || w.Header().Get("Etag") == first.Header().Get("Etag") {
 		t.Errorf("stored again: %d %q, tag %s (was %s)", w.Code, w.Body, w.Header().Get("Etag"), first.Header().Get("Etag"))
+	}
+}
+
+// A hot file is answered with the headers of its kind but for
+// Accept-Ranges, and a short one without a Content-Length of its own:
+// through a server, every answer still carries its length (net/http works
+// it out for a short body), a HEAD too, and a Range is still answered.
+// Vary is sent only where a compressed answer is possible.
+func TestHotAnswersCarryTheirLength(t *testing.T) {
+	var long strings.Builder
+	long.WriteString("module example.com/a\n\nrequire (\n")
+	for i := range 200 {
+		fmt.Fprintf(&long, "\texample.com/dep%03d v1.0.0\n", i)
+	}
+	long.WriteString(")\n")
+	files := map[string][]byte{
+		"/example.com/a/@v/v1.0.0.mod": []byte("module example.com/a\n"),
+		"/example.com/a/@v/v1.1.0.mod": []byte(long.String()),
+	}
+	up := newUpstream(t, files)
+	p := newTestProxy(t, up.URL)
+	p.Prefetch.Off = true
+	srv := httptest.NewServer(p)
+	defer srv.Close()
+	send := func(method, path string, header ...string) (*http.Response, []byte) {
+		t.Helper()
+		r, err := http.NewRequest(method, srv.URL+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Accept-Encoding", "identity")
+		for i := 0; i+1 < len(header); i += 2 {
+			r.Header.Set(header[i], header[i+1])
+		}
+		resp, err := srv.Client().Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, body
+	}
+	for path, want := range files {
+		send("GET", path)
+		testwait.For(t, p.flights.idle) // stored: now hot
+		resp, body := send("GET", path)
+		if resp.StatusCode != 200 || !bytes.Equal(body, want) {
+			t.Fatalf("GET %s: %d, %d bytes", path, resp.StatusCode, len(body))
+		}
+		if resp.ContentLength != int64(len(want)) || len(resp.TransferEncoding) > 0 {
+			t.Errorf("GET %s: Content-Length %d, transfer encoding %q, want %d", path, resp.ContentLength, resp.TransferEncoding, len(want))
+		}
+		if got, wantVary := resp.Header.Get("Vary"), len(want) >= gzipMinSize; (got != "") != wantVary {
+			t.Errorf("GET %s (%d bytes): Vary %q", path, len(want), got)
+		}
+		if resp.Header.Get("ETag") == "" || resp.Header.Get("Last-Modified") == "" || resp.Header.Get("Cache-Control") == "" {
+			t.Errorf("GET %s: headers %v", path, resp.Header)
+		}
+		if resp, _ := send("HEAD", path); resp.StatusCode != 200 || resp.ContentLength != int64(len(want)) {
+			t.Errorf("HEAD %s: %d, Content-Length %d, want %d", path, resp.StatusCode, resp.ContentLength, len(want))
+		}
+		if resp, body := send("GET", path, "Range", "bytes=2-9"); resp.StatusCode != 206 || !bytes.Equal(body, want[2:10]) {
+			t.Errorf("GET %s, a range: %d %q", path, resp.StatusCode, body)
+		}
 	}
 }

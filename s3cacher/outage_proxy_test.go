@@ -135,7 +135,9 @@ func TestAProxyBypassesAStoppedCacheAndFailsClosedOnAStoppedHostedStore(t *testi
 			// store or no store: keep every answer on the stores and the
 			// upstream.
 			HotCacheBytes: -1,
-			Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+			// Upstream requests are counted: the clients' alone.
+			Prefetch: goproxy.PrefetchOptions{Off: true},
+			Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		}
 		srv := httptest.NewServer(p)
 		t.Cleanup(srv.Close)
