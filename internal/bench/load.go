@@ -18,6 +18,9 @@ type loadResult struct {
 	elapsed  time.Duration
 	rate     float64       // wrk's own Requests/sec; 0 for the in-process generator
 	p99      time.Duration // wrk's 99th percentile latency; 0 for the in-process generator
+	// CPU used during the run by this process (the servers) and by wrk,
+	// for the CPU each request costs either side; 0 when not measured.
+	serverCPU, loadCPU time.Duration
 }
 
 func (r loadResult) rps() float64 {
@@ -49,6 +52,10 @@ func rpsList(rs []loadResult) string {
 		fmt.Fprintf(&b, "%.0f (%d/%s", r.rps(), r.requests, secs(r.elapsed))
 		if r.p99 > 0 {
 			fmt.Fprintf(&b, ", p99 %s", r.p99)
+		}
+		if r.serverCPU > 0 && r.requests > 0 {
+			fmt.Fprintf(&b, ", CPU per request %.1f µs here, %.1f µs wrk", float64(r.serverCPU.Nanoseconds())/1e3/float64(r.requests),
+				float64(r.loadCPU.Nanoseconds())/1e3/float64(r.requests))
 		}
 		if r.errors > 0 {
 			fmt.Fprintf(&b, ", %d ERRORS", r.errors)
@@ -139,14 +146,49 @@ func medianP99(rs []loadResult) time.Duration {
 
 // sameBytesHandler is the baseline: the bare net/http server cost of
 // answering the same paths with the same bytes, from a map.
-func sameBytesHandler(files map[string][]byte) http.Handler {
+func sameBytesHandler(answers map[string]answer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, ok := files[r.URL.Path]
+		a, ok := answers[r.URL.Path]
 		if !ok {
 			http.NotFound(w, r)
 			return
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Write(b)
+		w.Write(a.body)
+	})
+}
+
+// answer is a body and the headers the proxy sent with it.
+type answer struct {
+	body   []byte
+	header http.Header
+}
+
+// sameAnswersHandler answers the paths as the proxy did, headers too
+// (those net/http sets itself, Date and Content-Length, but for a
+// Content-Length the proxy set on a longer body), from a map: what
+// serving the same answers costs net/http and the client, without the
+// proxy's work.
+func sameAnswersHandler(answers map[string]answer) http.Handler {
+	prepared := map[string]answer{}
+	for path, a := range answers {
+		h := a.header.Clone()
+		h.Del("Date")
+		if len(a.body) < 2000 {
+			h.Del("Content-Length")
+		}
+		prepared[path] = answer{body: a.body, header: h}
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a, ok := prepared[r.URL.Path]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		out := w.Header()
+		for k, v := range a.header {
+			out[k] = v
+		}
+		w.Write(a.body)
 	})
 }

@@ -25,7 +25,8 @@
 //     (GOSUMDB="<key> <URL>"), against the same go command through a
 //     fresh proxy, verifying through the proxy's /sumdb/ (GOSUMDB=<key>),
 //     with prefetching off (target at most 1.05x) and on, its default
-//     (target at most 0.75x). -reps runs each. The upstream requests of
+//     (target at most 0.75x), and for reference with .mod files only
+//     (NoInfo) and with the requirements' .info (Info). -reps runs each. The upstream requests of
 //     the proxy runs are counted by path: with prefetching off, every file
 //     fetched must have been asked once, with one request (target 1.00);
 //     with it on, the prefetches (Metrics.Prefetch) and how many of them
@@ -59,9 +60,13 @@
 //  5. Warm requests per second for small files: the .info and .mod files
 //     of every version of the graph, all cached, over keep-alive HTTP/1.1
 //     connections, in -rpsreps rounds of -duration alternating with the
-//     baseline, a trivial net/http handler answering the same paths with
-//     the same bytes from a map; the medians are compared, target at
-//     least 0.9x, and the p99 latencies are shown. The load comes from
+//     baselines: a trivial net/http handler answering the same paths with
+//     the same bytes from a map, and one answering with the same bytes
+//     and the headers the proxy sent (its hot answers, captured from it),
+//     which is what serving those answers costs net/http and wrk without
+//     the proxy's work; the medians are compared, target at least 0.9x,
+//     and the p99 latencies are shown. Each round reports the CPU per
+//     request of this process and of wrk (getrusage). The load comes from
 //     wrk (Debian's wrk package, which the benchmark installs with
 //     apt-get when it is missing): "wrk -t1 -c<-clients> -d<-duration>
 //     --latency -s <script>", in a process of its own, the Lua script
@@ -354,7 +359,8 @@ func main() {
 	fmt.Printf("- paced: the same proxy download with DownloadOptions.Connections = 1; the upstream paces each connection at %s\n", formatRate(int64(connRate)))
 	fmt.Println("  and adds the latency per request; times run until the client has read the whole zip")
 	fmt.Println("- warm: the same go command against http.FileServer over the same files (reference: a file:// tree)")
-	fmt.Println("- req/s: a trivial net/http handler answering the same paths with the same bytes from a map")
+	fmt.Println("- req/s: a trivial net/http handler answering the same paths with the same bytes from a map;")
+	fmt.Println("  same answers: one answering with the bytes and the headers the proxy sent (Cache-Control, ETag, ...)")
 	fmt.Println("- faults: the same cold proxy run (GOSUMDB=off) against an upstream failing no request")
 	if want["ops"] {
 		fmt.Println("- eviction run: DirCacher.Walk of the same cache (the run finds it within its limits: it lists, removes nothing)")

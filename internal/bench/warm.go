@@ -110,10 +110,13 @@ func (b *bench) requestsPerSecond(proxyURL string) {
 		}
 	}
 	lc := loadClient(*clients)
-	files := fill(lc, proxyURL, small) // whatever go mod download did not ask for
+	fill(lc, proxyURL, small)            // whatever go mod download did not ask for
+	answers := fill(lc, proxyURL, small) // as the runs will see them: hot
 	lc.CloseIdleConnections()
-	trivial := serve(sameBytesHandler(files))
+	trivial := serve(sameBytesHandler(answers))
 	atExit(trivial.Close)
+	sameAnswers := serve(sameAnswersHandler(answers))
+	atExit(sameAnswers.Close)
 
 	useWrk, useGo := false, false
 	wrkBin, note := "", ""
@@ -169,12 +172,16 @@ func (b *bench) requestsPerSecond(proxyURL string) {
 		b.counted.take()
 		// Rounds alternate baseline and proxy, the proxy last, so that a
 		// CPU profile can cover the last proxy round alone.
-		var base, proxy []loadResult
+		var base, same, proxy []loadResult
 		for i := range *rpsReps {
 			if i == 0 || g.warmEach {
 				g.warm(trivial.URL)
 			}
 			base = append(base, g.timed(trivial.URL))
+			if i == 0 || g.warmEach {
+				g.warm(sameAnswers.URL)
+			}
+			same = append(same, g.timed(sameAnswers.URL))
 			if i == 0 || g.warmEach {
 				g.warm(proxyURL)
 			}
@@ -185,16 +192,24 @@ func (b *bench) requestsPerSecond(proxyURL string) {
 			} else {
 				proxy = append(proxy, g.timed(proxyURL))
 			}
-			progress("  round %d: proxy %.0f req/s (p99 %s), baseline %.0f req/s (p99 %s)", i+1, proxy[i].rps(), proxy[i].p99, base[i].rps(), base[i].p99)
+			progress("  round %d: proxy %.0f req/s (p99 %s), baseline %.0f req/s (p99 %s), same answers %.0f req/s (p99 %s)",
+				i+1, proxy[i].rps(), proxy[i].p99, base[i].rps(), base[i].p99, same[i].rps(), same[i].p99)
 		}
 		upReqs := b.counted.take().requests
-		rp, rb := medianRPS(proxy), medianRPS(base)
+		rp, rb, rs := medianRPS(proxy), medianRPS(base), medianRPS(same)
 		r := row{
 			proxy:    fmt.Sprintf("%.0f/s", rp),
 			baseline: fmt.Sprintf("%.0f/s", rb),
 			ratio:    fmt.Sprintf("%.2fx", rp/rb),
 			target:   ">=0.90x",
 			met:      yesNo(rp/rb >= 0.9),
+		}
+		sameRow := row{
+			proxy:    fmt.Sprintf("%.0f/s", rp),
+			baseline: fmt.Sprintf("%.0f/s", rs),
+			ratio:    fmt.Sprintf("%.2fx", rp/rs),
+			target:   ">=0.90x",
+			met:      yesNo(rp/rs >= 0.9),
 		}
 		if g.name == "wrk" {
 			r.figure = fmt.Sprintf("warm req/s, .info+.mod, wrk -t1 -c%d", *clients)
@@ -205,14 +220,20 @@ func (b *bench) requestsPerSecond(proxyURL string) {
 				r.target, r.met = "-", ""
 			}
 		}
-		b.rows = append(b.rows, r)
+		sameRow.figure = "  vs the same answers (headers too) from a map"
+		if r.target == "-" {
+			sameRow.target, sameRow.met = "-", ""
+		}
+		b.rows = append(b.rows, r, sameRow)
 		if g.name == "wrk" {
-			b.rows = append(b.rows, row{figure: "  p99 latency", proxy: medianP99(proxy).String(), baseline: medianP99(base).String(), ratio: "-", target: "-"})
+			b.rows = append(b.rows, row{figure: "  p99 latency (proxy; bodies; same answers)", proxy: medianP99(proxy).String(), baseline: medianP99(base).String(),
+				ratio: medianP99(same).String(), target: "-"})
 		}
 		b.raw = append(b.raw,
 			fmt.Sprintf("rps proxy (%s)    median %.0f req/s  rounds %s  (upstream requests %d)", g.name, rp, rpsList(proxy), upReqs),
-			fmt.Sprintf("rps baseline (%s) median %.0f req/s  rounds %s", g.name, rb, rpsList(base)))
-		for _, r := range append(proxy, base...) {
+			fmt.Sprintf("rps baseline (%s) median %.0f req/s  rounds %s", g.name, rb, rpsList(base)),
+			fmt.Sprintf("rps same answers (%s) median %.0f req/s  rounds %s", g.name, rs, rpsList(same)))
+		for _, r := range append(append(proxy, base...), same...) {
 			if r.errors > 0 {
 				b.raw = append(b.raw, "WARNING: requests failed during the requests-per-second runs ("+g.name+")")
 				break
@@ -223,13 +244,13 @@ func (b *bench) requestsPerSecond(proxyURL string) {
 
 // fill GETs every path once through the proxy, concurrently, so that the
 // requests-per-second run finds them all cached, checks each is 200, and
-// returns the bodies by path.
-func fill(client *http.Client, base string, paths []string) map[string][]byte {
+// returns the answers by path.
+func fill(client *http.Client, base string, paths []string) map[string]answer {
 	work := make(chan string)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var failures []string
-	bodies := map[string][]byte{}
+	answers := map[string]answer{}
 	for range 16 {
 		wg.Go(func() {
 			for p := range work {
@@ -249,7 +270,7 @@ func fill(client *http.Client, base string, paths []string) map[string][]byte {
 				case resp.StatusCode != http.StatusOK:
 					failures = append(failures, p+": "+resp.Status)
 				default:
-					bodies[p] = body
+					answers[p] = answer{body: body, header: resp.Header}
 				}
 				mu.Unlock()
 			}
@@ -263,5 +284,5 @@ func fill(client *http.Client, base string, paths []string) map[string][]byte {
 	if len(failures) > 0 {
 		fatalf("filling the proxy cache:\n%s", strings.Join(failures, "\n"))
 	}
-	return bodies
+	return answers
 }

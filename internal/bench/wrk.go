@@ -120,9 +120,12 @@ func runWrk(bin, script, url string, conns int, dur time.Duration) loadResult {
 	cmd := exec.CommandContext(ctx, bin, "-t1", "-c"+strconv.Itoa(conns), "-d"+strconv.Itoa(secs)+"s", "--latency", "-s", script, url)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
+	cpuBefore := processCPU()
 	if err := cmd.Run(); err != nil {
 		fatalf("%s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(cmd.Args, " "), err, out.String(), errb.String())
 	}
+	serverCPU := processCPU() - cpuBefore
+	loadCPU := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	report := out.String()
 	m := wrkRPS.FindStringSubmatch(report)
 	if m == nil {
@@ -132,7 +135,7 @@ func runWrk(bin, script, url string, conns int, dur time.Duration) loadResult {
 	if err != nil {
 		fatalf("wrk's Requests/sec %q: %v", m[1], err)
 	}
-	r := loadResult{rate: rate, elapsed: time.Duration(secs) * time.Second}
+	r := loadResult{rate: rate, elapsed: time.Duration(secs) * time.Second, serverCPU: serverCPU, loadCPU: loadCPU}
 	if m := wrkRequests.FindStringSubmatch(report); m != nil {
 		r.requests, _ = strconv.ParseInt(m[1], 10, 64)
 		if v, err := strconv.ParseFloat(m[2], 64); err == nil {
