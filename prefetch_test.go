@@ -171,50 +171,39 @@ func TestPrefetchVerifiesAsAnyFetch(t *testing.T) {
 	}
 }
 
+// The .info of the version served is prefetched by default, those of the
+// requirements with Info, none with NoInfo; the requirements' .mod files
+// always, the default depth of one level below.
 func TestPrefetchOfInfoFiles(t *testing.T) {
-	up := moduletest.NewServer(moduletest.Graph(12))
-	defer up.Close()
-	p := newTestProxy(t, up.URL)
-	p.Prefetch.Info = true
-	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
-		t.Fatalf("%d %s", w.Code, w.Body)
-	}
-	testwait.For(t, p.idle)
-	// The version's own .info, which go mod download asks for next, and
-	// the requirements' with their .mod files, the default depth of one
-	// level below.
-	for _, name := range []string{moduletest.GraphPath(0) + "/@v/v1.1.0.info", moduletest.GraphPath(1) + "/@v/v1.0.0.info",
-		graphMod(1, "v1.0.0"), moduletest.GraphPath(3) + "/@v/v1.1.0.info", graphMod(3, "v1.1.0")} {
-		if !cached(t, p, name) {
-			t.Errorf("%s was not prefetched", name)
-		}
-	}
-	if cached(t, p, graphMod(2, "v1.0.0")) {
-		t.Errorf("%s was prefetched, deeper than the default depth", graphMod(2, "v1.0.0"))
-	}
-}
-
-func TestPrefetchOfTheServedVersionsInfoByDefault(t *testing.T) {
-	for _, noInfo := range []bool{false, true} {
-		t.Run(fmt.Sprintf("NoInfo=%v", noInfo), func(t *testing.T) {
+	for _, tt := range []struct {
+		opts                  PrefetchOptions
+		ownInfo, requiredInfo bool
+	}{
+		{PrefetchOptions{}, true, false},
+		{PrefetchOptions{Info: true}, true, true},
+		{PrefetchOptions{NoInfo: true}, false, false},
+	} {
+		t.Run(fmt.Sprintf("%+v", tt.opts), func(t *testing.T) {
 			up := moduletest.NewServer(moduletest.Graph(12))
 			defer up.Close()
 			p := newTestProxy(t, up.URL)
-			p.Prefetch.NoInfo = noInfo
+			p.Prefetch = tt.opts
 			if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
 				t.Fatalf("%d %s", w.Code, w.Body)
 			}
 			testwait.For(t, p.idle)
-			own := moduletest.GraphPath(0) + "/@v/v1.1.0.info"
-			if got := cached(t, p, own); got == noInfo {
-				t.Errorf("%s cached: %v, want %v", own, got, !noInfo)
+			want := map[string]bool{
+				moduletest.GraphPath(0) + "/@v/v1.1.0.info": tt.ownInfo,
+				moduletest.GraphPath(1) + "/@v/v1.0.0.info": tt.requiredInfo,
+				moduletest.GraphPath(3) + "/@v/v1.1.0.info": tt.requiredInfo,
+				graphMod(1, "v1.0.0"):                       true,
+				graphMod(3, "v1.1.0"):                       true,
+				graphMod(2, "v1.0.0"):                       false, // deeper than the default depth
 			}
-			// Requirements: their .mod files, not their .info.
-			if !cached(t, p, graphMod(1, "v1.0.0")) {
-				t.Errorf("%s was not prefetched", graphMod(1, "v1.0.0"))
-			}
-			if name := moduletest.GraphPath(1) + "/@v/v1.0.0.info"; cached(t, p, name) {
-				t.Errorf("%s was prefetched without Info", name)
+			for name, want := range want {
+				if got := cached(t, p, name); got != want {
+					t.Errorf("%s prefetched: %v, want %v", name, got, want)
+				}
 			}
 		})
 	}

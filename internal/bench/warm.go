@@ -197,20 +197,7 @@ func (b *bench) requestsPerSecond(proxyURL string) {
 		}
 		upReqs := b.counted.take().requests
 		rp, rb, rs := medianRPS(proxy), medianRPS(base), medianRPS(same)
-		r := row{
-			proxy:    fmt.Sprintf("%.0f/s", rp),
-			baseline: fmt.Sprintf("%.0f/s", rb),
-			ratio:    fmt.Sprintf("%.2fx", rp/rb),
-			target:   ">=0.90x",
-			met:      yesNo(rp/rb >= 0.9),
-		}
-		sameRow := row{
-			proxy:    fmt.Sprintf("%.0f/s", rp),
-			baseline: fmt.Sprintf("%.0f/s", rs),
-			ratio:    fmt.Sprintf("%.2fx", rp/rs),
-			target:   ">=0.90x",
-			met:      yesNo(rp/rs >= 0.9),
-		}
+		r, sameRow := rpsRow(rp, rb), rpsRow(rp, rs)
 		if g.name == "wrk" {
 			r.figure = fmt.Sprintf("warm req/s, .info+.mod, wrk -t1 -c%d", *clients)
 		} else {
@@ -239,6 +226,18 @@ func (b *bench) requestsPerSecond(proxyURL string) {
 				break
 			}
 		}
+	}
+}
+
+// rpsRow is a row comparing the proxy's rate with a baseline's, target at
+// least 0.9x.
+func rpsRow(proxy, baseline float64) row {
+	return row{
+		proxy:    fmt.Sprintf("%.0f/s", proxy),
+		baseline: fmt.Sprintf("%.0f/s", baseline),
+		ratio:    fmt.Sprintf("%.2fx", proxy/baseline),
+		target:   ">=0.90x",
+		met:      yesNo(proxy/baseline >= 0.9),
 	}
 }
 
