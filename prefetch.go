@@ -191,10 +191,16 @@ func (pf *prefetcher) served(req *request, c *content, status int) {
 	}
 	if c.hot == nil {
 		// Rare (no hot tier, or a huge go.mod): the expanded
-		// go.mod files are remembered apart, and so is the .info
-		// queued with the first expansion.
-		if _, ok := pf.expanded.Get(req.name); !ok {
-			pf.enqueueInfo(req.name)
+		// go.mod files are remembered apart, and so are the .info
+		// files queued, under their own names: a go.mod expanded
+		// ahead, by a prefetch deeper than one level, has not had
+		// its .info queued.
+		if !pf.opts.NoInfo {
+			info := strings.TrimSuffix(req.name, ".mod") + ".info"
+			if _, ok := pf.expanded.Get(info); !ok {
+				pf.expanded.Put(info, struct{}{})
+				pf.enqueueInfo(req.name)
+			}
 		}
 		pf.enqueue(prefetchJob{name: req.name, gomod: c.data})
 		return

@@ -389,3 +389,34 @@ func TestAClientNeverWaitsForTheChecksumLookupOfAPrefetchQueuedBehindPrefetches(
 		t.Fatal("the client's zip waited for the prefetch slot: its checksum lookup queued behind the prefetch")
 	}
 }
+
+// A go.mod expanded ahead of the client, by a prefetch deeper than one
+// level, still has its version's .info prefetched once a client asks for
+// it: with the hot tier or without.
+func TestPrefetchOfTheInfoOfAGoModExpandedAhead(t *testing.T) {
+	for _, hot := range []int64{0, -1} {
+		t.Run(fmt.Sprintf("HotCacheBytes=%d", hot), func(t *testing.T) {
+			up := moduletest.NewServer(moduletest.Graph(12))
+			defer up.Close()
+			p := newTestProxy(t, up.URL)
+			p.HotCacheBytes = hot
+			p.Prefetch.Depth = 2
+			if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
+				t.Fatalf("%d %s", w.Code, w.Body)
+			}
+			testwait.For(t, p.idle)
+			// mod003@v1.1.0 was prefetched and expanded (level 1 of 2).
+			info := moduletest.GraphPath(3) + "/@v/v1.1.0.info"
+			if cached(t, p, info) {
+				t.Fatalf("%s prefetched before its go.mod was asked for", info)
+			}
+			if w := do(p, "GET", "/"+graphMod(3, "v1.1.0")); w.Code != 200 {
+				t.Fatalf("%d %s", w.Code, w.Body)
+			}
+			testwait.For(t, p.idle)
+			if !cached(t, p, info) {
+				t.Errorf("%s was not prefetched once its go.mod was served", info)
+			}
+		})
+	}
+}

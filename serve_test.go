@@ -326,3 +326,64 @@ func TestHotAnswersCarryTheirLength(t *testing.T) {
 		}
 	}
 }
+
+// A hot compressed answer shorter than net/http's buffer goes without a
+// Content-Length of ours too: over HTTP/1.1 and HTTP/2 it still carries
+// the compressed body's length, a HEAD too, and says Vary.
+func TestHotCompressedAnswersCarryTheirLength(t *testing.T) {
+	var long strings.Builder
+	long.WriteString("module example.com/a\n\nrequire (\n")
+	for i := range 60 {
+		fmt.Fprintf(&long, "\texample.com/dep%03d v1.0.0\n", i)
+	}
+	long.WriteString(")\n")
+	want := long.String()
+	const path = "/example.com/a/@v/v1.0.0.mod"
+	up := newUpstream(t, map[string][]byte{path: []byte(want)})
+	p := newTestProxy(t, up.URL)
+	p.Prefetch.Off = true
+	for _, h2 := range []bool{false, true} {
+		srv := httptest.NewUnstartedServer(p)
+		srv.EnableHTTP2 = h2
+		srv.StartTLS()
+		client := srv.Client()
+		client.Transport.(*http.Transport).DisableCompression = true
+		for _, method := range []string{"GET", "GET", "HEAD"} { // a miss, then hot
+			r, err := http.NewRequest(method, srv.URL+path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Header.Set("Accept-Encoding", "gzip")
+			resp, err := client.Do(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("%s over %s: %d %v", method, resp.Proto, resp.StatusCode, err)
+			}
+			testwait.For(t, p.flights.idle) // stored: now hot
+			if resp.Header.Get("Content-Encoding") != "gzip" || resp.Header.Get("Vary") != "Accept-Encoding" || len(resp.TransferEncoding) > 0 {
+				t.Errorf("%s over %s: headers %v, transfer encoding %q", method, resp.Proto, resp.Header, resp.TransferEncoding)
+			}
+			if method == "HEAD" {
+				if resp.ContentLength <= 0 || resp.ContentLength >= int64(len(want)) {
+					t.Errorf("HEAD over %s: Content-Length %d, want that of the compressed body", resp.Proto, resp.ContentLength)
+				}
+				continue
+			}
+			if resp.ContentLength != int64(len(body)) || len(body) >= serverBuffered {
+				t.Errorf("GET over %s: Content-Length %d for %d bytes (want a compressed body under %d)", resp.Proto, resp.ContentLength, len(body), serverBuffered)
+			}
+			zr, err := gzip.NewReader(bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, err := io.ReadAll(zr); err != nil || string(got) != want {
+				t.Errorf("GET over %s: the body does not gunzip to the file (%v)", resp.Proto, err)
+			}
+		}
+		srv.Close()
+	}
+}
