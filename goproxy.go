@@ -84,7 +84,10 @@ type Proxy struct {
 	// (.info, .mod, checksum database lookups and full tiles), with their
 	// compressed forms, in front of Cacher, so the most frequent requests
 	// are answered without touching it. Zero means 64 MiB; a negative
-	// value disables it.
+	// value disables it. A hot answer shorter than 2 KB leaves its
+	// Content-Length to net/http, which works it out when the handler
+	// returns: a ResponseWriter wrapped around the proxy that flushes
+	// early sends it chunked instead.
 	HotCacheBytes int64
 
 	// Hosted stores the module versions published to the proxy, by PUT of
@@ -564,7 +567,7 @@ func (p *Proxy) serveRead(w http.ResponseWriter, r *http.Request, req *request) 
 	}
 	status := p.serve(w, r, req, c)
 	p.answered(w, r, req, c.from.String(), status)
-	p.prefetcher.served(req, c, status)
+	p.prefetcher.served(r, req, c, status)
 }
 
 // serveHot answers a read of a file of the hot tier.
@@ -576,7 +579,7 @@ func (p *Proxy) serveHot(w http.ResponseWriter, r *http.Request, hf *hotFile) {
 	}
 	status := p.serve(w, r, req, hf.served)
 	p.answered(w, r, req, fromHot.String(), status)
-	p.prefetcher.served(req, hf.served, status)
+	p.prefetcher.served(r, req, hf.served, status)
 }
 
 // answered is told of every answer to a read of a file, once it is

@@ -2,6 +2,7 @@ package goproxy
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,12 +40,15 @@ type PrefetchOptions struct {
 	// every module, one module at a time per core, between the go.mod
 	// files and the zips, so having them cached saves a round trip per
 	// module. A .info is a few dozen bytes; builds and go mod tidy, which
-	// never ask for it, pay one upstream request per go.mod fetched.
+	// never ask for it, pay one upstream request per go.mod fetched. A
+	// module whose route tries direct first is left out: its .info would
+	// be a run of the go command of its own.
 	NoInfo bool
 
 	// Info prefetches the .info files of the requirements too (go list
-	// -m asks for them), not only that of the version served. Off by
-	// default: it doubles the requests of the requirements' prefetch.
+	// -m asks for them), whatever NoInfo says of that of the version
+	// served. Off by default: it doubles the requests of the
+	// requirements' prefetch.
 	Info bool
 
 	// Depth is how many levels of requirements below a go.mod served to
@@ -173,9 +177,11 @@ func onPrefetchSlots(ctx context.Context) bool {
 }
 
 // served is told of every file served to a client with status: a go.mod's
-// requirements are queued, and a file the prefetcher brought counts as
-// used. It must stay cheap: it runs on the serving path.
-func (pf *prefetcher) served(req *request, c *content, status int) {
+// requirements, and its version's .info, are queued, and a file the
+// prefetcher brought counts as used. Nothing is queued for a client that
+// asked the proxy not to fetch (Disable-Module-Fetch). It must stay cheap:
+// it runs on the serving path.
+func (pf *prefetcher) served(r *http.Request, req *request, c *content, status int) {
 	if pf == nil || status != 200 || (req.kind != kindMod && req.kind != kindInfo) {
 		return
 	}
@@ -190,39 +196,48 @@ func (pf *prefetcher) served(req *request, c *content, status int) {
 		return
 	}
 	if c.hot == nil {
-		// Rare (no hot tier, or a huge go.mod): the expanded
-		// go.mod files are remembered apart, and so are the .info
-		// files queued, under their own names: a go.mod expanded
-		// ahead, by a prefetch deeper than one level, has not had
-		// its .info queued.
-		if !pf.opts.NoInfo {
-			info := strings.TrimSuffix(req.name, ".mod") + ".info"
-			if _, ok := pf.expanded.Get(info); !ok {
-				pf.expanded.Put(info, struct{}{})
-				pf.enqueueInfo(req.name)
-			}
+		// Rare (no hot tier, or a huge go.mod): what was queued is
+		// remembered in the expanded names alone.
+		if fetchDisabled(r) {
+			return
 		}
-		pf.enqueue(prefetchJob{name: req.name, gomod: c.data})
+		pf.queueOwnInfo(req)
+		if _, ok := pf.expanded.Peek(req.name); !ok {
+			pf.enqueue(prefetchJob{name: req.name, gomod: c.data})
+		}
 		return
 	}
 	// The version's .info once it is asked for, even if its go.mod was
 	// expanded ahead, by a prefetch deeper than one level.
-	if !pf.opts.NoInfo && !c.hot.infoQueued.Load() && !c.hot.infoQueued.Swap(true) {
-		pf.enqueueInfo(req.name)
-	}
-	if c.hot.expanded.Load() || c.hot.expanded.Swap(true) {
+	infoDue := !pf.opts.NoInfo && !c.hot.infoQueued.Load()
+	expandDue := !c.hot.expanded.Load()
+	if (!infoDue && !expandDue) || fetchDisabled(r) {
 		return
 	}
-	pf.enqueue(prefetchJob{name: req.name, gomod: c.data})
+	if infoDue && !c.hot.infoQueued.Swap(true) {
+		pf.queueOwnInfo(req)
+	}
+	if expandDue && !c.hot.expanded.Swap(true) {
+		pf.enqueue(prefetchJob{name: req.name, gomod: c.data})
+	}
 }
 
-// enqueueInfo queues the .info of the version whose go.mod is named
-// modName, unless NoInfo: go mod download asks for it once the graph is
-// loaded.
-func (pf *prefetcher) enqueueInfo(modName string) {
-	if !pf.opts.NoInfo {
-		pf.enqueue(prefetchJob{name: strings.TrimSuffix(modName, ".mod") + ".info"})
+// queueOwnInfo queues the .info of the version whose go.mod req names,
+// once (the names queued are remembered with the expanded go.mod files,
+// so that a go.mod back in the hot tier does not queue it again): go mod
+// download asks for it next. Not with NoInfo, nor for a module whose route
+// tries direct first: there a .info is a run of the go command of its
+// own, taking one of the slots the clients' runs wait for.
+func (pf *prefetcher) queueOwnInfo(req *request) {
+	if pf.opts.NoInfo || pf.p.routeFor(req.modPath).triesDirectFirst() {
+		return
 	}
+	info := strings.TrimSuffix(req.name, ".mod") + ".info"
+	if _, ok := pf.expanded.Get(info); ok {
+		return
+	}
+	pf.expanded.Put(info, struct{}{})
+	pf.enqueue(prefetchJob{name: info})
 }
 
 // enqueue queues j, dropping it if the queue is full, and starts a worker

@@ -223,12 +223,15 @@ func TestPrefetchAsksTheAdmissionPolicyBeforeFetching(t *testing.T) {
 		if c.Path == refused {
 			return AdmissionDecision{Verdict: Refuse, Rule: "deny", Reason: "denied by the test"}
 		}
-		return AdmissionDecision{}
+		return AdmissionDecision{Rule: "allow"} // reported, unlike the zero decision
 	}
-	var fetchRefusals atomic.Int32
+	var fetchRefusals, requestDecisions atomic.Int32
 	p.Metrics.Admission = func(m AdmissionMetric) {
 		if m.Use == AdmissionFetch && m.Verdict == Refuse {
 			fetchRefusals.Add(1)
+		}
+		if m.Use == AdmissionRequest {
+			requestDecisions.Add(1)
 		}
 	}
 	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0")); w.Code != 200 {
@@ -252,6 +255,56 @@ func TestPrefetchAsksTheAdmissionPolicyBeforeFetching(t *testing.T) {
 	}
 	if fetchRefusals.Load() != 1 {
 		t.Errorf("%d refusals of a fetch reported, want the prefetch's 1", fetchRefusals.Load())
+	}
+	// A prefetch is decided once, as a fetch of the proxy's own: the
+	// client asked for one file.
+	if n := requestDecisions.Load(); n != 1 {
+		t.Errorf("%d decisions reported as a client's request, want 1", n)
+	}
+}
+
+// A client that asks the proxy not to fetch (Disable-Module-Fetch) gets
+// nothing prefetched on its behalf; nor is the .info of a module whose
+// route tries direct first (a run of the go command of its own) queued.
+func TestPrefetchQueuesNothingForADisabledFetchNorADirectInfo(t *testing.T) {
+	up := moduletest.NewServer(moduletest.Graph(12))
+	defer up.Close()
+	p := newTestProxy(t, up.URL)
+	p.Routes = []Route{{Pattern: moduletest.GraphPath(5), Upstreams: []Upstream{{URL: "direct"}}}}
+	var mod []byte
+	for _, v := range moduletest.Graph(12) {
+		if v.Path == moduletest.GraphPath(0) && v.Version == "v1.1.0" {
+			mod = v.Mod
+		}
+	}
+	if err := p.Cacher.Put(t.Context(), graphMod(0, "v1.1.0"), bytes.NewReader(mod)); err != nil {
+		t.Fatal(err)
+	}
+	if w := do(p, "GET", "/"+graphMod(0, "v1.1.0"), "Disable-Module-Fetch", "true"); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	testwait.For(t, p.idle)
+	if n := up.TotalRequests(); n != 0 {
+		t.Errorf("%d upstream requests for a client that disabled fetching", n)
+	}
+	// The direct module's go.mod, already cached: serving it queues no
+	// .info (which would run the go command).
+	direct := graphMod(5, "v1.0.0")
+	if err := p.Cacher.Put(t.Context(), direct, strings.NewReader("module "+moduletest.GraphPath(5)+"\n")); err != nil {
+		t.Fatal(err)
+	}
+	if w := do(p, "GET", "/"+direct); w.Code != 200 {
+		t.Fatalf("the direct module's cached go.mod: %d %s", w.Code, w.Body)
+	}
+	testwait.For(t, p.idle)
+	if _, ok := p.prefetcher.expanded.Peek(strings.TrimSuffix(direct, ".mod") + ".info"); ok {
+		t.Error("the .info of a module fetched direct was queued")
+	}
+	// The proxied module's, asked again with fetching allowed, is.
+	do(p, "GET", "/"+graphMod(0, "v1.1.0"))
+	testwait.For(t, p.idle)
+	if !cached(t, p, moduletest.GraphPath(0)+"/@v/v1.1.0.info") {
+		t.Error("the proxied module's .info was not prefetched once fetching was allowed")
 	}
 }
 

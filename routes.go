@@ -179,6 +179,12 @@ func (p *Proxy) initRoutes() error {
 	return nil
 }
 
+// triesDirectFirst reports whether a fetch on r may start with the go
+// command: "direct" is among its first upstreams.
+func (r *route) triesDirectFirst() bool {
+	return slices.ContainsFunc(r.groups[0].members, func(up Upstream) bool { return up.URL == "direct" })
+}
+
 // routeFor returns the route a module path takes.
 func (p *Proxy) routeFor(modPath string) *route {
 	for _, r := range p.routes {

@@ -147,9 +147,12 @@ func fetchedContent(ctx context.Context, f *fetched, release func()) *content {
 // close on the result.
 func (p *Proxy) open(ctx context.Context, req *request, mayFetch bool) (*content, error) {
 	// The admission policy first: a refused version is not served from
-	// anywhere.
-	if err := p.admitFile(ctx, req, mayFetch); err != nil {
-		return nil, err
+	// anywhere. (A prefetch asked it before it came here, as a fetch of
+	// the proxy's own, not a client's request.)
+	if !prefetching(ctx) {
+		if err := p.admitFile(ctx, req, mayFetch); err != nil {
+			return nil, err
+		}
 	}
 	if c, ok := p.openHot(req); ok {
 		return c, nil
