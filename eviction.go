@@ -108,7 +108,11 @@ func (p *Proxy) noteServed(req *request, c *content) (reading bool) {
 	if p.usage == nil || c.from == fromPublished {
 		return false
 	}
-	p.usage.record(req.name)
+	if h := c.hot; h != nil {
+		p.usage.recordOnce(req.name, &h.usedAt)
+	} else {
+		p.usage.record(req.name)
+	}
 	if c.data != nil || (c.from != fromCache && c.from != fromStale) {
 		return false
 	}

@@ -580,6 +580,31 @@ func TestUsageRecorderHandsOverEachNameOnceWithItsLatestUse(t *testing.T) {
 	}
 }
 
+// A hot file's uses are recorded once a second: the first of a second
+// reaches the store, with that second's time, the rest of that second do
+// not touch the map, and the next second's first is recorded again.
+func TestUsageRecorderRecordsAHotFileOnceASecond(t *testing.T) {
+	c := &recordingStore{}
+	r := newUsageRecorder(c, slog.Default())
+	second := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	r.clock.Store(second.UnixNano())
+	var last atomic.Int64
+	name := "example.com/a/@v/v1.0.0.mod"
+	r.recordOnce(name, &last)
+	if err := r.flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.recordOnce(name, &last) // the same second: recorded already
+	r.flush(context.Background())
+	r.clock.Store(second.Add(time.Second).UnixNano())
+	r.recordOnce(name, &last)
+	r.flush(context.Background())
+	if len(c.batches) != 2 || len(c.batches[0]) != 1 || !c.batches[0][0].Time.Equal(second) ||
+		len(c.batches[1]) != 1 || !c.batches[1][0].Time.Equal(second.Add(time.Second)) {
+		t.Fatalf("batches: %v", c.batches)
+	}
+}
+
 func TestUsageRecorderDropsPastItsBoundWithoutWaiting(t *testing.T) {
 	c := &recordingStore{block: make(chan struct{})}
 	r := newUsageRecorder(c, slog.Default())

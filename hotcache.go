@@ -38,6 +38,10 @@ type hotFile struct {
 	// queued, infoQueued once its version's .info was, prefetched while
 	// a file the prefetcher brought has not been asked for.
 	expanded, infoQueued, prefetched atomic.Bool
+
+	// usedAt is the time (the usage recorder's clock, to the second) of
+	// the last use of the file recorded for eviction.
+	usedAt atomic.Int64
 }
 
 // hotHeader holds the header values of an answer from the hot tier.

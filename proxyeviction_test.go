@@ -98,13 +98,16 @@ func getAll(t *testing.T, p *Proxy, files map[string][]byte, paths ...string) {
 }
 
 // settle waits for the files fetched to be stored, and hands the uses
-// recorded so far to the cacher.
+// recorded so far to the cacher. Then the recorder's clock moves on (the
+// tests backdate the cache after settling, as if time had passed): a hot
+// file used again within the same second would not be recorded again.
 func settle(t *testing.T, p *Proxy) {
 	t.Helper()
 	testwait.For(t, p.flights.idle)
 	if err := p.usage.flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	p.usage.clock.Add(1)
 }
 
 // backdate makes every cached entry whose name starts with prefix look

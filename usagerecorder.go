@@ -78,6 +78,22 @@ func (u *usageRecorder) record(name string) {
 	u.mu.Unlock()
 }
 
+// recordOnce is record for a file that keeps the time of its last use
+// recorded in last (a hot file): a use in the second of the last one is
+// not recorded again, since it would record the same time, so that a file
+// answered thousands of times a second costs the map one assignment a
+// second, and the others two atomic loads.
+func (u *usageRecorder) recordOnce(name string, last *atomic.Int64) {
+	now := u.clock.Load()
+	if now != 0 && last.Load() == now {
+		return
+	}
+	u.record(name)
+	if now != 0 {
+		last.Store(now)
+	}
+}
+
 // start flushes every interval until close.
 func (u *usageRecorder) start() {
 	u.stop, u.done = make(chan struct{}), make(chan struct{})

@@ -51,7 +51,7 @@
 //  4. Warm "go mod download", a fresh client against a proxy whose cache
 //     an earlier run filled, against the same client reading the same
 //     files from http.FileServer over a moduletest.WriteDir tree (target
-//     at most 1.1x), and for reference from that tree with
+//     at most 1.1x; -warmreps runs each), and for reference from that tree with
 //     GOPROXY=file://. The go commands' directories are on /dev/shm when
 //     there is one (-godir): their module cache writes are the same on
 //     both sides, but on a virtual machine's disk they vary several times
@@ -133,6 +133,7 @@ var (
 	modules     = flag.Int("modules", 60, "generated modules in the graph (`n` >= 10; 3 special modules are added)")
 	latency     = flag.Duration("latency", 50*time.Millisecond, "latency the upstream and the checksum database add to every request")
 	reps        = flag.Int("reps", 5, "timed runs of each go command side")
+	warmReps    = flag.Int("warmreps", 9, "timed runs of each warm go command side (each well under a second, their medians need more runs)")
 	sumdbPad    = flag.Int("sumdbpad", 100000, "made-up records logged in the checksum database before the graph's")
 	clients     = flag.Int("clients", 64, "concurrent connections of the requests-per-second runs")
 	duration    = flag.Duration("duration", 5*time.Second, "length of each requests-per-second run")
@@ -170,6 +171,7 @@ func applyShort() {
 	short := map[string]string{
 		"modules":   "20",
 		"reps":      "3",
+		"warmreps":  "5",
 		"duration":  "2s",
 		"rpsreps":   "2",
 		"bigzip":    "100MB",
@@ -245,7 +247,7 @@ func main() {
 	if *short {
 		applyShort()
 	}
-	if *modules < 10 || *reps < 1 || *rpsReps < 1 || *clients < 1 || *duration <= 0 || *maxRequests < 1 || *interval <= 0 ||
+	if *modules < 10 || *reps < 1 || *warmReps < 1 || *rpsReps < 1 || *clients < 1 || *duration <= 0 || *maxRequests < 1 || *interval <= 0 ||
 		*dlReps < 1 || *bigReps < 1 || *faultReps < 0 || connRate <= 0 || *sumdbPad < 0 {
 		fatalf("invalid flags")
 	}

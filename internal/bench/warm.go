@@ -20,7 +20,7 @@ import (
 // run filled, against http.FileServer over the same files, and then the
 // requests per second for small files.
 func (b *bench) warm() {
-	progress("warm go mod download, %d runs each side", *reps)
+	progress("warm go mod download, %d runs each side", *warmReps)
 	tree := filepath.Join(b.tmp, "tree")
 	if err := moduletest.WriteDir(tree, b.vs); err != nil {
 		fatalf("%v", err)
@@ -39,10 +39,10 @@ func (b *bench) warm() {
 	fileGo.modDownload()
 	b.counted.take()
 	var tProxy, tStatic, tFile []time.Duration
-	for i := range *reps {
+	for i := range *warmReps {
 		sides := []func(){
 			func() {
-				if *warmProfile != "" && i == *reps-1 {
+				if *warmProfile != "" && i == *warmReps-1 {
 					stop := startProfile(*warmProfile)
 					defer stop()
 				}
