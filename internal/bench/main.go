@@ -147,7 +147,7 @@ var (
 	faultReps   = flag.Int("faultreps", 3, "timed runs of each side of the cold runs under faults (0 skips them)")
 	interval    = flag.Duration("interval", 5*time.Millisecond, "heap sampling interval")
 	short       = flag.Bool("short", false, "quick run: smaller defaults for the flags not set explicitly")
-	rpsReps     = flag.Int("rpsreps", 3, "rounds of the requests-per-second runs, alternating baseline and proxy")
+	rpsReps     = flag.Int("rpsreps", 5, "rounds of the requests-per-second runs, alternating baseline and proxy")
 	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the proxy's last requests-per-second round to `file`")
 	warmProfile = flag.String("warmprofile", "", "write a CPU profile of the last warm go mod download run through the proxy to `file`")
 	bigProfile  = flag.String("bigprofile", "", "write a CPU profile of the last big zip download through the proxy on loopback to `file`")
