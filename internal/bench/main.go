@@ -59,12 +59,15 @@
 //     cache and temporary files stay on disk (-tmpdir), fsyncs included.
 //  5. Warm requests per second for small files: the .info and .mod files
 //     of every version of the graph, all cached, over keep-alive HTTP/1.1
-//     connections, in -rpsreps rounds of -duration alternating with the
-//     baselines: a trivial net/http handler answering the same paths with
-//     the same bytes from a map, and one answering with the same bytes
-//     and the headers the proxy sent (its hot answers, captured from it),
-//     which is what serving those answers costs net/http and wrk without
-//     the proxy's work; the medians are compared, target at least 0.9x,
+//     connections, in -rpsreps rounds of -duration, each of the proxy and
+//     its two baselines in an order rotating from round to round (the
+//     rates of a side drift over a round's seconds, and in a fixed order
+//     the drift fell on the last side): a trivial net/http handler
+//     answering the same paths with the same bytes from a map, and one
+//     answering with the same bytes and the headers the proxy sent (its
+//     hot answers, captured from it), which is what serving those answers
+//     costs net/http and wrk without the proxy's work; the medians are
+//     compared, target at least 0.9x,
 //     and the p99 latencies are shown. Each round reports the CPU per
 //     request of this process and of wrk (getrusage). The load comes from
 //     wrk (Debian's wrk package, which the benchmark installs with
@@ -136,7 +139,7 @@ var (
 	warmReps    = flag.Int("warmreps", 9, "timed runs of each warm go command side (each well under a second, their medians need more runs)")
 	sumdbPad    = flag.Int("sumdbpad", 100000, "made-up records logged in the checksum database before the graph's")
 	clients     = flag.Int("clients", 64, "concurrent connections of the requests-per-second runs")
-	duration    = flag.Duration("duration", 5*time.Second, "length of each requests-per-second run")
+	duration    = flag.Duration("duration", 3*time.Second, "length of each requests-per-second run")
 	warmup      = flag.Duration("warmup", time.Second, "untimed load before each requests-per-second side's first run")
 	maxRequests = flag.Int64("maxrequests", 5_000_000, "cap on requests of each in-process requests-per-second run")
 	loadGen     = flag.String("loadgen", "auto", "requests-per-second load generator: auto (wrk, installed if missing, else go), wrk, go (in-process) or both")
@@ -147,7 +150,7 @@ var (
 	faultReps   = flag.Int("faultreps", 3, "timed runs of each side of the cold runs under faults (0 skips them)")
 	interval    = flag.Duration("interval", 5*time.Millisecond, "heap sampling interval")
 	short       = flag.Bool("short", false, "quick run: smaller defaults for the flags not set explicitly")
-	rpsReps     = flag.Int("rpsreps", 5, "rounds of the requests-per-second runs, alternating baseline and proxy")
+	rpsReps     = flag.Int("rpsreps", 9, "rounds of the requests-per-second runs, the proxy and both baselines in each, in an order rotating from round to round")
 	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the proxy's last requests-per-second round to `file`")
 	warmProfile = flag.String("warmprofile", "", "write a CPU profile of the last warm go mod download run through the proxy to `file`")
 	bigProfile  = flag.String("bigprofile", "", "write a CPU profile of the last big zip download through the proxy on loopback to `file`")

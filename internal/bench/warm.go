@@ -170,31 +170,30 @@ func (b *bench) requestsPerSecond(proxyURL string) {
 		}
 		progress("warm requests per second (%s): %d files, %d connections, %d rounds of %s each side", g.name, len(small), *clients, *rpsReps, dur)
 		b.counted.take()
-		// Rounds alternate baseline and proxy, the proxy last, so that a
-		// CPU profile can cover the last proxy round alone.
-		var base, same, proxy []loadResult
+		// The sides take turns in an order rotating from round to
+		// round: on this machine a side's rate drifts down over the
+		// seconds of a round, and a fixed order charged it all to the
+		// side that came last.
+		results := make([][]loadResult, 3) // proxy, bare bytes, same answers
+		urls := []string{proxyURL, trivial.URL, sameAnswers.URL}
 		for i := range *rpsReps {
-			if i == 0 || g.warmEach {
-				g.warm(trivial.URL)
-			}
-			base = append(base, g.timed(trivial.URL))
-			if i == 0 || g.warmEach {
-				g.warm(sameAnswers.URL)
-			}
-			same = append(same, g.timed(sameAnswers.URL))
-			if i == 0 || g.warmEach {
-				g.warm(proxyURL)
-			}
-			if *cpuProfile != "" && gi == 0 && i == *rpsReps-1 {
-				stop := startProfile(*cpuProfile)
-				proxy = append(proxy, g.timed(proxyURL))
-				stop()
-			} else {
-				proxy = append(proxy, g.timed(proxyURL))
+			for k := range urls {
+				side := (i + k) % len(urls)
+				if i == 0 || g.warmEach {
+					g.warm(urls[side])
+				}
+				if side == 0 && *cpuProfile != "" && gi == 0 && i == *rpsReps-1 {
+					stop := startProfile(*cpuProfile)
+					results[side] = append(results[side], g.timed(urls[side]))
+					stop()
+				} else {
+					results[side] = append(results[side], g.timed(urls[side]))
+				}
 			}
 			progress("  round %d: proxy %.0f req/s (p99 %s), baseline %.0f req/s (p99 %s), same answers %.0f req/s (p99 %s)",
-				i+1, proxy[i].rps(), proxy[i].p99, base[i].rps(), base[i].p99, same[i].rps(), same[i].p99)
+				i+1, results[0][i].rps(), results[0][i].p99, results[1][i].rps(), results[1][i].p99, results[2][i].rps(), results[2][i].p99)
 		}
+		proxy, base, same := results[0], results[1], results[2]
 		upReqs := b.counted.take().requests
 		rp, rb, rs := medianRPS(proxy), medianRPS(base), medianRPS(same)
 		r, sameRow := rpsRow(rp, rb), rpsRow(rp, rs)
