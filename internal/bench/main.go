@@ -176,7 +176,7 @@ func applyShort() {
 		"reps":      "3",
 		"warmreps":  "5",
 		"duration":  "2s",
-		"rpsreps":   "2",
+		"rpsreps":   "3",
 		"bigzip":    "100MB",
 		"bigreps":   "2",
 		"dlreps":    "1",
