@@ -605,6 +605,38 @@ func TestUsageRecorderRecordsAHotFileOnceASecond(t *testing.T) {
 	}
 }
 
+// A hot file's use dropped because too many names were pending is not
+// taken for recorded: once the flush has made room, the next use in the
+// same second is recorded, as it was before uses were recorded once a
+// second. Otherwise a file used only in that second would look unused.
+func TestUsageRecorderRetriesAHotFileWhoseUseWasDropped(t *testing.T) {
+	c := &recordingStore{}
+	r := newUsageRecorder(c, slog.Default())
+	second := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	r.clock.Store(second.UnixNano())
+	for i := range maxPendingUses {
+		r.record("example.com/m/@v/v1.0." + strconv.Itoa(i) + ".info")
+	}
+	var last atomic.Int64
+	name := "example.com/hot/@v/v1.0.0.mod"
+	r.recordOnce(name, &last) // dropped: the map is full
+	if err := r.flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.recordOnce(name, &last) // the same second, room again
+	if err := r.flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range c.batches {
+		for _, u := range b {
+			if u.Name == name {
+				return
+			}
+		}
+	}
+	t.Fatal("the hot file's use never reached the store")
+}
+
 func TestUsageRecorderDropsPastItsBoundWithoutWaiting(t *testing.T) {
 	c := &recordingStore{block: make(chan struct{})}
 	r := newUsageRecorder(c, slog.Default())

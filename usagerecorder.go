@@ -54,10 +54,11 @@ func newUsageRecorder(store CacheUsageRecorder, logger *slog.Logger) *usageRecor
 	}
 }
 
-// record notes that name was served now. It never blocks and, once name
-// has been seen since the last flush, never allocates. The name is kept
-// until the flush: pass a string the request holds anyway.
-func (u *usageRecorder) record(name string) {
+// record notes that name was served now, reporting whether the use was
+// kept (false: dropped, too many names pending). It never blocks and, once
+// name has been seen since the last flush, never allocates. The name is
+// kept until the flush: pass a string the request holds anyway.
+func (u *usageRecorder) record(name string) bool {
 	now := u.clock.Load()
 	if now == 0 { // not started
 		now = time.Now().UnixNano()
@@ -71,11 +72,12 @@ func (u *usageRecorder) record(name string) {
 			case u.wake <- struct{}{}:
 			default:
 			}
-			return
+			return false
 		}
 	}
 	u.pending[name] = now
 	u.mu.Unlock()
+	return true
 }
 
 // recordOnce is record for a file that keeps the time of its last use
@@ -88,8 +90,9 @@ func (u *usageRecorder) recordOnce(name string, last *atomic.Int64) {
 	if now != 0 && last.Load() == now {
 		return
 	}
-	u.record(name)
-	if now != 0 {
+	// A use dropped is not one recorded: the next use of the second,
+	// once the flush it started has made room, tries again.
+	if u.record(name) && now != 0 {
 		last.Store(now)
 	}
 }
