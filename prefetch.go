@@ -82,8 +82,8 @@ const (
 	// it, new ones are dropped.
 	prefetchQueue = 4096
 	// prefetchExpanded is how many go.mod files are remembered as
-	// expanded (their requirements queued), so that a graph's go.mod
-	// files are each expanded once.
+	// expanded (their requirements queued), and .info files as queued,
+	// so that a graph's files are each queued once.
 	prefetchExpanded = 100_000
 )
 
@@ -103,7 +103,8 @@ type prefetcher struct {
 	cancel context.CancelFunc
 
 	// expanded holds the names of the go.mod files whose requirements
-	// were queued.
+	// were queued, and of the .info files queued for the versions
+	// served.
 	expanded *lru.Cache[struct{}]
 
 	// Counts, for tests and the benchmark; Metrics gets them as events.
@@ -227,7 +228,10 @@ func (pf *prefetcher) served(r *http.Request, req *request, c *content, status i
 // so that a go.mod back in the hot tier does not queue it again): go mod
 // download asks for it next. Not with NoInfo, nor for a module whose route
 // tries direct first: there a .info is a run of the go command of its
-// own, taking one of the slots the clients' runs wait for.
+// own, taking one of the slots the clients' runs wait for. (A module that
+// only direct has, behind a proxy of the same route that answers 404, is
+// not told apart: its .info runs the go command once. GONOPROXY, or a
+// route of its own, sends such modules direct first.)
 func (pf *prefetcher) queueOwnInfo(req *request) {
 	if pf.opts.NoInfo || pf.p.routeFor(req.modPath).triesDirectFirst() {
 		return
@@ -236,18 +240,19 @@ func (pf *prefetcher) queueOwnInfo(req *request) {
 	if _, ok := pf.expanded.Get(info); ok {
 		return
 	}
-	pf.expanded.Put(info, struct{}{})
-	pf.enqueue(prefetchJob{name: info})
+	if pf.enqueue(prefetchJob{name: info}) {
+		pf.expanded.Put(info, struct{}{})
+	}
 }
 
 // enqueue queues j, dropping it if the queue is full, and starts a worker
-// if fewer than allowed run.
-func (pf *prefetcher) enqueue(j prefetchJob) {
+// if fewer than allowed run. It reports whether j was queued.
+func (pf *prefetcher) enqueue(j prefetchJob) (queued bool) {
 	pf.mu.Lock()
 	closed := pf.closed
 	pf.mu.Unlock()
 	if closed {
-		return
+		return false
 	}
 	select {
 	case pf.jobs <- j:
@@ -258,7 +263,7 @@ func (pf *prefetcher) enqueue(j prefetchJob) {
 			kind = RequestInfo
 		}
 		pf.p.conf.metrics.prefetch(PrefetchMetric{Kind: kind, Event: PrefetchDropped})
-		return
+		return false
 	}
 	pf.mu.Lock()
 	if pf.workers < pf.opts.Concurrency && !pf.closed {
@@ -266,6 +271,7 @@ func (pf *prefetcher) enqueue(j prefetchJob) {
 		go pf.work()
 	}
 	pf.mu.Unlock()
+	return true
 }
 
 // work runs jobs until the queue is empty.

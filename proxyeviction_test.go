@@ -107,7 +107,10 @@ func settle(t *testing.T, p *Proxy) {
 	if err := p.usage.flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	p.usage.clock.Add(1)
+	if p.usage.clock.Load() == 0 {
+		t.Fatal("the usage recorder has not started")
+	}
+	p.usage.clock.Add(int64(time.Second))
 }
 
 // backdate makes every cached entry whose name starts with prefix look

@@ -84,7 +84,8 @@ func (u *usageRecorder) record(name string) bool {
 // recorded in last (a hot file): a use in the second of the last one is
 // not recorded again, since it would record the same time, so that a file
 // answered thousands of times a second costs the map one assignment a
-// second, and the others two atomic loads.
+// second, and the others two atomic loads. (A batch the store fails to
+// take loses the uses of that second, as it loses every other use in it.)
 func (u *usageRecorder) recordOnce(name string, last *atomic.Int64) {
 	now := u.clock.Load()
 	if now != 0 && last.Load() == now {
