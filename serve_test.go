@@ -260,21 +260,26 @@ func TestAFileStoredAgainIsNotAnsweredFromWhatWasReadBefore(t *testing.T) {
 	}
 }
 
+// goModRequiring is a go.mod of example.com/a requiring n modules.
+func goModRequiring(n int) string {
+	var b strings.Builder
+	b.WriteString("module example.com/a\n\nrequire (\n")
+	for i := range n {
+		fmt.Fprintf(&b, "\texample.com/dep%03d v1.0.0\n", i)
+	}
+	b.WriteString(")\n")
+	return b.String()
+}
+
 // A hot file is answered with the headers of its kind but for
 // Accept-Ranges, and a short one without a Content-Length of its own:
 // through a server, every answer still carries its length (net/http works
 // it out for a short body), a HEAD too, and a Range is still answered.
 // Vary is sent only where a compressed answer is possible.
 func TestHotAnswersCarryTheirLength(t *testing.T) {
-	var long strings.Builder
-	long.WriteString("module example.com/a\n\nrequire (\n")
-	for i := range 200 {
-		fmt.Fprintf(&long, "\texample.com/dep%03d v1.0.0\n", i)
-	}
-	long.WriteString(")\n")
 	files := map[string][]byte{
 		"/example.com/a/@v/v1.0.0.mod": []byte("module example.com/a\n"),
-		"/example.com/a/@v/v1.1.0.mod": []byte(long.String()),
+		"/example.com/a/@v/v1.1.0.mod": []byte(goModRequiring(200)),
 	}
 	up := newUpstream(t, files)
 	p := newTestProxy(t, up.URL)
@@ -331,13 +336,7 @@ func TestHotAnswersCarryTheirLength(t *testing.T) {
 // Content-Length of ours too: over HTTP/1.1 and HTTP/2 it still carries
 // the compressed body's length, a HEAD too, and says Vary.
 func TestHotCompressedAnswersCarryTheirLength(t *testing.T) {
-	var long strings.Builder
-	long.WriteString("module example.com/a\n\nrequire (\n")
-	for i := range 60 {
-		fmt.Fprintf(&long, "\texample.com/dep%03d v1.0.0\n", i)
-	}
-	long.WriteString(")\n")
-	want := long.String()
+	want := goModRequiring(60)
 	const path = "/example.com/a/@v/v1.0.0.mod"
 	up := newUpstream(t, map[string][]byte{path: []byte(want)})
 	p := newTestProxy(t, up.URL)
