@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,36 +16,15 @@ import (
 	"github.com/goproxy-team/goproxy/internal/moduletest"
 )
 
-// admissionCounts gathers the Admission metric.
-type admissionCounts struct {
-	mu sync.Mutex
-	n  map[AdmissionMetric]int
-}
-
-func (c *admissionCounts) add(m AdmissionMetric) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.n == nil {
-		c.n = map[AdmissionMetric]int{}
-	}
-	c.n[m]++
-}
-
-func (c *admissionCounts) get(m AdmissionMetric) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n[m]
-}
-
 // newAdmissionProxy returns a Proxy over a graph of modules whose
 // Admission is decide.
-func newAdmissionProxy(t *testing.T, decide func(context.Context, AdmissionCandidate) AdmissionDecision) (*Proxy, *moduletest.Server, *admissionCounts) {
+func newAdmissionProxy(t *testing.T, decide func(context.Context, AdmissionCandidate) AdmissionDecision) (*Proxy, *moduletest.Server, *tally[AdmissionMetric]) {
 	t.Helper()
 	up := moduletest.NewServer(moduletest.Graph(10))
 	t.Cleanup(up.Close)
 	p := newTestProxy(t, up.URL)
 	p.Admission = decide
-	counts := &admissionCounts{}
+	counts := &tally[AdmissionMetric]{}
 	p.Metrics.Admission = counts.add
 	return p, up, counts
 }

@@ -20,25 +20,9 @@ import (
 func graphMod(i int, v string) string { return moduletest.GraphPath(i) + "/@v/" + v + ".mod" }
 
 // prefetchCounts counts a Proxy's prefetch events.
-type prefetchCounts struct {
-	mu     sync.Mutex
-	events map[PrefetchEvent]int
-}
+type prefetchCounts struct{ tally[PrefetchEvent] }
 
-func (c *prefetchCounts) hook(m PrefetchMetric) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.events == nil {
-		c.events = map[PrefetchEvent]int{}
-	}
-	c.events[m.Event]++
-}
-
-func (c *prefetchCounts) get(e PrefetchEvent) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.events[e]
-}
+func (c *prefetchCounts) hook(m PrefetchMetric) { c.add(m.Event) }
 
 func cached(t *testing.T, p *Proxy, name string) bool {
 	t.Helper()

@@ -115,26 +115,35 @@ func TestProxiesSharingAStoreFetchEachFileOnce(t *testing.T) {
 	}
 }
 
-func TestAProxyWaitsForAnotherProxysFetchThenServesWhatItStored(t *testing.T) {
+// leasedZipGET starts a GET of a zip through a proxy on a leasing store
+// while another proxy holds the lease on fetching it. It returns the
+// store, the upstream, the version, the zip's name, the release of the
+// other proxy's lease and where the answer arrives.
+func leasedZipGET(t *testing.T) (*leasingStore, *moduletest.Server, *moduletest.Version, string, func(), <-chan *httptest.ResponseRecorder) {
+	t.Helper()
 	v := moduletest.Graph(10)[0]
 	up := moduletest.NewServer([]*moduletest.Version{v})
-	defer up.Close()
+	t.Cleanup(up.Close)
 	store := newLeasingStore()
 	p := newTestProxy(t, up.URL)
 	p.Cacher = store
 	name := escapedName(v, ".zip")
-	// Another proxy is fetching the zip.
 	release, err := store.HoldLease(t.Context(), "fetch/"+name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan *httptest.ResponseRecorder)
+	done := make(chan *httptest.ResponseRecorder, 1)
 	go func() {
 		w := httptest.NewRecorder()
 		p.ServeHTTP(w, httptest.NewRequest("GET", "/"+name, nil))
 		done <- w
 	}()
-	// It stores the zip and gives the lease up.
+	return store, up, v, name, release, done
+}
+
+func TestAProxyWaitsForAnotherProxysFetchThenServesWhatItStored(t *testing.T) {
+	store, up, v, name, release, done := leasedZipGET(t)
+	// The other proxy stores the zip and gives the lease up.
 	store.Put(t.Context(), name, bytes.NewReader(v.Zip))
 	release()
 	w := <-done
@@ -147,23 +156,7 @@ func TestAProxyWaitsForAnotherProxysFetchThenServesWhatItStored(t *testing.T) {
 }
 
 func TestAProxyTakesOverAFetchAnotherProxyGaveUp(t *testing.T) {
-	v := moduletest.Graph(10)[0]
-	up := moduletest.NewServer([]*moduletest.Version{v})
-	defer up.Close()
-	store := newLeasingStore()
-	p := newTestProxy(t, up.URL)
-	p.Cacher = store
-	name := escapedName(v, ".zip")
-	release, err := store.HoldLease(t.Context(), "fetch/"+name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan *httptest.ResponseRecorder)
-	go func() {
-		w := httptest.NewRecorder()
-		p.ServeHTTP(w, httptest.NewRequest("GET", "/"+name, nil))
-		done <- w
-	}()
+	_, up, v, name, release, done := leasedZipGET(t)
 	release() // its fetch failed: nothing stored
 	w := <-done
 	if w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), v.Zip) {

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -35,12 +34,8 @@ admission:
   vulnerabilities:
     path: `+dir+`/missing
 `)
-	o, _ := parseFlags([]string{"-config", file}, io.Discard)
-	cfg, src, err := loadConfig(o, lookupIn(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = cfg.Validate(src, nil)
+	cfg, src := loadFile(t, file, nil)
+	err := cfg.Validate(src, nil)
 	if err == nil {
 		t.Fatal("Validate passed")
 	}
@@ -70,12 +65,8 @@ admission:
     age: 72h
     index_feed: "https://index.example.com/index"
 `)
-	o, _ := parseFlags([]string{"-config", file}, io.Discard)
-	cfg, src, err := loadConfig(o, lookupIn(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = cfg.Validate(src, nil)
+	cfg, src := loadFile(t, file, nil)
+	err := cfg.Validate(src, nil)
 	if err == nil || !strings.Contains(err.Error(), "admission.cooldown.index_feed: set on an offline repository") {
 		t.Fatalf("Validate = %v, want the feed refused on an offline repository", err)
 	}

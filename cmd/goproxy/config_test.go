@@ -61,12 +61,8 @@ repositories:
     cache: `+dir+`/same
     hosted: `+dir+`/same
 `)
-	o, _ := parseFlags([]string{"-config", file}, io.Discard)
-	cfg, src, err := loadConfig(o, lookupIn(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = cfg.Validate(src, nil)
+	cfg, src := loadFile(t, file, nil)
+	err := cfg.Validate(src, nil)
 	if err == nil {
 		t.Fatal("Validate passed")
 	}
@@ -175,12 +171,8 @@ func TestExampleConfigIsValid(t *testing.T) {
 	writeFile(t, filepath.Join(vulndb, "GO-2099-0001.json"), `{"id": "GO-2099-0001", "affected": []}`)
 	config := strings.NewReplacer("/run/credentials/goproxy.service", creds, "/var/", dir+"/").Replace(string(example))
 	file := writeFile(t, filepath.Join(dir, "goproxy.yaml"), config)
-	o, _ := parseFlags([]string{"-config", file}, io.Discard)
 	env := []string{"GOPROXY_CI_TOKEN=ci", "TEAM_PROXY_TOKEN=team", "TEAM_API_KEY=key"}
-	cfg, src, err := loadConfig(o, lookupIn(env))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, src := loadFile(t, file, env)
 	if err := cfg.Validate(src, env); err != nil {
 		t.Error(err)
 	}
@@ -214,12 +206,8 @@ scrub: {quarantine: ` + dir + `/c/q}
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			file := writeFile(t, filepath.Join(t.TempDir(), "goproxy.yaml"), tt.yaml)
-			o, _ := parseFlags([]string{"-config", file}, io.Discard)
-			cfg, src, err := loadConfig(o, lookupIn(nil))
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = cfg.Validate(src, []string{"GOPROXY=off"})
+			cfg, src := loadFile(t, file, nil)
+			err := cfg.Validate(src, []string{"GOPROXY=off"})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Validate: %v\nwant %q", err, tt.want)
 			}
@@ -252,19 +240,10 @@ func TestRedactURLHidesTokensGivenAsUserNames(t *testing.T) {
 // negative values that turn features off included.
 func TestEveryDownloadOptionIsReachable(t *testing.T) {
 	dir := t.TempDir()
-	file := writeFile(t, filepath.Join(dir, "goproxy.yaml"), `cache: `+dir+`/cache
+	pl := planOf(t, dir, `cache: `+dir+`/cache
 goproxy: "off"
 download: {retry_budget: -1, down_after: -1s, header_timeout: 7s, body_idle_timeout: 8s, partial_bytes: -1}
 `)
-	o, _ := parseFlags([]string{"-config", file}, io.Discard)
-	cfg, src, err := loadConfig(o, lookupIn(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, err := newPlan(cfg, src, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	d := pl.repos[0].spec.Download
 	if d.RetryBudget != -1 || d.DownAfter != -time.Second || d.HeaderTimeout != 7*time.Second || d.BodyIdleTimeout != 8*time.Second || d.PartialBytes != -1 {
 		t.Errorf("download options %+v", d)

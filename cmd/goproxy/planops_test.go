@@ -91,19 +91,10 @@ repositories:
 // them makes the Proxy anew on reload.
 func TestEvictionSettingsReachTheProxy(t *testing.T) {
 	dir := t.TempDir()
-	file := writeFile(t, filepath.Join(dir, "goproxy.yaml"), `cache: `+dir+`/cache
+	pl := planOf(t, dir, `cache: `+dir+`/cache
 goproxy: "off"
 eviction: {max_age: 720h, max_bytes: 20GiB, interval: 30m}
 `)
-	o, _ := parseFlags([]string{"-config", file}, io.Discard)
-	cfg, src, err := loadConfig(o, lookupIn(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, err := newPlan(cfg, src, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := goproxy.Eviction{MaxAge: 720 * time.Hour, MaxBytes: 20 << 30, Interval: 30 * time.Minute}
 	if got := pl.repos[0].spec.Eviction; got != want {
 		t.Errorf("the spec's eviction: %+v, want %+v", got, want)
@@ -126,20 +117,10 @@ func TestAReloadThatChangesEvictionMakesTheProxyAnew(t *testing.T) {
 	dir := t.TempDir()
 	plan := func(maxBytes string) *plan {
 		t.Helper()
-		file := writeFile(t, filepath.Join(dir, "goproxy.yaml"), `cache: `+dir+`/cache
+		return planOf(t, dir, `cache: `+dir+`/cache
 goproxy: "off"
 eviction: {max_bytes: `+maxBytes+`}
 `)
-		o, _ := parseFlags([]string{"-config", file}, io.Discard)
-		cfg, src, err := loadConfig(o, lookupIn(nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		pl, err := newPlan(cfg, src, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pl
 	}
 	logs, err := newLogs(defaultConfig(), io.Discard)
 	if err != nil {

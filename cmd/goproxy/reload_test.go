@@ -12,15 +12,21 @@ import (
 	"github.com/goproxy-team/goproxy"
 )
 
-// planOf makes the plan of a config file with content yaml, in dir.
-func planOf(t *testing.T, dir, yaml string) *plan {
+// loadFile loads the config file named, its variables looked up in env.
+func loadFile(t *testing.T, file string, env []string) (*Config, *configSources) {
 	t.Helper()
-	file := writeFile(t, filepath.Join(dir, "goproxy.yaml"), yaml)
 	o, _ := parseFlags([]string{"-config", file}, io.Discard)
-	cfg, src, err := loadConfig(o, lookupIn(nil))
+	cfg, src, err := loadConfig(o, lookupIn(env))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cfg, src
+}
+
+// planOf makes the plan of a config file with content yaml, in dir.
+func planOf(t *testing.T, dir, yaml string) *plan {
+	t.Helper()
+	cfg, src := loadFile(t, writeFile(t, filepath.Join(dir, "goproxy.yaml"), yaml), nil)
 	pl, err := newPlan(cfg, src, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -216,12 +216,8 @@ func TestValidateChecksBuckets(t *testing.T) {
     prefix: /c
     hosted_s3: {bucket: c}
 `)
-	o, _ := parseFlags([]string{"-config", file}, io.Discard)
-	cfg, src, err := loadConfig(o, lookupIn(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = cfg.Validate(src, []string{"KEY=key"})
+	cfg, src := loadFile(t, file, nil)
+	err := cfg.Validate(src, []string{"KEY=key"})
 	if err == nil {
 		t.Fatal("Validate passed")
 	}
