@@ -26,7 +26,14 @@ var (
 	_ goproxy.CacheDeleter = (*Cacher)(nil)
 	_ goproxy.CacheWalker  = (*Cacher)(nil)
 	_ goproxy.CacheCreator = (*Cacher)(nil)
-	_ io.ReaderAt          = (*objectFile)(nil)
+	// The capabilities that let several proxies share the bucket.
+	_ goproxy.CacheUsageRecorder    = (*Cacher)(nil)
+	_ goproxy.CacheInfoWalker       = (*Cacher)(nil)
+	_ goproxy.CacheUnchangedDeleter = (*Cacher)(nil)
+	_ goproxy.CacheIndexLog         = (*Cacher)(nil)
+	_ goproxy.CacheLeaser           = (*Cacher)(nil)
+	_ goproxy.CacheRedirector       = (*Cacher)(nil)
+	_ io.ReaderAt                   = (*objectFile)(nil)
 )
 
 func TestContract(t *testing.T) {

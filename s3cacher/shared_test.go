@@ -3,26 +3,16 @@ package s3cacher
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/minio/minio-go/v7"
 
 	"github.com/goproxy-team/goproxy"
+	"github.com/goproxy-team/goproxy/internal/cachertest"
 	"github.com/goproxy-team/goproxy/internal/testwait"
-)
-
-var (
-	_ goproxy.CacheUsageRecorder    = (*Cacher)(nil)
-	_ goproxy.CacheInfoWalker       = (*Cacher)(nil)
-	_ goproxy.CacheUnchangedDeleter = (*Cacher)(nil)
-	_ goproxy.CacheIndexLog         = (*Cacher)(nil)
-	_ goproxy.CacheLeaser           = (*Cacher)(nil)
-	_ goproxy.CacheRedirector       = (*Cacher)(nil)
 )
 
 // replicas returns n Cachers on one bucket and prefix, as n proxies
@@ -157,35 +147,18 @@ func TestRacingReplicasCreateOneIndexFeed(t *testing.T) {
 	rs := replicas(t, 4)
 	ctx := t.Context()
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	var mu sync.Mutex
-	var won []int
-	var wg sync.WaitGroup
-	for i, r := range rs {
-		wg.Go(func() {
-			var entries []goproxy.IndexEntry
-			for j := range 9000 { // over a page of a feed being created
-				entries = append(entries, goproxy.IndexEntry{Path: fmt.Sprintf("example.com/r%d/m%d", i, j), Version: "v1.0.0", Timestamp: t0.Add(time.Duration(j) * time.Second)})
-			}
-			err := r.CreateIndex(ctx, entries)
-			switch {
-			case err == nil:
-				mu.Lock()
-				won = append(won, i)
-				mu.Unlock()
-			case !errors.Is(err, fs.ErrExist):
-				t.Errorf("replica %d: %v", i, err)
-			}
-		})
-	}
-	wg.Wait()
-	if len(won) != 1 {
-		t.Fatalf("%d replicas created the feed (%v), want 1", len(won), won)
-	}
-	all, err := rs[(won[0]+1)%len(rs)].ReadIndex(ctx, time.Time{}, 20000)
+	won := cachertest.OneWins(t, len(rs), func(i int) error {
+		var entries []goproxy.IndexEntry
+		for j := range 9000 { // over a page of a feed being created
+			entries = append(entries, goproxy.IndexEntry{Path: fmt.Sprintf("example.com/r%d/m%d", i, j), Version: "v1.0.0", Timestamp: t0.Add(time.Duration(j) * time.Second)})
+		}
+		return rs[i].CreateIndex(ctx, entries)
+	})
+	all, err := rs[(won+1)%len(rs)].ReadIndex(ctx, time.Time{}, 20000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(all) != 9000 || !strings.HasPrefix(all[8999].Path, fmt.Sprintf("example.com/r%d/", won[0])) {
+	if len(all) != 9000 || !strings.HasPrefix(all[8999].Path, fmt.Sprintf("example.com/r%d/", won)) {
 		t.Fatalf("the feed has %d entries, the last %v; want the winner's 9000", len(all), all[len(all)-1])
 	}
 	// The losers' pages are gone: the head and the winner's two pages.

@@ -449,28 +449,10 @@ func testCreate(t *testing.T, c goproxy.Cacher) {
 
 	// Racing creators: exactly one wins, and its content is what is stored.
 	name = "example.com/a/@v/v1.1.0.zip"
-	const n = 8
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var won []int
-	for i := range n {
-		wg.Go(func() {
-			err := cr.Create(t.Context(), name, bytes.NewReader(fmt.Appendf(nil, "creator %d", i)))
-			switch {
-			case err == nil:
-				mu.Lock()
-				won = append(won, i)
-				mu.Unlock()
-			case !errors.Is(err, fs.ErrExist):
-				t.Errorf("creator %d: %v", i, err)
-			}
-		})
-	}
-	wg.Wait()
-	if len(won) != 1 {
-		t.Fatalf("%d of %d racing Creates succeeded (%v), want exactly 1", len(won), n, won)
-	}
-	if got, want := string(get(t, c, name)), fmt.Sprintf("creator %d", won[0]); got != want {
+	won := OneWins(t, 8, func(i int) error {
+		return cr.Create(t.Context(), name, bytes.NewReader(fmt.Appendf(nil, "creator %d", i)))
+	})
+	if got, want := string(get(t, c, name)), fmt.Sprintf("creator %d", won); got != want {
 		t.Errorf("stored %q, but the winner was %q", got, want)
 	}
 }
@@ -527,4 +509,32 @@ func (f *failingReader) Read(p []byte) (int, error) {
 
 func (f *failingReader) Seek(offset int64, whence int) (int64, error) {
 	return f.r.Seek(offset, whence)
+}
+
+// OneWins runs create(0) to create(n-1) at once, as n racing creators of
+// one thing, and returns the one that succeeded: exactly one must, and
+// every other must fail with fs.ErrExist.
+func OneWins(t *testing.T, n int, create func(i int) error) int {
+	t.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var won []int
+	for i := range n {
+		wg.Go(func() {
+			err := create(i)
+			switch {
+			case err == nil:
+				mu.Lock()
+				won = append(won, i)
+				mu.Unlock()
+			case !errors.Is(err, fs.ErrExist):
+				t.Errorf("creator %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	if len(won) != 1 {
+		t.Fatalf("%d of %d racing creators succeeded (%v), want exactly 1", len(won), n, won)
+	}
+	return won[0]
 }
