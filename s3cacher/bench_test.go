@@ -16,6 +16,7 @@ import (
 
 	"github.com/goproxy-team/goproxy"
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // benchProxy serves c through a Proxy over up, with the hot tier off so
@@ -90,16 +91,10 @@ func BenchmarkWarm(b *testing.B) {
 				}
 				size := get()
 				// Stored in the background: wait until it is.
-				for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
-					if st.cacher.(goproxy.CacheStater) != nil {
-						if _, err := st.cacher.(goproxy.CacheStater).Stat(b.Context(), f.path[1:]); err == nil {
-							break
-						}
-					}
-					if time.Now().After(deadline) {
-						b.Fatal("never stored")
-					}
-				}
+				testwait.Within(b, time.Minute, func() bool {
+					_, err := st.cacher.(goproxy.CacheStater).Stat(b.Context(), f.path[1:])
+					return err == nil
+				}, f.path, " stored")
 				get()
 				b.SetBytes(size)
 				lat := make([]time.Duration, b.N)

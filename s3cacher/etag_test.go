@@ -12,6 +12,7 @@ import (
 
 	"github.com/goproxy-team/goproxy"
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // TestAZipKeepsItsValidatorsOnceInTheBucket: the answer that fetched a zip
@@ -58,16 +59,7 @@ func TestAZipKeepsItsValidatorsOnceInTheBucket(t *testing.T) {
 	if first.StatusCode != http.StatusOK || etag == "" || lastModified == "" {
 		t.Fatalf("fetching answer: %s, ETag %q, Last-Modified %q", first.Status, etag, lastModified)
 	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		if _, err := c.Stat(t.Context(), name); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never reached the bucket", name)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testwait.Within(t, time.Minute, func() bool { _, err := c.Stat(t.Context(), name); return err == nil }, name, " in the bucket")
 	up.Close()
 
 	other := newProxy() // another replica: nothing in memory

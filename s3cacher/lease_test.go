@@ -9,6 +9,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/goproxy-team/goproxy/internal/cachertest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 func TestLeaseIsExclusiveUntilReleased(t *testing.T) {
@@ -76,10 +79,10 @@ func TestRacingAcquiresOfAFreeLeaseHaveOneWinner(t *testing.T) {
 	c := newCacher(t)
 	for round := range 3 {
 		name := fmt.Sprintf("example.com/m/@v/v1.%d.0.zip", round)
-		winners := race(t, 8, func(i int) error {
+		winners := cachertest.Race(t, 8, func(i int) error {
 			_, err := c.AcquireLease(t.Context(), name, fmt.Sprintf("replica-%d", i), time.Minute)
 			return err
-		})
+		}, ErrLeaseHeld, fs.ErrExist)
 		if len(winners) != 1 {
 			t.Fatalf("round %d: %d racing AcquireLeases won (%v), want exactly 1", round, len(winners), winners)
 		}
@@ -98,24 +101,19 @@ func TestAnExpiredLeaseIsTakenOverByExactlyOne(t *testing.T) {
 	for round := range 3 {
 		// The holder dies without releasing: wait, with a deadline, until
 		// the store's clock says the lease has expired.
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			current, _, age, err := c.readLease(ctx, c.prefix+leaseDir+name)
+		var age time.Duration
+		testwait.Within(t, 10*time.Second, func() bool {
+			current, _, a, err := c.readLease(ctx, c.prefix+leaseDir+name)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if age >= time.Duration(current.TTL)*time.Millisecond+clockSlack {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: the lease has not expired after 10s (age %v)", round, age)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+			age = a
+			return age >= time.Duration(current.TTL)*time.Millisecond+clockSlack
+		}, "the lease to expire, round ", round, testwait.Show(func() string { return fmt.Sprintf(" (age %v)", age) }))
 		var mu sync.Mutex
 		leases := map[int]*Lease{}
 		var heldBy []string
-		winners := race(t, 8, func(i int) error {
+		winners := cachertest.Race(t, 8, func(i int) error {
 			l, err := c.AcquireLease(ctx, name, fmt.Sprintf("replica-%d", i), time.Second)
 			mu.Lock()
 			defer mu.Unlock()
@@ -127,7 +125,7 @@ func TestAnExpiredLeaseIsTakenOverByExactlyOne(t *testing.T) {
 				leases[i] = l
 			}
 			return err
-		})
+		}, ErrLeaseHeld, fs.ErrExist)
 		if len(winners) != 1 {
 			t.Fatalf("round %d: %d replicas took over the expired lease (%v), want exactly 1", round, len(winners), winners)
 		}
@@ -159,33 +157,6 @@ func TestCreateOfALargeObjectIsOneConditionalPUT(t *testing.T) {
 	if fi, err := c.Stat(t.Context(), "example.com/m/@v/v1.0.0.zip"); err != nil || fi.Size() != int64(len(content)) {
 		t.Errorf("after a refused Create: %v, %v", fi, err)
 	}
-}
-
-// race runs f(0..n-1) at once and returns the i whose f succeeded; an error
-// other than ErrLeaseHeld or fs.ErrExist fails t.
-func race(t *testing.T, n int, f func(i int) error) []int {
-	t.Helper()
-	var mu sync.Mutex
-	var won []int
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			<-start
-			err := f(i)
-			switch {
-			case err == nil:
-				mu.Lock()
-				won = append(won, i)
-				mu.Unlock()
-			case !errors.Is(err, ErrLeaseHeld) && !errors.Is(err, fs.ErrExist):
-				t.Errorf("racer %d: %v", i, err)
-			}
-		})
-	}
-	close(start)
-	wg.Wait()
-	return won
 }
 
 func TestALeaseWriteWhoseAnswerWasLostIsStillTheHolders(t *testing.T) {

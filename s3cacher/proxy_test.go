@@ -16,6 +16,7 @@ import (
 	"github.com/goproxy-team/goproxy"
 	"github.com/goproxy-team/goproxy/internal/gocmdtest"
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // TestProxyServesTheGoCommandFromTheBucket runs the go command through a
@@ -84,21 +85,12 @@ func TestProxyServesTheGoCommandFromTheBucket(t *testing.T) {
 
 	// Immutable files are stored while clients are served: wait until
 	// every zip and .mod is in the bucket before taking the upstream away.
-	deadline := time.Now().Add(time.Minute)
 	for _, v := range downloaded {
 		escPath, _ := module.EscapePath(v.Path)
 		escVersion, _ := module.EscapeVersion(v.Version)
 		for _, ext := range []string{".mod", ".zip"} {
 			name := escPath + "/@v/" + escVersion + ext
-			for {
-				if _, err := c.Stat(t.Context(), name); err == nil {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("%s never reached the bucket", name)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			testwait.Within(t, time.Minute, func() bool { _, err := c.Stat(t.Context(), name); return err == nil }, name, " in the bucket")
 		}
 	}
 	up.Close()

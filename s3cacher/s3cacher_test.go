@@ -17,6 +17,7 @@ import (
 
 	"github.com/goproxy-team/goproxy"
 	"github.com/goproxy-team/goproxy/internal/cachertest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 	"github.com/goproxy-team/goproxy/s3cacher/internal/miniotest"
 )
 
@@ -237,21 +238,16 @@ func TestPresignedGetExpires(t *testing.T) {
 	}
 	// The store judges expiry in whole seconds: wait until it refuses,
 	// with a deadline, rather than for a guessed time.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	status := ""
+	testwait.Within(t, 10*time.Second, func() bool {
 		resp, err := http.Get(u.String())
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		if resp.StatusCode == http.StatusForbidden {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a presigned URL for one second still works after 10: %s", resp.Status)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		status = resp.Status
+		return resp.StatusCode == http.StatusForbidden
+	}, "a presigned URL for one second to be refused; last answer: ", testwait.Show(func() string { return status }))
 }
 
 // hostCounter counts the requests to each host.

@@ -11,6 +11,7 @@ import (
 	"github.com/minio/minio-go/v7"
 
 	"github.com/goproxy-team/goproxy"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 func TestWalkInfoReportsSizesAndTheLastUseByAnyReplica(t *testing.T) {
@@ -93,16 +94,10 @@ func TestKeepAliveHoldsALeasePastItsTTL(t *testing.T) {
 	default:
 	}
 	// Once nobody renews it, it expires and another takes it.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := c.AcquireLease(t.Context(), "example.com/m/@v/v1.0.0.zip", "other", ttl); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the lease never expired after KeepAlive stopped")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testwait.Within(t, 10*time.Second, func() bool {
+		_, err := c.AcquireLease(t.Context(), "example.com/m/@v/v1.0.0.zip", "other", ttl)
+		return err == nil
+	}, "the lease to expire after KeepAlive stopped")
 }
 
 func TestKeepAliveReportsATakeover(t *testing.T) {

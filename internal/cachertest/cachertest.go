@@ -516,25 +516,37 @@ func (f *failingReader) Seek(offset int64, whence int) (int64, error) {
 // every other must fail with fs.ErrExist.
 func OneWins(t *testing.T, n int, create func(i int) error) int {
 	t.Helper()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var won []int
-	for i := range n {
-		wg.Go(func() {
-			err := create(i)
-			switch {
-			case err == nil:
-				mu.Lock()
-				won = append(won, i)
-				mu.Unlock()
-			case !errors.Is(err, fs.ErrExist):
-				t.Errorf("creator %d: %v", i, err)
-			}
-		})
-	}
-	wg.Wait()
+	won := Race(t, n, create, fs.ErrExist)
 	if len(won) != 1 {
 		t.Fatalf("%d of %d racing creators succeeded (%v), want exactly 1", len(won), n, won)
 	}
 	return won[0]
+}
+
+// Race runs f(0) to f(n-1) at once and returns those that succeeded. A
+// racer failing with an error that is none of lost fails the test.
+func Race(t *testing.T, n int, f func(i int) error, lost ...error) []int {
+	t.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var won []int
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			err := f(i)
+			if err == nil {
+				mu.Lock()
+				won = append(won, i)
+				mu.Unlock()
+				return
+			}
+			if !slices.ContainsFunc(lost, func(l error) bool { return errors.Is(err, l) }) {
+				t.Errorf("racer %d: %v", i, err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	return won
 }

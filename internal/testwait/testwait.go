@@ -16,7 +16,7 @@ const DefaultTimeout = 10 * time.Second
 
 // For polls cond until it holds, failing the test with t.Fatal if it does
 // not within DefaultTimeout. args, printed as by fmt.Sprint, say what was
-// awaited.
+// awaited (Show makes one that says what was seen last).
 func For(t testing.TB, cond func() bool, args ...any) {
 	t.Helper()
 	Within(t, DefaultTimeout, cond, args...)
@@ -39,3 +39,11 @@ func Within(t testing.TB, d time.Duration, cond func() bool, args ...any) {
 		pause = min(2*pause, 25*time.Millisecond)
 	}
 }
+
+// Show returns an argument of For or Within that prints what f returns
+// when the wait fails: the state last seen, rather than that at the call.
+func Show(f func() string) fmt.Stringer { return shown(f) }
+
+type shown func() string
+
+func (s shown) String() string { return s() }

@@ -37,9 +37,11 @@ func TestWithinFailsAtTheDeadlineSayingWhat(t *testing.T) {
 				t.Fatalf("Within ended with %v, want a failure", v)
 			}
 		}()
-		Within(r, 10*time.Millisecond, func() bool { return false }, "the sky ", "to fall")
+		seen := 0
+		Within(r, 10*time.Millisecond, func() bool { seen++; return false }, "the sky ", "to fall; ",
+			Show(func() string { return fmt.Sprintf("seen %d times", seen) }))
 	}()
-	if !strings.Contains(r.msg, "the sky to fall") {
+	if !strings.Contains(r.msg, "the sky to fall; seen ") || strings.Contains(r.msg, "seen 0 times") {
 		t.Errorf("message %q", r.msg)
 	}
 }
