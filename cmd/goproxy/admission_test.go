@@ -15,6 +15,7 @@ import (
 	"github.com/goproxy-team/goproxy"
 	"github.com/goproxy-team/goproxy/internal/gocmdtest"
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 func TestValidateReportsAdmissionProblemsByKey(t *testing.T) {
@@ -155,17 +156,11 @@ func TestServerAdmissionPolicy(t *testing.T) {
 		return resp.StatusCode, readAll(t, resp.Body)
 	}
 	// The feed is read once the server serves, in the background.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		_, page := get("/-/status/repositories/root")
-		if strings.Contains(page, "index feed <b>") && strings.Contains(page, "read ") && !strings.Contains(page, "not read yet") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the index feed was not read:\n%s", page)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var page string
+	testwait.Within(t, 30*time.Second, func() bool {
+		_, page = get("/-/status/repositories/root")
+		return strings.Contains(page, "index feed <b>") && strings.Contains(page, "read ") && !strings.Contains(page, "not read yet")
+	}, "the index feed to be read:\n", testwait.Show(func() string { return page }))
 
 	gocmd := gocmdtest.New(t)
 	gocmd.Set("GOPROXY", srv.URL)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http/httptest"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/goproxy-team/goproxy"
+
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // fakeClock is a time that tests move by hand.
@@ -87,19 +90,12 @@ func TestLiveViewsShowEachRepositorysDownloadsAndFailures(t *testing.T) {
 	}()
 	b.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/example.com/m/@v/v1.0.0.info", nil))
 
-	deadline := time.Now().Add(20 * time.Second)
-	var d transfer
-	for {
-		ds := live.downloads()
-		if len(ds) == 1 && ds[0].Done > 0 && ds[0].Total > 0 {
-			d = ds[0]
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("downloads in flight: %+v", ds)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var ds []transfer
+	testwait.Within(t, 20*time.Second, func() bool {
+		ds = live.downloads()
+		return len(ds) == 1 && ds[0].Done > 0 && ds[0].Total > 0
+	}, "one download under way; in flight: ", testwait.Show(func() string { return fmt.Sprintf("%+v", ds) }))
+	d := ds[0]
 	if d.Repo != "a" || d.Label() != large+"@"+version || d.Upstream != upstream || d.Waiting != 1 || d.Total != 4<<20 {
 		t.Errorf("the download in flight: %+v", d)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/goproxy-team/goproxy/internal/gocmdtest"
 	"github.com/goproxy-team/goproxy/internal/moduletest"
 	"github.com/goproxy-team/goproxy/internal/testcert"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // corpZip is the zip of corp.example.com/lib at version.
@@ -381,11 +382,7 @@ func TestServerTwoRepositories(t *testing.T) {
 		writeFile(t, configFile, strings.Replace(config("example.com"), up.URL, up2.URL, 1))
 		before := len(srv.logLines("configuration reloaded"))
 		srv.signal(t, syscall.SIGHUP)
-		for deadline := time.Now().Add(20 * time.Second); len(srv.logLines("configuration reloaded")) == before; time.Sleep(20 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatal("no reload")
-			}
-		}
+		testwait.Within(t, 20*time.Second, func() bool { return len(srv.logLines("configuration reloaded")) > before }, "the reload")
 		if code, body, _ := get("/public/" + moduletest.GraphPath(7) + "/@v/list"); code != 200 || up2.Requests("/"+moduletest.GraphPath(7)+"/@v/list") != 1 {
 			t.Errorf("after the reload: %d %q, %d requests to the new upstream", code, body, up2.Requests("/"+moduletest.GraphPath(7)+"/@v/list"))
 		}
@@ -430,16 +427,13 @@ func countedRun(t *testing.T, srv *proc, client *http.Client, auth []string, rep
 	// have every request.
 	var m scraped
 	var logged []map[string]any
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	testwait.Within(t, 10*time.Second, func() bool {
 		m = scrape(t, client, srv.URL+"/metrics", auth...)
 		logged = lines()
-		if int(m.sum("goproxy_requests_total", "repository", repo)) == len(logged) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/metrics counts %v requests of %s, the access log %d", m.sum("goproxy_requests_total", "repository", repo), repo, len(logged))
-		}
-	}
+		return int(m.sum("goproxy_requests_total", "repository", repo)) == len(logged)
+	}, "the counts of ", repo, " in /metrics and the access log to agree: ", testwait.Show(func() string {
+		return fmt.Sprintf("%v and %d", m.sum("goproxy_requests_total", "repository", repo), len(logged))
+	}))
 	c := runCounts{metrics: m}
 	byOutcome := map[[3]string]int{}
 	for _, l := range logged {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // evictionConfig is the server of TestEvictionKeepsARepositorysCacheSmall:
@@ -72,15 +74,10 @@ func TestEvictionKeepsARepositorysCacheSmall(t *testing.T) {
 	// first may have started before.
 	runs := scrape(t, http.DefaultClient, metricsURL).sum("goproxy_eviction_runs_total", "repository", "small")
 	var m scraped
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	testwait.Within(t, 30*time.Second, func() bool {
 		m = scrape(t, http.DefaultClient, metricsURL)
-		if m.sum("goproxy_eviction_runs_total", "repository", "small") >= runs+2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no eviction run: %v runs", m.sum("goproxy_eviction_runs_total", "repository", "small"))
-		}
-	}
+		return m.sum("goproxy_eviction_runs_total", "repository", "small") >= runs+2
+	}, "two eviction runs; runs: ", testwait.Show(func() string { return fmt.Sprint(m.sum("goproxy_eviction_runs_total", "repository", "small")) }))
 	fetched := m.sum("goproxy_upstream_fetch_bytes_total", "repository", "small")
 	cached := m.sum("goproxy_cache_bytes", "repository", "small")
 	evictedFiles := m.sum("goproxy_evicted_files_total", "repository", "small", "reason", "size")
@@ -114,20 +111,16 @@ func TestEvictionKeepsARepositorysCacheSmall(t *testing.T) {
 	// The status page: the repository's eviction, and its module list
 	// walked again after the run that removed the first version.
 	evicted := regexp.MustCompile(`evicted (\d+) files [\d.]+ K?i?B in \d+ runs · at most 2\.0 KiB`)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	var text string
+	var found []string
+	testwait.Within(t, 30*time.Second, func() bool {
 		_, page := get(srv.URL + "/-/status/repositories/small")
-		text := pageText(page)
-		found := evicted.FindStringSubmatch(text)
-		if found != nil && !strings.Contains(text, moduletest.GraphPath(0)) && strings.Contains(text, moduletest.GraphPath(versions-1)) {
-			files, _ := strconv.Atoi(found[1])
-			if float64(files) < evictedFiles {
-				t.Errorf("the status page shows %d files evicted, the metrics %v", files, evictedFiles)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the repository's page does not show the eviction:\n%s", text)
-		}
+		text = pageText(page)
+		found = evicted.FindStringSubmatch(text)
+		return found != nil && !strings.Contains(text, moduletest.GraphPath(0)) && strings.Contains(text, moduletest.GraphPath(versions-1))
+	}, "the repository's page to show the eviction:\n", testwait.Show(func() string { return text }))
+	if files, _ := strconv.Atoi(found[1]); float64(files) < evictedFiles {
+		t.Errorf("the status page shows %d files evicted, the metrics %v", files, evictedFiles)
 	}
 	_, overview := get(srv.URL + "/")
 	if !regexp.MustCompile(`small\s+/small\s+proxy\s+15\s+[\d.]+ %\s+[\d.]+ (K?i?B)\s+\d+\s+—\s+\d+\s+\d+ files, [\d.]+ K?i?B`).MatchString(pageText(overview)) {

@@ -20,6 +20,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // chromiumPath is Debian's chromium, which .ci/run installs.
@@ -143,18 +144,14 @@ func (b *browser) open(url string) string {
 // openUntil opens url again until its text matches every one of res.
 func (b *browser) openUntil(url string, res ...*regexp.Regexp) string {
 	b.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		text := b.open(url)
-		missing := slices.IndexFunc(res, func(re *regexp.Regexp) bool { return !re.MatchString(text) })
-		if missing < 0 {
-			return text
-		}
-		if time.Now().After(deadline) {
-			b.t.Fatalf("%s does not show %v:\n%s", url, res[missing], text)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	var text string
+	missing := -1
+	testwait.Within(b.t, 30*time.Second, func() bool {
+		text = b.open(url)
+		missing = slices.IndexFunc(res, func(re *regexp.Regexp) bool { return !re.MatchString(text) })
+		return missing < 0
+	}, url, " to show every pattern; missing ", testwait.Show(func() string { return fmt.Sprintf("%v:\n%s", res[missing], text) }))
+	return text
 }
 
 // screenshot saves the page as a PNG among the test's artifacts.
@@ -375,14 +372,10 @@ func TestStatusPageShowsWhatTheViewerMayRead(t *testing.T) {
 		return resp.StatusCode, readAll(t, resp.Body)
 	}
 	// Wait for a walk that found both.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if _, body := get("/-/status/repositories/corp", "alice", "alice-pw"); strings.Contains(body, "corp.example.com/other") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the published modules are not listed")
-		}
-	}
+	testwait.Within(t, 30*time.Second, func() bool {
+		_, body := get("/-/status/repositories/corp", "alice", "alice-pw")
+		return strings.Contains(body, "corp.example.com/other")
+	}, "the published modules to be listed")
 	for _, tc := range []struct {
 		name, user, password string
 		lists                []string
