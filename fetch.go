@@ -107,7 +107,7 @@ func (p *Proxy) fetchFrom(ctx context.Context, up Upstream, req *request) (f *fe
 		t := target{module: req.modPath, version: req.version, toFile: req.kind == kindZip, limit: req.maxSize(),
 			probe: up.URL + "/"}
 		if req.kind == kindZip {
-			zs = newZipStream(nil)
+			zs = newZipStream()
 			if pub := publisherFrom(ctx); pub != nil {
 				zs.publish = pub.publish
 			}

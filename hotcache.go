@@ -4,7 +4,6 @@ import (
 	"net/http"
 	"strconv"
 	"sync/atomic"
-	"time"
 
 	"github.com/goproxy-team/goproxy/internal/lru"
 )
@@ -18,14 +17,9 @@ const hotFileMax = 64 << 10
 // answered without the Cacher (a disk or an object store), and without
 // parsing their path again: the request it answers is kept with it.
 type hotFile struct {
-	req          *request
-	data         []byte
-	gz           []byte // gzip-compressed data, nil when not worth it
-	etag         string
-	modTime      time.Time
-	lastModified string
-	length       string
-	gzLength     string
+	req  *request
+	data []byte
+	gz   []byte // gzip-compressed data, nil when not worth it
 	// served is the content of every answer from the hot tier.
 	served *content
 
@@ -57,26 +51,20 @@ var (
 )
 
 func (p *Proxy) newHotFile(req *request, c *content) *hotFile {
-	h := &hotFile{
-		req: req, data: c.data, etag: c.etag, modTime: c.modTime,
-		lastModified: c.modTime.UTC().Format(http.TimeFormat),
-		length:       strconv.Itoa(len(c.data)),
-	}
+	h := &hotFile{req: req, data: c.data}
 	if req.compressible() {
-		if gz := gzipped(c.data); gz != nil {
-			h.gz, h.gzLength = gz, strconv.Itoa(len(gz))
-		}
+		h.gz = gzipped(c.data)
 	}
-	h.served = &content{data: h.data, modTime: h.modTime, etag: h.etag, from: fromHot, hot: h, close: func() {}}
+	h.served = &content{data: h.data, modTime: c.modTime, etag: c.etag, from: fromHot, hot: h, close: func() {}}
 	h.header = hotHeader{
 		contentType:  []string{req.contentType()},
 		cacheControl: []string{p.cacheControl(req, h.served)},
-		etag:         []string{h.etag},
-		lastModified: []string{h.lastModified},
-		length:       []string{h.length},
+		etag:         []string{c.etag},
+		lastModified: []string{c.modTime.UTC().Format(http.TimeFormat)},
+		length:       []string{strconv.Itoa(len(c.data))},
 	}
 	h.gzHeader = h.header
-	h.gzHeader.etag, h.gzHeader.length = []string{weakETag(h.etag)}, []string{h.gzLength}
+	h.gzHeader.etag, h.gzHeader.length = []string{weakETag(c.etag)}, []string{strconv.Itoa(len(h.gz))}
 	return h
 }
 

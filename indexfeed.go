@@ -288,7 +288,7 @@ func (f *IndexFeed) read(ctx context.Context) error {
 	f.lastErr = err
 	f.mu.Unlock()
 	if err != nil {
-		f.logger().LogAttrs(ctx, slog.LevelWarn, "reading the index feed failed", slog.String("feed", redactedURL(f.URL)), slog.String("error", err.Error()))
+		f.logger().LogAttrs(ctx, slog.LevelWarn, "reading the index feed failed", slog.String("feed", redactURL(f.URL)), slog.String("error", err.Error()))
 	}
 	return err
 }
@@ -326,7 +326,7 @@ func (f *IndexFeed) readPages(ctx context.Context) error {
 			f.mu.Lock()
 			f.caughtUp = time.Now()
 			f.mu.Unlock()
-			f.logger().LogAttrs(ctx, slog.LevelDebug, "read the index feed", slog.String("feed", redactedURL(f.URL)), slog.Int("new", added))
+			f.logger().LogAttrs(ctx, slog.LevelDebug, "read the index feed", slog.String("feed", redactURL(f.URL)), slog.Int("new", added))
 			return nil
 		}
 		if !newest.After(since) {
@@ -334,7 +334,7 @@ func (f *IndexFeed) readPages(ctx context.Context) error {
 			// give the same page forever. What else has that timestamp
 			// is lost.
 			f.logger().LogAttrs(ctx, slog.LevelWarn, "index feed page without progress; skipping a nanosecond",
-				slog.String("feed", redactedURL(f.URL)), slog.Time("since", since))
+				slog.String("feed", redactURL(f.URL)), slog.Time("since", since))
 			f.mu.Lock()
 			f.cursor = since.Add(time.Nanosecond)
 			f.mu.Unlock()
@@ -393,7 +393,7 @@ func (f *IndexFeed) readPage(ctx context.Context, pageURL string, limit int) ([]
 		return nil, fmt.Errorf("reading the index feed: %w", err)
 	}
 	if bad > 0 {
-		f.logger().LogAttrs(ctx, slog.LevelWarn, "index feed lines skipped", slog.String("feed", redactedURL(f.URL)), slog.Int("lines", bad))
+		f.logger().LogAttrs(ctx, slog.LevelWarn, "index feed lines skipped", slog.String("feed", redactURL(f.URL)), slog.Int("lines", bad))
 	}
 	return page, nil
 }
@@ -459,13 +459,4 @@ func (f *IndexFeed) forget() {
 		f.queue = append(f.queue[:0], f.queue[f.head:]...)
 		f.head = 0
 	}
-}
-
-// redactedURL hides the password of a URL, for logs.
-func redactedURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
 }

@@ -292,3 +292,26 @@ func TestIndexFeedReadsAProxysOwnIndex(t *testing.T) {
 		t.Errorf("FirstSeen = %v, %v; want an hour ago", got, err)
 	}
 }
+
+// A token given as the feed URL's lone user name is kept out of the logs
+// and errors of reading it, as the library does for every URL it logs
+// (net/url's Redacted would keep it).
+func TestIndexFeedLogsNoTokenOfItsURL(t *testing.T) {
+	srv := newFeedServer(t)
+	srv.setStatus(http.StatusServiceUnavailable)
+	var logs syncBuffer
+	const token = "s3cr3t-t0ken"
+	f := &IndexFeed{URL: strings.Replace(srv.URL, "://", "://"+token+"@", 1) + "/index", Logger: newBufferLogger(&logs), PollInterval: time.Hour}
+	defer f.bg.Wait()
+	err := f.Update(context.Background())
+	if err == nil {
+		t.Fatal("Update of a failing feed passed")
+	}
+	f.bg.Wait()
+	if strings.Contains(logs.String()+err.Error(), token) {
+		t.Errorf("the token shows:\n%s\n%v", logs.String(), err)
+	}
+	if !strings.Contains(logs.String(), "reading the index feed failed") {
+		t.Errorf("no warning logged:\n%s", logs.String())
+	}
+}

@@ -339,10 +339,8 @@ func (p *Proxy) cannotVerify(req *request) error {
 // zipHash returns a fetched zip's dirhash.Hash1: the one its scan took as
 // it arrived, if the scan could follow it; else read from the file.
 func zipHash(ctx context.Context, f *fetched) (string, error) {
-	if f.stream != nil {
-		if scan := f.stream.scanned(ctx); scan != nil && scan.verified {
-			return scan.hash1()
-		}
+	if scan := f.verifiedScan(ctx); scan != nil {
+		return scan.hash1()
 	}
 	return dirhash.HashZip(f.file.Name(), dirhash.Hash1)
 }

@@ -120,12 +120,23 @@ func normalizeVersionList(modPath string, data []byte) ([]byte, error) {
 // scan did as it arrived, if it could follow the zip; else the file is
 // read.
 func checkZipEntries(ctx context.Context, f *fetched) error {
-	if f.stream != nil {
-		if scan := f.stream.scanned(ctx); scan != nil && scan.verified {
-			return nil
-		}
+	if f.verifiedScan(ctx) != nil {
+		return nil
 	}
 	return checkZipContents(f.file, f.size)
+}
+
+// verifiedScan returns the scan a streamed zip had as it arrived, if the
+// scan could follow it to its end (CRC-32s and hashes checked), else nil:
+// the file must be read.
+func (f *fetched) verifiedScan(ctx context.Context) *zipScan {
+	if f.stream == nil {
+		return nil
+	}
+	if scan := f.stream.scanned(ctx); scan != nil && scan.verified {
+		return scan
+	}
+	return nil
 }
 
 // checkZipContents reads every entry of a zip, which makes archive/zip

@@ -62,8 +62,8 @@ type zipStream struct {
 	scanDone chan struct{}
 }
 
-func newZipStream(publish func(*fetched)) *zipStream {
-	return &zipStream{publish: publish, wake: make(chan struct{}), size: -1}
+func newZipStream() *zipStream {
+	return &zipStream{wake: make(chan struct{}), size: -1}
 }
 
 // changedLocked wakes whoever waits for a change; s.mu is held.
@@ -293,13 +293,6 @@ func (s *zipStream) finish(err error) {
 		s.err = err
 	}
 	s.changedLocked()
-}
-
-// failed reports whether the stream ended in failure.
-func (s *zipStream) failed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.err != nil
 }
 
 // wait waits for the stream to end: nil once the zip passed.

@@ -469,7 +469,7 @@ func TestTheEndRecordSignaturesNotedStayBounded(t *testing.T) {
 	if _, err := f.Write(z); err != nil {
 		t.Fatal(err)
 	}
-	s := newZipStream(nil)
+	s := newZipStream()
 	s.f, s.size, s.filled = f, int64(len(z)), int64(len(z))
 	src := &scanSource{s: s}
 	most := 0
@@ -551,7 +551,7 @@ func TestAStreamReadsAtOffsetsAsAnObjectStoreUploadingPartsDoes(t *testing.T) {
 		t.Fatal(err)
 	}
 	const part = 64 << 10
-	s := newZipStream(nil)
+	s := newZipStream()
 	s.mu.Lock()
 	s.f, s.size, s.filled, s.released = f, int64(len(data)), int64(len(data)), part+1000
 	s.mu.Unlock()
