@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/goproxy-team/goproxy/internal/moduletest"
+	"github.com/goproxy-team/goproxy/internal/testwait"
 )
 
 // newAdmissionProxy returns a Proxy over a graph of modules whose
@@ -562,5 +563,34 @@ func TestARefusedVersionOfAModuleWithoutAListIsStill403(t *testing.T) {
 	}
 	if n := up.Requests("/example.com/mod001/@v/v1.1.0.zip") + up.Requests("/example.com/mod001/@v/v1.1.0.mod"); n != 0 {
 		t.Errorf("the refused version's .mod and .zip were fetched %d times", n)
+	}
+}
+
+// With an Admission policy, a file in the hot tier is still answered from
+// memory, and still decided first: a version refused once it was hot
+// answers 403.
+func TestAHotFileIsDecidedBeforeItIsServed(t *testing.T) {
+	var refuse atomic.Bool
+	p, _, _ := newAdmissionProxy(t, func(_ context.Context, c AdmissionCandidate) AdmissionDecision {
+		if refuse.Load() && c.Path == "example.com/mod003" {
+			return AdmissionDecision{Verdict: Refuse, Rule: "deny", Reason: "refused by the test"}
+		}
+		return AdmissionDecision{}
+	})
+	var answers []string
+	p.Metrics.Request = func(m RequestMetric) { answers = append(answers, string(m.Cache)) }
+	const mod = "/example.com/mod003/@v/v1.2.0.mod"
+	for range 2 {
+		if w := do(p, "GET", mod); w.Code != 200 {
+			t.Fatalf("GET %s: %d %s", mod, w.Code, w.Body)
+		}
+		testwait.For(t, p.flights.idle)
+	}
+	if len(answers) != 2 || answers[1] != string(CacheHot) {
+		t.Errorf("answers came from %q, want the second from the hot tier", answers)
+	}
+	refuse.Store(true)
+	if w := do(p, "GET", mod); w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "refused by the test") {
+		t.Errorf("GET of the hot go.mod of a version refused since: %d %q", w.Code, w.Body)
 	}
 }

@@ -473,10 +473,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.writeFailure(w, failed(failBadRequest, "the path holds an encoded slash (%%2F), which the go command never sends"))
 		return
 	}
-	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && p.hot != nil && p.conf.admission == nil {
+	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && p.hot != nil {
 		// The most frequent request: a small immutable file in memory,
-		// whose path was checked when it got there. (With an admission
-		// policy, the version is decided first, on the usual path.)
+		// whose path was checked when it got there.
 		if hf, ok := p.hot.Get(strings.TrimPrefix(r.URL.Path, "/")); ok {
 			p.serveHot(w, r, hf)
 			return
@@ -576,6 +575,16 @@ func (p *Proxy) serveHot(w http.ResponseWriter, r *http.Request, hf *hotFile) {
 	noteRequestKind(w, req.metricKind())
 	if !p.authorize(w, r, OpRead, req.modPath) {
 		return
+	}
+	// As open decides before it looks in the hot tier. (Checked here
+	// first: reading the request's headers for admitFile's argument costs
+	// a third of a hit.)
+	if p.conf.admission != nil {
+		if err := p.admitFile(r.Context(), req, !fetchDisabled(r)); err != nil {
+			status := p.writeFailure(w, err)
+			p.answered(w, r, req, failedOutcome(err), status)
+			return
+		}
 	}
 	status := p.serve(w, r, req, hf.served)
 	p.answered(w, r, req, fromHot.String(), status)
